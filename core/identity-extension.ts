@@ -1,0 +1,92 @@
+/**
+ * Client identity as the gateway sees it: the first extension at the configured OID, which must be
+ * exactly one DER UTF8String, plus the exact SubjectPublicKeyInfo DER of the leaf certificate.
+ * The certificate chain is never trusted; the TLS handshake's proof of possession binds the key.
+ */
+import * as asn1js from 'asn1js';
+import { x509 } from './x509.js';
+
+export const DEFAULT_IDENTITY_OID = '1.3.6.1.4.1.57264.1.1';
+
+export type IdentityFailure =
+  | 'missing_client_certificate'
+  | 'invalid_client_certificate'
+  | 'missing_identity_extension'
+  | 'invalid_identity_extension';
+
+export type PeerIdentity = { readonly identity: string; readonly spkiDer: Buffer };
+
+export type IdentityResult =
+  | { readonly ok: true; readonly peer: PeerIdentity }
+  | { readonly ok: false; readonly reason: IdentityFailure; readonly detail: string };
+
+const OID_PATTERN = /^[0-2](\.(0|[1-9]\d*))+$/;
+
+export function isValidOid(oid: string): boolean {
+  return OID_PATTERN.test(oid);
+}
+
+/** Read identity and SPKI from a leaf certificate's DER. Never throws. */
+export function readPeerIdentity(certDer: Uint8Array | undefined, oid: string): IdentityResult {
+  if (certDer === undefined || certDer.length === 0) {
+    return { ok: false, reason: 'missing_client_certificate', detail: 'no client certificate presented' };
+  }
+  let cert: x509.X509Certificate;
+  try {
+    cert = new x509.X509Certificate(certDer);
+  } catch (err) {
+    return {
+      ok: false,
+      reason: 'invalid_client_certificate',
+      detail: `certificate does not parse: ${errorText(err)}`,
+    };
+  }
+  const spkiDer = Buffer.from(cert.publicKey.rawData);
+  const extension = cert.extensions.find((e) => e.type === oid);
+  if (extension === undefined) {
+    return {
+      ok: false,
+      reason: 'missing_identity_extension',
+      detail: `no extension ${oid} in client certificate`,
+    };
+  }
+  const decoded = decodeUtf8StringExact(extension.value);
+  if (typeof decoded !== 'string') {
+    return { ok: false, reason: 'invalid_identity_extension', detail: `extension ${oid}: ${decoded.error}` };
+  }
+  return { ok: true, peer: { identity: decoded, spkiDer } };
+}
+
+/** DER of a UTF8String holding `identity`: the extension value a carrier certificate carries. */
+export function encodeIdentityExtensionValue(identity: string): ArrayBuffer {
+  return new asn1js.Utf8String({ value: identity }).toBER(false);
+}
+
+/** A non-critical X.509 extension at `oid` carrying `identity`. */
+export function identityExtension(identity: string, oid = DEFAULT_IDENTITY_OID): x509.Extension {
+  return new x509.Extension(oid, false, encodeIdentityExtensionValue(identity));
+}
+
+/** Exactly one DER UTF8String with no trailing bytes and valid UTF-8 contents, non-empty. */
+function decodeUtf8StringExact(value: ArrayBuffer): string | { error: string } {
+  const parsed = asn1js.fromBER(value);
+  if (parsed.offset === -1) return { error: `not DER: ${parsed.result.error}` };
+  if (parsed.offset !== value.byteLength) return { error: 'trailing bytes after the UTF8String' };
+  if (!(parsed.result instanceof asn1js.Utf8String)) {
+    return { error: `expected UTF8String, found ${parsed.result.constructor.name}` };
+  }
+  if (parsed.result.idBlock.isConstructed) return { error: 'constructed UTF8String is not DER' };
+  const bytes = parsed.result.valueBlock.valueHexView;
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    return { error: 'UTF8String contents are not valid UTF-8' };
+  }
+  if (text === '') return { error: 'identity is empty' };
+  return text;
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

@@ -1,0 +1,216 @@
+/**
+ * The authorization decision as a pure function: candidate rows + clock → allow, or deny with a reason
+ * from a closed set. The gateway runs it on every CONNECT and on every re-check of a live tunnel; the
+ * registry CLI's `check` runs it to explain a decision. No I/O here: the signature check is passed in
+ * so callers can cache parsed keys.
+ */
+import { ALGORITHM_ECDSA_P256_SHA256 } from './ecdsa.js';
+import { AmbiguousFieldError, canonicalPermissionBytes } from './permission-bytes.js';
+import { InvalidTimestampError, type Micros, parseTimestamp } from './timestamp.js';
+
+export type PermissionRow = {
+  readonly permissionId: string;
+  readonly signingKeyId: string;
+  readonly subjectIdentity: string;
+  readonly subjectSpkiDer: Buffer;
+  readonly destination: string;
+  /** Timestamps are canonical text (see timestamp.ts); null when not revoked. */
+  readonly notBefore: string;
+  readonly notAfter: string;
+  readonly revokedAt: string | null;
+  readonly signature: Buffer;
+};
+
+export type SignerRow = {
+  readonly keyId: string;
+  readonly algorithm: string;
+  readonly spkiDer: Buffer;
+  readonly notBefore: string;
+  readonly notAfter: string;
+  readonly revokedAt: string | null;
+};
+
+export type ScopeRow = {
+  readonly id: string;
+  readonly signingKeyId: string;
+  readonly destination: string;
+  readonly notBefore: string;
+  readonly notAfter: string;
+  readonly revokedAt: string | null;
+};
+
+/** One permission row with its signer and the signer's best scope row for that destination. */
+export type Candidate = {
+  readonly permission: PermissionRow;
+  readonly signer: SignerRow | null;
+  readonly scope: ScopeRow | null;
+};
+
+export type AccessRequest = {
+  readonly identity: string;
+  readonly spkiDer: Buffer;
+  /** Already normalized (core/destination.ts). */
+  readonly destination: string;
+};
+
+/** Why one candidate row does not authorize the request. */
+export const CANDIDATE_DENY_REASONS = [
+  'invalid_row',
+  'subject_mismatch',
+  'permission_revoked',
+  'permission_not_yet_valid',
+  'permission_expired',
+  'signer_missing',
+  'signer_revoked',
+  'signer_not_yet_valid',
+  'signer_expired',
+  'signer_algorithm_unsupported',
+  'scope_missing',
+  'scope_revoked',
+  'scope_window_too_narrow',
+  'signature_invalid',
+] as const;
+export type CandidateDenyReason = (typeof CANDIDATE_DENY_REASONS)[number];
+
+/** Every reason a policy decision can deny with. */
+export type PolicyDenyReason = CandidateDenyReason | 'no_permission';
+
+export type CandidateVerdict =
+  | { readonly ok: true; readonly validUntil: Micros }
+  | { readonly ok: false; readonly reason: CandidateDenyReason; readonly detail: string };
+
+export type Evaluation = { readonly candidate: Candidate; readonly verdict: CandidateVerdict };
+
+export type Decision =
+  | {
+      readonly allow: true;
+      readonly candidate: Candidate;
+      /** Earliest not_after of permission, signer and scope: the tunnel must end by then. */
+      readonly validUntil: Micros;
+      readonly evaluations: readonly Evaluation[];
+    }
+  | {
+      readonly allow: false;
+      readonly reason: PolicyDenyReason;
+      readonly detail: string;
+      readonly evaluations: readonly Evaluation[];
+    };
+
+/** Signature check over the canonical bytes with the signer's key. Must not throw. */
+export type SignatureVerifier = (signerSpkiDer: Buffer, message: Buffer, signatureDer: Buffer) => boolean;
+
+/**
+ * Allow on the first candidate (callers pass them newest not_after first) that passes every check.
+ * A deny reports the first candidate's reason: the row an operator most likely meant.
+ */
+export function decide(
+  request: AccessRequest,
+  candidates: readonly Candidate[],
+  now: Micros,
+  verify: SignatureVerifier,
+): Decision {
+  const evaluations: Evaluation[] = [];
+  for (const candidate of candidates) {
+    const verdict = evaluateCandidate(request, candidate, now, verify);
+    evaluations.push({ candidate, verdict });
+    if (verdict.ok) return { allow: true, candidate, validUntil: verdict.validUntil, evaluations };
+  }
+  const first = evaluations[0]?.verdict;
+  if (first === undefined || first.ok) {
+    return {
+      allow: false,
+      reason: 'no_permission',
+      detail: 'no active permission row for this identity, key and destination',
+      evaluations,
+    };
+  }
+  return { allow: false, reason: first.reason, detail: first.detail, evaluations };
+}
+
+export function evaluateCandidate(
+  request: AccessRequest,
+  candidate: Candidate,
+  now: Micros,
+  verify: SignatureVerifier,
+): CandidateVerdict {
+  const { permission: p, signer: k, scope: s } = candidate;
+  const deny = (reason: CandidateDenyReason, detail: string): CandidateVerdict => ({
+    ok: false,
+    reason,
+    detail,
+  });
+  try {
+    if (
+      p.subjectIdentity !== request.identity ||
+      p.destination !== request.destination ||
+      !p.subjectSpkiDer.equals(request.spkiDer)
+    ) {
+      return deny(
+        'subject_mismatch',
+        `permission ${p.permissionId} is for another identity, key or destination`,
+      );
+    }
+    const pNotBefore = parseTimestamp(p.notBefore);
+    const pNotAfter = parseTimestamp(p.notAfter);
+    if (p.revokedAt !== null)
+      return deny('permission_revoked', `permission ${p.permissionId} revoked at ${p.revokedAt}`);
+    if (now < pNotBefore)
+      return deny('permission_not_yet_valid', `permission ${p.permissionId} valid from ${p.notBefore}`);
+    if (now >= pNotAfter)
+      return deny('permission_expired', `permission ${p.permissionId} expired at ${p.notAfter}`);
+
+    if (k === null || k.keyId !== p.signingKeyId)
+      return deny('signer_missing', `signing key ${p.signingKeyId} is not registered`);
+    if (k.revokedAt !== null)
+      return deny('signer_revoked', `signing key ${k.keyId} revoked at ${k.revokedAt}`);
+    if (now < parseTimestamp(k.notBefore))
+      return deny('signer_not_yet_valid', `signing key ${k.keyId} valid from ${k.notBefore}`);
+    const kNotAfter = parseTimestamp(k.notAfter);
+    if (now >= kNotAfter) return deny('signer_expired', `signing key ${k.keyId} expired at ${k.notAfter}`);
+    if (k.algorithm !== ALGORITHM_ECDSA_P256_SHA256) {
+      return deny('signer_algorithm_unsupported', `signing key ${k.keyId} has algorithm ${k.algorithm}`);
+    }
+
+    if (s === null || s.signingKeyId !== k.keyId || s.destination !== p.destination) {
+      return deny('scope_missing', `signing key ${k.keyId} has no delegation scope for ${p.destination}`);
+    }
+    if (s.revokedAt !== null)
+      return deny(
+        'scope_revoked',
+        `scope ${s.id} of ${k.keyId} for ${s.destination} revoked at ${s.revokedAt}`,
+      );
+    const sNotAfter = parseTimestamp(s.notAfter);
+    if (parseTimestamp(s.notBefore) > pNotBefore || sNotAfter < pNotAfter) {
+      return deny(
+        'scope_window_too_narrow',
+        `scope ${s.id} [${s.notBefore}, ${s.notAfter}] does not cover permission ${p.permissionId} [${p.notBefore}, ${p.notAfter}]`,
+      );
+    }
+
+    const message = canonicalPermissionBytes({
+      permissionId: p.permissionId,
+      signingKeyId: p.signingKeyId,
+      subjectIdentity: p.subjectIdentity,
+      subjectSpkiDer: p.subjectSpkiDer,
+      destination: p.destination,
+      notBefore: pNotBefore,
+      notAfter: pNotAfter,
+    });
+    if (!verify(k.spkiDer, message, p.signature)) {
+      return deny(
+        'signature_invalid',
+        `signature of permission ${p.permissionId} does not verify with key ${k.keyId}`,
+      );
+    }
+    return { ok: true, validUntil: minMicros(pNotAfter, kNotAfter, sNotAfter) };
+  } catch (err) {
+    if (err instanceof InvalidTimestampError || err instanceof AmbiguousFieldError) {
+      return deny('invalid_row', `permission ${p.permissionId}: ${err.message}`);
+    }
+    throw err;
+  }
+}
+
+function minMicros(...values: Micros[]): Micros {
+  return values.reduce((a, b) => (b < a ? b : a));
+}
