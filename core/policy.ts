@@ -212,5 +212,6 @@ export function evaluateCandidate(
 }
 
 function minMicros(...values: Micros[]): Micros {
+  // biome-ignore lint/complexity/useMathMinMax: Math.min does not take bigint.
   return values.reduce((a, b) => (b < a ? b : a));
 }

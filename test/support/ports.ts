@@ -59,7 +59,8 @@ export async function waitForPort(port: number, timeoutMs = 10_000, host = '127.
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (await tryConnect(port, host)) return;
-    if (Date.now() >= deadline) throw new Error(`waitForPort: ${host}:${port} not accepting after ${timeoutMs} ms`);
+    if (Date.now() >= deadline)
+      throw new Error(`waitForPort: ${host}:${port} not accepting after ${timeoutMs} ms`);
     await sleep(50);
   }
 }

@@ -88,7 +88,9 @@ function parseJsonLine(text: string): Record<string, unknown> | undefined {
   if (!t.startsWith('{')) return undefined;
   try {
     const v: unknown = JSON.parse(t);
-    return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
+    return v !== null && typeof v === 'object' && !Array.isArray(v)
+      ? (v as Record<string, unknown>)
+      : undefined;
   } catch {
     return undefined;
   }
@@ -110,7 +112,11 @@ function buildEnv(opts: SpawnOptions): NodeJS.ProcessEnv {
 }
 
 /** Spawn any program with captured output. */
-export function spawnProcess(command: string, args: readonly string[], opts: SpawnOptions = {}): ManagedProcess {
+export function spawnProcess(
+  command: string,
+  args: readonly string[],
+  opts: SpawnOptions = {},
+): ManagedProcess {
   installExitHook();
   const name = opts.name ?? path.basename(command);
   const echo = opts.echo ?? process.env['TEST_ECHO_LOGS'] === '1';
@@ -196,7 +202,9 @@ export function spawnProcess(command: string, args: readonly string[], opts: Spa
       };
       const timer = setTimeout(() => {
         waiters.delete(waiter);
-        reject(new Error(`${name}: no log line matching ${String(predicate)} within ${timeoutMs} ms\n${tail()}`));
+        reject(
+          new Error(`${name}: no log line matching ${String(predicate)} within ${timeoutMs} ms\n${tail()}`),
+        );
       }, timeoutMs);
       waiters.add(waiter);
       exited.then((i) => {
@@ -246,7 +254,11 @@ export function spawnProcess(command: string, args: readonly string[], opts: Spa
 }
 
 /** Spawn `node script ...args` (relative script paths are resolved against the repository root). */
-export function spawnNode(script: string, args: readonly string[] = [], opts: SpawnOptions = {}): ManagedProcess {
+export function spawnNode(
+  script: string,
+  args: readonly string[] = [],
+  opts: SpawnOptions = {},
+): ManagedProcess {
   const abs = path.resolve(repoRoot, script);
   return spawnProcess(process.execPath, [abs, ...args], { name: path.basename(script), ...opts });
 }

@@ -1,0 +1,65 @@
+/**
+ * The seam between the request path (server, connect handler, tunnel) and the authority (registry,
+ * policy, live revocation, limits). Types only: both sides build against these.
+ */
+import type { Destination } from '../core/destination.js';
+import type { IdentityFailure, PeerIdentity } from '../core/identity-extension.js';
+import type { PolicyDenyReason } from '../core/policy.js';
+import type { Micros } from '../core/timestamp.js';
+
+/** Every reason a CONNECT can be refused, as logged (deny_reason) and counted (metrics label). */
+export type DenyReason =
+  | IdentityFailure
+  | PolicyDenyReason
+  | 'invalid_authority'
+  | 'registry_unavailable'
+  | 'destination_address_denied'
+  | 'rate_limited'
+  | 'identity_tunnel_limit'
+  | 'tunnel_limit'
+  | 'draining';
+
+/** What an allowed CONNECT was allowed by; recorded on the live tunnel so revocation can find it. */
+export type Grant = {
+  readonly identity: string;
+  readonly spkiDer: Buffer;
+  readonly destination: string;
+  readonly permissionId: string;
+  readonly signingKeyId: string;
+  readonly scopeId: string;
+  /** Earliest not_after of permission, signer and scope. */
+  readonly validUntil: Micros;
+};
+
+export type AuthorizeResult =
+  | { readonly allow: true; readonly grant: Grant; readonly cached: boolean }
+  | { readonly allow: false; readonly reason: DenyReason; readonly detail: string };
+
+export interface Authorizer {
+  /** Never rejects: a registry error or timeout is a deny with reason registry_unavailable (fail closed). */
+  authorize(peer: PeerIdentity, destination: Destination): Promise<AuthorizeResult>;
+}
+
+/** An open tunnel as live revocation sees it. */
+export interface LiveTunnel {
+  readonly id: string;
+  readonly peerAddr: string;
+  /** Current grant; revocation re-checks may swap in another still-valid row. */
+  grant: Grant;
+  /** Reset the tunnel (RST_STREAM + upstream destroy) and log why. Idempotent. */
+  revoke(reason: DenyReason | 'expired', detail: string): void;
+}
+
+export interface TunnelTracker {
+  /** Start watching; the returned function stops watching (call on tunnel close). */
+  track(tunnel: LiveTunnel): () => void;
+}
+
+export type LimitRejection = { readonly status: 429 | 503; readonly reason: 'rate_limited' | 'identity_tunnel_limit' | 'tunnel_limit' };
+
+export interface TunnelLimits {
+  /** Rate check at CONNECT time (before authorization, so floods cost no registry query). */
+  admitConnect(identity: string): LimitRejection | undefined;
+  /** Reserve a tunnel slot; the release function is idempotent. */
+  acquireTunnel(identity: string): { readonly release: () => void } | LimitRejection;
+}
