@@ -18,7 +18,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import pg from 'pg';
 import { freePort } from './ports.js';
-import { repoRoot, runCommand } from './processes.js';
+import { reapOnExit, repoRoot, runCommand } from './processes.js';
 
 export interface PgHandle {
   /** Superuser URL, database `postgres`. */
@@ -99,27 +99,6 @@ async function pgCmd(binary: string, args: string[]): Promise<{ code: number; ou
   return { code: r.code, output: (r.stdout + r.stderr).trim() };
 }
 
-// Clusters still running when the process exits are stopped (immediate) and removed.
-const liveClusters = new Map<string, { binDir: string; dataDir: string; dir: string }>();
-let exitHookInstalled = false;
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.on('exit', () => {
-    for (const c of liveClusters.values()) {
-      const [cmd, argv] = asPgUser(path.join(c.binDir, 'pg_ctl'), [
-        '-D',
-        c.dataDir,
-        '-m',
-        'immediate',
-        'stop',
-      ]);
-      spawnSync(cmd, argv, { stdio: 'ignore', cwd: '/', timeout: 20_000 });
-      rmSync(c.dir, { recursive: true, force: true });
-    }
-  });
-}
-
 function externalHandle(url: string): PgHandle {
   const refuse = async () => {
     throw new Error(
@@ -146,12 +125,15 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
   const binDir = findPgBinDir();
   // As root the cluster runs as `postgres`, which must be able to reach the dir: /tmp always allows that.
   const dir = await mkdtemp(path.join(isRoot() ? '/tmp' : os.tmpdir(), 'agw-pg-'));
+  // If this process dies without destroy(): SIGQUIT (immediate shutdown) the postmaster, remove the dir.
+  const reaper = reapOnExit({ dir, signal: 'SIGQUIT' });
   const dataDir = path.join(dir, 'data');
   const logFile = path.join(dir, 'postgres.log');
   const pgCtl = path.join(binDir, 'pg_ctl');
   const fail = async (what: string, output: string): Promise<never> => {
     const log = await tail(logFile);
     rmSync(dir, { recursive: true, force: true });
+    reaper.release();
     throw new Error(`postgres: ${what}\n${output}\n--- ${logFile} ---\n${log}`);
   };
 
@@ -196,7 +178,11 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
   let running = false;
   const startCluster = async (): Promise<{ code: number; output: string }> => {
     const r = await pgCmd(pgCtl, ['-D', dataDir, '-l', logFile, '-w', '-t', '60', 'start']);
-    if (r.code === 0) running = true;
+    if (r.code === 0) {
+      running = true;
+      const pid = Number((await readFile(path.join(dataDir, 'postmaster.pid'), 'utf8')).split('\n')[0]);
+      reaper.setPids([pid]);
+    }
     return r;
   };
 
@@ -209,8 +195,6 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
     lastOutput = (await startCluster()).output;
   }
   if (!running) await fail('pg_ctl start failed', lastOutput);
-  liveClusters.set(dir, { binDir, dataDir, dir });
-  installExitHook();
 
   let destroyed = false;
   const handle: PgHandle = {
@@ -228,6 +212,7 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
         if (status.code !== 3) throw new Error(`pg_ctl stop failed\n${r.output}\n${await tail(logFile)}`);
       }
       running = false;
+      reaper.setPids([]);
     },
     async start() {
       if (destroyed) throw new Error('postgres: start() after destroy()');
@@ -243,8 +228,8 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
         running = false;
       }
       destroyed = true;
-      liveClusters.delete(dir);
       rmSync(dir, { recursive: true, force: true });
+      reaper.release();
     },
   };
   return handle;

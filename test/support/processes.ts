@@ -1,5 +1,6 @@
 // Spawn real programs for tests, capture their output line by line, wait for log lines, stop them.
-// Every process spawned here is SIGKILLed when the test process exits, whatever happened in between.
+// Every process spawned here is SIGKILLed when the test process dies, whatever happened in between
+// (see reapOnExit: a detached watchdog, because vitest kills its workers with signals).
 import { type ChildProcess, spawn } from 'node:child_process';
 import { constants } from 'node:os';
 import path from 'node:path';
@@ -60,21 +61,87 @@ export interface ManagedProcess {
   tail(n?: number): string;
 }
 
-const live = new Set<ChildProcess>();
-let exitHookInstalled = false;
+// ---- reaper -------------------------------------------------------------------------------------------
+// vitest ends its fork workers with SIGTERM (then SIGKILL), so 'exit' handlers never run there. Instead, one
+// detached watchdog per test process reads registrations on its stdin; when that pipe reaches EOF (this
+// process died, however it died) it signals what is still registered, waits up to 5 s, SIGKILLs leftovers and
+// removes the registered dirs. Normal stop()/destroy() release their registration first.
+const REAPER_SCRIPT = `
+declare -A SIG PIDS DIRS
+while read -r op id rest; do
+  case "$op" in
+    sig) SIG[$id]="$rest" ;;
+    pids) PIDS[$id]="$rest" ;;
+    dir) DIRS[$id]="$rest" ;;
+    rm) unset "SIG[$id]" "PIDS[$id]" "DIRS[$id]" ;;
+  esac
+done
+all=""
+for id in "\${!PIDS[@]}"; do
+  for p in \${PIDS[$id]}; do kill -s "\${SIG[$id]:-TERM}" "$p" 2>/dev/null && all="$all $p"; done
+done
+alive=""
+for _ in $(seq 50); do
+  alive=""
+  for p in $all; do
+    s=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+    s=\${s##*) }
+    [ "\${s:0:1}" = Z ] || alive="$alive $p"
+  done
+  [ -z "$alive" ] && break
+  sleep 0.1
+done
+for p in $alive; do kill -s KILL "$p" 2>/dev/null; done
+for id in "\${!DIRS[@]}"; do rm -rf -- "\${DIRS[$id]}"; done
+`;
 
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.on('exit', () => {
-    for (const child of live) {
-      try {
-        child.kill('SIGKILL');
-      } catch {
-        // already gone
-      }
-    }
-  });
+let reaper: ChildProcess | null = null;
+let nextReaperId = 0;
+
+function reaperSend(line: string): void {
+  if (reaper === null) {
+    reaper = spawn('bash', ['-c', REAPER_SCRIPT], { detached: true, stdio: ['pipe', 'ignore', 'ignore'] });
+    reaper.on('error', () => {});
+    reaper.stdin?.on('error', () => {});
+    reaper.unref();
+    // The write end must not keep this process alive either.
+    (reaper.stdin as unknown as { unref?: () => void } | null)?.unref?.();
+  }
+  reaper.stdin?.write(`${line}\n`);
+}
+
+export interface Reaper {
+  /** Replace the pids to signal if this process dies (e.g. after a restart, or [] once stopped). */
+  setPids(pids: readonly number[]): void;
+  /** Forget everything (the resource was cleaned up normally). */
+  release(): void;
+}
+
+/**
+ * Make sure `pids` get `signal` (SIGKILL after 5 s) and `dir` is removed if this process dies without
+ * cleaning up. Only pids this test process started should ever be registered.
+ */
+export function reapOnExit(opts: {
+  pids?: readonly number[];
+  signal?: NodeJS.Signals;
+  dir?: string;
+}): Reaper {
+  const id = ++nextReaperId;
+  let released = false;
+  reaperSend(`sig ${id} ${(opts.signal ?? 'SIGTERM').replace(/^SIG/, '')}`);
+  if (opts.dir) reaperSend(`dir ${id} ${opts.dir.replace(/\n/g, '')}`);
+  const setPids = (pids: readonly number[]) => {
+    if (!released) reaperSend(`pids ${id} ${pids.filter((p) => Number.isInteger(p) && p > 0).join(' ')}`);
+  };
+  setPids(opts.pids ?? []);
+  return {
+    setPids,
+    release() {
+      if (released) return;
+      released = true;
+      reaperSend(`rm ${id}`);
+    },
+  };
 }
 
 function matches(predicate: LogPredicate, line: LogLine): boolean {
@@ -117,7 +184,6 @@ export function spawnProcess(
   args: readonly string[],
   opts: SpawnOptions = {},
 ): ManagedProcess {
-  installExitHook();
   const name = opts.name ?? path.basename(command);
   const echo = opts.echo ?? process.env['TEST_ECHO_LOGS'] === '1';
   const child = spawn(command, [...args], {
@@ -125,7 +191,7 @@ export function spawnProcess(
     env: buildEnv(opts),
     stdio: ['pipe', 'pipe', 'pipe'],
   });
-  live.add(child);
+  const reaped = reapOnExit({ pids: child.pid ? [child.pid] : [], signal: 'SIGKILL' });
   const lines: LogLine[] = [];
   const waiters = new Set<{ predicate: LogPredicate; resolve: (l: LogLine) => void }>();
   let info: ExitInfo | null = null;
@@ -167,7 +233,7 @@ export function spawnProcess(
     const finish = (i: ExitInfo) => {
       if (settled) return;
       settled = true;
-      live.delete(child);
+      reaped.release();
       // Give the readline interfaces a moment to flush the last lines (a grandchild may hold the pipes).
       const timer = setTimeout(() => done(), 2000);
       const done = () => {
@@ -281,8 +347,6 @@ export function runCommand(
       env: opts.env ?? process.env,
       stdio: ['pipe', 'pipe', 'pipe'],
     });
-    live.add(child);
-    installExitHook();
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     child.stdout?.on('data', (d: Buffer) => out.push(d));
@@ -298,12 +362,10 @@ export function runCommand(
           }, opts.timeoutMs);
     child.once('error', (e) => {
       clearTimeout(timer);
-      live.delete(child);
       reject(new Error(`${command}: ${e.message}`));
     });
     child.once('close', (code, signal) => {
       clearTimeout(timer);
-      live.delete(child);
       const result: CommandResult = {
         code: exitCodeOf({ code, signal }),
         stdout: Buffer.concat(out).toString('utf8'),

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { freePortPair } from './ports.js';
-import { runCommand } from './processes.js';
+import { reapOnExit, runCommand } from './processes.js';
 
 export interface TpmEnv extends Record<string, string> {
   DBUS_SESSION_BUS_ADDRESS: string;
@@ -102,26 +102,6 @@ async function killAndWait(pid: number, timeoutMs = 5000): Promise<void> {
   }
 }
 
-// Whatever is still running when the test process exits gets SIGKILLed and its dir removed.
-const liveTpms = new Map<string, number[]>();
-let exitHookInstalled = false;
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.on('exit', () => {
-    for (const [dir, pids] of liveTpms) {
-      for (const pid of pids) {
-        try {
-          if (pid > 0) process.kill(pid, 'SIGKILL');
-        } catch {
-          // gone
-        }
-      }
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
-}
-
 async function readPidFile(file: string, timeoutMs = 5000): Promise<number> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
@@ -154,17 +134,17 @@ export async function startSwtpm(): Promise<TpmHandle> {
   await mkdir(path.join(dir, 'tpmstate'));
   await mkdir(store);
   const pids = { swtpm: 0, dbus: 0, abrmd: 0 };
-  installExitHook();
-  liveTpms.set(dir, []);
-  const track = () => liveTpms.set(dir, [pids.abrmd, pids.dbus, pids.swtpm]);
+  // If this process dies without stop(): SIGTERM (then SIGKILL) the three daemons and remove the dir.
+  const reaper = reapOnExit({ dir, signal: 'SIGTERM' });
+  const track = () => reaper.setPids([pids.abrmd, pids.dbus, pids.swtpm]);
 
   let stopped = false;
   const stop = async () => {
     if (stopped) return;
     stopped = true;
     for (const pid of [pids.abrmd, pids.dbus, pids.swtpm]) await killAndWait(pid);
-    liveTpms.delete(dir);
     rmSync(dir, { recursive: true, force: true });
+    reaper.release();
   };
 
   try {

@@ -1,0 +1,116 @@
+/**
+ * Every gateway metric in one registry, so the request path and the authority increment the same
+ * objects and /metrics renders one consistent page. Label values are closed sets (deny reasons,
+ * directions): never put an identity, destination or address in a label, or a hostile client can blow
+ * up the series count.
+ */
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+
+/** Latency buckets for in-process work that may include one registry round trip (seconds). */
+const DECISION_BUCKETS = [
+  0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+];
+const QUERY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+
+export type GatewayMetrics = ReturnType<typeof createGatewayMetrics>;
+
+/**
+ * A fresh registry (tests build their own so counts do not leak between cases). `defaultMetrics`
+ * registers the process collectors (CPU, memory, event loop lag, fds); leave it off in unit tests,
+ * since prom-client's collectors install timers.
+ */
+export function createGatewayMetrics(opts: { defaultMetrics?: boolean; prefix?: string } = {}) {
+  const registry = new Registry();
+  if (opts.defaultMetrics ?? true) collectDefaultMetrics({ register: registry, prefix: opts.prefix ?? '' });
+  const registers = [registry];
+
+  return {
+    registry,
+
+    connectionsTotal: new Counter({
+      name: 'agent_gateway_connections_total',
+      help: 'TLS/HTTP2 client connections accepted',
+      registers,
+    }),
+    connectionsOpen: new Gauge({
+      name: 'agent_gateway_connections_open',
+      help: 'TLS/HTTP2 client connections currently open',
+      registers,
+    }),
+    tunnelsOpen: new Gauge({
+      name: 'agent_gateway_tunnels_open',
+      help: 'CONNECT tunnels currently open',
+      registers,
+    }),
+    connectDecisions: new Counter<'result' | 'reason'>({
+      name: 'agent_gateway_connect_decisions_total',
+      help: 'CONNECT decisions; result is allow or deny, reason is the deny reason ("none" for allows)',
+      labelNames: ['result', 'reason'],
+      registers,
+    }),
+    decisionSeconds: new Histogram<'result'>({
+      name: 'agent_gateway_decision_seconds',
+      help: 'Time to authorize one CONNECT (cache, registry query and signature checks)',
+      labelNames: ['result'],
+      buckets: DECISION_BUCKETS,
+      registers,
+    }),
+    registryQuerySeconds: new Histogram<'query'>({
+      name: 'agent_gateway_registry_query_seconds',
+      help: 'Registry query latency including pool acquire, by query name',
+      labelNames: ['query'],
+      buckets: QUERY_BUCKETS,
+      registers,
+    }),
+    registryErrors: new Counter<'kind'>({
+      name: 'agent_gateway_registry_errors_total',
+      help: 'Registry failures (acquire_timeout, query_timeout, connect, query, listener)',
+      labelNames: ['kind'],
+      registers,
+    }),
+    bytes: new Counter<'direction'>({
+      name: 'agent_gateway_bytes_total',
+      help: 'Tunnel payload bytes relayed',
+      labelNames: ['direction'],
+      registers,
+    }),
+    upstreamConnectFailures: new Counter<'reason'>({
+      name: 'agent_gateway_upstream_connect_failures_total',
+      help: 'Upstream dials that failed (timeout, refused, dns, address_denied, ...)',
+      labelNames: ['reason'],
+      registers,
+    }),
+    limitRejections: new Counter<'reason'>({
+      name: 'agent_gateway_limit_rejections_total',
+      help: 'CONNECTs refused by a limit (rate_limited, identity_tunnel_limit, tunnel_limit, ...)',
+      labelNames: ['reason'],
+      registers,
+    }),
+    revocations: new Counter<'reason'>({
+      name: 'agent_gateway_revocations_total',
+      help: 'Open tunnels ended by live revocation or expiry, by reason',
+      labelNames: ['reason'],
+      registers,
+    }),
+    registryListenerUp: new Gauge({
+      name: 'agent_gateway_registry_listener_up',
+      help: '1 while the LISTEN connection for registry change notifications is established',
+      registers,
+    }),
+    decisionCacheHits: new Counter({
+      name: 'agent_gateway_decision_cache_hits_total',
+      help: 'CONNECT allows served from the verified-decision cache',
+      registers,
+    }),
+    decisionCacheMisses: new Counter({
+      name: 'agent_gateway_decision_cache_misses_total',
+      help: 'CONNECT decisions that needed a registry lookup (including while the cache is bypassed)',
+      registers,
+    }),
+  };
+}
+
+export type ByteDirection = 'client_to_dest' | 'dest_to_client';
+
+/** The process-wide instance main.ts wires everywhere. */
+export const metrics: GatewayMetrics = createGatewayMetrics();
