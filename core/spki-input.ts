@@ -4,13 +4,14 @@
  *
  * The result is the exact SPKI DER the gateway will compare against the TLS client certificate, so
  * nothing here re-encodes a key: an SPKI is returned byte for byte, a certificate's SPKI is the slice
- * the certificate carries (the same bytes core/identity-extension.ts reads from the leaf).
+ * the certificate carries (for a DER certificate, the bytes core/identity-extension.ts reads from the
+ * leaf). Certificates are checked with Node's built-in X509Certificate and the slice is located with
+ * asn1js, rather than through @peculiar/x509, whose load time alone (~1 s) would dominate every CLI run.
  */
-import { createHash } from 'node:crypto';
+import { createHash, X509Certificate } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import * as asn1js from 'asn1js';
 import { p256PublicKey } from './ecdsa.js';
-import { x509 } from './x509.js';
 
 export type SpkiSource = 'hex' | 'spki-pem' | 'spki-der' | 'certificate-pem' | 'certificate-der';
 
@@ -96,7 +97,9 @@ function parsePem(text: string, what: string): SpkiInput {
   const usable = blocks.find((b) => b.label === 'PUBLIC KEY' || b.label === 'CERTIFICATE');
   if (usable === undefined) {
     const labels = blocks.map((b) => b.label).join(', ');
-    const hint = /PRIVATE KEY/.test(labels) ? ' (this is a private key: give the public key or certificate)' : '';
+    const hint = /PRIVATE KEY/.test(labels)
+      ? ' (this is a private key: give the public key or certificate)'
+      : '';
     throw new SpkiInputError(what, `PEM holds ${labels}, expected PUBLIC KEY or CERTIFICATE${hint}`);
   }
   const der = Buffer.from(usable.body.replace(/\s+/g, ''), 'base64');
@@ -129,13 +132,24 @@ function parseDer(der: Buffer, what: string): { kind: 'spki' | 'certificate'; sp
     }
     return { kind: 'spki', spkiDer: Buffer.from(der) };
   }
-  let cert: x509.X509Certificate;
   try {
-    cert = new x509.X509Certificate(view);
+    new X509Certificate(der);
   } catch (err) {
-    throw new SpkiInputError(what, `neither a SubjectPublicKeyInfo nor a certificate (${(err as Error).message})`);
+    throw new SpkiInputError(
+      what,
+      `neither a SubjectPublicKeyInfo nor a certificate (${(err as Error).message})`,
+    );
   }
-  return { kind: 'certificate', spkiDer: Buffer.from(cert.publicKey.rawData) };
+  // TBSCertificate: [0] version (absent in v1), serialNumber, signature, issuer, validity, subject,
+  // subjectPublicKeyInfo, ...
+  const tbsFields = first instanceof asn1js.Sequence ? first.valueBlock.value : [];
+  const head = tbsFields[0];
+  const hasVersion = head !== undefined && head.idBlock.tagClass === 3 && head.idBlock.tagNumber === 0;
+  const spki = tbsFields[(hasVersion ? 1 : 0) + 5];
+  if (!(spki instanceof asn1js.Sequence)) {
+    throw new SpkiInputError(what, 'certificate has no subjectPublicKeyInfo where DER puts it');
+  }
+  return { kind: 'certificate', spkiDer: Buffer.from(spki.valueBeforeDecodeView) };
 }
 
 function isFile(path: string): boolean {

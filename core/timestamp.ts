@@ -30,11 +30,15 @@ export function parseTimestamp(text: string): Micros {
   ];
   const ms = Date.UTC(Number(y), Number(mo) - 1, Number(d), Number(h), Number(mi), Number(s));
   const back = new Date(ms);
-  // Date.UTC rolls 2026-02-31 over to March; a registry value like that is corrupt, not a date.
+  // Date.UTC rolls 2026-02-31 over to March (and month 13 into the next year); a registry value like
+  // that is corrupt, not a date. Every component must survive the round trip.
   if (
     Number.isNaN(ms) ||
+    back.getUTCFullYear() !== Number(y) ||
+    back.getUTCMonth() !== Number(mo) - 1 ||
     back.getUTCDate() !== Number(d) ||
     back.getUTCHours() !== Number(h) ||
+    back.getUTCMinutes() !== Number(mi) ||
     Number(s) > 59
   ) {
     throw new InvalidTimestampError(text);

@@ -63,7 +63,9 @@ export type SchemaStatus = {
   readonly notifications: boolean;
 };
 
-export type PingResult = { readonly ok: true; readonly version: number } | { readonly ok: false; readonly error: string };
+export type PingResult =
+  | { readonly ok: true; readonly version: number }
+  | { readonly ok: false; readonly error: string };
 
 export class Registry {
   private readonly pool: pg.Pool;
@@ -121,7 +123,8 @@ export class Registry {
     try {
       const client = await this.acquire();
       // A backend that dies while we hold the client emits 'error' on it; the pool only listens while idle.
-      const onError = (err: Error) => this.logger.debug({ err: errorText(err) }, 'registry client error while in use');
+      const onError = (err: Error) =>
+        this.logger.debug({ err: errorText(err) }, 'registry client error while in use');
       client.on('error', onError);
       let failure: Error | undefined;
       try {
@@ -168,7 +171,9 @@ export class Registry {
           if (settled) return;
           settled = true;
           // pg-pool reuses connectionTimeoutMillis for its own wait queue and reports it in these words.
-          const kind = /timeout exceeded when trying to connect/i.test(errorText(err)) ? 'acquire_timeout' : 'connect';
+          const kind = /timeout exceeded when trying to connect/i.test(errorText(err))
+            ? 'acquire_timeout'
+            : 'connect';
           reject(new RegistryUnavailableError(kind, errorText(err), { cause: err }));
         },
       );

@@ -7,7 +7,8 @@
  * Engines are deprecated in OpenSSL 3 (and `privateKeyEngine` is DEP0183 in Node), so everything that
  * depends on them stays behind createTpmSecureContext; a provider-based route can replace this file alone.
  */
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import tls from 'node:tls';
 import { formatHandle } from './tpm-tools.js';
@@ -70,7 +71,8 @@ export function engineKeyUri(cfg: Pick<TpmKeyConfig, 'token' | 'keyLabel' | 'pin
 export function prepareEngineEnvironment(cfg: TpmKeyConfig): void {
   process.env['TPM2_PKCS11_TCTI'] = cfg.tcti;
   if (cfg.store !== undefined) process.env['TPM2_PKCS11_STORE'] = path.resolve(cfg.store);
-  const modulePath = cfg.modulePath ?? process.env['PKCS11_MODULE_PATH'] ?? findMultiarch('pkcs11/libtpm2_pkcs11.so');
+  const modulePath =
+    cfg.modulePath ?? process.env['PKCS11_MODULE_PATH'] ?? findMultiarch('pkcs11/libtpm2_pkcs11.so');
   if (modulePath === undefined || !existsSync(modulePath)) {
     throw new TpmContextError(
       'engine_missing',
@@ -91,23 +93,55 @@ export function prepareEngineEnvironment(cfg: TpmKeyConfig): void {
 }
 
 /**
+ * The PIN as libp11 will read it: verbatim. A trailing newline (what `echo pin > file` writes) would be
+ * part of the PIN and fail the login, costing a dictionary-attack strike, so it is refused up front.
+ */
+export async function readPinFile(file: string): Promise<string> {
+  let pin: string;
+  try {
+    pin = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new TpmContextError('pin_file_unreadable', `PIN file ${file}: ${(err as Error).message}`);
+  }
+  assertUsablePin(file, pin);
+  return pin;
+}
+
+function assertUsablePin(file: string, pin: string): void {
+  if (pin === '') throw new TpmContextError('pin_file_unreadable', `PIN file ${file} is empty`);
+  if (/[\r\n]/.test(pin)) {
+    throw new TpmContextError(
+      'pin_file_unreadable',
+      `PIN file ${file} contains a line break; the engine reads the file verbatim, so write it without one ` +
+        `(printf '%s' "$PIN" > ${file})`,
+    );
+  }
+}
+
+/**
  * A SecureContext presenting `certPem` with the TPM key, trusting only `caPem` for the gateway. Creating
  * it logs in to the token and checks that the certificate matches the key, so a wrong PIN, a missing key
  * or a foreign certificate fail here, at start-up, rather than on the first CONNECT.
  */
-export function createTpmSecureContext(cfg: TpmKeyConfig, certPem: string, caPem: string): tls.SecureContext {
+export function createTpmSecureContext(
+  cfg: TpmKeyConfig,
+  certPem: string,
+  caPem: string | undefined,
+): tls.SecureContext {
   prepareEngineEnvironment(cfg);
+  let pin: string;
   try {
-    statSync(cfg.pinFile);
+    pin = readFileSync(cfg.pinFile, 'utf8');
   } catch (err) {
     throw new TpmContextError('pin_file_unreadable', `PIN file ${cfg.pinFile}: ${(err as Error).message}`);
   }
+  assertUsablePin(cfg.pinFile, pin);
   try {
     return tls.createSecureContext({
       privateKeyEngine: 'pkcs11',
       privateKeyIdentifier: engineKeyUri(cfg),
       cert: certPem,
-      ca: caPem,
+      ...(caPem === undefined ? {} : { ca: caPem }),
       minVersion: 'TLSv1.3',
     });
   } catch (err) {
@@ -120,7 +154,9 @@ function classifyContextError(cfg: TpmKeyConfig, err: unknown): TpmContextError 
   const text = [e.message ?? String(err), ...(e.opensslErrorStack ?? [])].join('; ');
   const where = `token ${JSON.stringify(cfg.token)}, key ${JSON.stringify(cfg.keyLabel)}`;
   if (/PIN incorrect|PIN_INCORRECT/i.test(text)) {
-    return new TpmContextError('pin_incorrect', `TPM token login failed: PIN incorrect (${where})`, { cause: err });
+    return new TpmContextError('pin_incorrect', `TPM token login failed: PIN incorrect (${where})`, {
+      cause: err,
+    });
   }
   if (/key values mismatch/i.test(text)) {
     return new TpmContextError(
@@ -139,7 +175,11 @@ function classifyContextError(cfg: TpmKeyConfig, err: unknown): TpmContextError 
       cause: err,
     });
   }
-  if (/engine/i.test(text) && /dso|not found|could not load|invalid engine/i.test(text) && !/pkcs11 engine::/i.test(text)) {
+  if (
+    /engine/i.test(text) &&
+    /dso|not found|could not load|invalid engine/i.test(text) &&
+    !/pkcs11 engine::/i.test(text)
+  ) {
     return new TpmContextError('engine_missing', `OpenSSL pkcs11 engine could not be loaded: ${text}`, {
       cause: err,
     });
@@ -166,7 +206,8 @@ export function isTpmSigningFailure(err: unknown): boolean {
 function findMultiarch(rel: string): string | undefined {
   const roots = ['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu'];
   try {
-    for (const d of readdirSync('/usr/lib')) if (d.endsWith('-linux-gnu')) roots.push(path.join('/usr/lib', d));
+    for (const d of readdirSync('/usr/lib'))
+      if (d.endsWith('-linux-gnu')) roots.push(path.join('/usr/lib', d));
   } catch {
     // no /usr/lib: fall through to undefined
   }

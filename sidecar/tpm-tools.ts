@@ -130,6 +130,27 @@ export async function readPersistentKey(
   }
 }
 
+/** Attributes that make a key non-exportable and TPM-generated; without them it is not a TPM identity. */
+export const REQUIRED_KEY_ATTRIBUTES = ['fixedtpm', 'fixedparent', 'sensitivedataorigin', 'sign'] as const;
+
+export class UnsuitableKeyError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UnsuitableKeyError';
+  }
+}
+
+/** Refuse a key that could have been imported or could be duplicated out of the TPM. */
+export function assertKeyAttributes(handle: string, attributes: readonly string[]): void {
+  const missing = REQUIRED_KEY_ATTRIBUTES.filter((a) => !attributes.includes(a));
+  if (missing.length > 0) {
+    throw new UnsuitableKeyError(
+      `the key at ${handle} lacks ${missing.join(', ')} (has ${attributes.join('|') || 'none'}): ` +
+        'it may exist outside this TPM, so it cannot serve as the sidecar identity',
+    );
+  }
+}
+
 /** Persistent handles currently in use. */
 export async function listPersistentHandles(target: TpmToolsTarget): Promise<number[]> {
   const out = await runTpmTool(target, 'tpm2_getcap', ['handles-persistent']);

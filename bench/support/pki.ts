@@ -3,7 +3,11 @@
  * proxies (localhost / 127.0.0.1), one for the TLS sink (SINK_NAME), software carrier certificates with
  * the identity extension, and a principal signing key for grants.
  */
-import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject, webcrypto } from 'node:crypto';
+import { createPrivateKey, generateKeyPairSync, type KeyObject, webcrypto } from 'node:crypto';
+
+type CryptoKey = webcrypto.CryptoKey;
+type CryptoKeyPair = webcrypto.CryptoKeyPair;
+
 import { identityExtension } from '../../core/identity-extension.js';
 import { x509 } from '../../core/x509.js';
 
@@ -39,10 +43,15 @@ async function generate(): Promise<CryptoKeyPair> {
 
 async function keyPem(key: CryptoKey): Promise<string> {
   const pkcs8 = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', key));
-  return createPrivateKey({ key: pkcs8, format: 'der', type: 'pkcs8' }).export({ type: 'pkcs8', format: 'pem' }).toString();
+  return createPrivateKey({ key: pkcs8, format: 'der', type: 'pkcs8' })
+    .export({ type: 'pkcs8', format: 'pem' })
+    .toString();
 }
 
-const validity = () => ({ notBefore: new Date(Date.now() - 3_600_000), notAfter: new Date(Date.now() + 30 * 86_400_000) });
+const validity = () => ({
+  notBefore: new Date(Date.now() - 3_600_000),
+  notAfter: new Date(Date.now() + 30 * 86_400_000),
+});
 
 export async function createPki(): Promise<BenchPki> {
   const caKeys = await generate();
@@ -114,5 +123,5 @@ export async function createPki(): Promise<BenchPki> {
 /** A principal's P-256 signing key (software; the real registry keeps it in a TPM via PKCS#11). */
 export function principalKey(): SigningKey {
   const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
-  return { privateKey, spkiDer: createPublicKey(publicKey).export({ type: 'spki', format: 'der' }) };
+  return { privateKey, spkiDer: publicKey.export({ type: 'spki', format: 'der' }) };
 }

@@ -2,8 +2,9 @@
  * /proc readings for the processes under test: CPU time (utime + stime), RSS and open fds, summed over a
  * process and all its descendants (the gateway may run node:cluster workers). Linux only.
  */
-import { readdirSync, readFileSync } from 'node:fs';
+
 import { execFileSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 
 let clockTicks = 0;
 
@@ -109,4 +110,13 @@ export function machineDescription(): { nproc: number; cpuModel: string; memGiB:
     memGiB: mem ? Math.round(Number(mem[1]) / 1024 / 1024) : 0,
     kernel,
   };
+}
+
+/** CPU-seconds the whole machine spent busy so far (all cores; /proc/stat, everything but idle and iowait). */
+export function machineBusySeconds(): number {
+  const first = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0] ?? '';
+  const f = first.trim().split(/\s+/).slice(1).map(Number);
+  // user nice system idle iowait irq softirq steal (guest time is already inside user)
+  const busy = (f[0] ?? 0) + (f[1] ?? 0) + (f[2] ?? 0) + (f[5] ?? 0) + (f[6] ?? 0) + (f[7] ?? 0);
+  return busy / ticksPerSecond();
 }

@@ -1,0 +1,753 @@
+#!/usr/bin/env bash
+# The agent_gateway demo, natively on one machine (no container engine, no AI tool needed).
+#
+#   ./demo/demo.sh setup      install what is missing, then start PostgreSQL, the mock HTTPS services
+#                             docstore and messaging, the gateway, a TPM-backed principal org-alice and a
+#                             TPM-backed agent agent-alpha, and prove one request through the tunnel.
+#                             Safe to re-run: what is running is reused.
+#   ./demo/demo.sh status     what is running
+#   ./demo/demo.sh teardown   stop everything the demo started and remove all of its files
+#
+# Then: ./demo/demo-agent.sh prompt agent-alpha --prompt "Access https://docstore/documents using curl"
+#
+# State: ~/.local/state/agent-gateway (AGENT_GATEWAY_DEMO_STATE_DIR). Env overrides (all optional):
+#   AGENT_GATEWAY_DATABASE_URL          use this PostgreSQL instead of starting a local cluster
+#   AGENT_GATEWAY_TPM_USER_PIN / _SO_PIN  TPM token PINs (default: demo values)
+#   AGENT_GATEWAY_DEMO_TPM2_PKCS11_STORE  the principal's tpm2-pkcs11 store (default: in the state dir)
+#   AGENT_GATEWAY_DEMO_SWTPM_PORT, AGENT_GATEWAY_DEMO_TPM_HANDLE   the agent's swtpm port and key handle
+#   AGENT_GATEWAY_DEMO_{GATEWAY,ADMIN,PG,DOCSTORE,MESSAGING,PRINCIPAL_SWTPM,SIDECAR}_PORT   listening ports
+#     (defaults 8443 9090 5432 9441 9442 2331 3128; a taken port is replaced by a free one)
+#   AGENT_GATEWAY_DEMO_CONFIG           config file (default: <repo>/config.toml)
+#   AGENT_GATEWAY_DEMO_CERTS_DIR        demo TLS material (default: <repo>/certs)
+#   AGENT_GATEWAY_DEMO_CONFIG_EXAMPLE   the file config.toml is written from (default: config.example.toml)
+#   AGENT_GATEWAY_DEMO_SKIP_APT=1 / AGENT_GATEWAY_DEMO_SKIP_BUILD=1   skip package install / npm build
+#   AGENT_GATEWAY_DEMO_RUNTIME=compose  run PostgreSQL, migrations, mocks and gateway from compose.yaml
+#                                       (needs docker compose or podman compose); default: native
+# shellcheck disable=SC2016 # node -e scripts are single-quoted on purpose
+set -euo pipefail
+
+DEMO_PROG="demo.sh"
+# shellcheck source=demo/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$DEMO_ROOT"
+
+PRINCIPAL="org-alice"
+PRINCIPAL_SCOPE=(docstore messaging api.anthropic.com)
+DEMO_AGENT="agent-alpha"
+DEMO_AGENT_GRANTS=(docstore messaging)
+MOCKS=(docstore messaging)
+PKGS=(postgresql swtpm swtpm-tools tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtpm2-pkcs11-1
+  libtpm2-pkcs11-tools libengine-pkcs11-openssl opensc dbus openssl curl ca-certificates)
+# Only needed when npm has to compile pkcs11js.
+BUILD_PKGS=(g++ make python3)
+PG_DB="agent_gateway"
+PG_ADMIN_ROLE="agent_gateway_demo_admin"
+PG_GATEWAY_ROLE="agent_gateway_demo_gateway"
+SETUP_LOG="$STATE_DIR/logs/setup.log"
+
+usage() {
+  awk 'NR > 1 && /^#/ { if ($0 !~ /shellcheck/) { sub(/^# ?/, ""); print }; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
+  exit "${1:-0}"
+}
+
+# ---- helpers ------------------------------------------------------------------------------------------
+
+is_root() { [ "$(id -u)" = 0 ]; }
+
+sha_of() { sha256sum "$1" 2>/dev/null | cut -d' ' -f1; }
+
+certs_dir() {
+  local d="${AGENT_GATEWAY_DEMO_CERTS_DIR:-$(state_get CERTS_DIR)}"
+  printf '%s' "${d:-$DEMO_ROOT/certs}"
+}
+config_path() {
+  local f="${AGENT_GATEWAY_DEMO_CONFIG:-$(state_get CONFIG_PATH)}"
+  printf '%s' "${f:-$DEMO_ROOT/config.toml}"
+}
+
+# owner_alive PIDFILE|compose:SERVICE: the demo's process (or compose service) that holds a port runs.
+owner_alive() {
+  case "$1" in
+    compose:*)
+      [ "$(state_get RUNTIME)" = compose ] && find_compose &&
+        [ -n "$(compose ps -q --status running "${1#compose:}" 2>/dev/null)" ]
+      ;;
+    *) pid_alive "$1" >/dev/null ;;
+  esac
+}
+
+# settle_port KEY ENVVAR DEFAULT PIDFILE: the port recorded under KEY when its process still runs (or the
+# port is free), else the env override / default when free, else any free port. Records the choice.
+settle_port() {
+  local key="$1" envvar="$2" default="$3" pidfile="$4" recorded wanted port
+  recorded="$(state_get "$key")"
+  if [ -n "$recorded" ] && { owner_alive "$pidfile" || port_free "$recorded"; }; then
+    port="$recorded"
+  else
+    wanted="${!envvar:-$default}"
+    if ! [[ "$wanted" =~ ^[0-9]+$ ]] || [ "$wanted" -lt 1 ] || [ "$wanted" -gt 65535 ]; then
+      die "$envvar=$wanted is not a port"
+    fi
+    port="$(pick_port "$wanted")"
+  fi
+  state_set "$key" "$port"
+  printf '%s' "$port"
+}
+
+pg_bin_dir() {
+  local d best=""
+  for d in /usr/lib/postgresql/*/bin; do
+    if [ ! -x "$d/initdb" ] || [ ! -x "$d/pg_ctl" ]; then continue; fi
+    if [ -z "$best" ] || [ "$(basename "$(dirname "$d")" | cut -d. -f1)" -gt "$(basename "$(dirname "$best")" | cut -d. -f1)" ]; then
+      best="$d"
+    fi
+  done
+  [ -n "$best" ] || die "no PostgreSQL server binaries under /usr/lib/postgresql/*/bin (apt-get install postgresql)"
+  printf '%s' "$best"
+}
+
+# as_pg CMD...: run a PostgreSQL server binary as the cluster owner (postgres when we are root).
+as_pg() {
+  if is_root; then
+    (cd / && runuser -u postgres -- "$@")
+  else
+    "$@"
+  fi
+}
+
+pg_socket_dir() { printf '%s/run' "$(state_get PG_DIR)"; }
+
+# psql_super ARGS...: psql as the superuser over the cluster's private unix socket.
+psql_super() {
+  psql -X -v ON_ERROR_STOP=1 -h "$(pg_socket_dir)" -p "$(state_get PG_PORT)" -U postgres "$@"
+}
+
+url_encode() { node -e 'process.stdout.write(encodeURIComponent(process.argv[1]))' "$1"; }
+
+principal_dir() { printf '%s/principal' "$STATE_DIR"; }
+
+# principal_env: the environment the registry CLI needs (database + the principal's TPM).
+principal_env() {
+  local dir
+  dir="$(principal_dir)"
+  tpm_env_exports "$dir/tpm"
+  export TPM2_PKCS11_STORE
+  TPM2_PKCS11_STORE="$(state_get PRINCIPAL_STORE)"
+  export AGENT_GATEWAY_DATABASE_URL
+  AGENT_GATEWAY_DATABASE_URL="$(state_get DB_ADMIN_URL)"
+}
+
+registry_cli() {
+  local script="$DEMO_ROOT/registry-cli/$1"
+  shift
+  [ -x "$script" ] || die "$script is missing"
+  (
+    principal_env
+    logged "$script" "$@"
+  )
+}
+
+# ---- setup steps ----------------------------------------------------------------------------------------
+
+step_packages() {
+  step "Checking system packages" "$SETUP_LOG"
+  local missing=() p want=("${PKGS[@]}")
+  [ -d node_modules ] || want+=("${BUILD_PKGS[@]}")
+  for p in "${want[@]}"; do
+    dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed' || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "${AGENT_GATEWAY_DEMO_SKIP_APT:-${SKIP_APT:-0}}" = 1 ]; then
+      die "missing Debian packages (AGENT_GATEWAY_DEMO_SKIP_APT=1, not installing): ${missing[*]}"
+    fi
+    info "    installing: ${missing[*]}"
+    local sudo=()
+    is_root || sudo=(sudo)
+    logged "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
+    logged "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+  fi
+  require_cmd node npm openssl curl swtpm tpm2-abrmd dbus-daemon tpm2_ptool pkcs11-tool psql runuser setsid
+  node -e '
+    const [maj, min] = process.versions.node.split(".").map(Number);
+    if (maj < 20 || (maj === 20 && min < 19)) {
+      console.error(`Node.js ${process.versions.node} is too old: agent_gateway needs >= 20.19 (Debian 12 ships 18; install Node 20 or newer from nodejs.org)`);
+      process.exit(1);
+    }' >>"$CURRENT_LOG" 2>&1 || die "Node.js >= 20.19 is required (node $(node -v)); see $CURRENT_LOG"
+  step_done
+}
+
+step_build() {
+  step "Installing npm dependencies and building" "$SETUP_LOG"
+  if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    info "    npm ci"
+    logged npm ci --no-audit --no-fund
+  fi
+  if [ "${AGENT_GATEWAY_DEMO_SKIP_BUILD:-0}" = 1 ]; then
+    info "    build skipped (AGENT_GATEWAY_DEMO_SKIP_BUILD=1)"
+  else
+    local outputs=(dist/gateway/main.js dist/sidecar/main.js dist/demo/mock-service.js dist/demo/write-config.js)
+    local oldest="" f stale=0
+    for f in "${outputs[@]}"; do
+      if [ ! -f "$f" ]; then
+        stale=1
+        break
+      fi
+      if [ -z "$oldest" ] || [ "$f" -ot "$oldest" ]; then oldest="$f"; fi
+    done
+    if [ "$stale" = 0 ] && [ -n "$(find core gateway sidecar registry-cli demo -name '*.ts' -newer "$oldest" -print -quit 2>/dev/null)" ]; then
+      stale=1
+    fi
+    if [ "$stale" = 0 ] && { [ package.json -nt "$oldest" ] || [ tsconfig.build.json -nt "$oldest" ]; }; then stale=1; fi
+    if [ "$stale" = 1 ]; then
+      info "    npm run build"
+      logged npm run build
+    fi
+  fi
+  for f in gateway/main.js sidecar/main.js demo/mock-service.js demo/write-config.js; do node_prog "$f" >/dev/null; done
+  step_done
+}
+
+step_certs() {
+  step "Generating demo TLS material" "$SETUP_LOG"
+  local dir
+  dir="$(certs_dir)"
+  state_set CERTS_DIR "$dir"
+  logged "$DEMO_ROOT/demo/generate-server-certs.sh" "$dir"
+  info "    $dir: server-ca.pem server.pem (gateway), mock-ca.pem mock-services.pem (docstore, messaging)"
+  step_done
+}
+
+step_ports() {
+  step "Choosing ports (127.0.0.1 only)" "$SETUP_LOG"
+  local gw="$STATE_DIR/run/gateway.pid"
+  [ "$(state_get RUNTIME)" = compose ] && gw="compose:gateway"
+  GATEWAY_PORT="$(settle_port GATEWAY_PORT AGENT_GATEWAY_DEMO_GATEWAY_PORT 8443 "$gw")"
+  ADMIN_PORT="$(settle_port ADMIN_PORT AGENT_GATEWAY_DEMO_ADMIN_PORT 9090 "$gw")"
+  DOCSTORE_PORT="$(settle_port DOCSTORE_PORT AGENT_GATEWAY_DEMO_DOCSTORE_PORT 9441 "$STATE_DIR/run/mock-docstore.pid")"
+  MESSAGING_PORT="$(settle_port MESSAGING_PORT AGENT_GATEWAY_DEMO_MESSAGING_PORT 9442 "$STATE_DIR/run/mock-messaging.pid")"
+  info "    gateway $GATEWAY_PORT, admin $ADMIN_PORT, docstore $DOCSTORE_PORT, messaging $MESSAGING_PORT"
+  step_done
+}
+
+step_postgres() {
+  if [ -n "${AGENT_GATEWAY_DATABASE_URL:-}" ]; then
+    step "Using the PostgreSQL at AGENT_GATEWAY_DATABASE_URL" "$SETUP_LOG"
+    state_set PG_MODE external
+    state_set DB_SUPER_URL "$AGENT_GATEWAY_DATABASE_URL"
+    state_set DB_ADMIN_URL "$AGENT_GATEWAY_DATABASE_URL"
+    state_set DB_GATEWAY_URL "$AGENT_GATEWAY_DATABASE_URL"
+    info "    (no local cluster; migrations, registry writes and the gateway all use that URL)"
+    step_done
+    return 0
+  fi
+  local log="$STATE_DIR/logs/postgres-setup.log"
+  step "Starting PostgreSQL (local cluster, no system service)" "$log"
+  state_set PG_MODE local
+  local bin pgdir data port pid
+  bin="$(pg_bin_dir)"
+  state_set PG_BIN "$bin"
+  pgdir="$(state_get PG_DIR)"
+  if [ -z "$pgdir" ] || [ ! -d "$pgdir" ]; then
+    pgdir="$STATE_DIR/postgres"
+    if [ -L "$pgdir" ]; then rm -f "$pgdir"; fi
+    mkdir -p "$pgdir"
+    if is_root; then
+      chown postgres:postgres "$pgdir"
+      if ! runuser -u postgres -- test -w "$pgdir" 2>/dev/null; then
+        # The postgres user cannot reach into root's home: keep the cluster in /var/tmp, linked from state.
+        rmdir "$pgdir"
+        pgdir="$(mktemp -d /var/tmp/agent-gateway-demo-pg.XXXXXX)"
+        chown postgres:postgres "$pgdir"
+        ln -sfn "$pgdir" "$STATE_DIR/postgres"
+        info "    cluster in $pgdir (linked from $STATE_DIR/postgres: user postgres cannot enter the state dir)"
+      fi
+    fi
+    state_set PG_DIR "$pgdir"
+  fi
+  chmod 700 "$pgdir"
+  data="$pgdir/data"
+  if [ ! -f "$data/PG_VERSION" ]; then
+    info "    initdb $data"
+    local pwfile="$pgdir/pwfile"
+    (umask 077 && printf '%s\n' "$PG_SUPERUSER_PASSWORD" >"$pwfile")
+    is_root && chown postgres:postgres "$pwfile"
+    logged as_pg "$bin/initdb" -D "$data" -U postgres --pwfile="$pwfile" --auth-local=trust \
+      --auth-host=scram-sha-256 --encoding=UTF8 --locale=C
+    rm -f "$pwfile"
+    printf "\ninclude_if_exists 'agent-gateway-demo.conf'\n" >>"$data/postgresql.conf"
+    printf 'local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n' >"$data/pg_hba.conf"
+    is_root && chown postgres:postgres "$data/pg_hba.conf"
+  fi
+  mkdir -p "$pgdir/run"
+  chmod 700 "$pgdir/run"
+  is_root && chown postgres:postgres "$pgdir/run"
+
+  if as_pg "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    port="$(state_get PG_PORT)"
+    info "    already running on 127.0.0.1:$port"
+  else
+    port="$(settle_port PG_PORT AGENT_GATEWAY_DEMO_PG_PORT 5432 "$STATE_DIR/run/postgres.pid")"
+    cat >"$data/agent-gateway-demo.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$pgdir/run'
+unix_socket_permissions = 0700
+max_connections = 50
+EOF
+    is_root && chown postgres:postgres "$data/agent-gateway-demo.conf"
+    logged as_pg "$bin/pg_ctl" -D "$data" -l "$pgdir/postgres.log" -w -t 60 start
+    info "    started on 127.0.0.1:$port (log: $pgdir/postgres.log)"
+  fi
+  pid="$(head -n 1 "$data/postmaster.pid")"
+  pid_record "$STATE_DIR/run/postgres.pid" "$pid"
+  state_set PG_LOG "$pgdir/postgres.log"
+
+  if [ "$(psql_super -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" != 1 ]; then
+    logged psql_super -d postgres -c "CREATE DATABASE $PG_DB"
+  fi
+  # Keep the superuser password in step with the (possibly overridden) demo value.
+  logged psql_super -d postgres -v "pw=$PG_SUPERUSER_PASSWORD" <<<"ALTER ROLE postgres PASSWORD :'pw';"
+  local enc
+  enc="$(url_encode "$PG_SUPERUSER_PASSWORD")"
+  state_set DB_SUPER_URL "postgresql://postgres:$enc@127.0.0.1:$port/$PG_DB"
+  step_done
+}
+
+step_migrations() {
+  local log="$STATE_DIR/logs/migrations.log"
+  step "Applying registry migrations (registry-cli/migrate.sh)" "$log"
+  (
+    export AGENT_GATEWAY_DATABASE_URL
+    AGENT_GATEWAY_DATABASE_URL="$(state_get DB_SUPER_URL)"
+    logged "$DEMO_ROOT/registry-cli/migrate.sh"
+  )
+  if [ "$(state_get PG_MODE)" = local ]; then
+    # Login roles IN ROLE the groups from migration 0002: read-only runtime for the gateway, admin for writes.
+    logged psql_super -d "$PG_DB" -v "admin_pw=$PG_ADMIN_PASSWORD" -v "gw_pw=$PG_GATEWAY_PASSWORD" <<SQL
+DO \$\$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$PG_ADMIN_ROLE') THEN
+    CREATE ROLE $PG_ADMIN_ROLE LOGIN IN ROLE agent_gateway_admin;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$PG_GATEWAY_ROLE') THEN
+    CREATE ROLE $PG_GATEWAY_ROLE LOGIN IN ROLE agent_gateway_runtime;
+  END IF;
+END
+\$\$;
+ALTER ROLE $PG_ADMIN_ROLE LOGIN PASSWORD :'admin_pw';
+ALTER ROLE $PG_GATEWAY_ROLE LOGIN PASSWORD :'gw_pw';
+GRANT agent_gateway_admin TO $PG_ADMIN_ROLE;
+GRANT agent_gateway_runtime TO $PG_GATEWAY_ROLE;
+SQL
+    local port
+    port="$(state_get PG_PORT)"
+    state_set DB_ADMIN_URL "postgresql://$PG_ADMIN_ROLE:$(url_encode "$PG_ADMIN_PASSWORD")@127.0.0.1:$port/$PG_DB"
+    state_set DB_GATEWAY_URL "postgresql://$PG_GATEWAY_ROLE:$(url_encode "$PG_GATEWAY_PASSWORD")@127.0.0.1:$port/$PG_DB"
+    info "    roles: $PG_GATEWAY_ROLE (gateway, read-only), $PG_ADMIN_ROLE (registry writes)"
+  fi
+  step_done
+}
+
+step_config() {
+  local cfg written
+  cfg="$(config_path)"
+  step "Writing $(basename "$cfg") from config.example.toml" "$SETUP_LOG"
+  state_set CONFIG_PATH "$cfg"
+  written="$(state_get CONFIG_WRITTEN)"
+  if [ -f "$cfg" ] && [ "$written" != 1 ]; then
+    info "    $cfg exists and was not written by the demo: using it as it is."
+    info "    It must point upstream.overrides \"docstore:443\"/\"messaging:443\" at 127.0.0.1:$DOCSTORE_PORT/$MESSAGING_PORT"
+    info "    and listen where the demo expects (server.listen_addr = 127.0.0.1:$GATEWAY_PORT)."
+    step_done
+    return 0
+  fi
+  if [ -f "$cfg" ] && [ "$(sha_of "$cfg")" != "$(state_get CONFIG_SHA256)" ]; then
+    info "    $cfg was changed since the demo wrote it: leaving it alone (and it will not be removed at teardown)"
+    state_set CONFIG_WRITTEN 0
+    step_done
+    return 0
+  fi
+  local example="${AGENT_GATEWAY_DEMO_CONFIG_EXAMPLE:-$DEMO_ROOT/config.example.toml}"
+  [ -f "$example" ] || die "$example is missing"
+  local certs values
+  certs="$(certs_dir)"
+  values="$(node -e '
+    const [gw, admin, certs, db, doc, msg, oid] = process.argv.slice(1);
+    process.stdout.write(JSON.stringify({
+      server: {
+        listen_addr: `127.0.0.1:${gw}`, tls_cert_path: `${certs}/server.pem`, tls_key_path: `${certs}/server-key.pem`,
+        workers: 1, drain_timeout_ms: 5000,
+      },
+      policy: { client_ext_oid: oid, database_url: db, database_url_env: null },
+      upstream: {
+        allow_cidrs: ["127.0.0.1/32"],
+        overrides: { "docstore:443": `127.0.0.1:${doc}`, "messaging:443": `127.0.0.1:${msg}` },
+      },
+      admin: { listen_addr: `127.0.0.1:${admin}` },
+    }));' "$GATEWAY_PORT" "$ADMIN_PORT" "$certs" "$(state_get DB_GATEWAY_URL)" "$DOCSTORE_PORT" "$MESSAGING_PORT" \
+    "$DEMO_CLIENT_EXT_OID")"
+  logged node "$(node_prog demo/write-config.js)" --example "$example" --out "$cfg" --values "$values" \
+    --header "Written by demo/demo.sh setup from config.example.toml; removed by demo/demo.sh teardown.
+The gateway reaches the demo's loopback mock services through [upstream] overrides (like curl --resolve).
+The database password is a local demo value."
+  chmod 600 "$cfg"
+  state_set CONFIG_WRITTEN 1
+  state_set CONFIG_SHA256 "$(sha_of "$cfg")"
+  info "    $cfg (docstore:443 -> 127.0.0.1:$DOCSTORE_PORT, messaging:443 -> 127.0.0.1:$MESSAGING_PORT)"
+  step_done
+}
+
+step_mocks() {
+  step "Starting mock HTTPS services docstore and messaging" "$SETUP_LOG"
+  local name port pidfile log certs
+  certs="$(certs_dir)"
+  for name in "${MOCKS[@]}"; do
+    pidfile="$STATE_DIR/run/mock-$name.pid"
+    log="$STATE_DIR/logs/mock-$name.log"
+    CURRENT_LOG="$log"
+    if [ "$name" = docstore ]; then port="$DOCSTORE_PORT"; else port="$MESSAGING_PORT"; fi
+    if pid_alive "$pidfile" >/dev/null && port_listening "$port"; then
+      info "    $name already running on 127.0.0.1:$port (pid $(pid_alive "$pidfile"))"
+      continue
+    fi
+    pid_stop "$pidfile" "mock $name" 2>/dev/null
+    spawn_bg "$pidfile" "$log" node "$(node_prog demo/mock-service.js)" --name "$name" --listen "127.0.0.1:$port" \
+      --cert "$certs/mock-services.pem" --key "$certs/mock-services-key.pem" >/dev/null
+    wait_port "$port" 20 "$pidfile"
+    info "    $name on 127.0.0.1:$port (log: $log)"
+  done
+  step_done
+}
+
+gateway_ready() {
+  local admin
+  admin="$(state_get ADMIN_PORT)"
+  if [ -n "$admin" ] && curl -fsS --max-time 2 "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1; then return 0; fi
+  return 1
+}
+
+step_gateway() {
+  local log="$STATE_DIR/logs/gateway.log" pidfile="$STATE_DIR/run/gateway.pid" cfg i
+  step "Starting the gateway (agent_gateway --config $(basename "$(config_path)"))" "$log"
+  cfg="$(config_path)"
+  if pid_alive "$pidfile" >/dev/null && [ "$(state_get GATEWAY_CONFIG_SHA256)" = "$(sha_of "$cfg")" ] &&
+    port_listening "$GATEWAY_PORT"; then
+    info "    already running on 127.0.0.1:$GATEWAY_PORT (pid $(pid_alive "$pidfile"))"
+    step_done
+    return 0
+  fi
+  if pid_alive "$pidfile" >/dev/null; then
+    info "    restarting (its configuration changed)"
+    pid_stop "$pidfile" gateway
+  fi
+  spawn_bg "$pidfile" "$log" node "$(node_prog gateway/main.js)" --config "$cfg" >/dev/null
+  state_set GATEWAY_CONFIG_SHA256 "$(sha_of "$cfg")"
+  wait_port "$GATEWAY_PORT" 60 "$pidfile"
+  for i in $(seq 100); do
+    gateway_ready && break
+    pid_alive "$pidfile" >/dev/null || die "the gateway exited (see $log)"
+    [ "$i" = 100 ] && info "    (admin /readyz did not answer; continuing on the TLS port alone)"
+    sleep 0.2
+  done
+  info "    listening on 127.0.0.1:$GATEWAY_PORT, admin http://127.0.0.1:$ADMIN_PORT (log: $log)"
+  step_done
+}
+
+step_principal() {
+  local dir log port store
+  dir="$(principal_dir)"
+  log="$STATE_DIR/logs/principal.log"
+  step "Registering principal $PRINCIPAL (its own swtpm-backed tpm2-pkcs11 store)" "$log"
+  mkdir -p "$dir"
+  chmod 700 "$dir"
+  if ! tpm_running "$dir/tpm"; then
+    port="$(settle_port PRINCIPAL_SWTPM_PORT AGENT_GATEWAY_DEMO_PRINCIPAL_SWTPM_PORT 2331 "$dir/tpm/swtpm.proc")"
+    if ! port_free $((port + 1)); then
+      state_del PRINCIPAL_SWTPM_PORT
+      port="$(free_port_pair)"
+      state_set PRINCIPAL_SWTPM_PORT "$port"
+    fi
+    tpm_up "$dir/tpm" "$port" "$log"
+    info "    swtpm on 127.0.0.1:$port/$((port + 1)) + tpm2-abrmd (state: $dir/tpm)"
+  fi
+  store="${AGENT_GATEWAY_DEMO_TPM2_PKCS11_STORE:-$(state_get PRINCIPAL_STORE)}"
+  store="${store:-$dir/tpm2-pkcs11}"
+  if [ ! -d "$store" ]; then
+    mkdir -p "$store"
+    state_set PRINCIPAL_STORE_CREATED 1
+  fi
+  chmod 700 "$store"
+  store="$(cd "$store" && pwd)"
+  state_set PRINCIPAL_STORE "$store"
+  registry_cli register-principal-key.sh "$PRINCIPAL"
+  info "    key $PRINCIPAL in token ${AGENT_GATEWAY_TPM_TOKEN_LABEL} (store: $store)"
+  step_done
+
+  step "Granting $PRINCIPAL the scope: ${PRINCIPAL_SCOPE[*]}" "$log"
+  registry_cli grant-principal-scope.sh "$PRINCIPAL" "${PRINCIPAL_SCOPE[@]}"
+  step_done
+}
+
+step_agent() {
+  local log="$STATE_DIR/logs/agents.log"
+  step "Creating agent $DEMO_AGENT (own swtpm, TPM key, carrier cert, sidecar) with grants: ${DEMO_AGENT_GRANTS[*]}" "$log"
+  local g args=()
+  for g in "${DEMO_AGENT_GRANTS[@]}"; do args+=(--grant "$g"); done
+  if [ -f "$AGENTS_DIR/$DEMO_AGENT/agent.env" ]; then
+    info "    $DEMO_AGENT exists: making sure its swtpm and sidecar run, refreshing its grants"
+    "$DEMO_ROOT/demo/demo-agent.sh" start "$DEMO_AGENT" 2>>"$log" >/dev/null
+    "$DEMO_ROOT/demo/demo-agent.sh" grant --missing-only "$DEMO_AGENT" "${DEMO_AGENT_GRANTS[@]}" 2>>"$log" >/dev/null
+  else
+    "$DEMO_ROOT/demo/demo-agent.sh" create --identity "$DEMO_AGENT" "${args[@]}" 2>>"$log" >/dev/null
+  fi
+  local env="$AGENTS_DIR/$DEMO_AGENT/agent.env"
+  info "    TPM key $(state_get TPM_HANDLE "$env") in swtpm 127.0.0.1:$(state_get SWTPM_PORT "$env"), public key sha256 $(sha_of "$AGENTS_DIR/$DEMO_AGENT/spki.der" | cut -c1-16)…"
+  info "    sidecar http://127.0.0.1:$(state_get SIDECAR_PORT "$env") (state: $AGENTS_DIR/$DEMO_AGENT)"
+  step_done
+}
+
+step_prove() {
+  local log="$STATE_DIR/logs/setup.log" sidecar body
+  step "Proving it: GET https://docstore/health as $DEMO_AGENT through its sidecar and the gateway" "$log"
+  sidecar="$(state_get SIDECAR_PORT "$AGENTS_DIR/$DEMO_AGENT/agent.env")"
+  body="$(curl -sS --fail-with-body --max-time 30 --proxy "http://127.0.0.1:$sidecar" --cacert "$(certs_dir)/mock-ca.pem" \
+    https://docstore/health 2>>"$log")" || {
+    printf '%s\n' "$body" >>"$log"
+    die "the request through the tunnel failed (logs: $log, $STATE_DIR/logs/gateway.log, $AGENTS_DIR/$DEMO_AGENT/sidecar.log)"
+  }
+  info "    curl --proxy http://127.0.0.1:$sidecar https://docstore/health  (CONNECT docstore:443 -> gateway -> 127.0.0.1:$(state_get DOCSTORE_PORT))"
+  printf '%s\n' "$body"
+  step_done
+}
+
+# ---- compose runtime (AGENT_GATEWAY_DEMO_RUNTIME=compose) -----------------------------------------------
+# PostgreSQL, migrations, the mocks and the gateway run from compose.yaml; the principal and the agents stay
+# on the host (the TPM is there) and use the published loopback ports.
+
+COMPOSE=()
+
+find_compose() {
+  if docker compose version >/dev/null 2>&1; then
+    COMPOSE=(docker compose)
+  elif podman compose version >/dev/null 2>&1; then
+    COMPOSE=(podman compose)
+  elif command -v docker-compose >/dev/null &&
+    [ "$(docker-compose version --short 2>/dev/null | cut -d. -f1 | tr -dc 0-9)" -ge 2 ] 2>/dev/null; then
+    COMPOSE=(docker-compose)
+  else
+    return 1
+  fi
+}
+
+# compose ARGS...: the compose CLI on compose.yaml with the demo's ports and passwords.
+compose() {
+  [ "${#COMPOSE[@]}" -gt 0 ] || find_compose || die "no container engine with compose (docker compose, podman compose)"
+  AGENT_GATEWAY_DEMO_GATEWAY_PORT="$(state_get GATEWAY_PORT)" AGENT_GATEWAY_DEMO_ADMIN_PORT="$(state_get ADMIN_PORT)" \
+    AGENT_GATEWAY_DEMO_PG_PORT="$(state_get PG_PORT)" \
+    AGENT_GATEWAY_DEMO_PG_SUPERUSER_PASSWORD="$PG_SUPERUSER_PASSWORD" \
+    AGENT_GATEWAY_DEMO_PG_ADMIN_PASSWORD="$PG_ADMIN_PASSWORD" \
+    AGENT_GATEWAY_DEMO_PG_GATEWAY_PASSWORD="$PG_GATEWAY_PASSWORD" \
+    "${COMPOSE[@]}" --project-directory "$DEMO_ROOT" -f "$DEMO_ROOT/compose.yaml" "$@"
+}
+
+step_compose() {
+  local log="$STATE_DIR/logs/compose.log" i port
+  step "Starting PostgreSQL, migrations, mocks and the gateway (${COMPOSE[*]} up -d --build)" "$log"
+  [ "$(certs_dir)" = "$DEMO_ROOT/certs" ] || die "the compose runtime reads ./certs: unset AGENT_GATEWAY_DEMO_CERTS_DIR"
+  port="$(settle_port PG_PORT AGENT_GATEWAY_DEMO_PG_PORT 5432 compose:postgres)"
+  state_set PG_MODE compose
+  logged compose up -d --build
+  for i in $(seq 150); do
+    gateway_ready && break
+    if [ "$i" = 150 ]; then
+      compose ps -a >>"$log" 2>&1 || true
+      compose logs --no-color --tail 50 >>"$log" 2>&1 || true
+      die "the gateway did not become ready within 5 minutes (${COMPOSE[*]} logs gateway)"
+    fi
+    sleep 2
+  done
+  state_set DB_SUPER_URL "postgresql://postgres:$(url_encode "$PG_SUPERUSER_PASSWORD")@127.0.0.1:$port/$PG_DB"
+  state_set DB_ADMIN_URL "postgresql://$PG_ADMIN_ROLE:$(url_encode "$PG_ADMIN_PASSWORD")@127.0.0.1:$port/$PG_DB"
+  state_set DB_GATEWAY_URL "postgresql://$PG_GATEWAY_ROLE:$(url_encode "$PG_GATEWAY_PASSWORD")@127.0.0.1:$port/$PG_DB"
+  info "    postgres 127.0.0.1:$port, gateway 127.0.0.1:$GATEWAY_PORT, admin http://127.0.0.1:$ADMIN_PORT"
+  info "    docstore:443 and messaging:443 inside the compose network (logs: ${COMPOSE[*]} logs -f)"
+  step_done
+}
+
+cmd_setup() {
+  trap on_exit_report EXIT
+  mkdir -p "$STATE_DIR/logs" "$STATE_DIR/run"
+  chmod 700 "$STATE_DIR"
+  [ -f "$DEMO_ENV_FILE" ] || state_set CREATED "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  load_secrets
+  state_set TPM_USER_PIN "$AGENT_GATEWAY_TPM_USER_PIN"
+  state_set TPM_SO_PIN "$AGENT_GATEWAY_TPM_SO_PIN"
+  state_set TPM_TOKEN_LABEL "$AGENT_GATEWAY_TPM_TOKEN_LABEL"
+  local runtime="${AGENT_GATEWAY_DEMO_RUNTIME:-$(state_get RUNTIME)}"
+  runtime="${runtime:-native}"
+  case "$runtime" in
+    native) STEP_TOTAL=13 ;;
+    compose)
+      STEP_TOTAL=9
+      find_compose || die "AGENT_GATEWAY_DEMO_RUNTIME=compose needs docker compose or podman compose"
+      ;;
+    *) die "AGENT_GATEWAY_DEMO_RUNTIME must be native or compose, not $runtime" ;;
+  esac
+  if [ -n "$(state_get RUNTIME)" ] && [ "$(state_get RUNTIME)" != "$runtime" ]; then
+    die "this demo was set up with the $(state_get RUNTIME) runtime: ./demo/demo.sh teardown first"
+  fi
+  state_set RUNTIME "$runtime"
+  info "agent_gateway demo setup (state: $STATE_DIR, runtime: $runtime)"
+  step_packages
+  step_build
+  step_certs
+  step_ports
+  if [ "$runtime" = compose ]; then
+    step_compose
+  else
+    step_postgres
+    step_migrations
+    step_config
+    step_mocks
+    step_gateway
+  fi
+  step_principal
+  step_agent
+  step_prove
+  trap - EXIT
+  cat >&2 <<EOF
+
+Demo ready. Next:
+  ./demo/demo-agent.sh prompt $DEMO_AGENT --prompt "Access https://docstore/documents using curl"
+  ./demo/demo.sh teardown      # stop everything and remove all demo state
+EOF
+}
+
+# ---- status ---------------------------------------------------------------------------------------------
+
+show_proc() {
+  local pid
+  if pid="$(pid_alive "$2")"; then
+    printf '  %-28s running (pid %s)%s\n' "$1" "$pid" "${3:+, $3}"
+  else
+    printf '  %-28s not running\n' "$1"
+  fi
+}
+
+cmd_status() {
+  if [ ! -f "$DEMO_ENV_FILE" ]; then
+    echo "no demo state in $STATE_DIR (run ./demo/demo.sh setup)"
+    return 0
+  fi
+  echo "demo state: $STATE_DIR"
+  show_proc postgres "$STATE_DIR/run/postgres.pid" "127.0.0.1:$(state_get PG_PORT)"
+  show_proc "mock docstore" "$STATE_DIR/run/mock-docstore.pid" "127.0.0.1:$(state_get DOCSTORE_PORT)"
+  show_proc "mock messaging" "$STATE_DIR/run/mock-messaging.pid" "127.0.0.1:$(state_get MESSAGING_PORT)"
+  show_proc gateway "$STATE_DIR/run/gateway.pid" "127.0.0.1:$(state_get GATEWAY_PORT)"
+  show_proc "principal swtpm" "$(principal_dir)/tpm/swtpm.proc" "127.0.0.1:$(state_get PRINCIPAL_SWTPM_PORT)"
+  show_proc "principal tpm2-abrmd" "$(principal_dir)/tpm/abrmd.proc"
+  local d h
+  for d in "$AGENTS_DIR"/*/; do
+    [ -f "$d/agent.env" ] || continue
+    h="$(basename "$d")"
+    show_proc "agent $h swtpm" "$d/tpm/swtpm.proc" "127.0.0.1:$(state_get SWTPM_PORT "$d/agent.env")"
+    show_proc "agent $h sidecar" "$d/sidecar.pid" "http://127.0.0.1:$(state_get SIDECAR_PORT "$d/agent.env")"
+  done
+}
+
+# ---- teardown -------------------------------------------------------------------------------------------
+
+cmd_teardown() {
+  local d cfg certs pgdir store f
+  info "agent_gateway demo teardown (state: $STATE_DIR)"
+  if [ -d "$AGENTS_DIR" ]; then
+    for d in "$AGENTS_DIR"/*/; do
+      [ -d "$d" ] || continue
+      info "==> Stopping agent $(basename "$d")"
+      pid_stop "$d/sidecar.pid" sidecar
+      tpm_down "$d/tpm"
+    done
+  fi
+  if [ "$(state_get RUNTIME)" = compose ]; then
+    load_secrets
+    info "==> Removing the compose services, volumes and the agent-gateway:local image"
+    compose down -v --remove-orphans || warn "compose down failed; run: docker compose down -v"
+    "${COMPOSE[0]}" image rm agent-gateway:local >/dev/null 2>&1 || true
+  fi
+  info "==> Stopping gateway and mock services"
+  pid_stop "$STATE_DIR/run/gateway.pid" gateway
+  pid_stop "$STATE_DIR/run/mock-docstore.pid" "mock docstore"
+  pid_stop "$STATE_DIR/run/mock-messaging.pid" "mock messaging"
+  info "==> Stopping the principal's TPM"
+  tpm_down "$(principal_dir)/tpm"
+
+  pgdir="$(state_get PG_DIR)"
+  if [ "$(state_get PG_MODE)" = local ] && [ -n "$pgdir" ]; then
+    info "==> Removing the PostgreSQL cluster"
+    local bin
+    bin="$(state_get PG_BIN)"
+    if [ -f "$pgdir/data/postmaster.pid" ] && [ -x "$bin/pg_ctl" ]; then
+      as_pg "$bin/pg_ctl" -D "$pgdir/data" -m fast -w -t 60 stop >/dev/null 2>&1 || true
+    fi
+    pid_stop "$STATE_DIR/run/postgres.pid" postgres
+    case "$pgdir" in
+      "$STATE_DIR"/* | /var/tmp/agent-gateway-demo-pg.*) rm -rf "$pgdir" ;;
+      *) warn "not removing unexpected cluster dir $pgdir" ;;
+    esac
+  elif [ "$(state_get PG_MODE)" = external ]; then
+    info "    (external database from AGENT_GATEWAY_DATABASE_URL: left as it is)"
+  fi
+
+  store="$(state_get PRINCIPAL_STORE)"
+  if [ -n "$store" ] && [ -d "$store" ]; then
+    case "$store" in
+      "$STATE_DIR"/*) ;;
+      *)
+        if [ "$(state_get PRINCIPAL_STORE_CREATED)" = 1 ]; then
+          info "==> Removing the principal's tpm2-pkcs11 store $store"
+          rm -rf "$store"
+        else
+          info "    keeping $store (AGENT_GATEWAY_DEMO_TPM2_PKCS11_STORE existed before the demo)"
+        fi
+        ;;
+    esac
+  fi
+
+  cfg="$(config_path)"
+  if [ -f "$cfg" ] && [ "$(state_get CONFIG_WRITTEN)" = 1 ]; then
+    if [ "$(sha_of "$cfg")" = "$(state_get CONFIG_SHA256)" ]; then
+      info "==> Removing $cfg"
+      rm -f "$cfg"
+    else
+      warn "$cfg changed since the demo wrote it: keeping it"
+    fi
+  fi
+
+  certs="$(certs_dir)"
+  info "==> Removing demo TLS material from $certs"
+  for f in server-ca.pem server-ca-key.pem server.pem server-key.pem mock-ca.pem mock-ca-key.pem mock-services.pem \
+    mock-services-key.pem; do
+    rm -f "$certs/$f"
+  done
+  if [ -d "$certs" ] && [ "$certs" != "$DEMO_ROOT/certs" ]; then rmdir "$certs" 2>/dev/null || true; fi
+
+  if [ -d "$STATE_DIR" ]; then
+    info "==> Removing $STATE_DIR"
+    rm -rf "$AGENTS_DIR" "$(principal_dir)" "$STATE_DIR/run" "$STATE_DIR/logs" "$STATE_DIR/postgres" "$DEMO_ENV_FILE"
+    rm -f "$DEMO_ENV_FILE".*
+    rmdir "$STATE_DIR" 2>/dev/null ||
+      warn "$STATE_DIR still holds files the demo did not create: $(find "$STATE_DIR" -mindepth 1 -maxdepth 1 -printf '%f ')"
+  fi
+  info "Demo removed."
+}
+
+# Sourcing the file (for debugging one step) defines the functions without running anything.
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
+
+case "${1:-}" in
+  setup) cmd_setup ;;
+  teardown) cmd_teardown ;;
+  status) cmd_status ;;
+  -h | --help | help) usage 0 ;;
+  *) usage 2 >&2 ;;
+esac

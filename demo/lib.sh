@@ -1,0 +1,400 @@
+# shellcheck shell=bash
+# Helpers shared by demo/demo.sh and demo/demo-agent.sh (sourced, never run).
+#
+# shellcheck disable=SC2034 # variables used by the scripts that source this file
+true
+# Everything the demo starts runs in the background with its log under $STATE_DIR/logs (or the agent's dir)
+# and a PID file holding "PID STARTTIME" (STARTTIME = field 22 of /proc/PID/stat), so a later run can tell
+# "still the process we started" from "a recycled PID" before it reuses or kills anything.
+
+DEMO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE_DIR="${AGENT_GATEWAY_DEMO_STATE_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/agent-gateway}"
+DEMO_ENV_FILE="$STATE_DIR/demo.env"
+AGENTS_DIR="$STATE_DIR/demo-agents"
+TABRMD_TCTI="tabrmd:bus_type=session"
+DEMO_CLIENT_EXT_OID="1.3.6.1.4.1.57264.1.1"
+
+# Local demo values, not production guidance (see demo/README-quickstart.md). Env overrides win.
+DEFAULT_TPM_USER_PIN="demo-user-pin-1234"
+DEFAULT_TPM_SO_PIN="demo-so-pin-5678"
+DEFAULT_PG_SUPERUSER_PASSWORD="demo-postgres-password"
+DEFAULT_PG_ADMIN_PASSWORD="demo-registry-admin-password"
+DEFAULT_PG_GATEWAY_PASSWORD="demo-gateway-runtime-password"
+
+# ---- output and steps ----------------------------------------------------------------------------------
+
+CURRENT_STEP=""
+CURRENT_LOG=""
+STEP_NO=0
+STEP_TOTAL=0
+DEMO_PROG="${DEMO_PROG:-demo}"
+
+info() { printf '%s\n' "$*" >&2; }
+warn() { printf '%s: warning: %s\n' "$DEMO_PROG" "$*" >&2; }
+die() {
+  printf '%s: %s\n' "$DEMO_PROG" "$*" >&2
+  exit 1
+}
+
+# step "Description" LOGFILE — one progress line per step; commands of the step log to LOGFILE.
+step() {
+  STEP_NO=$((STEP_NO + 1))
+  CURRENT_STEP="$1"
+  CURRENT_LOG="$2"
+  mkdir -p "$(dirname "$CURRENT_LOG")"
+  if [ "$STEP_TOTAL" -gt 0 ]; then
+    printf '==> [%d/%d] %s\n' "$STEP_NO" "$STEP_TOTAL" "$1" >&2
+  else
+    printf '==> %s\n' "$1" >&2
+  fi
+  printf '\n=== %s  %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$1" >>"$CURRENT_LOG"
+}
+
+step_done() {
+  CURRENT_STEP=""
+  CURRENT_LOG=""
+}
+
+# EXIT trap: name the failed step and its log, and show the end of that log.
+on_exit_report() {
+  local rc=$?
+  if [ "$rc" -ne 0 ] && [ -n "$CURRENT_STEP" ]; then
+    {
+      printf '\n%s: FAILED at step: %s (exit %d)\n' "$DEMO_PROG" "$CURRENT_STEP" "$rc"
+      if [ -n "$CURRENT_LOG" ]; then
+        printf '%s: log: %s\n' "$DEMO_PROG" "$CURRENT_LOG"
+        if [ -s "$CURRENT_LOG" ]; then
+          printf -- '--- last lines of %s ---\n' "$CURRENT_LOG"
+          tail -n 25 "$CURRENT_LOG"
+          printf -- '---\n'
+        fi
+      fi
+    } >&2
+  fi
+  exit "$rc"
+}
+
+# logged CMD...: run a command with its output appended to the current step's log.
+logged() {
+  printf '+ %s\n' "$(redact "$*")" >>"${CURRENT_LOG:-/dev/null}"
+  "$@" >>"${CURRENT_LOG:-/dev/null}" 2>&1
+}
+
+# redact TEXT: hide the PINs and passwords in a command line written to a log.
+redact() {
+  local text="$1" secret
+  for secret in "${AGENT_GATEWAY_TPM_USER_PIN:-}" "${AGENT_GATEWAY_TPM_SO_PIN:-}" "${PG_SUPERUSER_PASSWORD:-}" \
+    "${PG_ADMIN_PASSWORD:-}" "${PG_GATEWAY_PASSWORD:-}"; do
+    [ -n "$secret" ] && text="${text//"$secret"/***}"
+  done
+  printf '%s' "$text"
+}
+
+# ---- persisted settings -------------------------------------------------------------------------------
+
+# state_get KEY [FILE]: value of KEY from a KEY=value file (default demo.env); empty when missing.
+state_get() {
+  local file="${2:-$DEMO_ENV_FILE}" line
+  [ -f "$file" ] || return 0
+  line="$(grep -E "^$1=" "$file" | tail -n 1)" || return 0
+  printf '%s' "${line#*=}"
+}
+
+# state_set KEY VALUE [FILE]: write KEY=VALUE (values are single-line, no quoting; the file is 0600).
+state_set() {
+  local file="${3:-$DEMO_ENV_FILE}" tmp
+  case "$2" in *$'\n'*) die "state_set: newline in value of $1" ;; esac
+  mkdir -p "$(dirname "$file")"
+  tmp="$(mktemp "$file.XXXXXX")"
+  chmod 600 "$tmp"
+  if [ -f "$file" ]; then grep -vE "^$1=" "$file" >"$tmp" || true; fi
+  printf '%s=%s\n' "$1" "$2" >>"$tmp"
+  mv -f "$tmp" "$file"
+}
+
+state_del() {
+  local file="${2:-$DEMO_ENV_FILE}" tmp
+  [ -f "$file" ] || return 0
+  tmp="$(mktemp "$file.XXXXXX")"
+  chmod 600 "$tmp"
+  grep -vE "^$1=" "$file" >"$tmp" || true
+  mv -f "$tmp" "$file"
+}
+
+# Secrets: environment first, then what setup recorded, then the demo default.
+load_secrets() {
+  AGENT_GATEWAY_TPM_USER_PIN="${AGENT_GATEWAY_TPM_USER_PIN:-$(state_get TPM_USER_PIN)}"
+  AGENT_GATEWAY_TPM_USER_PIN="${AGENT_GATEWAY_TPM_USER_PIN:-$DEFAULT_TPM_USER_PIN}"
+  AGENT_GATEWAY_TPM_SO_PIN="${AGENT_GATEWAY_TPM_SO_PIN:-$(state_get TPM_SO_PIN)}"
+  AGENT_GATEWAY_TPM_SO_PIN="${AGENT_GATEWAY_TPM_SO_PIN:-$DEFAULT_TPM_SO_PIN}"
+  AGENT_GATEWAY_TPM_TOKEN_LABEL="${AGENT_GATEWAY_TPM_TOKEN_LABEL:-$(state_get TPM_TOKEN_LABEL)}"
+  AGENT_GATEWAY_TPM_TOKEN_LABEL="${AGENT_GATEWAY_TPM_TOKEN_LABEL:-agent-gateway}"
+  PG_SUPERUSER_PASSWORD="${AGENT_GATEWAY_DEMO_PG_SUPERUSER_PASSWORD:-$DEFAULT_PG_SUPERUSER_PASSWORD}"
+  PG_ADMIN_PASSWORD="${AGENT_GATEWAY_DEMO_PG_ADMIN_PASSWORD:-$DEFAULT_PG_ADMIN_PASSWORD}"
+  PG_GATEWAY_PASSWORD="${AGENT_GATEWAY_DEMO_PG_GATEWAY_PASSWORD:-$DEFAULT_PG_GATEWAY_PASSWORD}"
+  export AGENT_GATEWAY_TPM_USER_PIN AGENT_GATEWAY_TPM_SO_PIN AGENT_GATEWAY_TPM_TOKEN_LABEL
+}
+
+# ---- processes ----------------------------------------------------------------------------------------
+
+# proc_starttime PID: field 22 of /proc/PID/stat (clock ticks since boot), empty when gone or a zombie.
+proc_starttime() {
+  local stat rest
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 0
+  rest="${stat##*) }"
+  # shellcheck disable=SC2086 # word splitting of the stat fields is the point
+  set -- $rest
+  case "$1" in Z | X) return 0 ;; esac
+  printf '%s' "${20:-}"
+}
+
+# pid_record FILE PID: remember PID and its start time.
+pid_record() {
+  local st
+  st="$(proc_starttime "$2")"
+  [ -n "$st" ] || return 1
+  mkdir -p "$(dirname "$1")"
+  printf '%s %s\n' "$2" "$st" >"$1"
+}
+
+# pid_alive FILE: prints the PID and succeeds when FILE names a live process that is the one we started.
+pid_alive() {
+  local pid st
+  [ -f "$1" ] || return 1
+  read -r pid st <"$1" || true
+  [[ "$pid" =~ ^[0-9]+$ ]] && [ "$pid" -gt 1 ] || return 1
+  [ -n "${st:-}" ] && [ "$(proc_starttime "$pid")" = "$st" ] || return 1
+  printf '%s' "$pid"
+}
+
+# pid_stop FILE [NAME]: SIGTERM (the whole process group when the process leads one), wait up to 10 s,
+# then SIGKILL. A PID that is no longer ours is left alone. The PID file is removed in every case.
+pid_stop() {
+  local file="$1" name="${2:-$(basename "$1" .pid)}" pid pgrp stat target i
+  if ! pid="$(pid_alive "$file")"; then
+    rm -f "$file"
+    return 0
+  fi
+  stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || true
+  stat="${stat##*) }"
+  # shellcheck disable=SC2086
+  set -- $stat
+  pgrp="${3:-}"
+  target="$pid"
+  [ "$pgrp" = "$pid" ] && target="-$pid"
+  kill -TERM -- "$target" 2>/dev/null || true
+  for i in $(seq 100); do
+    pid_alive "$file" >/dev/null || break
+    sleep 0.1
+  done
+  if pid_alive "$file" >/dev/null; then
+    warn "$name ($pid) did not stop after SIGTERM; sending SIGKILL"
+    kill -KILL -- "$target" 2>/dev/null || true
+    for i in $(seq 30); do
+      pid_alive "$file" >/dev/null || break
+      sleep 0.1
+    done
+  fi
+  if [ "$target" = "-$pid" ]; then kill -KILL -- "$target" 2>/dev/null || true; fi # stragglers of the group
+  rm -f "$file"
+  info "    stopped $name (pid $pid)"
+}
+
+# spawn_bg PIDFILE LOGFILE CMD...: start CMD detached in its own session (its own process group, no
+# terminal), output to LOGFILE, and record it. Prints the PID.
+spawn_bg() {
+  local pidfile="$1" logfile="$2" pid
+  shift 2
+  mkdir -p "$(dirname "$logfile")" "$(dirname "$pidfile")"
+  printf '\n=== %s  %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(redact "$*")" >>"$logfile"
+  setsid "$@" </dev/null >>"$logfile" 2>&1 &
+  pid=$!
+  pid_record "$pidfile" "$pid" || {
+    wait "$pid" 2>/dev/null || true
+    echo "$1 exited immediately (see $logfile)" >&2
+    return 1
+  }
+  printf '%s' "$pid"
+}
+
+# ---- ports (127.0.0.1 only) ---------------------------------------------------------------------------
+
+port_listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+port_free() {
+  node -e '
+    const s = require("node:net").createServer();
+    s.once("error", () => process.exit(1));
+    s.listen({ host: "127.0.0.1", port: Number(process.argv[1]), exclusive: true }, () => s.close(() => process.exit(0)));
+  ' "$1"
+}
+
+free_port() {
+  node -e '
+    const s = require("node:net").createServer();
+    s.listen({ host: "127.0.0.1", port: 0, exclusive: true }, () => { const p = s.address().port; s.close(() => console.log(p)); });
+  '
+}
+
+# free_port_pair: P such that P and P+1 are both free (swtpm data + control).
+free_port_pair() {
+  local p i
+  for i in $(seq 50); do
+    p="$(free_port)"
+    if [ "$p" -lt 65535 ] && port_free $((p + 1)); then
+      printf '%s' "$p"
+      return 0
+    fi
+  done
+  die "no two consecutive free ports on 127.0.0.1"
+}
+
+# pick_port WANTED: WANTED when free, else any free port (with a note).
+pick_port() {
+  if port_free "$1"; then
+    printf '%s' "$1"
+  else
+    local p
+    p="$(free_port)"
+    info "    port $1 is taken; using $p"
+    printf '%s' "$p"
+  fi
+}
+
+pick_port_pair() {
+  if [ "$1" -lt 65535 ] && port_free "$1" && port_free $(($1 + 1)); then
+    printf '%s' "$1"
+  else
+    local p
+    p="$(free_port_pair)"
+    info "    ports $1/$(($1 + 1)) are taken; using $p/$((p + 1))"
+    printf '%s' "$p"
+  fi
+}
+
+# wait_port PORT SECONDS [PIDFILE]: until something accepts on 127.0.0.1:PORT; fail early if PIDFILE dies.
+wait_port() {
+  local port="$1" deadline=$((SECONDS + $2)) pidfile="${3:-}"
+  until port_listening "$port"; do
+    if [ -n "$pidfile" ] && ! pid_alive "$pidfile" >/dev/null; then
+      echo "process of $pidfile exited before listening on $port" >&2
+      return 1
+    fi
+    [ "$SECONDS" -lt "$deadline" ] || {
+      echo "nothing listening on 127.0.0.1:$port after $2 s" >&2
+      return 1
+    }
+    sleep 0.2
+  done
+}
+
+# ---- software TPM: swtpm + private D-Bus + tpm2-abrmd (as /work/shared/notes/tpm/tpm-up.sh) -------------
+
+multiarch_lib() {
+  local d
+  for d in /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu /usr/lib/*-linux-gnu; do
+    [ -e "$d/$1" ] && {
+      printf '%s' "$d/$1"
+      return 0
+    }
+  done
+  return 1
+}
+
+# tpm_env_exports DIR: the client environment for the TPM stack whose files live in DIR.
+tpm_env_exports() {
+  local dir="$1" module engines
+  module="$(multiarch_lib pkcs11/libtpm2_pkcs11.so || echo /usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so)"
+  engines="$(dirname "$(multiarch_lib engines-3/pkcs11.so || echo /usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so)")"
+  export DBUS_SESSION_BUS_ADDRESS
+  DBUS_SESSION_BUS_ADDRESS="$(head -n 1 "$dir/dbus.addr" 2>/dev/null || true)"
+  export TPM2TOOLS_TCTI="$TABRMD_TCTI" TPM2_PKCS11_TCTI="$TABRMD_TCTI"
+  export PKCS11_MODULE_PATH="$module" TPM2_PKCS11_MODULE="$module" OPENSSL_ENGINES="$engines"
+}
+
+tpm_running() {
+  local dir="$1"
+  pid_alive "$dir/swtpm.proc" >/dev/null && pid_alive "$dir/dbus.proc" >/dev/null &&
+    pid_alive "$dir/abrmd.proc" >/dev/null
+}
+
+# tpm_up DIR PORT LOG: start the stack (data port PORT, control port PORT+1) unless it already runs.
+# TPM state persists in DIR/tpmstate, so a restarted stack has the same keys.
+tpm_up() {
+  local dir="$1" port="$2" log="$3" i pid
+  if tpm_running "$dir"; then return 0; fi
+  tpm_down "$dir" quiet
+  mkdir -p "$dir/tpmstate"
+  chmod 700 "$dir"
+  swtpm socket --tpm2 \
+    --server "type=tcp,port=$port,bindaddr=127.0.0.1" --ctrl "type=tcp,port=$((port + 1)),bindaddr=127.0.0.1" \
+    --tpmstate "dir=$dir/tpmstate" --flags not-need-init,startup-clear \
+    --daemon --pid "file=$dir/swtpm.pid" --log "file=$log,level=1" >>"$log" 2>&1 || {
+    echo "swtpm did not start on 127.0.0.1:$port/$((port + 1))" >&2
+    return 1
+  }
+  for i in $(seq 50); do
+    if [ -s "$dir/swtpm.pid" ]; then break; fi
+    sleep 0.1
+  done
+  pid_record "$dir/swtpm.proc" "$(cat "$dir/swtpm.pid")" || {
+    echo "swtpm exited right after start" >&2
+    return 1
+  }
+  echo "$port" >"$dir/swtpm.port"
+
+  rm -f "$dir/dbus.sock"
+  dbus-daemon --session --fork --address="unix:path=$dir/dbus.sock" --print-address=3 --print-pid=4 \
+    3>"$dir/dbus.addr" 4>"$dir/dbus.pid" >>"$log" 2>&1 || {
+    echo "dbus-daemon did not start" >&2
+    return 1
+  }
+  pid_record "$dir/dbus.proc" "$(head -n 1 "$dir/dbus.pid")"
+  DBUS_SESSION_BUS_ADDRESS="$(head -n 1 "$dir/dbus.addr")" spawn_bg "$dir/abrmd.proc" "$log" \
+    tpm2-abrmd --session --allow-root --flush-all --tcti="swtpm:host=127.0.0.1,port=$port" >/dev/null
+  (
+    tpm_env_exports "$dir"
+    for _ in $(seq 100); do
+      tpm2_getcap properties-fixed >/dev/null 2>&1 && exit 0
+      pid_alive "$dir/abrmd.proc" >/dev/null || {
+        echo "tpm2-abrmd exited during start-up (see $log)" >&2
+        exit 1
+      }
+      sleep 0.2
+    done
+    echo "TPM not reachable through tpm2-abrmd after 20 s (see $log)" >&2
+    exit 1
+  )
+  # swtpm's default dictionary-attack policy locks the TPM for ~17 min after 3 wrong PINs: relax it.
+  (
+    tpm_env_exports "$dir"
+    tpm2_dictionarylockout --setup-parameters --max-tries=32 --recovery-time=10 --lockout-recovery-time=60
+  ) >>"$log" 2>&1
+}
+
+# tpm_down DIR [quiet]: stop abrmd, dbus, swtpm of DIR (by PID file, only if still ours).
+tpm_down() {
+  local dir="$1" what
+  for what in abrmd dbus swtpm; do
+    if [ "${2:-}" = quiet ]; then
+      pid_stop "$dir/$what.proc" "$what" 2>/dev/null
+    else
+      pid_stop "$dir/$what.proc" "$what"
+    fi
+  done
+  rm -f "$dir/swtpm.pid" "$dir/dbus.pid" "$dir/dbus.addr" "$dir/dbus.sock"
+}
+
+# ---- misc ---------------------------------------------------------------------------------------------
+
+require_cmd() {
+  local c
+  for c in "$@"; do command -v "$c" >/dev/null || die "$c not found; run ./demo/demo.sh setup (it installs what is missing)"; done
+}
+
+# The Node programs of this repository.
+node_prog() {
+  local js="$DEMO_ROOT/dist/$1"
+  [ -f "$js" ] || die "$js is missing: run npm run build (./demo/demo.sh setup does it)"
+  printf '%s' "$js"
+}

@@ -1,0 +1,285 @@
+/**
+ * CONNECT-time authorization: registry candidates + the pure policy decision, behind a cache of
+ * verified allows.
+ *
+ * The cache only ever holds allows, and only while the registry change listener is up, because a
+ * notification is the only way to learn that a cached allow became a deny. Staleness is bounded three
+ * ways: entries are dropped by any notification touching their rows, they age out after
+ * decisionCacheTtlMs, and never outlive the grant's validUntil.
+ *
+ * Race safety: a lookup whose query started before an invalidation may carry a pre-revocation snapshot,
+ * so it must not populate the cache. Every invalidation bumps `generation`; a lookup captures it before
+ * querying and inserts only if it is unchanged when the answer arrives. The same generation numbers,
+ * with a short log of recent changes, let live revocation spot a tunnel whose grant was decided before a
+ * change that it only got to track after that change was processed.
+ */
+import type { KeyObject } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import type { Destination } from '../core/destination.js';
+import { p256PublicKey, verifyDerSignature } from '../core/ecdsa.js';
+import type { PeerIdentity } from '../core/identity-extension.js';
+import {
+  type AccessRequest,
+  type Candidate,
+  decide,
+  type PolicyDenyReason,
+  type SignatureVerifier,
+} from '../core/policy.js';
+import { type Micros, nowMicros } from '../core/timestamp.js';
+import type { AuthorizeResult, Authorizer, Grant } from './authority.js';
+import type { GatewayMetrics } from './metrics.js';
+import { type AuthorityLogger, errorText, RegistryUnavailableError, silentLogger } from './registry.js';
+import { changeTouchesGrant, EVERYTHING, type RegistryChange } from './registry-changes.js';
+
+export type CandidateSource = {
+  activeCandidates(request: AccessRequest, now: Micros): Promise<Candidate[]>;
+};
+
+export type AuthorizerOptions = {
+  readonly registry: CandidateSource;
+  /** 0 disables the cache. */
+  readonly cacheMaxEntries: number;
+  readonly cacheTtlMs: number;
+  readonly metrics?: GatewayMetrics | undefined;
+  readonly logger?: AuthorityLogger | undefined;
+  /** Injectable clock for tests. */
+  readonly now?: (() => Micros) | undefined;
+  /** Parsed signer keys kept (signers are few; parsing SPKI costs more than the verify). */
+  readonly keyCacheMaxEntries?: number | undefined;
+  /** Recent changes remembered for grantMayBeStale(); older grants are simply re-checked. */
+  readonly changeLogSize?: number | undefined;
+};
+
+/** The uncached decision, with "could not ask" kept apart from "asked and denied". */
+export type Evaluation =
+  | { readonly kind: 'allow'; readonly grant: Grant }
+  | { readonly kind: 'deny'; readonly reason: PolicyDenyReason; readonly detail: string }
+  | { readonly kind: 'unavailable'; readonly detail: string };
+
+type CacheEntry = { readonly grant: Grant; readonly expiresAt: Micros };
+
+export class RegistryAuthorizer implements Authorizer {
+  private readonly registry: CandidateSource;
+  private readonly metrics: GatewayMetrics | undefined;
+  private readonly logger: AuthorityLogger;
+  private readonly now: () => Micros;
+  private readonly cacheMax: number;
+  private readonly cacheTtlMicros: Micros;
+  private readonly cache = new Map<string, CacheEntry>();
+  private readonly verifier: SignatureVerifier;
+  private listenerUp = false;
+  private generation = 0;
+  private readonly changeLog: { gen: number; change: RegistryChange }[] = [];
+  private readonly changeLogSize: number;
+  /** Generation at which each grant handed out was decided (before its query). */
+  private readonly grantGeneration = new WeakMap<Grant, number>();
+
+  constructor(opts: AuthorizerOptions) {
+    this.registry = opts.registry;
+    this.metrics = opts.metrics;
+    this.logger = opts.logger ?? silentLogger;
+    this.now = opts.now ?? nowMicros;
+    this.cacheMax = opts.cacheMaxEntries;
+    this.cacheTtlMicros = BigInt(opts.cacheTtlMs) * 1000n;
+    this.changeLogSize = opts.changeLogSize ?? 4096;
+    this.verifier = cachingVerifier(opts.keyCacheMaxEntries ?? 1024);
+  }
+
+  async authorize(peer: PeerIdentity, destination: Destination): Promise<AuthorizeResult> {
+    const started = performance.now();
+    const result = await this.authorizeInner(peer, destination);
+    const outcome = result.allow ? 'allow' : 'deny';
+    this.metrics?.connectDecisions.inc({ result: outcome, reason: result.allow ? 'none' : result.reason });
+    this.metrics?.decisionSeconds.observe({ result: outcome }, (performance.now() - started) / 1000);
+    return result;
+  }
+
+  private async authorizeInner(peer: PeerIdentity, destination: Destination): Promise<AuthorizeResult> {
+    const request: AccessRequest = {
+      identity: peer.identity,
+      spkiDer: peer.spkiDer,
+      destination: destination.normalized,
+    };
+    const now = this.now();
+    const key = this.cacheUsable() ? cacheKey(request) : undefined;
+    if (key !== undefined) {
+      const entry = this.cache.get(key);
+      if (entry !== undefined) {
+        this.cache.delete(key);
+        if (entry.expiresAt > now && entry.grant.validUntil > now) {
+          this.cache.set(key, entry); // most recently used goes last
+          this.metrics?.decisionCacheHits.inc();
+          // A fresh object per hit: its generation is now, since any later change would have evicted it.
+          const grant: Grant = { ...entry.grant };
+          this.grantGeneration.set(grant, this.generation);
+          return { allow: true, grant, cached: true };
+        }
+      }
+    }
+    this.metrics?.decisionCacheMisses.inc();
+
+    const gen = this.generation;
+    const evaluation = await this.evaluate(request, now);
+    switch (evaluation.kind) {
+      case 'allow': {
+        const grant = evaluation.grant;
+        this.grantGeneration.set(grant, gen);
+        if (key !== undefined && gen === this.generation && this.cacheUsable()) {
+          const ttlEnd = now + this.cacheTtlMicros;
+          // biome-ignore lint/complexity/useMathMinMax: Math.min does not take bigint.
+          this.insert(key, { grant, expiresAt: ttlEnd < grant.validUntil ? ttlEnd : grant.validUntil });
+        }
+        return { allow: true, grant, cached: false };
+      }
+      case 'deny':
+        return { allow: false, reason: evaluation.reason, detail: evaluation.detail };
+      case 'unavailable':
+        return { allow: false, reason: 'registry_unavailable', detail: evaluation.detail };
+    }
+  }
+
+  /**
+   * The decision exactly as at CONNECT time, without the cache: live revocation re-checks tunnels with
+   * this. Never rejects.
+   */
+  async evaluate(request: AccessRequest, now: Micros = this.now()): Promise<Evaluation> {
+    let candidates: Candidate[];
+    try {
+      candidates = await this.registry.activeCandidates(request, now);
+    } catch (err) {
+      if (!(err instanceof RegistryUnavailableError)) {
+        this.logger.error({ err: errorText(err) }, 'unexpected registry failure');
+      }
+      return { kind: 'unavailable', detail: errorText(err) };
+    }
+    try {
+      const decision = decide(request, candidates, now, this.verifier);
+      if (!decision.allow) return { kind: 'deny', reason: decision.reason, detail: decision.detail };
+      const { permission, scope } = decision.candidate;
+      return {
+        kind: 'allow',
+        grant: {
+          identity: request.identity,
+          spkiDer: request.spkiDer,
+          destination: request.destination,
+          permissionId: permission.permissionId,
+          signingKeyId: permission.signingKeyId,
+          scopeId: scope?.id ?? '',
+          validUntil: decision.validUntil,
+        },
+      };
+    } catch (err) {
+      // decide() is pure and total over well-formed rows; reaching here is a bug, and a bug denies.
+      this.logger.error({ err: errorText(err) }, 'policy evaluation failed');
+      return { kind: 'unavailable', detail: `policy evaluation failed: ${errorText(err)}` };
+    }
+  }
+
+  /** Called for every registry notification, as soon as it arrives (before any coalescing). */
+  onRegistryChange(change: RegistryChange): void {
+    this.bump(change);
+    if (change.table === '*') {
+      this.cache.clear();
+      return;
+    }
+    for (const [key, entry] of this.cache) {
+      if (changeTouchesGrant(change, entry.grant)) this.cache.delete(key);
+    }
+  }
+
+  /**
+   * Listener state from live revocation. Both transitions empty the cache and invalidate in-flight
+   * lookups: going down, because notifications may now be missed; coming up, because lookups that
+   * started while down were never protected by a notification.
+   */
+  setListenerUp(up: boolean): void {
+    if (this.listenerUp === up) return;
+    this.listenerUp = up;
+    this.bump(EVERYTHING);
+    this.cache.clear();
+  }
+
+  /**
+   * True when a change processed since `grant` was decided may affect it (or when that cannot be told:
+   * unknown grant object, or the change log no longer reaches back that far).
+   */
+  grantMayBeStale(grant: Grant): boolean {
+    const gen = this.grantGeneration.get(grant);
+    if (gen === undefined) return true;
+    if (gen === this.generation) return false;
+    const oldest = this.changeLog[0];
+    if (oldest === undefined || oldest.gen > gen + 1) return true;
+    for (let i = this.changeLog.length - 1; i >= 0; i--) {
+      const entry = this.changeLog[i]!;
+      if (entry.gen <= gen) break;
+      if (changeTouchesGrant(entry.change, grant)) return true;
+    }
+    return false;
+  }
+
+  /** Record a grant produced by evaluate() as decided at `gen` (live revocation swaps these in). */
+  adoptGrant(grant: Grant, gen: number): void {
+    this.grantGeneration.set(grant, gen);
+  }
+
+  currentGeneration(): number {
+    return this.generation;
+  }
+
+  cacheStats(): { entries: number; enabled: boolean } {
+    return { entries: this.cache.size, enabled: this.cacheUsable() };
+  }
+
+  private cacheUsable(): boolean {
+    return this.cacheMax > 0 && this.cacheTtlMicros > 0n && this.listenerUp;
+  }
+
+  private insert(key: string, entry: CacheEntry): void {
+    this.cache.delete(key);
+    this.cache.set(key, entry);
+    while (this.cache.size > this.cacheMax) {
+      const oldest = this.cache.keys().next();
+      if (oldest.done) break;
+      this.cache.delete(oldest.value);
+    }
+  }
+
+  private bump(change: RegistryChange): void {
+    this.generation++;
+    this.changeLog.push({ gen: this.generation, change });
+    if (this.changeLog.length > this.changeLogSize)
+      this.changeLog.splice(0, this.changeLog.length - this.changeLogSize);
+  }
+}
+
+function cacheKey(r: AccessRequest): string {
+  return JSON.stringify([r.identity, r.spkiDer.toString('base64'), r.destination]);
+}
+
+/**
+ * Signature verification with parsed signer keys cached by SPKI bytes (bounded, LRU). A key that does
+ * not parse as P-256 is cached as unusable, so a corrupt signer row costs one parse, and every
+ * signature under it fails.
+ */
+export function cachingVerifier(maxEntries: number): SignatureVerifier {
+  const keys = new Map<string, KeyObject | null>();
+  return (spkiDer, message, signatureDer) => {
+    const id = spkiDer.toString('base64');
+    let key = keys.get(id);
+    if (key === undefined) {
+      try {
+        key = p256PublicKey(spkiDer);
+      } catch {
+        key = null;
+      }
+      if (keys.size >= maxEntries) {
+        const oldest = keys.keys().next();
+        if (!oldest.done) keys.delete(oldest.value);
+      }
+    } else {
+      keys.delete(id);
+    }
+    keys.set(id, key);
+    return key !== null && verifyDerSignature(key, message, signatureDer);
+  };
+}

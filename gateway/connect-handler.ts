@@ -1,0 +1,319 @@
+/**
+ * One HTTP/2 stream, start to finish (SPEC §4): 405 / 400 / 403 / 429 / 503 / 502, or 200 and a tunnel.
+ * Cheap refusals come first so that floods and unidentified clients never cost a registry query, and
+ * the destination is dialled before answering, so a 200 always means bytes can flow.
+ *
+ * Exactly one decision line per CONNECT: "CONNECT denied" for every refusal up to and including the
+ * address guard, "CONNECT allowed" once policy and guard agree (a later dial failure is logged as
+ * "upstream connect failed" and answered 502).
+ */
+import { constants, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
+import type { Socket } from 'node:net';
+import { type Span, SpanStatusCode, type Tracer } from '@opentelemetry/api';
+import { type Destination, InvalidDestinationError, normalizeDestination } from '../core/destination.js';
+import type { IdentityResult, PeerIdentity } from '../core/identity-extension.js';
+import type { Authorizer, DenyReason, Grant, LiveTunnel, TunnelLimits, TunnelTracker } from './authority.js';
+import type { GatewayMetrics } from './metrics.js';
+import type { Logger } from './telemetry.js';
+import { startConnectSpan, traceIdOf } from './telemetry.js';
+import { gatewayReset, Tunnel, type TunnelEndReason, type TunnelOwner } from './tunnel.js';
+import type { DialFailureReason, UpstreamDialer } from './upstream-dialer.js';
+
+const { NGHTTP2_NO_ERROR, NGHTTP2_INTERNAL_ERROR } = constants;
+
+/** Header carrying the deny reason (closed set, never the detail) so a client can tell denials apart. */
+export const DENY_REASON_HEADER = 'agent-gateway-deny-reason';
+
+export type ConnectHandlerDeps = {
+  readonly authorizer: Authorizer;
+  readonly tracker: TunnelTracker;
+  readonly limits: TunnelLimits;
+  readonly dialer: UpstreamDialer;
+  readonly metrics: GatewayMetrics;
+  readonly logger: Logger;
+  readonly tracer: Tracer;
+  readonly tunnelIdleTimeoutMs: number;
+  /** True once drain has begun: CONNECTs that reach us after that are refused with 503. */
+  readonly isDraining: () => boolean;
+};
+
+/** What the server knows about the connection a stream arrived on. */
+export type StreamOrigin = {
+  readonly identity: IdentityResult;
+  /** `ip:port` of the client's TCP connection. */
+  readonly peerAddr: string;
+};
+
+/** Fields every decision line carries (SPEC §4 names the first five). */
+type DecisionFields = {
+  source_identity: string | null;
+  source_peer_addr: string;
+  dest_authority: string;
+  destination?: string;
+  trace_id?: string;
+};
+
+let tunnelSeq = 0;
+
+export class ConnectHandler {
+  /** Open tunnels, so drain can reset the stragglers with a logged reason. */
+  private readonly open = new Set<ActiveTunnel>();
+
+  constructor(private readonly deps: ConnectHandlerDeps) {}
+
+  get openTunnels(): number {
+    return this.open.size;
+  }
+
+  /** Reset every open tunnel now (drain deadline). */
+  resetAll(reason: TunnelEndReason, detail: string): void {
+    for (const t of [...this.open]) t.reset(reason, detail);
+  }
+
+  /** Handle one stream; never throws (failures are logged and the stream is reset). */
+  handle(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, origin: StreamOrigin): void {
+    // A stream always gets an 'error' listener: a client reset mid-response must not crash the process.
+    stream.on('error', ignoreStreamError);
+    if (headers[':method'] !== 'CONNECT') {
+      reply(stream, 405, { allow: 'CONNECT' });
+      return;
+    }
+    this.connect(stream, headers, origin).catch((err: unknown) => {
+      this.deps.logger.error({ err, source_peer_addr: origin.peerAddr }, 'CONNECT failed unexpectedly');
+      gatewayReset(stream, NGHTTP2_INTERNAL_ERROR);
+    });
+  }
+
+  private async connect(
+    stream: ServerHttp2Stream,
+    headers: IncomingHttpHeaders,
+    origin: StreamOrigin,
+  ): Promise<void> {
+    const { deps } = this;
+    const span = startConnectSpan(deps.tracer, headers, origin.peerAddr);
+    const authority = headers[':authority'] ?? '';
+    const fields: DecisionFields = {
+      source_identity: origin.identity.ok ? origin.identity.peer.identity : null,
+      source_peer_addr: origin.peerAddr,
+      dest_authority: authority,
+    };
+    const traceId = traceIdOf(span);
+    if (traceId !== undefined) fields.trace_id = traceId;
+    // connectDecisions: the authorizer counts policy decisions, refusals before it are counted here, and
+    // refusals after an allow (tunnel limit, address guard) have their own counters instead.
+    const deny = (status: number, reason: DenyReason, detail: string, counted = false) =>
+      this.deny(stream, span, fields, status, reason, detail, counted);
+
+    if (deps.isDraining()) return deny(503, 'draining', 'gateway is shutting down');
+
+    let destination: Destination;
+    try {
+      destination = normalizeDestination(authority);
+    } catch (err) {
+      if (!(err instanceof InvalidDestinationError)) throw err;
+      return deny(400, 'invalid_authority', err.why);
+    }
+    fields.destination = destination.normalized;
+    span.setAttribute('server.address', destination.normalized);
+
+    // Identity was read once for the whole connection; refusing here (not at the TLS layer) gives the
+    // client a status and the operator a decision line, at no registry cost.
+    if (!origin.identity.ok) return deny(403, origin.identity.reason, origin.identity.detail);
+    const peer: PeerIdentity = origin.identity.peer;
+
+    // Limits count their own rejections (limitRejections).
+    const limited = deps.limits.admitConnect(peer.identity);
+    if (limited !== undefined) return deny(limited.status, limited.reason, 'CONNECT rate limit');
+
+    const decision = await deps.authorizer.authorize(peer, destination);
+    if (!decision.allow) return deny(403, decision.reason, decision.detail, true);
+    if (isGone(stream)) return this.abandoned(span, fields, 'client went away during authorization');
+    const grant = decision.grant;
+
+    const slot = deps.limits.acquireTunnel(peer.identity);
+    if ('status' in slot) return deny(slot.status, slot.reason, 'open tunnel limit reached', true);
+    let handedOver = false;
+    try {
+      const resolution = await deps.dialer.resolve(destination);
+      if (!resolution.ok && resolution.reason === 'destination_address_denied') {
+        deps.metrics.upstreamConnectFailures.inc({ reason: 'address_denied' });
+        return deny(403, 'destination_address_denied', resolution.detail, true);
+      }
+      this.allowed(span, fields, grant, decision.cached);
+
+      if (isGone(stream)) return this.abandoned(span, fields, 'client went away before dial');
+      if (!resolution.ok) return this.dialFailed(stream, span, fields, resolution.reason, resolution.detail);
+      const abort = new AbortController();
+      const onGone = () => abort.abort();
+      stream.once('close', onGone);
+      const connection = await deps.dialer.connect(resolution, abort.signal);
+      stream.removeListener('close', onGone);
+      if (!connection.ok) {
+        if (connection.reason === 'cancelled')
+          return this.abandoned(span, fields, 'client went away during dial');
+        return this.dialFailed(stream, span, fields, connection.reason, connection.detail);
+      }
+      if (isGone(stream)) {
+        connection.socket.destroy();
+        return this.abandoned(span, fields, 'client went away during dial');
+      }
+
+      stream.respond({ ':status': 200 });
+      span.setAttribute('http.response.status_code', 200);
+      span.end();
+      const live = new ActiveTunnel(fields, grant, slot.release, deps, this.open);
+      live.start(stream, connection.socket);
+      handedOver = true;
+    } finally {
+      if (!handedOver) slot.release();
+    }
+  }
+
+  private deny(
+    stream: ServerHttp2Stream,
+    span: Span,
+    fields: DecisionFields,
+    status: number,
+    reason: DenyReason,
+    detail: string,
+    counted: boolean,
+  ): void {
+    if (!counted) this.deps.metrics.connectDecisions.inc({ result: 'deny', reason });
+    this.deps.logger.info(
+      { ...fields, policy_decision: 'deny', deny_reason: reason, deny_detail: detail, status },
+      'CONNECT denied',
+    );
+    span.setAttribute('agent_gateway.deny_reason', reason);
+    this.finish(stream, span, status, reason, { [DENY_REASON_HEADER]: reason });
+  }
+
+  private allowed(span: Span, fields: DecisionFields, grant: Grant, cached: boolean): void {
+    this.deps.logger.info(
+      {
+        ...fields,
+        policy_decision: 'allow',
+        deny_reason: null,
+        permission_id: grant.permissionId,
+        signing_key_id: grant.signingKeyId,
+        decision_cached: cached,
+      },
+      'CONNECT allowed',
+    );
+    span.setAttribute('agent_gateway.permission_id', grant.permissionId);
+  }
+
+  private dialFailed(
+    stream: ServerHttp2Stream,
+    span: Span,
+    fields: DecisionFields,
+    reason: DialFailureReason,
+    detail: string,
+  ): void {
+    this.deps.metrics.upstreamConnectFailures.inc({ reason });
+    this.deps.logger.warn({ ...fields, dial_error: reason, detail, status: 502 }, 'upstream connect failed');
+    this.finish(stream, span, 502, reason);
+  }
+
+  private abandoned(span: Span, fields: DecisionFields, detail: string): void {
+    this.deps.logger.debug({ ...fields, detail }, 'CONNECT abandoned');
+    span.setStatus({ code: SpanStatusCode.ERROR, message: detail });
+    span.end();
+  }
+
+  private finish(
+    stream: ServerHttp2Stream,
+    span: Span,
+    status: number,
+    message: string,
+    extra: Record<string, string> = {},
+  ): void {
+    span.setAttribute('http.response.status_code', status);
+    span.setStatus({ code: SpanStatusCode.ERROR, message });
+    span.end();
+    reply(stream, status, extra);
+  }
+}
+
+/** The open tunnel as live revocation, limits, metrics and the close log line see it. */
+class ActiveTunnel implements LiveTunnel, TunnelOwner {
+  readonly id = `${process.pid}.${++tunnelSeq}`;
+  readonly peerAddr: string;
+  private tunnel: Tunnel | undefined;
+  private untrack: (() => void) | undefined;
+
+  constructor(
+    private readonly fields: DecisionFields,
+    public grant: Grant,
+    private readonly release: () => void,
+    private readonly deps: ConnectHandlerDeps,
+    private readonly openSet: Set<ActiveTunnel>,
+  ) {
+    this.peerAddr = fields.source_peer_addr;
+  }
+
+  start(stream: ServerHttp2Stream, socket: Socket): void {
+    this.openSet.add(this);
+    this.deps.metrics.tunnelsOpen.inc();
+    this.tunnel = new Tunnel(stream, socket, this.deps.tunnelIdleTimeoutMs, this);
+    try {
+      this.untrack = this.deps.tracker.track(this);
+    } catch (err) {
+      // Untracked means unrevocable: refuse to keep such a tunnel open.
+      this.deps.logger.error({ err, ...this.fields }, 'cannot track tunnel for revocation');
+      this.tunnel.reset('revoked', 'revocation tracking failed');
+    }
+  }
+
+  revoke(reason: DenyReason | 'expired', detail: string): void {
+    const end: TunnelEndReason = reason === 'expired' ? 'expired' : 'revoked';
+    this.tunnel?.reset(end, reason === 'expired' ? detail : `${reason}: ${detail}`);
+  }
+
+  tunnelClosed(t: Tunnel): void {
+    this.openSet.delete(this);
+    this.untrack?.();
+    this.release();
+    const { metrics, logger } = this.deps;
+    metrics.tunnelsOpen.dec();
+    metrics.bytes.inc({ direction: 'client_to_dest' }, t.bytesClientToDest);
+    metrics.bytes.inc({ direction: 'dest_to_client' }, t.bytesDestToClient);
+    logger.info(
+      {
+        ...this.fields,
+        tunnel_id: this.id,
+        permission_id: this.grant.permissionId,
+        bytes_client_to_dest: t.bytesClientToDest,
+        bytes_dest_to_client: t.bytesDestToClient,
+        duration_ms: Date.now() - t.startedAt,
+        end_reason: t.endReason,
+        end_detail: t.endDetail,
+      },
+      'tunnel closed',
+    );
+  }
+
+  /** Reset now (drain deadline); idempotent. */
+  reset(reason: TunnelEndReason, detail: string): void {
+    this.tunnel?.reset(reason, detail);
+  }
+}
+
+function isGone(stream: ServerHttp2Stream): boolean {
+  return stream.destroyed || stream.closed;
+}
+
+/**
+ * A complete response (HEADERS with END_STREAM) followed by RST_STREAM(NO_ERROR), the RFC 9113 §8.1
+ * way to tell a client that stopped short of ending its request that we are done: otherwise the stream
+ * stays half-open until the client thinks of closing it, or the client cancels it and that cancel
+ * counts against its connection's reset budget.
+ */
+function reply(stream: ServerHttp2Stream, status: number, extra: Record<string, string> = {}): void {
+  if (isGone(stream) || stream.headersSent) return;
+  stream.respond({ ':status': status, ...extra }, { endStream: true });
+  gatewayReset(stream, NGHTTP2_NO_ERROR);
+}
+
+function ignoreStreamError(): void {
+  // Reported through 'close' (rstCode) and the tunnel's end reason.
+}

@@ -1,0 +1,196 @@
+/**
+ * Wires one serving process: registry → authorizer → live revocation → limits → dialer → handler →
+ * server (+ admin endpoint when this process owns it). Startup failures are StartupError with the exit
+ * code main should use; everything after startup is the running gateway's business.
+ */
+import type { AddressInfo } from 'node:net';
+import { latestKnownVersion } from '../core/migrate.js';
+import { AddressGuard } from './address-guard.js';
+import { type AdminServer, startAdminServer } from './admin-server.js';
+import { RegistryAuthorizer } from './authorizer.js';
+import type { GatewayConfig } from './config.js';
+import { ConnectHandler } from './connect-handler.js';
+import { limitsFromConfig } from './limits.js';
+import { LiveRevocation } from './live-revocation.js';
+import { type GatewayMetrics, metrics as processMetrics } from './metrics.js';
+import { Registry, RegistrySchemaError, RegistryUnavailableError } from './registry.js';
+import { GatewayServer } from './server.js';
+import type { Telemetry } from './telemetry.js';
+import { UpstreamDialer } from './upstream-dialer.js';
+
+export class StartupError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode = 1,
+  ) {
+    super(message);
+    this.name = 'StartupError';
+  }
+}
+
+export type RunningGateway = {
+  readonly address: AddressInfo;
+  readonly adminAddress: string | undefined;
+  /** SIGHUP: re-read the TLS certificate and key; false (old kept) when they are bad. */
+  reloadTls(): boolean;
+  /** SIGTERM: stop accepting, finish open tunnels up to drain_timeout_ms, then release everything. */
+  shutdown(): Promise<void>;
+  /** Second signal: reset what is still open; shutdown() then completes promptly. */
+  forceClose(): void;
+  isDraining(): boolean;
+};
+
+export type StartOptions = {
+  /** Serve /healthz /readyz /metrics from this process (false in cluster workers: the primary does). */
+  readonly admin: boolean;
+  /** This process's share of limits.max_connections. */
+  readonly maxConnections?: number;
+  readonly metrics?: GatewayMetrics;
+};
+
+export async function startGateway(
+  config: GatewayConfig,
+  telemetry: Telemetry,
+  options: StartOptions,
+): Promise<RunningGateway> {
+  const { logger } = telemetry;
+  const metrics = options.metrics ?? processMetrics;
+  const registry = new Registry({
+    databaseUrl: config.policy.databaseUrl,
+    maxConnections: config.policy.maxConnections,
+    connectTimeoutMs: config.policy.connectTimeoutMs,
+    poolAcquireTimeoutMs: config.policy.poolAcquireTimeoutMs,
+    queryTimeoutMs: config.policy.queryTimeoutMs,
+    latestKnownVersion: latestKnownVersion(),
+    metrics,
+    logger,
+  });
+  const cleanup: (() => Promise<void>)[] = [() => registry.close()];
+  const unwind = async () => {
+    for (const fn of cleanup.reverse()) await fn().catch(() => {});
+  };
+
+  try {
+    const schema = await checkSchema(registry);
+    logger.info({ schema_version: schema.version }, 'registry schema accepted');
+
+    const authorizer = new RegistryAuthorizer({
+      registry,
+      cacheMaxEntries: config.policy.decisionCacheMaxEntries,
+      cacheTtlMs: config.policy.decisionCacheTtlMs,
+      metrics,
+      logger,
+    });
+    const revocation = new LiveRevocation({
+      authority: authorizer,
+      clientConfig: registry.clientConfig('agent_gateway_listen'),
+      notifications: schema.notifications,
+      recheckIntervalMs: config.policy.revocationRecheckIntervalMs,
+      metrics,
+      logger,
+    });
+    cleanup.push(() => revocation.close());
+    await revocation.start();
+
+    let server: GatewayServer | undefined;
+    const handler = new ConnectHandler({
+      authorizer,
+      tracker: revocation,
+      limits: limitsFromConfig(config.limits, metrics),
+      dialer: new UpstreamDialer({
+        guard: new AddressGuard(config.upstream.denyCidrs, config.upstream.allowCidrs),
+        overrides: config.upstream.overrides,
+        connectTimeoutMs: config.upstream.connectTimeoutMs,
+      }),
+      metrics,
+      logger,
+      tracer: telemetry.tracer,
+      tunnelIdleTimeoutMs: config.upstream.tunnelIdleTimeoutMs,
+      isDraining: () => server?.isDraining ?? false,
+    });
+    try {
+      server = new GatewayServer({
+        config,
+        handler,
+        metrics,
+        logger,
+        maxConnections: options.maxConnections,
+      });
+    } catch (err) {
+      throw new StartupError(`cannot load TLS material: ${(err as Error).message}`);
+    }
+    const gatewayServer = server;
+
+    let address: AddressInfo;
+    try {
+      address = await gatewayServer.listen();
+    } catch (err) {
+      const { host, port } = config.server.listenAddr;
+      throw new StartupError(`cannot listen on ${host}:${port}: ${(err as Error).message}`);
+    }
+
+    let admin: AdminServer | undefined;
+    if (options.admin && config.admin.listenAddr !== undefined) {
+      try {
+        admin = await startAdminServer({
+          listenAddr: config.admin.listenAddr,
+          metrics,
+          pingRegistry: () => registry.ping(),
+          isAccepting: () => !gatewayServer.isDraining,
+          isDraining: () => gatewayServer.isDraining,
+          revocationState: () => revocation.state(),
+          logger,
+        });
+      } catch (err) {
+        gatewayServer.forceClose();
+        await gatewayServer.drain(0);
+        const { host, port } = config.admin.listenAddr;
+        throw new StartupError(`cannot listen on admin address ${host}:${port}: ${(err as Error).message}`);
+      }
+      const adminServer = admin;
+      cleanup.push(() => adminServer.close());
+    }
+
+    logger.info(
+      {
+        listen_addr: `${address.address}:${address.port}`,
+        admin_addr: admin === undefined ? null : `${admin.address.host}:${admin.address.port}`,
+        tls_subject: gatewayServer.certificate.subject,
+        tls_not_after: gatewayServer.certificate.notAfter,
+      },
+      'gateway listening',
+    );
+
+    let shuttingDown: Promise<void> | undefined;
+    return {
+      address,
+      adminAddress: admin === undefined ? undefined : `${admin.address.host}:${admin.address.port}`,
+      reloadTls: () => gatewayServer.reloadTls(),
+      isDraining: () => gatewayServer.isDraining,
+      forceClose: () => gatewayServer.forceClose(),
+      shutdown() {
+        shuttingDown ??= (async () => {
+          // The admin server stays up during drain so /readyz can report it (503) to the balancer.
+          await gatewayServer.drain(config.server.drainTimeoutMs);
+          await unwind();
+        })();
+        return shuttingDown;
+      },
+    };
+  } catch (err) {
+    await unwind();
+    throw err;
+  }
+}
+
+async function checkSchema(registry: Registry): Promise<{ version: number; notifications: boolean }> {
+  try {
+    return await registry.checkSchema();
+  } catch (err) {
+    if (err instanceof RegistrySchemaError) throw new StartupError(err.message);
+    if (err instanceof RegistryUnavailableError) {
+      throw new StartupError(`cannot check the registry schema: ${err.message}`);
+    }
+    throw err;
+  }
+}

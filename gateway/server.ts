@@ -1,0 +1,373 @@
+/**
+ * The HTTP/2-only mTLS listener: TLS material (and its SIGHUP reload), per-connection state (identity
+ * read once, stream count, idle timer, reset budget), flow-control windows, limits, and drain.
+ * Everything about a single stream lives in connect-handler.ts.
+ */
+
+import { createPrivateKey, X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import http2, {
+  constants,
+  type Http2SecureServer,
+  type IncomingHttpHeaders,
+  type SecureServerOptions,
+  type ServerHttp2Session,
+  type ServerHttp2Stream,
+} from 'node:http2';
+import type { AddressInfo, Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
+import type { GatewayConfig } from './config.js';
+import type { ConnectHandler, StreamOrigin } from './connect-handler.js';
+import type { GatewayMetrics } from './metrics.js';
+import type { Logger } from './telemetry.js';
+import { sessionIdentity } from './tls-identity.js';
+import { isGatewayReset } from './tunnel.js';
+import { formatAddress } from './upstream-dialer.js';
+
+const { NGHTTP2_NO_ERROR, NGHTTP2_ENHANCE_YOUR_CALM } = constants;
+
+const RESET_WINDOW_MS = 10_000;
+
+export type TlsMaterial = {
+  readonly cert: Buffer;
+  readonly key: Buffer;
+  readonly subject: string;
+  readonly notAfter: string;
+  readonly fingerprint256: string;
+};
+
+/**
+ * Read and check a certificate and its key: both parse and the key belongs to the certificate. Throws
+ * with a message naming the file, so a bad reload can be logged and the old material kept.
+ */
+export function loadTlsMaterial(certPath: string, keyPath: string): TlsMaterial {
+  const read = (path: string, what: string) => {
+    try {
+      return readFileSync(path);
+    } catch (err) {
+      throw new Error(`cannot read ${what} ${path}: ${(err as Error).message}`);
+    }
+  };
+  const cert = read(certPath, 'TLS certificate');
+  const key = read(keyPath, 'TLS key');
+  let x509: X509Certificate;
+  try {
+    x509 = new X509Certificate(cert);
+  } catch (err) {
+    throw new Error(`TLS certificate ${certPath} does not parse: ${(err as Error).message}`);
+  }
+  let privateKey: ReturnType<typeof createPrivateKey>;
+  try {
+    privateKey = createPrivateKey(key);
+  } catch (err) {
+    throw new Error(`TLS key ${keyPath} does not parse: ${(err as Error).message}`);
+  }
+  if (!x509.checkPrivateKey(privateKey)) {
+    throw new Error(`TLS key ${keyPath} does not belong to the certificate ${certPath}`);
+  }
+  return { cert, key, subject: x509.subject, notAfter: x509.validTo, fingerprint256: x509.fingerprint256 };
+}
+
+export type GatewayServerDeps = {
+  readonly config: GatewayConfig;
+  readonly handler: ConnectHandler;
+  readonly metrics: GatewayMetrics;
+  readonly logger: Logger;
+  /** Share of limits.max_connections this process enforces (the limit is split across workers). */
+  readonly maxConnections?: number;
+};
+
+/** What the gateway keeps per HTTP/2 connection. One object, no per-stream closures. */
+class Connection {
+  openStreams = 0;
+  resets = 0;
+  resetWindowStart = 0;
+  idleTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    readonly owner: GatewayServer,
+    readonly session: ServerHttp2Session,
+    readonly origin: StreamOrigin,
+  ) {}
+}
+
+const CONNECTION = Symbol('agent_gateway.connection');
+type Carrier = { [CONNECTION]?: Connection };
+
+export class GatewayServer {
+  private readonly server: Http2SecureServer;
+  private readonly connections = new Set<Connection>();
+  private tls: TlsMaterial;
+  private draining = false;
+  private drained: Promise<void> | undefined;
+
+  constructor(private readonly deps: GatewayServerDeps) {
+    const { config } = deps;
+    this.tls = loadTlsMaterial(config.server.tlsCertPath, config.server.tlsKeyPath);
+    const options: SecureServerOptions = {
+      ...this.secureContextOptions(this.tls),
+      // h2 only: an http/1.1-only client fails the TLS handshake (no_application_protocol alert).
+      allowHTTP1: false,
+      ALPNProtocols: ['h2'],
+      // Ask for a client certificate but verify no chain (SPEC §4): the handshake proves possession of
+      // the key, and the registry names that exact key. No certificate → every CONNECT is denied.
+      requestCert: true,
+      rejectUnauthorized: false,
+      handshakeTimeout: config.server.handshakeTimeoutMs,
+      maxSessionMemory: config.http2.maxSessionMemoryMb,
+      settings: {
+        maxConcurrentStreams: config.http2.maxConcurrentStreams,
+        initialWindowSize: config.http2.streamWindowBytes,
+        maxHeaderListSize: config.http2.maxHeaderListBytes,
+        enablePush: false,
+      },
+    };
+    this.server = http2.createSecureServer(options);
+    this.server.maxConnections = deps.maxConnections ?? config.limits.maxConnections;
+    this.server.on('connection', this.onConnection);
+    this.server.on('session', this.onSession);
+    this.server.on('stream', this.onStream);
+    this.server.on('unknownProtocol', destroySocket);
+    this.server.on('tlsClientError', this.onTlsClientError);
+    this.server.on('drop', this.onDrop);
+  }
+
+  get isDraining(): boolean {
+    return this.draining;
+  }
+
+  get openConnections(): number {
+    return this.connections.size;
+  }
+
+  listen(): Promise<AddressInfo> {
+    const { host, port } = this.deps.config.server.listenAddr;
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error) => reject(err);
+      this.server.once('error', onError);
+      this.server.listen({ host, port }, () => {
+        this.server.removeListener('error', onError);
+        this.server.on('error', (err) => this.deps.logger.error({ err }, 'server error'));
+        resolve(this.server.address() as AddressInfo);
+      });
+    });
+  }
+
+  /**
+   * Re-read the certificate and key (SIGHUP). New handshakes use them; open connections keep theirs.
+   * A certificate that does not parse or does not match its key is refused and the old one kept.
+   */
+  reloadTls(): boolean {
+    const { tlsCertPath, tlsKeyPath } = this.deps.config.server;
+    let next: TlsMaterial;
+    try {
+      next = loadTlsMaterial(tlsCertPath, tlsKeyPath);
+      this.server.setSecureContext(this.secureContextOptions(next));
+    } catch (err) {
+      this.deps.logger.error(
+        {
+          err: (err as Error).message,
+          tls_cert_path: tlsCertPath,
+          kept_fingerprint256: this.tls.fingerprint256,
+        },
+        'TLS reload failed; keeping the previous certificate',
+      );
+      return false;
+    }
+    this.tls = next;
+    this.deps.logger.info(
+      { subject: next.subject, not_after: next.notAfter, fingerprint256: next.fingerprint256 },
+      'TLS certificate reloaded',
+    );
+    return true;
+  }
+
+  get certificate(): Pick<TlsMaterial, 'subject' | 'notAfter' | 'fingerprint256'> {
+    return this.tls;
+  }
+
+  /**
+   * Stop accepting, GOAWAY every connection, let open tunnels run for up to `timeoutMs`, then reset what
+   * is left. Resolves when every connection is closed. Idempotent.
+   */
+  drain(timeoutMs: number): Promise<void> {
+    if (this.drained !== undefined) return this.drained;
+    this.draining = true;
+    this.drained = this.runDrain(timeoutMs);
+    return this.drained;
+  }
+
+  /** Reset everything now (second signal during drain). */
+  forceClose(): void {
+    this.deps.handler.resetAll('draining', 'forced shutdown');
+    for (const c of [...this.connections]) c.session.destroy();
+  }
+
+  private async runDrain(timeoutMs: number): Promise<void> {
+    const { logger, handler } = this.deps;
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    for (const c of this.connections) this.closeGracefully(c);
+    logger.info(
+      {
+        open_connections: this.connections.size,
+        open_tunnels: handler.openTunnels,
+        drain_timeout_ms: timeoutMs,
+      },
+      'draining',
+    );
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<'timeout'>((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), timeoutMs);
+    });
+    const outcome = await Promise.race([closed.then(() => 'closed' as const), deadline]);
+    clearTimeout(timer);
+    if (outcome === 'timeout') {
+      logger.warn({ open_tunnels: handler.openTunnels }, 'drain deadline reached; resetting open tunnels');
+      this.forceClose();
+      await closed;
+    }
+    logger.info('drained');
+  }
+
+  private closeGracefully(c: Connection): void {
+    if (!c.session.closed && !c.session.destroyed) c.session.close();
+  }
+
+  private secureContextOptions(tls: TlsMaterial): SecureServerOptions {
+    return { cert: tls.cert, key: tls.key, minVersion: 'TLSv1.2' };
+  }
+
+  // ---- listeners (arrow properties: one closure per server, none per connection) -----------------
+
+  private readonly onConnection = (socket: Socket): void => {
+    // Tunnels carry interactive TLS records; Nagle would hold back their small writes.
+    socket.setNoDelay(true);
+    this.deps.metrics.connectionsTotal.inc();
+    this.deps.metrics.connectionsOpen.inc();
+    socket.once('close', this.onSocketClose);
+  };
+
+  private readonly onSocketClose = (): void => {
+    this.deps.metrics.connectionsOpen.dec();
+  };
+
+  private readonly onDrop = (): void => {
+    this.deps.logger.warn(
+      { max_connections: this.server.maxConnections },
+      'connection refused: max_connections reached',
+    );
+  };
+
+  private readonly onTlsClientError = (err: NodeJS.ErrnoException, socket: TLSSocket): void => {
+    this.deps.logger.debug(
+      { err: err.code ?? err.message, source_peer_addr: peerAddrOf(socket) },
+      'TLS handshake failed',
+    );
+  };
+
+  private readonly onSession = (session: ServerHttp2Session): void => {
+    const { config, logger } = this.deps;
+    const socket = session.socket as TLSSocket;
+    const origin: StreamOrigin = {
+      identity: sessionIdentity(session, config.policy.clientExtOid),
+      peerAddr: peerAddrOf(socket),
+    };
+    const c = new Connection(this, session, origin);
+    (session as Carrier)[CONNECTION] = c;
+    this.connections.add(c);
+    // Both windows, or the 64 KiB default of the other caps throughput (notes/node-http2-tunnels.md).
+    session.setLocalWindowSize(config.http2.connectionWindowBytes);
+    session.on('error', this.onSessionError);
+    session.once('close', onSessionClose);
+    if (!origin.identity.ok) {
+      logger.debug(
+        { source_peer_addr: origin.peerAddr, deny_reason: origin.identity.reason },
+        'client without identity',
+      );
+    }
+    if (config.server.sessionIdleTimeoutMs > 0) {
+      c.idleTimer = setTimeout(onIdleTimer, config.server.sessionIdleTimeoutMs, c);
+      c.idleTimer.unref();
+    }
+    if (this.draining) this.closeGracefully(c);
+  };
+
+  private readonly onSessionError = (err: NodeJS.ErrnoException): void => {
+    this.deps.logger.debug({ err: err.code ?? err.message }, 'HTTP/2 session error');
+  };
+
+  private readonly onStream = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void => {
+    const c = (stream.session as (ServerHttp2Session & Carrier) | undefined)?.[CONNECTION];
+    if (c === undefined) {
+      stream.close(constants.NGHTTP2_INTERNAL_ERROR);
+      return;
+    }
+    c.openStreams++;
+    (stream as Carrier)[CONNECTION] = c;
+    stream.once('close', onStreamClose);
+    this.deps.handler.handle(stream, headers, c.origin);
+  };
+
+  /** @internal */
+  connectionClosed(c: Connection): void {
+    if (c.idleTimer !== undefined) clearTimeout(c.idleTimer);
+    this.connections.delete(c);
+  }
+
+  /** @internal */
+  streamClosed(c: Connection, stream: ServerHttp2Stream): void {
+    c.openStreams--;
+    const session = c.session;
+    if (session.destroyed) return;
+    if (c.openStreams === 0 && c.idleTimer !== undefined) c.idleTimer.refresh();
+    // Rapid-reset protection with our own budget: only streams the client cancelled count, never the
+    // ones the gateway reset or the ones that ended with END_STREAM both ways.
+    const clientReset = !isGatewayReset(stream) && (stream.rstCode !== NGHTTP2_NO_ERROR || stream.aborted);
+    if (!clientReset) return;
+    const now = Date.now();
+    if (now - c.resetWindowStart > RESET_WINDOW_MS) {
+      c.resetWindowStart = now;
+      c.resets = 0;
+    }
+    c.resets++;
+    if (c.resets > this.deps.config.http2.maxResetsPer10s) {
+      this.deps.logger.warn(
+        {
+          source_identity: c.origin.identity.ok ? c.origin.identity.peer.identity : null,
+          source_peer_addr: c.origin.peerAddr,
+          resets: c.resets,
+          max_resets_per_10s: this.deps.config.http2.maxResetsPer10s,
+        },
+        'too many stream resets; closing connection (GOAWAY ENHANCE_YOUR_CALM)',
+      );
+      // destroy(undefined, code) would send NO_ERROR: node defaults a missing error to code 0.
+      session.destroy(new Error('too many stream resets'), NGHTTP2_ENHANCE_YOUR_CALM);
+    }
+  }
+}
+
+function onSessionClose(this: ServerHttp2Session & Carrier): void {
+  const c = this[CONNECTION];
+  if (c !== undefined) c.owner.connectionClosed(c);
+}
+
+function onStreamClose(this: ServerHttp2Stream & Carrier): void {
+  const c = this[CONNECTION];
+  if (c !== undefined) c.owner.streamClosed(c, this);
+}
+
+function onIdleTimer(c: Connection): void {
+  if (c.openStreams > 0 || c.session.closed || c.session.destroyed) return;
+  // GOAWAY(NO_ERROR): the client reconnects when it next needs a tunnel.
+  c.session.close();
+}
+
+function destroySocket(socket: Socket): void {
+  // No ALPN at all (a client that did not ask for h2): nothing to say to it in HTTP/2.
+  socket.destroy();
+}
+
+function peerAddrOf(socket: { remoteAddress?: string; remotePort?: number }): string {
+  const address = socket.remoteAddress ?? 'unknown';
+  return formatAddress(address, socket.remotePort ?? 0);
+}

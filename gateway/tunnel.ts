@@ -1,0 +1,269 @@
+/**
+ * Bytes both ways between one HTTP/2 CONNECT stream and one upstream TCP socket (RFC 9113 §8.5):
+ * backpressure each way, half-close each way (END_STREAM ↔ FIN), upstream error → RST_STREAM
+ * CONNECT_ERROR, client reset → upstream destroyed, optional idle timeout, byte counts.
+ *
+ * A gateway holds tens of thousands of these, mostly idle, so the listeners are module-level functions
+ * shared by every tunnel (EventEmitter calls them with `this` = the emitter, which carries its tunnel
+ * under a symbol) rather than closures allocated per tunnel, and the idle timeout is the upstream
+ * socket's own timer, which node refreshes on every read and write in either direction.
+ */
+import { constants, type ServerHttp2Stream } from 'node:http2';
+import type { Socket } from 'node:net';
+
+const { NGHTTP2_CANCEL, NGHTTP2_CONNECT_ERROR, NGHTTP2_NO_ERROR } = constants;
+
+/** Why a tunnel ended, as logged (end_reason on "tunnel closed"). */
+export type TunnelEndReason =
+  | 'closed'
+  | 'client_reset'
+  | 'upstream_reset'
+  | 'upstream_error'
+  | 'idle_timeout'
+  | 'revoked'
+  | 'expired'
+  | 'draining'
+  | 'session_closed';
+
+/** Told once, after both the stream and the socket have closed. */
+export interface TunnelOwner {
+  tunnelClosed(tunnel: Tunnel): void;
+}
+
+/** After an idle close (END_STREAM + FIN), how long the peers get to finish before both are reset. */
+const IDLE_CLOSE_GRACE_MS = 5_000;
+/** After the stream has closed cleanly, how long the upstream gets to take our last bytes. */
+const FLUSH_LINGER_MS = 30_000;
+
+const TUNNEL = Symbol('agent_gateway.tunnel');
+type Carrier = { [TUNNEL]?: Tunnel };
+
+// Streams the gateway itself reset: the server's per-connection reset accounting counts only the
+// client's resets (rapid-reset protection), never ours.
+const resetByGateway = new WeakSet<ServerHttp2Stream>();
+
+/** RST_STREAM sent by the gateway (not the client); see isGatewayReset. */
+export function gatewayReset(stream: ServerHttp2Stream, code: number): void {
+  resetByGateway.add(stream);
+  if (!stream.closed && !stream.destroyed) stream.close(code);
+}
+
+export function isGatewayReset(stream: ServerHttp2Stream): boolean {
+  return resetByGateway.has(stream);
+}
+
+export class Tunnel {
+  bytesClientToDest = 0;
+  bytesDestToClient = 0;
+  endReason: TunnelEndReason = 'closed';
+  endDetail: string | undefined;
+  readonly startedAt = Date.now();
+  private streamClosed = false;
+  private socketClosed = false;
+  private idleClosing = false;
+  private done = false;
+
+  constructor(
+    readonly stream: ServerHttp2Stream,
+    readonly socket: Socket,
+    /** No bytes either way for this long ends the tunnel; 0 = never. */
+    private readonly idleTimeoutMs: number,
+    private readonly owner: TunnelOwner,
+  ) {
+    (stream as Carrier)[TUNNEL] = this;
+    (socket as Carrier)[TUNNEL] = this;
+    stream.on('data', onStreamData);
+    stream.on('drain', onStreamDrain);
+    stream.on('end', onStreamEnd);
+    stream.on('error', onStreamError);
+    stream.on('close', onStreamClose);
+    socket.on('data', onSocketData);
+    socket.on('drain', onSocketDrain);
+    socket.on('end', onSocketEnd);
+    socket.on('error', onSocketError);
+    socket.on('close', onSocketClose);
+    if (idleTimeoutMs > 0) {
+      socket.setTimeout(idleTimeoutMs);
+      socket.on('timeout', onSocketTimeout);
+    }
+  }
+
+  get closed(): boolean {
+    return this.done;
+  }
+
+  /** End both sides now with RST_STREAM(code) and a destroyed upstream (revocation, drain deadline). */
+  reset(reason: TunnelEndReason, detail: string, code: number = NGHTTP2_CANCEL): void {
+    if (this.done) return;
+    this.setEnd(reason, detail);
+    gatewayReset(this.stream, code);
+    this.socket.destroy();
+  }
+
+  setEnd(reason: TunnelEndReason, detail?: string): void {
+    if (this.endReason === 'closed') {
+      this.endReason = reason;
+      this.endDetail = detail;
+    }
+  }
+
+  /** @internal */
+  onIdle(): void {
+    if (this.streamClosed) {
+      // The stream ended cleanly but the destination never took the last bytes or never closed.
+      this.socket.destroy();
+      return;
+    }
+    if (this.idleClosing) {
+      // The peers had their grace period to close after END_STREAM + FIN.
+      this.reset('idle_timeout', this.endDetail ?? 'idle');
+      return;
+    }
+    this.idleClosing = true;
+    this.setEnd('idle_timeout', `no bytes either way for ${this.idleTimeoutMs} ms`);
+    // Like the destination closing the connection: FIN one way, END_STREAM the other, no reset, so a
+    // well-behaved client closes its side; a reset follows only if it does not.
+    this.socket.setTimeout(IDLE_CLOSE_GRACE_MS);
+    if (!this.stream.destroyed) this.stream.end();
+    this.socket.end();
+  }
+
+  /** @internal */
+  onStreamClosed(): void {
+    this.streamClosed = true;
+    const stream = this.stream;
+    const clean = stream.rstCode === NGHTTP2_NO_ERROR && !stream.aborted;
+    if (!clean) {
+      if (!isGatewayReset(stream)) {
+        const sessionGone = stream.session === undefined || stream.session.destroyed;
+        this.setEnd(sessionGone ? 'session_closed' : 'client_reset', `RST_STREAM code ${stream.rstCode}`);
+      }
+      this.socket.destroy();
+    } else if (!this.socketClosed) {
+      // Both END_STREAMs seen; the upstream may still be taking the client's last bytes and our FIN.
+      this.socket.setTimeout(Math.min(FLUSH_LINGER_MS, this.idleTimeoutMs || FLUSH_LINGER_MS));
+      if (this.idleTimeoutMs === 0) this.socket.on('timeout', onSocketTimeout);
+    }
+    this.maybeFinish();
+  }
+
+  /** @internal */
+  onSocketClosed(): void {
+    this.socketClosed = true;
+    this.maybeFinish();
+  }
+
+  private maybeFinish(): void {
+    if (this.done || !this.streamClosed || !this.socketClosed) return;
+    this.done = true;
+    delete (this.stream as Carrier)[TUNNEL];
+    delete (this.socket as Carrier)[TUNNEL];
+    this.owner.tunnelClosed(this);
+  }
+}
+
+function tunnelOf(emitter: unknown): Tunnel | undefined {
+  return (emitter as Carrier)[TUNNEL];
+}
+
+// ---- client → destination ------------------------------------------------------------------------
+
+function onStreamData(this: ServerHttp2Stream, chunk: Buffer): void {
+  const t = tunnelOf(this);
+  if (t === undefined) return;
+  t.bytesClientToDest += chunk.length;
+  const socket = t.socket;
+  if (socket.destroyed) return;
+  corkUntilNextTurn(socket);
+  if (!socket.write(chunk)) this.pause();
+}
+
+function onSocketDrain(this: Socket): void {
+  tunnelOf(this)?.stream.resume();
+}
+
+function onStreamEnd(this: ServerHttp2Stream): void {
+  // Client END_STREAM: FIN to the destination, which may keep answering (half-close).
+  const t = tunnelOf(this);
+  if (t !== undefined && !t.socket.destroyed) t.socket.end();
+}
+
+// ---- destination → client ------------------------------------------------------------------------
+
+function onSocketData(this: Socket, chunk: Buffer): void {
+  const t = tunnelOf(this);
+  if (t === undefined) return;
+  t.bytesDestToClient += chunk.length;
+  const stream = t.stream;
+  if (stream.destroyed) return;
+  if (!stream.write(chunk)) this.pause();
+}
+
+function onStreamDrain(this: ServerHttp2Stream): void {
+  tunnelOf(this)?.socket.resume();
+}
+
+function onSocketEnd(this: Socket): void {
+  // Destination FIN: END_STREAM to the client, whose side stays open until it ends too.
+  const t = tunnelOf(this);
+  if (t !== undefined && !t.stream.destroyed && !t.stream.closed) t.stream.end();
+}
+
+// ---- errors and closing --------------------------------------------------------------------------
+
+function onSocketError(this: Socket, err: NodeJS.ErrnoException): void {
+  const t = tunnelOf(this);
+  if (t === undefined) return;
+  const reset = err.code === 'ECONNRESET' || err.code === 'EPIPE';
+  t.setEnd(reset ? 'upstream_reset' : 'upstream_error', err.code ?? err.message);
+  // RFC 9113 §8.5: a TCP error or reset on the destination side is RST_STREAM(CONNECT_ERROR).
+  gatewayReset(t.stream, NGHTTP2_CONNECT_ERROR);
+}
+
+function onStreamError(this: ServerHttp2Stream, err: NodeJS.ErrnoException): void {
+  // A stream error is always followed by 'close'; the reason is recorded, the cleanup happens there.
+  tunnelOf(this)?.setEnd('session_closed', err.code ?? err.message);
+}
+
+function onSocketTimeout(this: Socket): void {
+  tunnelOf(this)?.onIdle();
+}
+
+function onStreamClose(this: ServerHttp2Stream): void {
+  tunnelOf(this)?.onStreamClosed();
+}
+
+function onSocketClose(this: Socket): void {
+  tunnelOf(this)?.onSocketClosed();
+}
+
+// ---- write coalescing ----------------------------------------------------------------------------
+
+// HTTP/2 delivers client bytes one DATA frame (≤16 KiB) at a time and node writes each to the socket
+// separately. Holding the socket corked until the next event-loop turn turns those into one writev:
+// measured, about half the write syscalls on uploads. (Uncorking on process.nextTick does not coalesce.)
+// One shared list and one setImmediate per turn, however many tunnels are busy.
+let corked: Socket[] = [];
+let spare: Socket[] = [];
+let flushScheduled = false;
+
+function corkUntilNextTurn(socket: Socket): void {
+  if (socket.writableCorked > 0) return;
+  socket.cork();
+  corked.push(socket);
+  if (!flushScheduled) {
+    flushScheduled = true;
+    setImmediate(flushCorked);
+  }
+}
+
+function flushCorked(): void {
+  flushScheduled = false;
+  const batch = corked;
+  corked = spare;
+  spare = batch;
+  for (const socket of batch) {
+    if (socket.writableCorked > 0) socket.uncork();
+  }
+  batch.length = 0;
+}

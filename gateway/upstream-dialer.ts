@@ -1,0 +1,185 @@
+/**
+ * Resolve a destination to the addresses we may dial, then open TCP to one of them. The address guard
+ * runs on every resolved address and the socket is opened to that exact literal, so there is no second
+ * lookup between the check and the dial for DNS rebinding to slip into. One deadline
+ * (upstream.connect_timeout_ms) covers resolution and every connect attempt.
+ */
+import { lookup as dnsLookup } from 'node:dns/promises';
+import { isIP, Socket } from 'node:net';
+import type { Destination } from '../core/destination.js';
+import type { AddressGuard } from './address-guard.js';
+import type { HostPort } from './config.js';
+
+export type ResolveFailureReason = 'dns' | 'destination_address_denied';
+export type ConnectFailureReason = 'timeout' | 'refused' | 'unreachable' | 'reset' | 'cancelled' | 'error';
+export type DialFailureReason = ResolveFailureReason | ConnectFailureReason;
+
+export type Resolution =
+  | {
+      readonly ok: true;
+      /** What was looked up: the destination host or its override. */
+      readonly target: HostPort;
+      /** Permitted addresses in resolver order; never empty. */
+      readonly addresses: readonly string[];
+      readonly deadline: number;
+    }
+  | { readonly ok: false; readonly reason: ResolveFailureReason; readonly detail: string };
+
+export type Connection =
+  | { readonly ok: true; readonly socket: Socket; readonly address: string }
+  | { readonly ok: false; readonly reason: ConnectFailureReason; readonly detail: string };
+
+export type LookupFn = (host: string) => Promise<readonly string[]>;
+
+export type DialerOptions = {
+  readonly guard: AddressGuard;
+  readonly overrides: ReadonlyMap<string, HostPort>;
+  readonly connectTimeoutMs: number;
+  /** Tests swap the resolver; the default is the system resolver (getaddrinfo), as curl uses. */
+  readonly lookup?: LookupFn;
+};
+
+async function systemLookup(host: string): Promise<readonly string[]> {
+  const found = await dnsLookup(host, { all: true, verbatim: true });
+  return found.map((a) => a.address);
+}
+
+export class UpstreamDialer {
+  private readonly lookup: LookupFn;
+
+  constructor(private readonly options: DialerOptions) {
+    this.lookup = options.lookup ?? systemLookup;
+  }
+
+  async resolve(destination: Destination): Promise<Resolution> {
+    const deadline = Date.now() + this.options.connectTimeoutMs;
+    const target = this.options.overrides.get(destination.normalized) ?? {
+      host: destination.host,
+      port: destination.port,
+    };
+    let addresses: readonly string[];
+    if (isIP(target.host) !== 0) {
+      addresses = [target.host];
+    } else {
+      try {
+        addresses = await withDeadline(this.lookup(target.host), deadline);
+      } catch (err) {
+        return { ok: false, reason: 'dns', detail: `cannot resolve ${target.host}: ${errorText(err)}` };
+      }
+      if (addresses.length === 0)
+        return { ok: false, reason: 'dns', detail: `${target.host} has no address` };
+    }
+    const permitted = addresses.filter((a) => this.options.guard.permits(a));
+    if (permitted.length === 0) {
+      return {
+        ok: false,
+        reason: 'destination_address_denied',
+        detail: `${target.host} resolves only to denied addresses (${addresses.join(', ')})`,
+      };
+    }
+    return { ok: true, target, addresses: permitted, deadline };
+  }
+
+  /**
+   * Try each permitted address in turn until one accepts. Each attempt gets an equal share of what is
+   * left of the deadline, so one black-holed address cannot use up the time of the ones after it.
+   */
+  async connect(resolution: Resolution & { ok: true }, signal?: AbortSignal): Promise<Connection> {
+    const { addresses, target, deadline } = resolution;
+    let last: Connection & { ok: false } = { ok: false, reason: 'timeout', detail: 'connect timed out' };
+    for (let i = 0; i < addresses.length; i++) {
+      if (signal?.aborted) return { ok: false, reason: 'cancelled', detail: 'client went away' };
+      const remaining = deadline - Date.now();
+      if (remaining <= 0) break;
+      const address = addresses[i] as string;
+      const attempt = await connectOnce(address, target.port, remaining / (addresses.length - i), signal);
+      if (attempt.ok) return attempt;
+      last = { ...attempt, detail: `${formatAddress(address, target.port)}: ${attempt.detail}` };
+      if (attempt.reason === 'cancelled') return last;
+    }
+    if (last.reason === 'timeout' && deadline - Date.now() <= 0) {
+      return {
+        ok: false,
+        reason: 'timeout',
+        detail: `${last.detail} (deadline ${this.options.connectTimeoutMs} ms)`,
+      };
+    }
+    return last;
+  }
+}
+
+function connectOnce(
+  address: string,
+  port: number,
+  timeoutMs: number,
+  signal?: AbortSignal,
+): Promise<Connection> {
+  return new Promise((resolve) => {
+    // allowHalfOpen: CONNECT half-close (SPEC §4) needs each direction to end independently. The host is
+    // the literal the guard approved, so net does no lookup of its own.
+    const socket = new Socket({ allowHalfOpen: true });
+    let settled = false;
+    const finish = (result: Connection) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      socket.removeListener('connect', onConnect);
+      socket.removeListener('error', onError);
+      if (!result.ok) socket.destroy();
+      resolve(result);
+    };
+    const onConnect = () => {
+      socket.setNoDelay(true);
+      finish({ ok: true, socket, address });
+    };
+    const onError = (err: NodeJS.ErrnoException) =>
+      finish({ ok: false, reason: classify(err), detail: errorText(err) });
+    const onAbort = () => finish({ ok: false, reason: 'cancelled', detail: 'client went away' });
+    const timer = setTimeout(
+      () => finish({ ok: false, reason: 'timeout', detail: `no answer within ${Math.round(timeoutMs)} ms` }),
+      timeoutMs,
+    );
+    socket.once('connect', onConnect);
+    socket.once('error', onError);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    socket.connect({ host: address, port });
+  });
+}
+
+function classify(err: NodeJS.ErrnoException): ConnectFailureReason {
+  switch (err.code) {
+    case 'ECONNREFUSED':
+      return 'refused';
+    case 'ETIMEDOUT':
+      return 'timeout';
+    case 'EHOSTUNREACH':
+    case 'ENETUNREACH':
+    case 'EADDRNOTAVAIL':
+      return 'unreachable';
+    case 'ECONNRESET':
+      return 'reset';
+    default:
+      return 'error';
+  }
+}
+
+function withDeadline<T>(promise: Promise<T>, deadline: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error('lookup timed out')), Math.max(0, deadline - Date.now()));
+  });
+  return Promise.race([promise, expired]).finally(() => clearTimeout(timer));
+}
+
+export function formatAddress(address: string, port: number): string {
+  return isIP(address) === 6 ? `[${address}]:${port}` : `${address}:${port}`;
+}
+
+function errorText(err: unknown): string {
+  if (err instanceof Error) {
+    const code = (err as NodeJS.ErrnoException).code;
+    return code !== undefined && !err.message.includes(code) ? `${code}: ${err.message}` : err.message;
+  }
+  return String(err);
+}

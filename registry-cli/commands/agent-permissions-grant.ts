@@ -1,0 +1,200 @@
+/**
+ * agent-permissions grant KEY_ID SUBJECT_IDENTITY SPKI DEST [VALID_DAYS] [PERMISSION_ID]: the principal
+ * key in the TPM signs one permission row and the row is written, all in one transaction that is
+ * committed only when the gateway's own policy code, run against the row as written, allows it.
+ */
+import { randomUUID } from 'node:crypto';
+import { normalizeDestination } from '../../core/destination.js';
+import { canonicalPermissionBytes } from '../../core/permission-bytes.js';
+import { openSigner, signerOptionsFromEnv } from '../../core/pkcs11-signer.js';
+import { decide, evaluateCandidate } from '../../core/policy.js';
+import { fetchActiveCandidates } from '../../core/registry-queries.js';
+import { assertP256Spki, readSpkiInput, spkiFingerprint } from '../../core/spki-input.js';
+import { MICROS_PER_DAY, parseTimestamp } from '../../core/timestamp.js';
+import { checkField } from '../args.js';
+import { withRegistry } from '../db.js';
+import { databaseFromEnv } from '../env.js';
+import { EXIT_OK, type ExitCode, Refusal, toCliError } from '../errors.js';
+import type { CommandContext } from '../io.js';
+import {
+  activeScopes,
+  grantWindow,
+  lockPermission,
+  lockSigningKey,
+  type SignedPermission,
+  upsertPermission,
+} from '../registry-writes.js';
+import { verifySignature } from '../verify.js';
+import { assertSignerUsable } from './signer-state.js';
+
+export type GrantOptions = {
+  readonly keyId: string;
+  readonly subjectIdentity: string;
+  /** File (PEM/DER SPKI or certificate) or hex. */
+  readonly spki: string;
+  readonly destination: string;
+  readonly validDays: number;
+  readonly permissionId?: string | undefined;
+  readonly json: boolean;
+};
+
+export async function grantPermission(ctx: CommandContext, opts: GrantOptions): Promise<ExitCode> {
+  const keyId = checkField('KEY_ID', opts.keyId);
+  const subjectIdentity = checkField('SUBJECT_IDENTITY', opts.subjectIdentity);
+  const permissionId = checkField('PERMISSION_ID', opts.permissionId ?? `perm-${randomUUID()}`);
+  let destination: string;
+  let subjectSpkiDer: Buffer;
+  try {
+    destination = normalizeDestination(opts.destination).normalized;
+    subjectSpkiDer = readSpkiInput(opts.spki).spkiDer;
+    assertP256Spki(subjectSpkiDer);
+  } catch (err) {
+    throw toCliError(err);
+  }
+  const target = databaseFromEnv(ctx.env);
+  const signerOptions = signerOptionsFromEnv(keyId, ctx.env);
+
+  const outcome = await withRegistry(target, (registry) =>
+    registry.transaction(async (db) => {
+      const window = await grantWindow(db, opts.validDays);
+      const now = parseTimestamp(window.notBefore);
+      const notAfter = parseTimestamp(window.notAfter);
+
+      const key = await lockSigningKey(db, keyId, 'share');
+      assertSignerUsable(keyId, key, now);
+
+      const scopes = await activeScopes(db, keyId, undefined, window);
+      const scope = scopes.find((s) => s.destination === destination);
+      if (scope === undefined) {
+        const granted = scopes.map((s) => s.destination);
+        throw new Refusal(
+          `${destination} is outside the scope of principal key ${keyId} ` +
+            `(active scope: ${granted.length === 0 ? 'none' : [...new Set(granted)].join(', ')}); ` +
+            `delegate it first: grant-principal-scope.sh ${keyId} ${destination}`,
+        );
+      }
+      const scopeNotBefore = parseTimestamp(scope.notBefore);
+      const scopeNotAfter = parseTimestamp(scope.notAfter);
+      if (scopeNotBefore > now || scopeNotAfter < notAfter) {
+        const maxDays = scopeNotAfter > now ? (scopeNotAfter - now) / MICROS_PER_DAY : 0n;
+        throw new Refusal(
+          `the grant window ${window.notBefore} .. ${window.notAfter} is outside the scope window ` +
+            `${scope.notBefore} .. ${scope.notAfter} of principal key ${keyId} for ${destination}: ` +
+            (scopeNotBefore > now || maxDays < 1n
+              ? 'extend the scope with grant-principal-scope.sh'
+              : `use VALID_DAYS of at most ${maxDays}, or extend the scope with grant-principal-scope.sh`),
+        );
+      }
+
+      const previous = await lockPermission(db, permissionId);
+      if (previous?.revokedAt != null) {
+        throw new Refusal(
+          `permission ${permissionId} was revoked at ${previous.revokedAt}; revoked rows are kept as history, ` +
+            'choose another PERMISSION_ID',
+        );
+      }
+      if (
+        previous !== undefined &&
+        (previous.signingKeyId !== keyId ||
+          previous.subjectIdentity !== subjectIdentity ||
+          !previous.subjectSpkiDer.equals(subjectSpkiDer) ||
+          previous.destination !== destination)
+      ) {
+        throw new Refusal(
+          `permission ${permissionId} already grants ${previous.subjectIdentity} -> ${previous.destination} ` +
+            `(signed by ${previous.signingKeyId}); an id can only be renewed for the same key, identity, ` +
+            'public key and destination: choose another PERMISSION_ID',
+        );
+      }
+
+      const message = canonicalPermissionBytes({
+        permissionId,
+        signingKeyId: keyId,
+        subjectIdentity,
+        subjectSpkiDer,
+        destination,
+        notBefore: now,
+        notAfter,
+      });
+      const signer = openSigner(signerOptions);
+      let signature: Buffer;
+      try {
+        if (!signer.spkiDer.equals(key.spkiDer)) {
+          throw new Refusal(
+            `the TPM key labelled ${keyId} in token "${signerOptions.tokenLabel}" (sha256 ${spkiFingerprint(signer.spkiDer)}) ` +
+              `is not the key registered for ${keyId} (sha256 ${spkiFingerprint(key.spkiDer)})`,
+          );
+        }
+        signature = signer.sign(message);
+      } finally {
+        signer.close();
+      }
+
+      const row: SignedPermission = {
+        permissionId,
+        signingKeyId: keyId,
+        subjectIdentity,
+        subjectSpkiDer,
+        destination,
+        notBefore: window.notBefore,
+        notAfter: window.notAfter,
+        signature,
+      };
+      const action = await upsertPermission(db, row);
+      if (action === undefined) {
+        throw new Refusal(`permission ${permissionId} was changed concurrently; nothing was written`);
+      }
+
+      // The gateway's own query and policy, against the row as written, before it becomes visible.
+      const request = { identity: subjectIdentity, spkiDer: subjectSpkiDer, destination };
+      const candidates = await fetchActiveCandidates(db, request, now);
+      const written = candidates.find((c) => c.permission.permissionId === permissionId);
+      if (written === undefined) {
+        throw new Refusal(
+          `permission ${permissionId} would not be among the rows the gateway considers for ` +
+            `${subjectIdentity} -> ${destination}; nothing was written`,
+        );
+      }
+      const verdict = evaluateCandidate(request, written, now, verifySignature);
+      const decision = decide(request, candidates, now, verifySignature);
+      if (!verdict.ok || !decision.allow) {
+        const why = verdict.ok ? 'the gateway would still deny' : `${verdict.reason}: ${verdict.detail}`;
+        throw new Refusal(
+          `the gateway would not honour permission ${permissionId} (${why}); nothing was written`,
+        );
+      }
+      return { row, action, validUntil: verdict.validUntil, keyNotAfter: key.notAfter };
+    }),
+  );
+
+  const { row } = outcome;
+  if (opts.json) {
+    ctx.io.out(
+      JSON.stringify({
+        permission_id: row.permissionId,
+        action: outcome.action,
+        signing_key_id: row.signingKeyId,
+        subject_identity: row.subjectIdentity,
+        subject_public_key_spki_der: row.subjectSpkiDer.toString('hex'),
+        destination: row.destination,
+        not_before: row.notBefore,
+        not_after: row.notAfter,
+        signature: row.signature.toString('hex'),
+      }),
+    );
+  } else {
+    ctx.io.out(
+      `${outcome.action} permission ${row.permissionId}: ${row.subjectIdentity} -> ${row.destination}, signed by ${row.signingKeyId}`,
+    );
+    ctx.io.out(`  agent public key sha256: ${spkiFingerprint(row.subjectSpkiDer)}`);
+    ctx.io.out(`  valid: ${row.notBefore} .. ${row.notAfter}`);
+    ctx.io.out("  verified with the gateway's policy: allowed");
+  }
+  if (parseTimestamp(outcome.keyNotAfter) < parseTimestamp(row.notAfter)) {
+    ctx.io.err(
+      `note: principal key ${row.signingKeyId} expires at ${outcome.keyNotAfter}, before this permission; ` +
+        'the gateway honours it only until then',
+    );
+  }
+  return EXIT_OK;
+}

@@ -1,0 +1,367 @@
+/**
+ * The registry CLI's SQL: the writes (upserts and revocations) and the reads that guard them. Every
+ * statement is parameterized; every time is computed by PostgreSQL from now() and leaves it as canonical
+ * text through tsText(), never through a JavaScript Date. Callers run these inside one transaction
+ * (registry-cli/db.ts) and lock the signing key row first, which serializes concurrent admins working
+ * on the same principal.
+ */
+import type pg from 'pg';
+import { ALGORITHM_ECDSA_P256_SHA256 } from '../core/ecdsa.js';
+import { tsText } from '../core/registry-queries.js';
+
+export type SigningKeyRow = {
+  readonly keyId: string;
+  readonly algorithm: string;
+  readonly spkiDer: Buffer;
+  readonly notBefore: string;
+  readonly notAfter: string;
+  readonly revokedAt: string | null;
+};
+
+export type ScopeRow = {
+  readonly id: string;
+  readonly signingKeyId: string;
+  readonly destination: string;
+  readonly notBefore: string;
+  readonly notAfter: string;
+  readonly revokedAt: string | null;
+};
+
+export type PermissionRecord = {
+  readonly permissionId: string;
+  readonly signingKeyId: string;
+  readonly subjectIdentity: string;
+  readonly subjectSpkiDer: Buffer;
+  readonly destination: string;
+  readonly notBefore: string;
+  readonly notAfter: string;
+  readonly revokedAt: string | null;
+};
+
+// now() + VALID_DAYS, computed by the database so the window never depends on the admin's clock.
+const PLUS_DAYS = (param: string) => `(now() + make_interval(days => ${param}::int))`;
+
+const KEY_COLUMNS = `key_id, algorithm, public_key_spki_der,
+  ${tsText('not_before')} AS not_before, ${tsText('not_after')} AS not_after, ${tsText('revoked_at')} AS revoked_at`;
+
+type KeyRecord = {
+  key_id: string;
+  algorithm: string;
+  public_key_spki_der: Buffer;
+  not_before: string;
+  not_after: string;
+  revoked_at: string | null;
+};
+
+function keyRow(r: KeyRecord): SigningKeyRow {
+  return {
+    keyId: r.key_id,
+    algorithm: r.algorithm,
+    spkiDer: r.public_key_spki_der,
+    notBefore: r.not_before,
+    notAfter: r.not_after,
+    revokedAt: r.revoked_at,
+  };
+}
+
+/**
+ * The signing key row, locked until the transaction ends: FOR UPDATE when the caller changes the key
+ * or its scopes, FOR SHARE when it only relies on it (a grant), so a concurrent revocation waits.
+ */
+export async function lockSigningKey(
+  db: pg.ClientBase,
+  keyId: string,
+  mode: 'update' | 'share',
+): Promise<SigningKeyRow | undefined> {
+  const r = await db.query<KeyRecord>(
+    `SELECT ${KEY_COLUMNS} FROM principal_signing_keys WHERE key_id = $1 FOR ${mode === 'update' ? 'UPDATE' : 'SHARE'}`,
+    [keyId],
+  );
+  return r.rows[0] === undefined ? undefined : keyRow(r.rows[0]);
+}
+
+/** Which key id, if any, already holds this SPKI (the column is UNIQUE). */
+export async function keyIdBySpki(db: pg.ClientBase, spkiDer: Buffer): Promise<string | undefined> {
+  const r = await db.query<{ key_id: string }>(
+    'SELECT key_id FROM principal_signing_keys WHERE public_key_spki_der = $1',
+    [spkiDer],
+  );
+  return r.rows[0]?.key_id;
+}
+
+export async function insertSigningKey(
+  db: pg.ClientBase,
+  keyId: string,
+  spkiDer: Buffer,
+  validDays: number,
+): Promise<SigningKeyRow> {
+  const r = await db.query<KeyRecord>(
+    `INSERT INTO principal_signing_keys (key_id, algorithm, public_key_spki_der, not_before, not_after)
+     VALUES ($1, $2, $3, now(), ${PLUS_DAYS('$4')})
+     RETURNING ${KEY_COLUMNS}`,
+    [keyId, ALGORITHM_ECDSA_P256_SHA256, spkiDer, validDays],
+  );
+  return keyRow(r.rows[0]!);
+}
+
+/**
+ * Re-registration of the same key: valid for `validDays` from now. not_before never moves forward, so
+ * the key's recorded validity keeps covering what it already signed.
+ */
+export async function refreshSigningKey(
+  db: pg.ClientBase,
+  keyId: string,
+  validDays: number,
+): Promise<SigningKeyRow> {
+  const r = await db.query<KeyRecord>(
+    `UPDATE principal_signing_keys
+     SET not_before = least(not_before, now()), not_after = ${PLUS_DAYS('$2')}, updated_at = now()
+     WHERE key_id = $1
+     RETURNING ${KEY_COLUMNS}`,
+    [keyId, validDays],
+  );
+  return keyRow(r.rows[0]!);
+}
+
+/** --replace: a different key under the same id. What the old key signed stops verifying. */
+export async function replaceSigningKey(
+  db: pg.ClientBase,
+  keyId: string,
+  spkiDer: Buffer,
+  validDays: number,
+): Promise<SigningKeyRow> {
+  const r = await db.query<KeyRecord>(
+    `UPDATE principal_signing_keys
+     SET public_key_spki_der = $2, algorithm = $3, not_before = now(), not_after = ${PLUS_DAYS('$4')},
+         updated_at = now()
+     WHERE key_id = $1
+     RETURNING ${KEY_COLUMNS}`,
+    [keyId, spkiDer, ALGORITHM_ECDSA_P256_SHA256, validDays],
+  );
+  return keyRow(r.rows[0]!);
+}
+
+const SCOPE_COLUMNS = (
+  alias: string,
+) => `${alias}.id::text AS id, ${alias}.signing_key_id, ${alias}.destination,
+  ${tsText(`${alias}.not_before`)} AS not_before, ${tsText(`${alias}.not_after`)} AS not_after,
+  ${tsText(`${alias}.revoked_at`)} AS revoked_at`;
+
+type ScopeRecord = {
+  id: string;
+  signing_key_id: string;
+  destination: string;
+  not_before: string;
+  not_after: string;
+  revoked_at: string | null;
+};
+
+function scopeRow(r: ScopeRecord): ScopeRow {
+  return {
+    id: r.id,
+    signingKeyId: r.signing_key_id,
+    destination: r.destination,
+    notBefore: r.not_before,
+    notAfter: r.not_after,
+    revokedAt: r.revoked_at,
+  };
+}
+
+export type ScopeUpsert = {
+  readonly scope: ScopeRow;
+  readonly action: 'created' | 'extended' | 'unchanged';
+};
+
+/**
+ * Grant or refresh the delegation of `destination` to `keyId` until now + validDays. A refresh only ever
+ * widens the window: not_before = least(existing, now) keeps every permission the scope already covers
+ * valid (the original moved not_before to now and silently broke them), and not_after never shrinks.
+ * Of several active rows (possible in registries written by the original) the longest-lived is widened.
+ * The caller holds the signing key row FOR UPDATE, so two refreshes cannot both insert.
+ */
+export async function upsertScope(
+  db: pg.ClientBase,
+  keyId: string,
+  destination: string,
+  validDays: number,
+): Promise<ScopeUpsert> {
+  const updated = await db.query<ScopeRecord & { old_not_before: string; old_not_after: string }>(
+    `WITH target AS (
+       SELECT id, not_before AS old_nb, not_after AS old_na FROM principal_key_permissions
+       WHERE signing_key_id = $1 AND destination = $2 AND revoked_at IS NULL
+       ORDER BY not_after DESC, id DESC
+       LIMIT 1
+       FOR UPDATE)
+     UPDATE principal_key_permissions s
+     SET not_before = least(s.not_before, now()), not_after = greatest(s.not_after, ${PLUS_DAYS('$3')}),
+         updated_at = now()
+     FROM target WHERE s.id = target.id
+     RETURNING ${SCOPE_COLUMNS('s')},
+       ${tsText('target.old_nb')} AS old_not_before, ${tsText('target.old_na')} AS old_not_after`,
+    [keyId, destination, validDays],
+  );
+  const row = updated.rows[0];
+  if (row !== undefined) {
+    const same = row.not_before === row.old_not_before && row.not_after === row.old_not_after;
+    return { scope: scopeRow(row), action: same ? 'unchanged' : 'extended' };
+  }
+  const inserted = await db.query<ScopeRecord>(
+    `INSERT INTO principal_key_permissions AS s (signing_key_id, destination, not_before, not_after)
+     VALUES ($1, $2, now(), ${PLUS_DAYS('$3')})
+     RETURNING ${SCOPE_COLUMNS('s')}`,
+    [keyId, destination, validDays],
+  );
+  return { scope: scopeRow(inserted.rows[0]!), action: 'created' };
+}
+
+/** Active scope rows of a key, the one covering [notBefore, notAfter] first for each destination. */
+export async function activeScopes(
+  db: pg.ClientBase,
+  keyId: string,
+  destination?: string,
+  window?: { readonly notBefore: string; readonly notAfter: string },
+): Promise<ScopeRow[]> {
+  const r = await db.query<ScopeRecord>(
+    `SELECT ${SCOPE_COLUMNS('s')} FROM principal_key_permissions s
+     WHERE s.signing_key_id = $1 AND s.revoked_at IS NULL AND ($2::text IS NULL OR s.destination = $2)
+     ORDER BY s.destination,
+       (s.not_before <= $3::timestamptz AND s.not_after >= $4::timestamptz) DESC NULLS LAST,
+       s.not_after DESC, s.id DESC
+     LIMIT 1000`,
+    [keyId, destination ?? null, window?.notBefore ?? null, window?.notAfter ?? null],
+  );
+  return r.rows.map(scopeRow);
+}
+
+/** The window of a new grant: [now, now + validDays], both read back as canonical text. */
+export async function grantWindow(
+  db: pg.ClientBase,
+  validDays: number,
+): Promise<{ readonly notBefore: string; readonly notAfter: string }> {
+  const r = await db.query<{ not_before: string; not_after: string }>(
+    `SELECT ${tsText('now()')} AS not_before, ${tsText(PLUS_DAYS('$1'))} AS not_after`,
+    [validDays],
+  );
+  const row = r.rows[0]!;
+  return { notBefore: row.not_before, notAfter: row.not_after };
+}
+
+const PERMISSION_COLUMNS = `p.permission_id, p.signing_key_id, p.subject_identity, p.subject_public_key_spki_der,
+  p.destination, ${tsText('p.not_before')} AS not_before, ${tsText('p.not_after')} AS not_after,
+  ${tsText('p.revoked_at')} AS revoked_at`;
+
+type PermissionDbRecord = {
+  permission_id: string;
+  signing_key_id: string;
+  subject_identity: string;
+  subject_public_key_spki_der: Buffer;
+  destination: string;
+  not_before: string;
+  not_after: string;
+  revoked_at: string | null;
+};
+
+function permissionRecord(r: PermissionDbRecord): PermissionRecord {
+  return {
+    permissionId: r.permission_id,
+    signingKeyId: r.signing_key_id,
+    subjectIdentity: r.subject_identity,
+    subjectSpkiDer: r.subject_public_key_spki_der,
+    destination: r.destination,
+    notBefore: r.not_before,
+    notAfter: r.not_after,
+    revokedAt: r.revoked_at,
+  };
+}
+
+export async function lockPermission(
+  db: pg.ClientBase,
+  permissionId: string,
+): Promise<PermissionRecord | undefined> {
+  const r = await db.query<PermissionDbRecord>(
+    `SELECT ${PERMISSION_COLUMNS} FROM permission_registry p WHERE p.permission_id = $1 FOR UPDATE`,
+    [permissionId],
+  );
+  return r.rows[0] === undefined ? undefined : permissionRecord(r.rows[0]);
+}
+
+export type SignedPermission = {
+  readonly permissionId: string;
+  readonly signingKeyId: string;
+  readonly subjectIdentity: string;
+  readonly subjectSpkiDer: Buffer;
+  readonly destination: string;
+  /** Canonical text exactly as signed. */
+  readonly notBefore: string;
+  readonly notAfter: string;
+  readonly signature: Buffer;
+};
+
+/**
+ * Insert a signed permission, or renew the active row with the same id and the same key, subject and
+ * destination (new window and signature). Returns undefined when the id names something else: a
+ * revoked row (kept as history) or a different grant.
+ */
+export async function upsertPermission(
+  db: pg.ClientBase,
+  p: SignedPermission,
+): Promise<'created' | 'renewed' | undefined> {
+  const r = await db.query<{ inserted: boolean }>(
+    `INSERT INTO permission_registry AS p (permission_id, signing_key_id, subject_identity,
+       subject_public_key_spki_der, destination, not_before, not_after, signature)
+     VALUES ($1, $2, $3, $4, $5, $6::timestamptz, $7::timestamptz, $8)
+     ON CONFLICT (permission_id) DO UPDATE
+     SET not_before = EXCLUDED.not_before, not_after = EXCLUDED.not_after, signature = EXCLUDED.signature,
+         updated_at = now()
+     WHERE p.revoked_at IS NULL AND p.signing_key_id = EXCLUDED.signing_key_id
+       AND p.subject_identity = EXCLUDED.subject_identity
+       AND p.subject_public_key_spki_der = EXCLUDED.subject_public_key_spki_der
+       AND p.destination = EXCLUDED.destination
+     RETURNING (xmax = 0) AS inserted`,
+    [
+      p.permissionId,
+      p.signingKeyId,
+      p.subjectIdentity,
+      p.subjectSpkiDer,
+      p.destination,
+      p.notBefore,
+      p.notAfter,
+      p.signature,
+    ],
+  );
+  const row = r.rows[0];
+  if (row === undefined) return undefined;
+  return row.inserted ? 'created' : 'renewed';
+}
+
+/** Revoke (never delete) the active permissions of one agent key, optionally for one destination. */
+export async function revokePermissions(
+  db: pg.ClientBase,
+  subjectIdentity: string,
+  spkiDer: Buffer,
+  destination: string | undefined,
+): Promise<PermissionRecord[]> {
+  const r = await db.query<PermissionDbRecord>(
+    `UPDATE permission_registry p SET revoked_at = now(), updated_at = now()
+     WHERE p.subject_identity = $1 AND p.subject_public_key_spki_der = $2 AND p.revoked_at IS NULL
+       AND ($3::text IS NULL OR p.destination = $3)
+     RETURNING ${PERMISSION_COLUMNS}`,
+    [subjectIdentity, spkiDer, destination ?? null],
+  );
+  return r.rows.map(permissionRecord).sort((a, b) => a.permissionId.localeCompare(b.permissionId));
+}
+
+/** Permissions for `list`, newest first per identity and destination. */
+export async function listPermissions(
+  db: pg.ClientBase,
+  filter: { readonly identity?: string | undefined; readonly limit: number },
+): Promise<PermissionRecord[]> {
+  const r = await db.query<PermissionDbRecord>(
+    `SELECT ${PERMISSION_COLUMNS} FROM permission_registry p
+     WHERE ($1::text IS NULL OR p.subject_identity = $1)
+     ORDER BY p.subject_identity, p.destination, p.not_after DESC, p.permission_id
+     LIMIT $2`,
+    [filter.identity ?? null, filter.limit],
+  );
+  return r.rows.map(permissionRecord);
+}

@@ -1,0 +1,257 @@
+/**
+ * The agent-facing side: a plain HTTP/1.1 proxy on loopback that agents reach through
+ * HTTPS_PROXY=http://127.0.0.1:3128. Only CONNECT is served; each one becomes a CONNECT stream on the
+ * shared gateway connection and, once the gateway answers 200, an opaque byte pipe in both directions
+ * with backpressure and half-close. Agents never see a key or a certificate.
+ */
+import http from 'node:http';
+import http2 from 'node:http2';
+import type { AddressInfo, Socket } from 'node:net';
+import { type GatewaySession, GatewayUnreachableError, InvalidAuthorityError } from './gateway-session.js';
+import { type Logger, startConnectTrace, type Tracing } from './telemetry.js';
+
+export type ProxyServerOptions = {
+  readonly host: string;
+  readonly port: number;
+  readonly gateway: GatewaySession;
+  readonly tracing: Tracing;
+  readonly logger: Logger;
+};
+
+// After the agent has gone, how long the gateway may take to finish its half before the stream is reset.
+const ORPHAN_STREAM_GRACE_MS = 5_000;
+// How long a FIN to the agent waits for a RST_STREAM that may follow the gateway's END_STREAM.
+const RST_AFTER_END_GRACE_MS = 25;
+// A CONNECT authority is `host:port`; anything with whitespace, a path or credentials is not one.
+const AUTHORITY = /^(?:\[[0-9a-fA-F:.]+\]|[^\s/?#@[\]:]+)(?::\d{1,5})?$/;
+
+type Tunnel = { readonly socket: Socket; stream: http2.ClientHttp2Stream | undefined };
+
+export class ProxyServer {
+  private readonly server: http.Server;
+  private readonly tunnels = new Set<Tunnel>();
+  private draining = false;
+
+  constructor(private readonly opts: ProxyServerOptions) {
+    this.server = http.createServer();
+    this.server.on('request', (req, res) => this.refuseMethod(req, res));
+    this.server.on('connect', (req, socket, head) => this.onConnect(req, socket as Socket, head));
+    this.server.on('upgrade', (_req, socket: Socket) => {
+      socket.end(
+        plainResponse(405, 'method not allowed: this proxy only serves CONNECT\n', { Allow: 'CONNECT' }),
+      );
+    });
+    this.server.on('clientError', (err, socket) => {
+      if (socket.writable) socket.end(plainResponse(400, 'bad request\n'));
+      else socket.destroy();
+      this.opts.logger.debug({ err: err.message }, 'malformed request from agent');
+    });
+  }
+
+  get activeTunnels(): number {
+    return this.tunnels.size;
+  }
+
+  listen(): Promise<AddressInfo> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen({ host: this.opts.host, port: this.opts.port, exclusive: true }, () => {
+        this.server.off('error', reject);
+        resolve(this.server.address() as AddressInfo);
+      });
+    });
+  }
+
+  /**
+   * Stop accepting agents, let open tunnels finish until `deadlineMs` has passed, then cut the rest.
+   * Resolves with the number of tunnels that had to be cut.
+   */
+  async drain(deadlineMs: number): Promise<number> {
+    this.draining = true;
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.server.closeIdleConnections();
+    const deadline = Date.now() + deadlineMs;
+    while (this.tunnels.size > 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, Math.min(100, Math.max(1, deadline - Date.now()))));
+    }
+    const cut = this.tunnels.size;
+    for (const t of this.tunnels) {
+      // A reset tells the agent its transfer was cut rather than complete.
+      t.socket.resetAndDestroy();
+      t.stream?.close(http2.constants.NGHTTP2_CANCEL);
+    }
+    this.server.closeAllConnections();
+    await closed;
+    return cut;
+  }
+
+  private refuseMethod(req: http.IncomingMessage, res: http.ServerResponse): void {
+    this.opts.logger.info({ method: req.method, url: req.url }, 'refused non-CONNECT request');
+    res.writeHead(405, { Allow: 'CONNECT', 'Content-Type': 'text/plain', Connection: 'close' });
+    res.end('method not allowed: this proxy only serves CONNECT\n');
+  }
+
+  private onConnect(req: http.IncomingMessage, socket: Socket, head: Buffer): void {
+    const { logger, gateway, tracing } = this.opts;
+    const authority = req.url ?? '';
+    socket.setNoDelay(true);
+    socket.on('error', () => {});
+    if (this.draining) {
+      socket.end(plainResponse(503, 'sidecar is shutting down\n'));
+      return;
+    }
+    if (!AUTHORITY.test(authority)) {
+      logger.info({ dest_authority: authority }, 'refused CONNECT with an invalid authority');
+      socket.end(plainResponse(400, 'CONNECT target must be host:port\n'));
+      return;
+    }
+
+    const tunnel: Tunnel = { socket, stream: undefined };
+    this.tunnels.add(tunnel);
+    const started = performance.now();
+    const peer = `${socket.remoteAddress}:${socket.remotePort}`;
+    const trace = startConnectTrace(tracing, authority, req.headers);
+    const log = logger.child({ dest_authority: authority, agent_peer_addr: peer, trace_id: trace.traceId });
+    let agentGone = false;
+    socket.once('close', () => {
+      agentGone = true;
+      if (tunnel.stream === undefined) this.tunnels.delete(tunnel);
+    });
+
+    gateway.connect(authority, trace.headers).then(
+      ({ status, stream }) => {
+        tunnel.stream = stream;
+        const ms = Math.round((performance.now() - started) * 10) / 10;
+        if (agentGone) {
+          log.info({ status, connect_ms: ms }, 'agent left before the gateway answered');
+          finishStream(stream);
+          this.tunnels.delete(tunnel);
+          trace.end({ status, error: 'agent left' });
+          return;
+        }
+        if (status !== 200) {
+          log.info({ status, connect_ms: ms }, 'CONNECT denied by gateway');
+          socket.end(plainResponse(status, 'gateway denied request'));
+          finishStream(stream);
+          this.tunnels.delete(tunnel);
+          trace.end({ status });
+          return;
+        }
+        log.info({ status, connect_ms: ms }, 'tunnel open');
+        this.pipeTunnel(tunnel, stream, head, log, trace.end);
+      },
+      (err: unknown) => {
+        this.tunnels.delete(tunnel);
+        if (err instanceof InvalidAuthorityError) {
+          log.info({ err: err.message }, 'refused CONNECT with an invalid authority');
+          socket.end(plainResponse(400, 'CONNECT target must be host:port\n'));
+          trace.end({ status: 400 });
+          return;
+        }
+        const message = err instanceof Error ? err.message : String(err);
+        log.warn(
+          { err: message },
+          err instanceof GatewayUnreachableError ? 'gateway unreachable' : 'CONNECT failed',
+        );
+        socket.end(plainResponse(502, 'gateway unreachable'));
+        trace.end({ status: 502, error: message });
+      },
+    );
+  }
+
+  private pipeTunnel(
+    tunnel: Tunnel,
+    stream: http2.ClientHttp2Stream,
+    head: Buffer,
+    log: Logger,
+    endTrace: (o: { status?: number; error?: string }) => void,
+  ): void {
+    const { socket } = tunnel;
+    let agentToGateway = head.length;
+    let gatewayToAgent = 0;
+    let error: string | undefined;
+    let orphanTimer: NodeJS.Timeout | undefined;
+
+    socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+    if (head.length > 0) stream.write(head);
+    socket.on('data', (chunk: Buffer) => {
+      agentToGateway += chunk.length;
+    });
+    stream.on('data', (chunk: Buffer) => {
+      gatewayToAgent += chunk.length;
+    });
+    // pipe() honours write() === false on either side. The agent's FIN becomes END_STREAM (the gateway
+    // half-closes upstream). The gateway's END_STREAM becomes a FIN only once it is clearly not the first
+    // half of a reset: a Node gateway's stream.close(CONNECT_ERROR) sends END_STREAM and then RST_STREAM,
+    // and a reset must reach the agent as a reset, never as a clean end of a cut transfer.
+    let finTimer: NodeJS.Timeout | undefined;
+    socket.pipe(stream);
+    stream.pipe(socket, { end: false });
+    stream.once('end', () => {
+      if (stream.closed) return;
+      finTimer = setTimeout(() => {
+        finTimer = undefined;
+        if (!socket.destroyed) socket.end();
+      }, RST_AFTER_END_GRACE_MS);
+    });
+
+    socket.on('error', (err) => {
+      error ??= `agent socket: ${err.message}`;
+    });
+    stream.on('error', (err) => {
+      error ??= `gateway stream: ${err.message}`;
+    });
+    socket.once('close', () => {
+      if (stream.closed) return;
+      // The agent is gone: say so with END_STREAM rather than RST (resets are rate-limited per connection),
+      // discard what is still in flight, and reset only if the gateway does not finish.
+      finishStream(stream);
+      orphanTimer = setTimeout(() => stream.close(http2.constants.NGHTTP2_CANCEL), ORPHAN_STREAM_GRACE_MS);
+      orphanTimer.unref();
+    });
+    stream.once('close', () => {
+      clearTimeout(orphanTimer);
+      clearTimeout(finTimer);
+      if (isReset(stream)) {
+        error ??= `gateway reset the stream (code ${stream.rstCode})`;
+        // The destination reset (or the gateway failed): a reset, not a FIN, so the agent cannot mistake a
+        // cut transfer for a complete one.
+        if (!socket.destroyed) socket.resetAndDestroy();
+      } else if (!socket.destroyed && !socket.writableEnded) {
+        socket.end();
+      }
+      const done = () => {
+        this.tunnels.delete(tunnel);
+        log.info(
+          { bytes_agent_to_gateway: agentToGateway, bytes_gateway_to_agent: gatewayToAgent, error },
+          'tunnel closed',
+        );
+        endTrace({ status: 200, ...(error === undefined ? {} : { error }) });
+      };
+      if (socket.closed) done();
+      else socket.once('close', done);
+    });
+  }
+}
+
+function isReset(stream: http2.ClientHttp2Stream): boolean {
+  return stream.rstCode !== undefined && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR;
+}
+
+/** End our half politely and throw away whatever the gateway still sends. */
+function finishStream(stream: http2.ClientHttp2Stream): void {
+  if (!stream.writableEnded && !stream.destroyed) stream.end();
+  stream.resume();
+}
+
+function plainResponse(status: number, body: string, extra: Record<string, string> = {}): string {
+  const reason = http.STATUS_CODES[status] ?? 'Unknown';
+  const headers = {
+    'Content-Type': 'text/plain; charset=utf-8',
+    'Content-Length': String(Buffer.byteLength(body)),
+    Connection: 'close',
+    ...extra,
+  };
+  const lines = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`);
+  return `HTTP/1.1 ${status} ${reason}\r\n${lines.join('')}\r\n${body}`;
+}

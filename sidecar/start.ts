@@ -1,0 +1,219 @@
+/**
+ * Start-up checks and wiring. The sidecar refuses to start, naming the cause, rather than start in a
+ * state where every CONNECT would fail later: flags, certificate, TPM reachability, the key at the
+ * persistent handle, the certificate-to-key binding and the token login are all proven here.
+ */
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { certificateSpki } from '../core/carrier-cert.js';
+import { readPeerIdentity } from '../core/identity-extension.js';
+import { x509 } from '../core/x509.js';
+import { GatewaySession } from './gateway-session.js';
+import { isLoopbackHost, type RunOptions } from './options.js';
+import { ProxyServer } from './proxy-server.js';
+import { type Logger, startTracing, type Tracing } from './telemetry.js';
+import { createTpmSecureContext, TpmContextError } from './tpm-context.js';
+import {
+  assertKeyAttributes,
+  formatHandle,
+  readPersistentKey,
+  TpmUnreachableError,
+  UnsuitableKeyError,
+} from './tpm-tools.js';
+
+export const EXIT_USAGE = 2;
+/** Start-up refused: certificate, TPM, key or token problem. */
+export const EXIT_STARTUP = 3;
+/** The TPM stopped signing while running; a supervisor should restart the sidecar once it is back. */
+export const EXIT_TPM_FAILURE = 4;
+
+export type StartupFailure =
+  | 'certificate_unreadable'
+  | 'certificate_without_identity'
+  | 'ca_unreadable'
+  | 'tpm_unreachable'
+  | 'tpm_key_missing'
+  | 'tpm_key_unsuitable'
+  | 'certificate_key_mismatch'
+  | 'tpm_context_failed'
+  | 'listen_failed';
+
+export class StartupError extends Error {
+  constructor(
+    readonly reason: StartupFailure,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'StartupError';
+  }
+}
+
+export type RunningSidecar = {
+  readonly address: { host: string; port: number };
+  readonly proxy: ProxyServer;
+  readonly gateway: GatewaySession;
+  readonly tracing: Tracing;
+  /** Stop accepting, let tunnels run until the deadline, close the gateway connection. */
+  drain(deadlineMs: number): Promise<{ cut: number }>;
+};
+
+export async function startSidecar(
+  opts: RunOptions,
+  logger: Logger,
+  onTpmFailure: (err: Error) => void,
+): Promise<RunningSidecar> {
+  const handle = formatHandle(opts.tpm.keyHandle);
+  if (!isLoopbackHost(opts.listen.host)) {
+    logger.warn(
+      { listen: `${opts.listen.host}:${opts.listen.port}` },
+      'listening on a non-loopback address: anyone who can reach it can use this machine identity',
+    );
+  }
+
+  const certPem = readText(opts.clientCertPath, 'certificate_unreadable', '--client-cert');
+  const caPem = readText(opts.caCertPath, 'ca_unreadable', '--ca-cert');
+  let certSpki: Buffer;
+  let identity: string;
+  try {
+    const der = Buffer.from(new x509.X509Certificate(certPem).rawData);
+    certSpki = certificateSpki(der);
+    const peer = readPeerIdentity(der, opts.identityOid);
+    if (!peer.ok) {
+      throw new StartupError(
+        'certificate_without_identity',
+        `--client-cert ${opts.clientCertPath}: ${peer.detail}; the gateway would deny every CONNECT`,
+      );
+    }
+    identity = peer.peer.identity;
+  } catch (err) {
+    if (err instanceof StartupError) throw err;
+    throw new StartupError(
+      'certificate_unreadable',
+      `--client-cert ${opts.clientCertPath} is not a PEM certificate: ${(err as Error).message}`,
+    );
+  }
+  try {
+    new x509.X509Certificate(caPem);
+  } catch (err) {
+    throw new StartupError(
+      'ca_unreadable',
+      `--ca-cert ${opts.caCertPath} is not a PEM certificate: ${(err as Error).message}`,
+    );
+  }
+
+  const target = { tcti: opts.tpm.tcti, store: opts.tpm.store };
+  let key: Awaited<ReturnType<typeof readPersistentKey>>;
+  try {
+    key = await readPersistentKey(target, opts.tpm.keyHandle);
+  } catch (err) {
+    if (err instanceof TpmUnreachableError)
+      throw new StartupError('tpm_unreachable', err.message, { cause: err });
+    throw new StartupError(
+      'tpm_unreachable',
+      `reading the key at ${handle} failed: ${(err as Error).message}`,
+      {
+        cause: err,
+      },
+    );
+  }
+  if (key === undefined) {
+    throw new StartupError(
+      'tpm_key_missing',
+      `no key is persisted at ${handle} in the TPM (${opts.tpm.tcti}); run \`agent_gateway_sidecar provision\` first`,
+    );
+  }
+  try {
+    assertKeyAttributes(handle, key.attributes);
+  } catch (err) {
+    if (err instanceof UnsuitableKeyError) throw new StartupError('tpm_key_unsuitable', err.message);
+    throw err;
+  }
+  if (!key.spkiDer.equals(certSpki)) {
+    throw new StartupError(
+      'certificate_key_mismatch',
+      `--client-cert ${opts.clientCertPath} carries public key ${fingerprint(certSpki)}, but the TPM key at ${handle} ` +
+        `is ${fingerprint(key.spkiDer)}: re-run provision to issue a carrier certificate for this key`,
+    );
+  }
+
+  let secureContext: ReturnType<typeof createTpmSecureContext>;
+  try {
+    secureContext = createTpmSecureContext(opts.tpm, certPem, caPem);
+  } catch (err) {
+    if (err instanceof TpmContextError) {
+      const reason =
+        err.kind === 'certificate_key_mismatch' ? 'certificate_key_mismatch' : 'tpm_context_failed';
+      throw new StartupError(reason, err.message, { cause: err });
+    }
+    throw err;
+  }
+
+  const tracing = await startTracing(logger);
+  const gateway = new GatewaySession({
+    host: opts.gateway.host,
+    port: opts.gateway.port,
+    servername: opts.gatewayName,
+    secureContext,
+    logger: logger.child({ component: 'gateway-session' }),
+    connectTimeoutMs: opts.gatewayConnectTimeoutMs,
+    onTpmFailure,
+  });
+  const proxy = new ProxyServer({
+    host: opts.listen.host,
+    port: opts.listen.port,
+    gateway,
+    tracing,
+    logger: logger.child({ component: 'proxy' }),
+  });
+  let address: { address: string; port: number };
+  try {
+    address = await proxy.listen();
+  } catch (err) {
+    throw new StartupError(
+      'listen_failed',
+      `--listen ${opts.listen.host}:${opts.listen.port}: ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+  logger.info(
+    {
+      listen: `${address.address}:${address.port}`,
+      gateway: `${opts.gateway.host}:${opts.gateway.port}`,
+      gateway_name: opts.gatewayName ?? opts.gateway.host,
+      identity,
+      tpm_key_handle: handle,
+      pkcs11_token: opts.tpm.token,
+      pkcs11_key_label: opts.tpm.keyLabel,
+      spki_sha256: fingerprint(certSpki),
+      tracing: tracing.enabled,
+    },
+    'sidecar listening',
+  );
+
+  return {
+    address: { host: address.address, port: address.port },
+    proxy,
+    gateway,
+    tracing,
+    async drain(deadlineMs) {
+      const cut = await proxy.drain(deadlineMs);
+      await Promise.race([gateway.close(), new Promise((r) => setTimeout(r, 2_000).unref())]);
+      gateway.destroy();
+      await tracing.shutdown();
+      return { cut };
+    },
+  };
+}
+
+function readText(path: string, reason: StartupFailure, flag: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new StartupError(reason, `${flag} ${path}: ${(err as Error).message}`);
+  }
+}
+
+function fingerprint(spki: Buffer): string {
+  return `sha256:${createHash('sha256').update(spki).digest('hex')}`;
+}

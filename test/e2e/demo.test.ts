@@ -1,0 +1,335 @@
+// The demo, end to end, as a new user runs it (demo/demo.sh, demo/demo-agent.sh), isolated in a temp dir
+// with free ports: setup proves one request through a TPM-backed tunnel; a second agent with a narrower
+// grant is denied where the first is allowed; a deleted agent's permissions are revoked and a new key under
+// the same identity is denied; teardown leaves no process, port or file behind.
+import { type Dirent, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort, freePortPair, isPortFree } from '../support/ports.js';
+import { type CommandResult, repoRoot, runCommand } from '../support/processes.js';
+
+const MINUTE = 60_000;
+
+let tmp = '';
+let stateDir = '';
+let env: NodeJS.ProcessEnv = {};
+/** Ports handed to the demo; each must be free again after teardown. */
+const ports: Record<string, number> = {};
+
+function demoEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const e: NodeJS.ProcessEnv = { ...process.env };
+  // Nothing of the caller's database or TPM set-up may leak into the demo.
+  for (const k of Object.keys(e)) {
+    if (
+      /^(AGENT_GATEWAY_|TPM2|PKCS11_|DATABASE_URL$|PG[A-Z]+$|DBUS_SESSION_BUS_ADDRESS$|OPENSSL_ENGINES$)/.test(
+        k,
+      ) ||
+      /^(https?|all|no)_proxy$/i.test(k)
+    ) {
+      delete e[k];
+    }
+  }
+  return { ...e, ...env, ...extra };
+}
+
+async function run(script: string, args: string[], timeoutMs = 5 * MINUTE): Promise<CommandResult> {
+  return runCommand(path.join(repoRoot, 'demo', script), args, { env: demoEnv(), timeoutMs, cwd: repoRoot });
+}
+
+function explain(r: CommandResult): string {
+  return `exit ${r.code}\n--- stdout ---\n${r.stdout}\n--- stderr ---\n${r.stderr}`;
+}
+
+/** KEY=value lines of a demo state file. */
+function readStateFile(file: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of readFileSync(file, 'utf8').split('\n')) {
+    const i = line.indexOf('=');
+    if (i > 0) out[line.slice(0, i)] = line.slice(i + 1);
+  }
+  return out;
+}
+
+/** Every "PID STARTTIME" the demo recorded (run/*.pid, agents' sidecar.pid, tpm/*.proc). */
+function recordedProcesses(dir: string): { file: string; pid: number; start: string }[] {
+  const found: { file: string; pid: number; start: string }[] = [];
+  const walk = (d: string) => {
+    let entries: Dirent[];
+    try {
+      entries = readdirSync(d, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const e of entries) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory() && !e.isSymbolicLink()) walk(p);
+      else if (e.isFile() && /\.(pid|proc)$/.test(e.name)) {
+        const [pid, start] = readFileSync(p, 'utf8').trim().split(/\s+/);
+        if (pid !== undefined && start !== undefined && /^\d+$/.test(pid)) {
+          found.push({ file: p, pid: Number(pid), start });
+        }
+      }
+    }
+  };
+  walk(dir);
+  return found;
+}
+
+function startTimeOf(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (fields[0] === 'Z' || fields[0] === 'X') return undefined;
+    return fields[19];
+  } catch {
+    return undefined;
+  }
+}
+
+/** PIDs of live processes whose command line mentions `needle`. */
+function processesMentioning(needle: string): string[] {
+  const hits: string[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    try {
+      const cmd = readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0').join(' ');
+      if (cmd.includes(needle) && startTimeOf(Number(name)) !== undefined)
+        hits.push(`${name}: ${cmd.trim()}`);
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return hits;
+}
+
+describe('demo: one command to an agent fetching through a TPM-backed tunnel', () => {
+  let processes: { file: string; pid: number; start: string }[] = [];
+  let pgDir = '';
+  let alphaSpki = '';
+  let tornDown = false;
+
+  beforeAll(async () => {
+    tmp = await mkdtemp(path.join(os.tmpdir(), 'agw-demo-e2e-'));
+    stateDir = path.join(tmp, 'state');
+    for (const name of ['GATEWAY', 'ADMIN', 'PG', 'DOCSTORE', 'MESSAGING', 'SIDECAR'])
+      ports[name] = await freePort();
+    for (const name of ['SWTPM', 'PRINCIPAL_SWTPM']) {
+      const p = await freePortPair();
+      ports[name] = p;
+      ports[`${name}_CTRL`] = p + 1;
+    }
+    env = {
+      AGENT_GATEWAY_DEMO_STATE_DIR: stateDir,
+      AGENT_GATEWAY_DEMO_CERTS_DIR: path.join(tmp, 'certs'),
+      AGENT_GATEWAY_DEMO_CONFIG: path.join(tmp, 'config.toml'),
+      // The test command installs packages and builds before any test runs.
+      AGENT_GATEWAY_DEMO_SKIP_APT: '1',
+      AGENT_GATEWAY_DEMO_SKIP_BUILD: '1',
+      // The built-in agent (curl), whatever AI tool this machine has.
+      AGENT_GATEWAY_DEMO_AGENT_CMD: 'builtin:fetch',
+    };
+    for (const [name, port] of Object.entries(ports)) {
+      if (!name.endsWith('_CTRL')) env[`AGENT_GATEWAY_DEMO_${name}_PORT`] = String(port);
+    }
+    // Only for trying the demo against another example file; normally config.example.toml.
+    const example = process.env['AGENT_GATEWAY_DEMO_CONFIG_EXAMPLE'];
+    if (example) env['AGENT_GATEWAY_DEMO_CONFIG_EXAMPLE'] = example;
+  });
+
+  afterAll(async () => {
+    if (!tornDown && tmp !== '') {
+      // A failed test still must not leave the demo running.
+      await run('demo.sh', ['teardown'], 2 * MINUTE).catch(() => undefined);
+    }
+    if (tmp !== '') await rm(tmp, { recursive: true, force: true });
+  }, 3 * MINUTE);
+
+  it(
+    'setup starts everything and proves GET https://docstore/health through agent-alpha',
+    async () => {
+      const r = await run('demo.sh', ['setup'], 8 * MINUTE);
+      expect(r.code, explain(r)).toBe(0);
+      expect(JSON.parse(r.stdout.trim().split('\n').at(-1) ?? '')).toEqual({
+        status: 'ok',
+        service: 'docstore',
+      });
+      for (let i = 1; i <= 13; i++) expect(r.stderr).toContain(`==> [${i}/13]`);
+
+      const state = readStateFile(path.join(stateDir, 'demo.env'));
+      expect(state['GATEWAY_PORT']).toBe(String(ports['GATEWAY']));
+      expect(state['CONFIG_WRITTEN']).toBe('1');
+      pgDir = state['PG_DIR'] ?? '';
+      expect(pgDir).not.toBe('');
+      const agent = readStateFile(path.join(stateDir, 'demo-agents', 'agent-alpha', 'agent.env'));
+      expect(agent['IDENTITY']).toBe('agent-alpha');
+      expect(agent['TPM_HANDLE']).toBe('0x81010004');
+      expect(agent['SWTPM_PORT']).toBe(String(ports['SWTPM']));
+      expect(agent['SIDECAR_PORT']).toBe(String(ports['SIDECAR']));
+      // The mock CA stays out of the gateway's and the demo's global environment: config points at files.
+      const config = readFileSync(path.join(tmp, 'config.toml'), 'utf8');
+      expect(config).toMatch(/"docstore:443" = "127\.0\.0\.1:\d+"/);
+      alphaSpki = path.join(tmp, 'agent-alpha.spki.der');
+      await runCommand('cp', [path.join(stateDir, 'demo-agents', 'agent-alpha', 'spki.der'), alphaSpki], {
+        check: true,
+      });
+    },
+    9 * MINUTE,
+  );
+
+  it(
+    're-running setup reuses what runs',
+    async () => {
+      const before = recordedProcesses(stateDir)
+        .map((p) => `${path.relative(stateDir, p.file)}=${p.pid}`)
+        .sort();
+      const r = await run('demo.sh', ['setup'], 5 * MINUTE);
+      expect(r.code, explain(r)).toBe(0);
+      expect(r.stderr).toContain('already running');
+      const after = recordedProcesses(stateDir)
+        .map((p) => `${path.relative(stateDir, p.file)}=${p.pid}`)
+        .sort();
+      expect(after).toEqual(before);
+    },
+    6 * MINUTE,
+  );
+
+  it(
+    'agent-alpha fetches https://docstore/documents with a prompt',
+    async () => {
+      const r = await run('demo-agent.sh', [
+        'prompt',
+        'agent-alpha',
+        '--prompt',
+        'Access https://docstore/documents using curl',
+      ]);
+      expect(r.code, explain(r)).toBe(0);
+      expect(r.stdout).toContain('"documents":[');
+      expect(r.stdout).toContain('Quarterly plan');
+    },
+    3 * MINUTE,
+  );
+
+  it(
+    'agent-beta, granted only messaging, is denied docstore (403) while agent-alpha is allowed',
+    async () => {
+      const created = await run('demo-agent.sh', [
+        'create',
+        '--identity',
+        'agent-beta',
+        '--grant',
+        'messaging',
+      ]);
+      expect(created.code, explain(created)).toBe(0);
+      expect(created.stdout.trim()).toBe('agent-beta');
+      // Its own swtpm and sidecar: agent-alpha holds the requested ports, so free ones were chosen.
+      const beta = readStateFile(path.join(stateDir, 'demo-agents', 'agent-beta', 'agent.env'));
+      expect(beta['SWTPM_PORT']).not.toBe(String(ports['SWTPM']));
+      expect(beta['SIDECAR_PORT']).not.toBe(String(ports['SIDECAR']));
+
+      const denied = await run('demo-agent.sh', [
+        'prompt',
+        'agent-beta',
+        '--prompt',
+        'Get https://docstore/documents',
+      ]);
+      expect(denied.code, explain(denied)).not.toBe(0);
+      expect(denied.stderr).toContain('CONNECT tunnel failed, response 403');
+      expect(denied.stdout).not.toContain('"documents"');
+
+      const allowed = await run('demo-agent.sh', [
+        'prompt',
+        'agent-beta',
+        '--prompt',
+        'Get https://messaging/messages',
+      ]);
+      expect(allowed.code, explain(allowed)).toBe(0);
+      expect(allowed.stdout).toContain('"messages":[');
+
+      const alpha = await run('demo-agent.sh', [
+        'prompt',
+        'agent-alpha',
+        '--prompt',
+        'Get https://docstore/health',
+      ]);
+      expect(alpha.code, explain(alpha)).toBe(0);
+      expect(alpha.stdout).toContain('{"status":"ok","service":"docstore"}');
+
+      const gatewayLog = readFileSync(path.join(stateDir, 'logs', 'gateway.log'), 'utf8');
+      expect(gatewayLog).toMatch(/"source_identity":"agent-beta".*"CONNECT denied"/);
+      expect(gatewayLog).toMatch(/"source_identity":"agent-alpha".*"CONNECT allowed"/);
+    },
+    5 * MINUTE,
+  );
+
+  it(
+    'deleting agent-alpha revokes its permissions: its next request is denied',
+    async () => {
+      const del = await run('demo-agent.sh', ['delete', 'agent-alpha']);
+      expect(del.code, explain(del)).toBe(0);
+      expect(existsSync(path.join(stateDir, 'demo-agents', 'agent-alpha'))).toBe(false);
+
+      // The registry, by the gateway's own policy code, now denies the deleted key.
+      const state = readStateFile(path.join(stateDir, 'demo.env'));
+      const check = await runCommand(
+        path.join(repoRoot, 'registry-cli', 'agent-permissions.sh'),
+        ['check', 'agent-alpha', alphaSpki, 'docstore'],
+        { env: demoEnv({ AGENT_GATEWAY_DATABASE_URL: state['DB_ADMIN_URL'] ?? '' }), timeoutMs: MINUTE },
+      );
+      expect(check.code, explain(check)).toBe(1);
+      expect(check.stdout + check.stderr).toMatch(/revoked/);
+
+      // The handle is gone...
+      const gone = await run('demo-agent.sh', [
+        'prompt',
+        'agent-alpha',
+        '--prompt',
+        'Get https://docstore/health',
+      ]);
+      expect(gone.code).not.toBe(0);
+      expect(gone.stderr).toContain('no agent agent-alpha');
+
+      // ...and the same identity with a fresh TPM key has nothing signed for it: 403.
+      const again = await run('demo-agent.sh', ['create', '--identity', 'agent-alpha']);
+      expect(again.code, explain(again)).toBe(0);
+      const next = await run('demo-agent.sh', [
+        'prompt',
+        'agent-alpha',
+        '--prompt',
+        'Get https://docstore/health',
+      ]);
+      expect(next.code, explain(next)).not.toBe(0);
+      expect(next.stderr).toContain('CONNECT tunnel failed, response 403');
+    },
+    5 * MINUTE,
+  );
+
+  it(
+    'teardown leaves no demo process, port or file',
+    async () => {
+      processes = recordedProcesses(stateDir);
+      // postgres, 2 mocks, gateway, principal swtpm/dbus/abrmd, and for each agent swtpm/dbus/abrmd/sidecar.
+      expect(processes.length).toBeGreaterThanOrEqual(15);
+      for (const p of processes) expect(startTimeOf(p.pid), p.file).toBe(p.start);
+
+      const r = await run('demo.sh', ['teardown'], 3 * MINUTE);
+      tornDown = true;
+      expect(r.code, explain(r)).toBe(0);
+
+      for (const p of processes) expect(startTimeOf(p.pid), `${p.file} (pid ${p.pid})`).not.toBe(p.start);
+      expect(processesMentioning(tmp)).toEqual([]);
+      expect(processesMentioning(pgDir)).toEqual([]);
+      for (const [name, port] of Object.entries(ports)) {
+        expect(await isPortFree(port), `${name} port ${port}`).toBe(true);
+      }
+      expect(existsSync(stateDir)).toBe(false);
+      expect(existsSync(pgDir)).toBe(false);
+      expect(existsSync(path.join(tmp, 'config.toml'))).toBe(false);
+      expect(existsSync(path.join(tmp, 'certs'))).toBe(false);
+      // Only the test's own copy of the SPKI is left in its temp dir.
+      expect(readdirSync(tmp)).toEqual(['agent-alpha.spki.der']);
+    },
+    4 * MINUTE,
+  );
+});

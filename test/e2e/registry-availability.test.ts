@@ -1,0 +1,197 @@
+// Registry failure behaviour against a real PostgreSQL: fail closed when the database is down (own
+// cluster, stopped and started), recovery without a restart, bounded pool acquire and query time.
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { normalizeDestination } from '../../core/destination.js';
+import { latestKnownVersion } from '../../core/migrate.js';
+import { RegistryAuthorizer } from '../../gateway/authorizer.js';
+import { LiveRevocation } from '../../gateway/live-revocation.js';
+import { createGatewayMetrics } from '../../gateway/metrics.js';
+import { Registry, type RegistryOptions, RegistryUnavailableError } from '../../gateway/registry.js';
+import { applyMigrations, createDatabase, dropDatabase, type PgHandle, startPostgres } from '../support/postgres.js';
+import { DAY, insertPermission, insertScope, insertSigner, newP256, nowTruncated } from '../unit/fixtures/signed-rows.js';
+
+async function seedAllowed(url: string) {
+  const pgmod = (await import('pg')).default;
+  const c = new pgmod.Client({ connectionString: url });
+  await c.connect();
+  const signer = newP256();
+  const agent = newP256();
+  const now = nowTruncated();
+  try {
+    await insertSigner(c, 'org-alice', signer.spkiDer, now - DAY, now + 30n * DAY);
+    await insertScope(c, 'org-alice', 'api.example.com:443', now - DAY, now + 30n * DAY);
+    await insertPermission(
+      c,
+      {
+        permissionId: 'perm-1',
+        signingKeyId: 'org-alice',
+        subjectIdentity: 'agent-alpha',
+        subjectSpkiDer: agent.spkiDer,
+        destination: 'api.example.com:443',
+        notBefore: now - DAY,
+        notAfter: now + 7n * DAY,
+      },
+      signer.privateKey,
+    );
+  } finally {
+    await c.end();
+  }
+  return { peer: { identity: 'agent-alpha', spkiDer: agent.spkiDer }, dest: normalizeDestination('api.example.com') };
+}
+
+const options = (url: string, patch: Partial<RegistryOptions> = {}): RegistryOptions => ({
+  databaseUrl: url,
+  maxConnections: 2,
+  connectTimeoutMs: 1000,
+  poolAcquireTimeoutMs: 500,
+  queryTimeoutMs: 500,
+  latestKnownVersion: latestKnownVersion(),
+  ...patch,
+});
+
+describe('registry down and back (own cluster)', () => {
+  let pg: PgHandle;
+  beforeAll(async () => {
+    pg = await startPostgres({ own: true });
+  });
+  afterAll(async () => {
+    await pg?.destroy();
+  });
+
+  it('denies registry_unavailable while stopped, recovers without restart, listener reconnects', async () => {
+    const url = await createDatabase(pg.url, 'avail_restart');
+    await applyMigrations(url);
+    const { peer, dest } = await seedAllowed(url);
+    const metrics = createGatewayMetrics({ defaultMetrics: false });
+    const registry = new Registry(options(url, { metrics }));
+    const authorizer = new RegistryAuthorizer({ registry, cacheMaxEntries: 100, cacheTtlMs: 60_000, metrics });
+    const revocation = new LiveRevocation({
+      authority: authorizer,
+      clientConfig: registry.clientConfig('agent_gateway_listen'),
+      notifications: true,
+      recheckIntervalMs: 200,
+      metrics,
+      reconnectMaxMs: 500,
+    });
+    try {
+      await revocation.start();
+      expect(revocation.state().mode).toBe('listening');
+      expect((await authorizer.authorize(peer, dest)).allow).toBe(true);
+      expect(await authorizer.authorize(peer, dest)).toMatchObject({ allow: true, cached: true });
+
+      await pg.stop();
+      await sleep(100);
+      // Listener loss empties and bypasses the cache: no stale allow while blind.
+      expect(revocation.state().listenerUp).toBe(false);
+      expect((await metrics.registryListenerUp.get()).values[0]?.value).toBe(0);
+      for (let i = 0; i < 3; i++) {
+        const started = Date.now();
+        const r = await authorizer.authorize(peer, dest);
+        expect(r).toMatchObject({ allow: false, reason: 'registry_unavailable' });
+        expect(Date.now() - started).toBeLessThan(2000);
+      }
+      const ping = await registry.ping();
+      expect(ping.ok).toBe(false);
+      const errors = await metrics.registryErrors.get();
+      expect(errors.values.reduce((n, v) => n + v.value, 0)).toBeGreaterThan(0);
+
+      await pg.start();
+      // The very next CONNECT after the database is back works (no restart, no warm-up).
+      expect((await authorizer.authorize(peer, dest)).allow).toBe(true);
+      expect(await registry.ping()).toEqual({ ok: true, version: latestKnownVersion() });
+      const deadline = Date.now() + 5000;
+      while (revocation.state().mode !== 'listening' && Date.now() < deadline) await sleep(50);
+      expect(revocation.state().mode).toBe('listening');
+      expect((await metrics.registryListenerUp.get()).values[0]?.value).toBe(1);
+    } finally {
+      await revocation.close();
+      await registry.close();
+    }
+  });
+
+  it('checkSchema reports an unreachable database as RegistryUnavailableError', async () => {
+    await pg.stop();
+    const registry = new Registry(options(pg.url));
+    try {
+      await expect(registry.checkSchema()).rejects.toBeInstanceOf(RegistryUnavailableError);
+    } finally {
+      await registry.close();
+      await pg.start();
+    }
+  });
+});
+
+describe('bounded waits (shared cluster)', () => {
+  const adminUrl = inject('pgAdminUrl');
+  let url: string;
+  beforeAll(async () => {
+    url = await createDatabase(adminUrl, 'avail_bounds');
+    await applyMigrations(url);
+  });
+  afterAll(async () => {
+    await dropDatabase(adminUrl, url);
+  });
+
+  it('gives up waiting for a pool client after poolAcquireTimeoutMs and returns late clients', async () => {
+    const registry = new Registry(options(url, { maxConnections: 1, poolAcquireTimeoutMs: 200, queryTimeoutMs: 5000 }));
+    try {
+      let release!: () => void;
+      const held = registry.withClient('hold', async (c) => {
+        await c.query('SELECT 1');
+        await new Promise<void>((r) => {
+          release = r;
+        });
+      });
+      await sleep(50);
+      const started = Date.now();
+      const err = await registry
+        .activeCandidates({ identity: 'a', spkiDer: Buffer.from('x'), destination: 'a:443' }, nowTruncated())
+        .catch((e: unknown) => e);
+      const waited = Date.now() - started;
+      expect(err).toBeInstanceOf(RegistryUnavailableError);
+      expect((err as RegistryUnavailableError).kind).toBe('acquire_timeout');
+      expect(waited).toBeGreaterThanOrEqual(180);
+      expect(waited).toBeLessThan(1000);
+      release();
+      await held;
+      // The abandoned waiter got the client later and handed it straight back.
+      await sleep(50);
+      expect(registry.poolStats()).toMatchObject({ total: 1, waiting: 0 });
+      expect(await registry.ping()).toMatchObject({ ok: true });
+    } finally {
+      await registry.close();
+    }
+  });
+
+  it('ends a slow query after queryTimeoutMs and keeps serving', async () => {
+    const registry = new Registry(options(url, { maxConnections: 1, queryTimeoutMs: 200 }));
+    try {
+      const started = Date.now();
+      const err = await registry.withClient('slow', (c) => c.query('SELECT pg_sleep(3)')).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(RegistryUnavailableError);
+      expect((err as RegistryUnavailableError).kind).toBe('query_timeout');
+      expect(Date.now() - started).toBeLessThan(1500);
+      expect(await registry.ping()).toMatchObject({ ok: true });
+    } finally {
+      await registry.close();
+    }
+  });
+
+  it('the server side cancels too (statement_timeout)', async () => {
+    const registry = new Registry(options(url, { maxConnections: 1, queryTimeoutMs: 300 }));
+    try {
+      const timeout = await registry.withClient('show', (c) => c.query<{ statement_timeout: string }>('SHOW statement_timeout'));
+      expect(timeout.rows[0]?.statement_timeout).toBe('400ms');
+    } finally {
+      await registry.close();
+    }
+  });
+
+  it('refuses work after close', async () => {
+    const registry = new Registry(options(url));
+    await registry.close();
+    await expect(registry.ping()).resolves.toMatchObject({ ok: false });
+    await expect(registry.checkSchema()).rejects.toMatchObject({ kind: 'closed' });
+  });
+});

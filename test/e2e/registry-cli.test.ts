@@ -1,0 +1,659 @@
+// The registry CLI as admins run it: `node dist/registry-cli/cli.js …` (and the registry-cli/*.sh
+// wrappers) as subprocesses, against a real swtpm through real tpm2-pkcs11 and a real PostgreSQL.
+// The steps build on each other (register → scope → grant → check → revoke), so they run in order.
+// Needs `npm run build` first (test/run.sh does it).
+import { generateKeyPairSync } from 'node:crypto';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import pg from 'pg';
+import pkcs11js from 'pkcs11js';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { createCarrierCertificate } from '../../core/carrier-cert.js';
+import { canonicalPermissionBytes } from '../../core/permission-bytes.js';
+import { spkiToPem } from '../../core/spki-input.js';
+import { parseTimestamp } from '../../core/timestamp.js';
+import { freePort } from '../support/ports.js';
+import { createDatabase, dropDatabase } from '../support/postgres.js';
+import { type CommandResult, repoRoot, runCommand } from '../support/processes.js';
+import { readPublicSpki, startSwtpm, type TpmHandle } from '../support/swtpm.js';
+
+const CLI = path.join(repoRoot, 'dist', 'registry-cli', 'cli.js');
+const USER_PIN = 'alice-user-pin';
+const SO_PIN = 'alice-so-pin';
+const TOKEN = 'agent-gateway';
+
+const adminUrl = inject('pgAdminUrl');
+let databaseUrl: string;
+let tpm: TpmHandle;
+let db: pg.Client;
+let work: string;
+let env: NodeJS.ProcessEnv;
+
+// The agent's key as the admin has it: a PEM public key file, and a carrier-style certificate.
+const agent = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+const agentSpki = agent.publicKey.export({ type: 'spki', format: 'der' });
+let agentPem: string;
+let betaCertPem: string;
+let betaSpki: Buffer;
+
+function cli(args: string[], extraEnv: Record<string, string | undefined> = {}): Promise<CommandResult> {
+  const merged: NodeJS.ProcessEnv = { ...env };
+  for (const [k, v] of Object.entries(extraEnv)) {
+    if (v === undefined) delete merged[k];
+    else merged[k] = v;
+  }
+  return runCommand(process.execPath, [CLI, ...args], { env: merged, timeoutMs: 60_000 });
+}
+
+/** Run and insist on an exit code, showing the output when it differs. */
+async function expectExit(code: number, args: string[], extraEnv?: Record<string, string | undefined>) {
+  const r = await cli(args, extraEnv);
+  expect(r.code, `${args.join(' ')}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`).toBe(code);
+  return r;
+}
+
+/** Every row of the registry, every column, as text: equal snapshots mean nothing changed. */
+async function snapshot(): Promise<string> {
+  const tables = ['principal_signing_keys', 'principal_key_permissions', 'permission_registry'];
+  const parts: string[] = [];
+  for (const t of tables) {
+    const r = await db.query<{ row: string }>(`SELECT t::text AS row FROM ${t} t ORDER BY 1`);
+    parts.push(`${t}:${r.rows.map((x) => x.row).join('|')}`);
+  }
+  return parts.join('\n');
+}
+
+const ts = (col: string) => `to_char(${col} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`;
+
+async function scopeRows(keyId: string, destination: string) {
+  const r = await db.query<{ id: string; nb: string; na: string; revoked: string | null }>(
+    `SELECT id::text, ${ts('not_before')} AS nb, ${ts('not_after')} AS na, ${ts('revoked_at')} AS revoked
+     FROM principal_key_permissions WHERE signing_key_id = $1 AND destination = $2 ORDER BY id`,
+    [keyId, destination],
+  );
+  return r.rows;
+}
+
+beforeAll(async () => {
+  if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` before these tests`);
+  work = mkdtempSync(path.join(os.tmpdir(), 'agw-cli-e2e-'));
+  [tpm, databaseUrl] = await Promise.all([startSwtpm(), createDatabase(adminUrl, 'registry_cli_e2e')]);
+  db = new pg.Client({ connectionString: databaseUrl });
+  await db.connect();
+  env = {
+    ...process.env,
+    ...tpm.env,
+    AGENT_GATEWAY_DATABASE_URL: databaseUrl,
+    AGENT_GATEWAY_TPM_USER_PIN: USER_PIN,
+    AGENT_GATEWAY_TPM_SO_PIN: SO_PIN,
+  };
+  delete env['AGENT_GATEWAY_TPM_TOKEN_LABEL'];
+  agentPem = path.join(work, 'agent-alpha.pub.pem');
+  writeFileSync(agentPem, spkiToPem(agentSpki));
+
+  // agent-beta's key as a carrier certificate, the file an agent's operator actually has.
+  betaSpki = generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).publicKey.export({
+    type: 'spki',
+    format: 'der',
+  });
+  const cert = await createCarrierCertificate({ subjectSpkiDer: betaSpki, identity: 'agent-beta' });
+  betaCertPem = path.join(work, 'agent-beta.crt');
+  writeFileSync(betaCertPem, cert.pem);
+});
+
+afterAll(async () => {
+  await db?.end().catch(() => {});
+  await tpm?.stop();
+  if (databaseUrl) await dropDatabase(adminUrl, databaseUrl).catch(() => {});
+  if (work) rmSync(work, { recursive: true, force: true });
+});
+
+describe('registry CLI end to end', () => {
+  let alphaPermission: string;
+
+  it('refuses to work on a database without the registry schema (exit 2, says to migrate)', async () => {
+    const r = await expectExit(2, ['agent-permissions', 'list']);
+    expect(r.stderr).toMatch(/migrate\.sh/);
+  });
+
+  it('migrate.sh applies the migrations, then reports up to date', async () => {
+    const first = await runCommand(path.join(repoRoot, 'registry-cli', 'migrate.sh'), [], { env });
+    expect(first.code, first.stderr).toBe(0);
+    expect(first.stdout).toMatch(/applied 0001_signed_authorization_registry\.sql/);
+    const second = await runCommand(path.join(repoRoot, 'registry-cli', 'migrate.sh'), [], { env });
+    expect(second.code).toBe(0);
+    expect(second.stdout).toMatch(/up to date/);
+  });
+
+  it('the wrappers tell to build when dist/ is missing (exit 2)', async () => {
+    const fakeRoot = path.join(work, 'fake-root');
+    mkdirSync(path.join(fakeRoot, 'registry-cli'), { recursive: true });
+    const script = path.join(fakeRoot, 'registry-cli', 'agent-permissions.sh');
+    copyFileSync(path.join(repoRoot, 'registry-cli', 'agent-permissions.sh'), script);
+    const r = await runCommand('bash', [script, 'list'], { env });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/npm run build/);
+  });
+
+  it('needs the SO PIN to create the token on a fresh TPM, and changes nothing without it', async () => {
+    const before = await snapshot();
+    const r = await expectExit(2, ['register-principal-key', 'org-alice'], {
+      AGENT_GATEWAY_TPM_SO_PIN: undefined,
+    });
+    expect(r.stderr).toMatch(/AGENT_GATEWAY_TPM_SO_PIN/);
+    expect(await snapshot()).toBe(before);
+  });
+
+  it('register-principal-key creates token and key, and a second run is idempotent', async () => {
+    const first = await expectExit(0, ['register-principal-key', 'org-alice']);
+    expect(first.stdout).toMatch(/registered principal key org-alice \(created TPM token and key/);
+    const rows1 = await db.query(
+      `SELECT public_key_spki_der, ${ts('not_before')} AS nb, ${ts('not_after')} AS na FROM principal_signing_keys`,
+    );
+    expect(rows1.rows).toHaveLength(1);
+
+    const second = await runCommand(
+      path.join(repoRoot, 'registry-cli', 'register-principal-key.sh'),
+      ['org-alice'],
+      {
+        env,
+      },
+    );
+    expect(second.code, second.stderr).toBe(0);
+    expect(second.stdout).toMatch(/refreshed principal key org-alice \(existing TPM key\)/);
+    const rows2 = await db.query(
+      `SELECT public_key_spki_der, ${ts('not_before')} AS nb, ${ts('not_after')} AS na FROM principal_signing_keys`,
+    );
+    expect(rows2.rows).toHaveLength(1);
+    expect(rows2.rows[0].public_key_spki_der.equals(rows1.rows[0].public_key_spki_der)).toBe(true);
+    expect(rows2.rows[0].nb).toBe(rows1.rows[0].nb);
+    // 365 days from the later run.
+    expect(parseTimestamp(rows2.rows[0].na)).toBeGreaterThan(parseTimestamp(rows1.rows[0].na));
+
+    // The registered SPKI is the TPM key's, as the token itself exports it.
+    const exported = readPublicSpki(tpm, { token: TOKEN, label: 'org-alice' });
+    expect(rows2.rows[0].public_key_spki_der.equals(exported)).toBe(true);
+  });
+
+  it('the registered key is sensitive and not extractable in the token', () => {
+    Object.assign(process.env, tpm.env);
+    const lib = new pkcs11js.PKCS11();
+    lib.load(tpm.env.TPM2_PKCS11_MODULE);
+    lib.C_Initialize();
+    try {
+      const slot = lib.C_GetSlotList(true).find((s) => lib.C_GetTokenInfo(s).label.trim() === TOKEN);
+      expect(slot).toBeDefined();
+      const session = lib.C_OpenSession(slot!, pkcs11js.CKF_SERIAL_SESSION);
+      try {
+        lib.C_Login(session, pkcs11js.CKU_USER, USER_PIN);
+        lib.C_FindObjectsInit(session, [
+          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
+          { type: pkcs11js.CKA_LABEL, value: 'org-alice' },
+        ]);
+        const keys = lib.C_FindObjects(session, 4);
+        lib.C_FindObjectsFinal(session);
+        expect(keys).toHaveLength(1);
+        const attrs = lib.C_GetAttributeValue(session, keys[0]!, [
+          { type: pkcs11js.CKA_SENSITIVE },
+          { type: pkcs11js.CKA_EXTRACTABLE },
+          { type: pkcs11js.CKA_NEVER_EXTRACTABLE },
+        ]);
+        expect(attrs.map((a) => a.value[0])).toEqual([1, 0, 1]);
+        expect(() => lib.C_GetAttributeValue(session, keys[0]!, [{ type: pkcs11js.CKA_VALUE }])).toThrow(
+          /CKR_/,
+        );
+      } finally {
+        lib.C_CloseSession(session);
+      }
+    } finally {
+      lib.C_Finalize();
+      lib.close();
+    }
+  });
+
+  it('never replaces a different registered key without --replace', async () => {
+    const tpmKey = (
+      await db.query('SELECT public_key_spki_der FROM principal_signing_keys WHERE key_id = $1', [
+        'org-alice',
+      ])
+    ).rows[0].public_key_spki_der as Buffer;
+    // As if the TPM had been reset and a new key made under the same label.
+    const stranger = generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).publicKey.export({
+      type: 'spki',
+      format: 'der',
+    });
+    await db.query('UPDATE principal_signing_keys SET public_key_spki_der = $1 WHERE key_id = $2', [
+      stranger,
+      'org-alice',
+    ]);
+    const before = await snapshot();
+    const refused = await expectExit(1, ['register-principal-key', 'org-alice']);
+    expect(refused.stderr).toMatch(/different public key.*--replace/);
+    expect(await snapshot()).toBe(before);
+
+    const replaced = await expectExit(0, ['register-principal-key', 'org-alice', '365', '--replace']);
+    expect(replaced.stdout).toMatch(/replaced principal key org-alice/);
+    const now = (
+      await db.query('SELECT public_key_spki_der FROM principal_signing_keys WHERE key_id = $1', [
+        'org-alice',
+      ])
+    ).rows[0].public_key_spki_der as Buffer;
+    expect(now.equals(tpmKey)).toBe(true);
+  });
+
+  it('grant-principal-scope writes normalized destinations', async () => {
+    const r = await expectExit(0, [
+      'grant-principal-scope',
+      'org-alice',
+      'DocStore',
+      'messaging:08443',
+      '[0:0::1]',
+      '--valid-days',
+      '30',
+    ]);
+    expect(r.stdout).toMatch(/docstore:443: created/);
+    expect(r.stdout).toMatch(/messaging:8443: created/);
+    expect(r.stdout).toMatch(/\[::1\]:443: created/);
+    expect(await scopeRows('org-alice', 'docstore:443')).toHaveLength(1);
+  });
+
+  it('grant signs a row the gateway policy allows; check says allow', async () => {
+    const granted = await expectExit(0, [
+      'agent-permissions',
+      'grant',
+      'org-alice',
+      'agent-alpha',
+      agentPem,
+      'docstore',
+      '10',
+      '--json',
+    ]);
+    const row = JSON.parse(granted.stdout) as Record<string, string>;
+    expect(row).toMatchObject({
+      action: 'created',
+      destination: 'docstore:443',
+      subject_identity: 'agent-alpha',
+    });
+    expect(row['permission_id']).toMatch(/^perm-[0-9a-f-]{36}$/);
+    alphaPermission = row['permission_id']!;
+
+    const check = await expectExit(0, [
+      'agent-permissions',
+      'check',
+      'agent-alpha',
+      agentPem,
+      'DOCSTORE:443',
+    ]);
+    expect(check.stdout).toMatch(
+      new RegExp(`^allow: agent-alpha -> docstore:443 by permission ${alphaPermission}`),
+    );
+    expect(check.stdout).toMatch(/rows considered: 1/);
+
+    // Same triple through the shell wrapper, with the key as hex.
+    const viaScript = await runCommand(
+      path.join(repoRoot, 'registry-cli', 'agent-permissions.sh'),
+      ['check', 'agent-alpha', agentSpki.toString('hex'), 'docstore', '--json'],
+      { env },
+    );
+    expect(viaScript.code, viaScript.stderr).toBe(0);
+    expect(JSON.parse(viaScript.stdout)).toMatchObject({ decision: 'allow', permission_id: alphaPermission });
+  });
+
+  it('the stored signature verifies with openssl against the registered SPKI and the SPEC §2 bytes', async () => {
+    const r = await db.query(
+      `SELECT p.permission_id, p.signing_key_id, p.subject_identity, p.subject_public_key_spki_der, p.destination,
+         ${ts('p.not_before')} AS nb, ${ts('p.not_after')} AS na, p.signature, k.public_key_spki_der AS k_spki
+       FROM permission_registry p JOIN principal_signing_keys k ON k.key_id = p.signing_key_id
+       WHERE p.permission_id = $1`,
+      [alphaPermission],
+    );
+    const p = r.rows[0];
+    const bytes =
+      'agent-gateway-permission-v1\n' +
+      `permission_id=${p.permission_id}\n` +
+      `signing_key_id=${p.signing_key_id}\n` +
+      `subject_identity=${p.subject_identity}\n` +
+      `subject_public_key_spki_der=${(p.subject_public_key_spki_der as Buffer).toString('hex')}\n` +
+      `destination=${p.destination}\n` +
+      `not_before=${p.nb}\n` +
+      `not_after=${p.na}\n`;
+    expect(p.nb).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/);
+    expect(
+      canonicalPermissionBytes({
+        permissionId: p.permission_id,
+        signingKeyId: p.signing_key_id,
+        subjectIdentity: p.subject_identity,
+        subjectSpkiDer: p.subject_public_key_spki_der,
+        destination: p.destination,
+        notBefore: parseTimestamp(p.nb),
+        notAfter: parseTimestamp(p.na),
+      }).toString('utf8'),
+    ).toBe(bytes);
+
+    const dir = path.join(work, 'openssl');
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(path.join(dir, 'spki.der'), p.k_spki);
+    writeFileSync(path.join(dir, 'sig.der'), p.signature);
+    writeFileSync(path.join(dir, 'bytes.txt'), bytes);
+    await runCommand('openssl', ['pkey', '-pubin', '-inform', 'DER', '-in', 'spki.der', '-out', 'spki.pem'], {
+      cwd: dir,
+      check: true,
+    });
+    const verify = await runCommand(
+      'openssl',
+      ['dgst', '-sha256', '-verify', 'spki.pem', '-signature', 'sig.der', 'bytes.txt'],
+      { cwd: dir },
+    );
+    expect(verify.stdout.trim()).toBe('Verified OK');
+    expect(verify.code).toBe(0);
+    writeFileSync(path.join(dir, 'bytes.txt'), bytes.replace('docstore:443', 'docstore:444'));
+    const tampered = await runCommand(
+      'openssl',
+      ['dgst', '-sha256', '-verify', 'spki.pem', '-signature', 'sig.der', 'bytes.txt'],
+      { cwd: dir },
+    );
+    expect(tampered.code).not.toBe(0);
+  });
+
+  it('a scope refresh widens the scope and keeps the grants it covered valid', async () => {
+    const [before] = await scopeRows('org-alice', 'docstore:443');
+    const refresh = await expectExit(0, [
+      'grant-principal-scope',
+      'org-alice',
+      'docstore',
+      '--valid-days',
+      '60',
+    ]);
+    expect(refresh.stdout).toMatch(/docstore:443: extended/);
+    const after = await scopeRows('org-alice', 'docstore:443');
+    expect(after).toHaveLength(1);
+    // The original moved not_before to now(), past the permission's not_before: scope_window_too_narrow.
+    expect(after[0]!.nb).toBe(before!.nb);
+    expect(parseTimestamp(after[0]!.na)).toBeGreaterThan(parseTimestamp(before!.na));
+
+    const shorter = await expectExit(0, [
+      'grant-principal-scope',
+      'org-alice',
+      'docstore',
+      '--valid-days',
+      '1',
+    ]);
+    expect(shorter.stdout).toMatch(/docstore:443: unchanged/);
+    expect((await scopeRows('org-alice', 'docstore:443'))[0]!.na).toBe(after[0]!.na);
+
+    await expectExit(0, ['agent-permissions', 'check', 'agent-alpha', agentPem, 'docstore']);
+  });
+
+  it('grant accepts the agent key as a certificate file and as hex, and renews an id in place', async () => {
+    const cert = await expectExit(0, [
+      'agent-permissions',
+      'grant',
+      'org-alice',
+      'agent-beta',
+      betaCertPem,
+      'messaging:8443',
+      '5',
+      'perm-beta-1',
+    ]);
+    expect(cert.stdout).toMatch(/created permission perm-beta-1/);
+    const stored = await db.query(
+      'SELECT subject_public_key_spki_der FROM permission_registry WHERE permission_id = $1',
+      ['perm-beta-1'],
+    );
+    expect((stored.rows[0].subject_public_key_spki_der as Buffer).equals(betaSpki)).toBe(true);
+
+    const renewed = await expectExit(0, [
+      'agent-permissions',
+      'grant',
+      'org-alice',
+      'agent-beta',
+      betaSpki.toString('hex'),
+      'messaging:8443',
+      '7',
+      'perm-beta-1',
+    ]);
+    expect(renewed.stdout).toMatch(/renewed permission perm-beta-1/);
+    expect((await db.query('SELECT count(*)::int AS n FROM permission_registry')).rows[0].n).toBe(2);
+    await expectExit(0, ['agent-permissions', 'check', 'agent-beta', betaCertPem, 'messaging:8443']);
+  });
+
+  describe('refusals leave the registry unchanged (exit 1)', () => {
+    const p384 = generateKeyPairSync('ec', { namedCurve: 'secp384r1' }).publicKey.export({
+      type: 'spki',
+      format: 'der',
+    });
+    const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey.export({
+      type: 'spki',
+      format: 'der',
+    });
+
+    beforeAll(async () => {
+      for (const key of ['org-revoked', 'org-expired']) {
+        await expectExit(0, ['register-principal-key', key]);
+        await expectExit(0, ['grant-principal-scope', key, 'docstore']);
+      }
+      await db.query(`UPDATE principal_signing_keys SET revoked_at = now() WHERE key_id = 'org-revoked'`);
+      await db.query(
+        `UPDATE principal_signing_keys SET not_before = now() - interval '10 days', not_after = now() - interval '1 day'
+         WHERE key_id = 'org-expired'`,
+      );
+    });
+
+    const spki = () => agentSpki.toString('hex');
+    it.each([
+      [
+        'a destination outside the signer scope',
+        () => ['org-alice', 'agent-alpha', spki(), 'api.example.com'],
+        /outside the scope of principal key org-alice/,
+      ],
+      [
+        'a window outside the scope window',
+        () => ['org-alice', 'agent-alpha', spki(), 'docstore', '400'],
+        /outside the scope window.*at most 5\d/,
+      ],
+      [
+        'an identity with a newline',
+        () => ['org-alice', 'agent-alpha\nsubject_identity=x', spki(), 'docstore'],
+        /SUBJECT_IDENTITY.*control character/,
+      ],
+      [
+        'an identity with another control character',
+        () => ['org-alice', 'agent\u001balpha', spki(), 'docstore'],
+        /control character/,
+      ],
+      [
+        'a permission id with a control character',
+        () => ['org-alice', 'agent-alpha', spki(), 'docstore', '5', 'perm\r1'],
+        /PERMISSION_ID.*control character/,
+      ],
+      [
+        'an invalid destination (port 0)',
+        () => ['org-alice', 'agent-alpha', spki(), 'docstore:0'],
+        /invalid destination/,
+      ],
+      [
+        'an invalid destination (IPv4 shorthand)',
+        () => ['org-alice', 'agent-alpha', spki(), '127.1'],
+        /invalid destination/,
+      ],
+      [
+        'an unregistered signer',
+        () => ['org-nobody', 'agent-alpha', spki(), 'docstore'],
+        /org-nobody is not registered/,
+      ],
+      [
+        'a revoked signer',
+        () => ['org-revoked', 'agent-alpha', spki(), 'docstore'],
+        /org-revoked was revoked/,
+      ],
+      [
+        'an expired signer',
+        () => ['org-expired', 'agent-alpha', spki(), 'docstore'],
+        /org-expired expired at/,
+      ],
+      ['a P-384 agent key', () => ['org-alice', 'agent-alpha', p384.toString('hex'), 'docstore'], /P-256/],
+      ['an RSA agent key', () => ['org-alice', 'agent-alpha', rsa.toString('hex'), 'docstore'], /P-256/],
+      [
+        'an id that names another grant',
+        () => ['org-alice', 'agent-alpha', spki(), 'messaging:8443', '5', 'perm-beta-1'],
+        /perm-beta-1 already grants agent-beta/,
+      ],
+    ])('%s', async (_name, args, message) => {
+      const before = await snapshot();
+      const r = await expectExit(1, ['agent-permissions', 'grant', ...args()]);
+      expect(r.stderr).toMatch(/^refused: /);
+      expect(r.stderr).toMatch(message);
+      expect(await snapshot()).toBe(before);
+    });
+
+    it('scope for an unregistered or revoked key', async () => {
+      const before = await snapshot();
+      expect((await expectExit(1, ['grant-principal-scope', 'org-nobody', 'docstore'])).stderr).toMatch(
+        /not registered/,
+      );
+      expect((await expectExit(1, ['grant-principal-scope', 'org-revoked', 'docstore'])).stderr).toMatch(
+        /revoked/,
+      );
+      expect((await expectExit(1, ['grant-principal-scope', 'org-alice', 'bad host'])).stderr).toMatch(
+        /invalid destination/,
+      );
+      expect((await expectExit(1, ['register-principal-key', 'org-revoked'])).stderr).toMatch(/revoked/);
+      expect(await snapshot()).toBe(before);
+    });
+  });
+
+  it('a wrong PIN is an environment error (exit 2) that says so, and changes nothing', async () => {
+    const before = await snapshot();
+    const grant = await expectExit(
+      2,
+      ['agent-permissions', 'grant', 'org-alice', 'agent-alpha', agentPem, 'messaging:8443', '5'],
+      { AGENT_GATEWAY_TPM_USER_PIN: 'not-the-pin' },
+    );
+    expect(grant.stderr).toMatch(/wrong user PIN for token "agent-gateway" \(AGENT_GATEWAY_TPM_USER_PIN\)/);
+    const register = await expectExit(2, ['register-principal-key', 'org-carol'], {
+      AGENT_GATEWAY_TPM_USER_PIN: 'not-the-pin',
+    });
+    expect(register.stderr).toMatch(/wrong user PIN/);
+    expect(await snapshot()).toBe(before);
+  });
+
+  it('a missing token is named (exit 2)', async () => {
+    const r = await expectExit(
+      2,
+      ['agent-permissions', 'grant', 'org-alice', 'agent-alpha', agentPem, 'messaging:8443', '5'],
+      {
+        AGENT_GATEWAY_TPM_TOKEN_LABEL: 'no-such-token',
+      },
+    );
+    expect(r.stderr).toMatch(/token "no-such-token" not found/);
+  });
+
+  it('an unreachable database is named (exit 2) by every command', async () => {
+    const port = await freePort();
+    const down = { AGENT_GATEWAY_DATABASE_URL: `postgresql://postgres:secret@127.0.0.1:${port}/registry` };
+    for (const args of [
+      ['migrate'],
+      ['register-principal-key', 'org-alice'],
+      ['grant-principal-scope', 'org-alice', 'docstore'],
+      ['agent-permissions', 'grant', 'org-alice', 'agent-alpha', agentPem, 'docstore'],
+      ['agent-permissions', 'delete', 'agent-alpha', agentPem],
+      ['agent-permissions', 'list'],
+      ['agent-permissions', 'check', 'agent-alpha', agentPem, 'docstore'],
+    ]) {
+      const r = await expectExit(2, args, down);
+      expect(r.stderr).toContain(`database at 127.0.0.1:${port}/registry (AGENT_GATEWAY_DATABASE_URL)`);
+      expect(r.stderr).not.toContain('secret');
+    }
+  });
+
+  it('DATABASE_URL works when AGENT_GATEWAY_DATABASE_URL is unset', async () => {
+    const r = await expectExit(0, ['agent-permissions', 'list', '--json'], {
+      AGENT_GATEWAY_DATABASE_URL: undefined,
+      DATABASE_URL: databaseUrl,
+    });
+    expect(JSON.parse(r.stdout).permissions.length).toBeGreaterThan(0);
+  });
+
+  it('delete revokes (never deletes); check then denies with permission_revoked', async () => {
+    await expectExit(0, [
+      'agent-permissions',
+      'grant',
+      'org-alice',
+      'agent-alpha',
+      agentPem,
+      'messaging:8443',
+      '5',
+    ]);
+    const count = async () =>
+      (await db.query('SELECT count(*)::int AS n FROM permission_registry')).rows[0].n as number;
+    const rowsBefore = await count();
+
+    const one = await expectExit(0, [
+      'agent-permissions',
+      'delete',
+      'agent-alpha',
+      agentPem,
+      '--destination',
+      'DocStore',
+    ]);
+    expect(one.stdout).toMatch(/^revoked 1 permission of agent-alpha/);
+    expect(one.stdout).toContain(alphaPermission);
+    await expectExit(0, ['agent-permissions', 'check', 'agent-alpha', agentPem, 'messaging:8443']);
+
+    const denied = await expectExit(1, ['agent-permissions', 'check', 'agent-alpha', agentPem, 'docstore']);
+    expect(denied.stdout).toMatch(/^deny: permission_revoked: /);
+    expect(denied.stdout).toMatch(
+      new RegExp(`${alphaPermission} signed by org-alice, .*: deny permission_revoked`),
+    );
+
+    const rest = await expectExit(0, ['agent-permissions', 'delete', 'agent-alpha', agentPem, '--json']);
+    expect(JSON.parse(rest.stdout)).toMatchObject({ revoked: 1 });
+    const again = await expectExit(0, ['agent-permissions', 'delete', 'agent-alpha', agentPem]);
+    expect(again.stdout).toMatch(/^revoked 0 permissions/);
+
+    expect(await count()).toBe(rowsBefore);
+    const active = await db.query(
+      `SELECT count(*)::int AS n FROM permission_registry WHERE subject_identity = 'agent-alpha' AND revoked_at IS NULL`,
+    );
+    expect(active.rows[0].n).toBe(0);
+
+    // A revoked id is history: it cannot be granted again.
+    const reuse = await expectExit(1, [
+      'agent-permissions',
+      'grant',
+      'org-alice',
+      'agent-alpha',
+      agentPem,
+      'docstore',
+      '5',
+      alphaPermission,
+    ]);
+    expect(reuse.stderr).toMatch(/was revoked at/);
+  });
+
+  it('check says no_permission for a triple with no rows, and exits 2 on an unusable destination', async () => {
+    const r = await expectExit(1, [
+      'agent-permissions',
+      'check',
+      'agent-gamma',
+      agentPem,
+      'docstore',
+      '--json',
+    ]);
+    expect(JSON.parse(r.stdout)).toMatchObject({ decision: 'deny', reason: 'no_permission', rows: [] });
+    await expectExit(2, ['agent-permissions', 'check', 'agent-alpha', agentPem, 'docstore:99999']);
+  });
+
+  it('list shows every row with its state', async () => {
+    const r = await expectExit(0, ['agent-permissions', 'list', '--json']);
+    const list = JSON.parse(r.stdout) as { permissions: { permission_id: string; state: string }[] };
+    const states = Object.fromEntries(list.permissions.map((p) => [p.permission_id, p.state]));
+    expect(states[alphaPermission]).toBe('revoked');
+    expect(states['perm-beta-1']).toBe('active');
+    const beta = await expectExit(0, ['agent-permissions', 'list', '--identity', 'agent-beta']);
+    expect(beta.stdout.split('\n')[0]).toMatch(/^IDENTITY\s+DESTINATION\s+STATE/);
+    expect(beta.stdout).toMatch(/agent-beta\s+messaging:8443\s+active\s+perm-beta-1/);
+    expect(beta.stdout).not.toMatch(/agent-alpha/);
+  });
+});

@@ -1,0 +1,319 @@
+// The registry as PostgreSQL holds it: migrations, roles, NOTIFY payloads, microsecond timestamps, and
+// the gateway's startup schema gate. Real PostgreSQL (shared cluster, own database).
+import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { latestKnownVersion, listMigrations, migrate } from '../../core/migrate.js';
+import { decide } from '../../core/policy.js';
+import { fetchActiveCandidates } from '../../core/registry-queries.js';
+import { parseTimestamp } from '../../core/timestamp.js';
+import { cachingVerifier } from '../../gateway/authorizer.js';
+import { Registry, RegistrySchemaError } from '../../gateway/registry.js';
+import { applyMigrations, createDatabase, dropDatabase } from '../support/postgres.js';
+import { DAY, insertPermission, insertScope, insertSigner, newP256, nowTruncated } from '../unit/fixtures/signed-rows.js';
+
+const adminUrl = inject('pgAdminUrl');
+const dbs: string[] = [];
+const clients: pg.Client[] = [];
+
+async function connect(url: string): Promise<pg.Client> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  clients.push(c);
+  return c;
+}
+
+async function freshDb(name: string, migrated = true): Promise<string> {
+  const url = await createDatabase(adminUrl, name);
+  dbs.push(url);
+  if (migrated) await applyMigrations(url);
+  return url;
+}
+
+function registryFor(url: string): Registry {
+  return new Registry({
+    databaseUrl: url,
+    maxConnections: 2,
+    connectTimeoutMs: 2000,
+    poolAcquireTimeoutMs: 1000,
+    queryTimeoutMs: 1000,
+    latestKnownVersion: latestKnownVersion(),
+  });
+}
+
+afterAll(async () => {
+  for (const c of clients) await c.end().catch(() => {});
+  for (const url of dbs) await dropDatabase(adminUrl, url);
+});
+
+describe('migrations', () => {
+  it('apply once, record every version, and are not applied again', async () => {
+    const url = await freshDb('reg_migrate', false);
+    const applied = await migrate(url);
+    expect(applied).toEqual(listMigrations().map((m) => m.name));
+    expect(await migrate(url)).toEqual([]);
+    const c = await connect(url);
+    const versions = await c.query<{ version: number }>('SELECT version FROM agent_gateway_schema_version ORDER BY 1');
+    expect(versions.rows.map((r) => r.version)).toEqual(listMigrations().map((m) => m.version));
+    // Re-running a file by hand fails instead of duplicating anything.
+    const first = readFileSync(listMigrations()[0]!.path, 'utf8');
+    await expect(c.query(first)).rejects.toThrow(/already exists/);
+  });
+
+  it('refuse a database newer than this build', async () => {
+    const url = await freshDb('reg_newer');
+    const c = await connect(url);
+    await c.query('INSERT INTO agent_gateway_schema_version (version) VALUES (99)');
+    await expect(migrate(url)).rejects.toThrow(/newer than the newest migration/);
+  });
+});
+
+describe('roles', () => {
+  let url: string;
+  let c: pg.Client;
+  beforeAll(async () => {
+    url = await freshDb('reg_roles');
+    c = await connect(url);
+  });
+
+  const TABLES = ['agent_gateway_schema_version', 'principal_signing_keys', 'principal_key_permissions', 'permission_registry'];
+  // [role, privilege, table filter, expected]
+  const MATRIX: readonly (readonly [string, string, (t: string) => boolean, boolean])[] = [
+    ['agent_gateway_runtime', 'SELECT', () => true, true],
+    ['agent_gateway_runtime', 'INSERT', () => true, false],
+    ['agent_gateway_runtime', 'UPDATE', () => true, false],
+    ['agent_gateway_runtime', 'DELETE', () => true, false],
+    ['agent_gateway_runtime', 'TRUNCATE', () => true, false],
+    ['agent_gateway_admin', 'SELECT', () => true, true],
+    ['agent_gateway_admin', 'INSERT', (t) => t !== 'agent_gateway_schema_version', true],
+    ['agent_gateway_admin', 'UPDATE', (t) => t !== 'agent_gateway_schema_version', true],
+    ['agent_gateway_admin', 'INSERT', (t) => t === 'agent_gateway_schema_version', false],
+    ['agent_gateway_admin', 'DELETE', () => true, false],
+    ['agent_gateway_admin', 'TRUNCATE', () => true, false],
+  ];
+  it.each(MATRIX)('%s %s → %s', async (role, privilege, filter, expected) => {
+    for (const table of TABLES.filter(filter)) {
+      const r = await c.query<{ ok: boolean }>('SELECT has_table_privilege($1, $2, $3) AS ok', [role, table, privilege]);
+      expect(r.rows[0]?.ok, `${role} ${privilege} ${table}`).toBe(expected);
+    }
+  });
+
+  it('the runtime role really cannot INSERT, the admin role really cannot DELETE', async () => {
+    const signer = newP256();
+    const now = nowTruncated();
+    await c.query('BEGIN');
+    try {
+      await c.query('SET LOCAL ROLE agent_gateway_runtime');
+      await c.query('SELECT count(*) FROM permission_registry');
+      await expect(insertSigner(c, 'org-x', signer.spkiDer, now - DAY, now + DAY)).rejects.toThrow(/permission denied/);
+    } finally {
+      await c.query('ROLLBACK');
+    }
+    await c.query('BEGIN');
+    try {
+      await c.query('SET LOCAL ROLE agent_gateway_admin');
+      await insertSigner(c, 'org-y', signer.spkiDer, now - DAY, now + DAY);
+      await c.query("UPDATE principal_signing_keys SET revoked_at = now() WHERE key_id = 'org-y'");
+      await expect(c.query("DELETE FROM principal_signing_keys WHERE key_id = 'org-y'")).rejects.toThrow(
+        /permission denied/,
+      );
+    } finally {
+      await c.query('ROLLBACK');
+    }
+  });
+
+  it('a login role in agent_gateway_runtime can run the gateway queries and LISTEN', async () => {
+    const role = `agw_rt_${Math.random().toString(36).slice(2, 10)}`;
+    await c.query(`CREATE ROLE ${role} LOGIN IN ROLE agent_gateway_runtime`);
+    try {
+      const u = new URL(url);
+      u.username = role;
+      const registry = registryFor(u.toString());
+      try {
+        expect(await registry.checkSchema()).toEqual({ version: latestKnownVersion(), notifications: true });
+        expect(await registry.ping()).toEqual({ ok: true, version: latestKnownVersion() });
+        const rows = await registry.activeCandidates(
+          { identity: 'a', spkiDer: Buffer.from('x'), destination: 'a:443' },
+          nowTruncated(),
+        );
+        expect(rows).toEqual([]);
+      } finally {
+        await registry.close();
+      }
+      const listener = await connect(u.toString());
+      await listener.query('LISTEN agent_gateway_registry_changed');
+      await listener.end();
+    } finally {
+      await c.query(`DROP ROLE ${role}`);
+    }
+  });
+});
+
+describe('change notifications', () => {
+  it('arrive for insert, update, delete on every table, and truncate', async () => {
+    const url = await freshDb('reg_notify');
+    const listener = await connect(url);
+    const writer = await connect(url);
+    const got: unknown[] = [];
+    listener.on('notification', (m) => got.push(JSON.parse(m.payload ?? 'null')));
+    await listener.query('LISTEN agent_gateway_registry_changed');
+
+    const signer = newP256();
+    const now = nowTruncated();
+    await insertSigner(writer, 'org-n', signer.spkiDer, now - DAY, now + DAY);
+    await insertScope(writer, 'org-n', 'a.example:443', now - DAY, now + DAY);
+    await insertPermission(
+      writer,
+      {
+        permissionId: 'perm-n',
+        signingKeyId: 'org-n',
+        subjectIdentity: 'agent',
+        subjectSpkiDer: newP256().spkiDer,
+        destination: 'a.example:443',
+        notBefore: now - DAY,
+        notAfter: now + DAY,
+      },
+      signer.privateKey,
+    );
+    await writer.query("UPDATE permission_registry SET revoked_at = now() WHERE permission_id = 'perm-n'");
+    await writer.query("UPDATE principal_key_permissions SET revoked_at = now() WHERE signing_key_id = 'org-n'");
+    await writer.query("UPDATE principal_signing_keys SET revoked_at = now() WHERE key_id = 'org-n'");
+    await writer.query("DELETE FROM permission_registry WHERE permission_id = 'perm-n'");
+    await writer.query("DELETE FROM principal_key_permissions WHERE signing_key_id = 'org-n'");
+    await writer.query("DELETE FROM principal_signing_keys WHERE key_id = 'org-n'");
+    await writer.query('TRUNCATE permission_registry');
+    // Nothing is announced for a rolled-back write.
+    await writer.query('BEGIN');
+    await writer.query("UPDATE principal_signing_keys SET revoked_at = now() WHERE key_id = 'nobody'");
+    await insertSigner(writer, 'org-rollback', newP256().spkiDer, now - DAY, now + DAY);
+    await writer.query('ROLLBACK');
+
+    const expected = [
+      { table: 'principal_signing_keys', op: 'INSERT', signing_key_id: 'org-n' },
+      { table: 'principal_key_permissions', op: 'INSERT', signing_key_id: 'org-n', destination: 'a.example:443' },
+      { table: 'permission_registry', op: 'INSERT', permission_id: 'perm-n', signing_key_id: 'org-n' },
+      { table: 'permission_registry', op: 'UPDATE', permission_id: 'perm-n', signing_key_id: 'org-n' },
+      { table: 'principal_key_permissions', op: 'UPDATE', signing_key_id: 'org-n', destination: 'a.example:443' },
+      { table: 'principal_signing_keys', op: 'UPDATE', signing_key_id: 'org-n' },
+      { table: 'permission_registry', op: 'DELETE', permission_id: 'perm-n', signing_key_id: 'org-n' },
+      { table: 'principal_key_permissions', op: 'DELETE', signing_key_id: 'org-n', destination: 'a.example:443' },
+      { table: 'principal_signing_keys', op: 'DELETE', signing_key_id: 'org-n' },
+      { table: '*', op: 'TRUNCATE' },
+    ];
+    const deadline = Date.now() + 5000;
+    while (got.length < expected.length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    await new Promise((r) => setTimeout(r, 100));
+    expect(got).toEqual(expected);
+  });
+});
+
+describe('candidate query', () => {
+  it('returns timestamps with all six fractional digits, and the signature over them verifies', async () => {
+    const url = await freshDb('reg_micros');
+    const c = await connect(url);
+    const signer = newP256();
+    const agent = newP256();
+    const notBefore = parseTimestamp('2026-05-01T00:00:00.123456Z');
+    const notAfter = parseTimestamp('2126-05-01T00:00:00.000001Z');
+    await insertSigner(c, 'org-m', signer.spkiDer, parseTimestamp('2026-01-01T00:00:00.000000Z'), notAfter + DAY);
+    await insertScope(c, 'org-m', 'api.example.com:443', parseTimestamp('2026-01-01T00:00:00.999999Z'), notAfter);
+    const spec = {
+      permissionId: 'perm-m',
+      signingKeyId: 'org-m',
+      subjectIdentity: 'agent-alpha',
+      subjectSpkiDer: agent.spkiDer,
+      destination: 'api.example.com:443',
+      notBefore,
+      notAfter,
+    };
+    await insertPermission(c, spec, signer.privateKey);
+    // The value as an admin would type it, in a non-UTC session: PostgreSQL keeps microseconds.
+    await c.query("SET TIME ZONE 'America/New_York'");
+    await c.query(
+      "UPDATE permission_registry SET not_before = '2026-05-01 00:00:00.123456+00' WHERE permission_id = 'perm-m'",
+    );
+
+    const request = { identity: 'agent-alpha', spkiDer: agent.spkiDer, destination: 'api.example.com:443' };
+    const now = nowTruncated();
+    const rows = await fetchActiveCandidates(c, request, now);
+    expect(rows).toHaveLength(1);
+    const row = rows[0]!;
+    expect(row.permission.notBefore).toBe('2026-05-01T00:00:00.123456Z');
+    expect(row.permission.notAfter).toBe('2126-05-01T00:00:00.000001Z');
+    expect(row.scope?.notBefore).toBe('2026-01-01T00:00:00.999999Z');
+    expect(row.permission.revokedAt).toBeNull();
+    const d = decide(request, rows, now, cachingVerifier(4));
+    expect(d.allow ? 'allow' : `${d.reason}: ${d.detail}`).toBe('allow');
+
+    // Through Date (node-postgres' default), the same value loses its last three digits.
+    const viaDate = await c.query<{ nb: Date }>("SELECT not_before AS nb FROM permission_registry WHERE permission_id = 'perm-m'");
+    expect(viaDate.rows[0]!.nb.toISOString()).toBe('2026-05-01T00:00:00.123Z');
+
+    // The gateway's pool runs the same (prepared) query.
+    const registry = registryFor(url);
+    try {
+      for (let i = 0; i < 3; i++) {
+        const again = await registry.activeCandidates(request, now);
+        expect(again[0]?.permission.notBefore).toBe('2026-05-01T00:00:00.123456Z');
+      }
+    } finally {
+      await registry.close();
+    }
+  });
+});
+
+describe('startup schema gate', () => {
+  it('refuses a database without the registry', async () => {
+    const url = await freshDb('reg_gate_empty', false);
+    const registry = registryFor(url);
+    try {
+      await expect(registry.checkSchema()).rejects.toThrow(RegistrySchemaError);
+      await expect(registry.checkSchema()).rejects.toThrow(/schema missing/);
+      expect((await registry.ping()).ok).toBe(false);
+    } finally {
+      await registry.close();
+    }
+  });
+
+  it('refuses a version it does not know', async () => {
+    const url = await freshDb('reg_gate_future');
+    const c = await connect(url);
+    await c.query('INSERT INTO agent_gateway_schema_version (version) VALUES ($1)', [latestKnownVersion() + 1]);
+    const registry = registryFor(url);
+    try {
+      await expect(registry.checkSchema()).rejects.toThrow(/version \d+ is not one this gateway knows/);
+      expect(await registry.ping()).toMatchObject({ ok: false });
+    } finally {
+      await registry.close();
+    }
+  });
+
+  it('accepts a registry without notifications (version 2) and says to poll', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'agw-mig-'));
+    try {
+      for (const m of listMigrations().slice(0, 2)) copyFileSync(m.path, join(dir, m.name));
+      const url = await freshDb('reg_gate_v2', false);
+      await migrate(url, dir);
+      const warnings: string[] = [];
+      const registry = new Registry({
+        databaseUrl: url,
+        maxConnections: 1,
+        connectTimeoutMs: 2000,
+        poolAcquireTimeoutMs: 1000,
+        queryTimeoutMs: 1000,
+        latestKnownVersion: latestKnownVersion(),
+        logger: { info() {}, debug() {}, error() {}, warn: (_o, msg) => warnings.push(msg) },
+      });
+      try {
+        expect(await registry.checkSchema()).toEqual({ version: 2, notifications: false });
+        expect(warnings.join('\n')).toMatch(/polling/);
+      } finally {
+        await registry.close();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,151 @@
+// Static checks of the container set-up (this machine has no container engine): compose.yaml parses and
+// has the services the demo needs, every published port is loopback-only, the gateway's compose configs
+// load with the gateway's own config loader, and the Dockerfile builds a non-root image. When a compose
+// CLI is installed, `compose config` must accept the file too.
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
+import { loadConfig } from '../../gateway/config.js';
+import { repoRoot } from '../support/processes.js';
+
+type Service = {
+  image?: string;
+  build?: unknown;
+  entrypoint?: string[];
+  command?: string[] | string;
+  ports?: string[];
+  environment?: Record<string, string>;
+  depends_on?: Record<string, { condition: string }>;
+  networks?: Record<string, { aliases?: string[] } | null>;
+  profiles?: string[];
+  volumes?: string[];
+  user?: string;
+  restart?: string;
+};
+
+const compose = parse(readFileSync(path.join(repoRoot, 'compose.yaml'), 'utf8'), { merge: true }) as {
+  name: string;
+  services: Record<string, Service>;
+  volumes: Record<string, unknown>;
+};
+const services = compose.services;
+
+describe('compose.yaml', () => {
+  it('has PostgreSQL 16, the one-shots, the gateway, both mocks and an optional collector', () => {
+    expect(Object.keys(services).sort()).toEqual(
+      [
+        'certs',
+        'docstore',
+        'gateway',
+        'messaging',
+        'migrations',
+        'otel-collector',
+        'postgres',
+        'roles',
+      ].sort(),
+    );
+    expect(services['postgres']?.image).toBe('postgres:16');
+    expect(services['otel-collector']?.profiles).toEqual(['otel']);
+    for (const name of ['postgres', 'migrations', 'roles', 'certs', 'gateway', 'docstore', 'messaging']) {
+      expect(services[name]?.profiles, name).toBeUndefined();
+    }
+  });
+
+  it('builds one image from the Dockerfile for the gateway, migrations and mocks', () => {
+    for (const name of ['migrations', 'certs', 'gateway', 'docstore', 'messaging']) {
+      expect(services[name]?.image, name).toBe('agent-gateway:local');
+      expect(services[name]?.build, name).toEqual({ context: '.', dockerfile: 'Dockerfile' });
+    }
+    expect(services['migrations']?.entrypoint).toEqual(['node', 'dist/registry-cli/cli.js']);
+    expect(services['migrations']?.command).toEqual(['migrate']);
+    expect(services['migrations']?.depends_on?.['postgres']?.condition).toBe('service_healthy');
+    expect(services['roles']?.depends_on?.['migrations']?.condition).toBe('service_completed_successfully');
+    expect(services['gateway']?.depends_on?.['roles']?.condition).toBe('service_completed_successfully');
+  });
+
+  it('serves docstore and messaging on 443 under their network aliases', () => {
+    for (const name of ['docstore', 'messaging']) {
+      const s = services[name];
+      expect(s?.networks?.['default']?.aliases, name).toEqual([name]);
+      expect(s?.entrypoint).toEqual(['node', 'dist/demo/mock-service.js']);
+      expect(s?.command).toEqual([
+        '--name',
+        name,
+        '--listen',
+        '0.0.0.0:443',
+        '--cert',
+        '/certs/mock-services.pem',
+        '--key',
+        '/certs/mock-services-key.pem',
+      ]);
+    }
+  });
+
+  it('publishes ports on 127.0.0.1 only', () => {
+    const published = Object.entries(services).flatMap(([name, s]) => (s.ports ?? []).map((p) => [name, p]));
+    expect(published.length).toBeGreaterThanOrEqual(4);
+    for (const [name, p] of published) expect(p, name).toMatch(/^127\.0\.0\.1:/);
+  });
+
+  it('gives the gateway the read-only runtime role, not the superuser', () => {
+    const url = services['gateway']?.environment?.['AGENT_GATEWAY_DATABASE_URL'] ?? '';
+    expect(url).toMatch(/^postgresql:\/\/agent_gateway_demo_gateway:/);
+    const roles = JSON.stringify(services['roles']?.command);
+    expect(roles).toContain('GRANT agent_gateway_runtime TO agent_gateway_demo_gateway');
+    expect(roles).toContain('GRANT agent_gateway_admin TO agent_gateway_demo_admin');
+  });
+
+  it.each(['gateway.toml', 'gateway-otel.toml'])(
+    'demo/compose/%s loads with the gateway config loader',
+    (file) => {
+      const cfg = loadConfig(path.join(repoRoot, 'demo', 'compose', file), {
+        AGENT_GATEWAY_DATABASE_URL: 'postgresql://u:p@postgres:5432/agent_gateway',
+      });
+      expect(cfg.server.listenAddr).toEqual({ host: '0.0.0.0', port: 8443 });
+      expect(cfg.server.tlsCertPath).toBe('/certs/server.pem');
+      expect(cfg.policy.databaseUrl).toBe('postgresql://u:p@postgres:5432/agent_gateway');
+      expect(cfg.admin.listenAddr).toEqual({ host: '0.0.0.0', port: 9090 });
+      if (file === 'gateway-otel.toml')
+        expect(cfg.observability.otlpEndpoint).toBe('http://otel-collector:4317');
+    },
+  );
+
+  it('is accepted by `compose config` when a compose CLI is installed', () => {
+    const candidates: [string, string[]][] = [
+      ['docker', ['compose']],
+      ['podman', ['compose']],
+    ];
+    const cli = candidates.find(
+      ([cmd, pre]) => spawnSync(cmd, [...pre, 'version'], { stdio: 'ignore', timeout: 20_000 }).status === 0,
+    );
+    if (cli === undefined) return; // no engine here: the checks above are the validation
+    const r = spawnSync(cli[0], [...cli[1], '-f', 'compose.yaml', 'config', '--quiet'], {
+      cwd: repoRoot,
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    expect(r.status, r.stderr).toBe(0);
+  });
+});
+
+describe('Dockerfile', () => {
+  const text = readFileSync(path.join(repoRoot, 'Dockerfile'), 'utf8');
+  const stages = text.split('\n').filter((l) => /^FROM /.test(l));
+
+  it('builds on node:20-bookworm-slim with npm ci and the project build', () => {
+    expect(stages.length).toBe(2);
+    for (const s of stages) expect(s).toMatch(/^FROM node:20-bookworm-slim\b/);
+    expect(text).toMatch(/^RUN npm ci\b/m);
+    expect(text).toMatch(/^RUN npm run build\b/m);
+  });
+
+  it('runs as a non-root user and starts the gateway', () => {
+    const runtime = text.slice(text.lastIndexOf('\nFROM '));
+    const user = /^USER (\S+)/m.exec(runtime)?.[1];
+    expect(user).toBeDefined();
+    expect(user).not.toMatch(/^(0|root)(:|$)/);
+    expect(runtime).toContain('ENTRYPOINT ["node", "dist/gateway/main.js"]');
+  });
+});

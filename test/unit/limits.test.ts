@@ -1,0 +1,102 @@
+// Admission limits with a fake clock: token bucket per identity, tunnel slots total and per identity.
+import { describe, expect, it } from 'vitest';
+import type { LimitRejection } from '../../gateway/authority.js';
+import { GatewayLimits } from '../../gateway/limits.js';
+import { createGatewayMetrics } from '../../gateway/metrics.js';
+
+function setup(overrides: Partial<ConstructorParameters<typeof GatewayLimits>[0]> = {}) {
+  let now = 0;
+  const metrics = createGatewayMetrics({ defaultMetrics: false });
+  const limits = new GatewayLimits({
+    maxTunnels: 100,
+    maxTunnelsPerIdentity: 100,
+    connectRatePerIdentity: 10,
+    connectBurstPerIdentity: 3,
+    metrics,
+    nowMs: () => now,
+    ...overrides,
+  });
+  return { limits, metrics, advance: (ms: number) => (now += ms) };
+}
+
+const isRejection = (x: unknown): x is LimitRejection => typeof x === 'object' && x !== null && 'reason' in x;
+
+async function rejections(metrics: ReturnType<typeof createGatewayMetrics>, reason: string): Promise<number> {
+  const m = await metrics.limitRejections.get();
+  return m.values.find((v) => v.labels['reason'] === reason)?.value ?? 0;
+}
+
+describe('connect rate (token bucket)', () => {
+  // Each step: [advance ms, identity, expected admitted?]
+  const SCRIPT: readonly (readonly [number, string, boolean])[] = [
+    [0, 'a', true],
+    [0, 'a', true],
+    [0, 'a', true], // burst 3 spent
+    [0, 'a', false],
+    [0, 'b', true], // other identities unaffected
+    [50, 'a', false], // 0.5 token
+    [50, 'a', true], // 1 token after 100 ms at 10/s
+    [0, 'a', false],
+    [10_000, 'a', true], // refilled, capped at burst
+    [0, 'a', true],
+    [0, 'a', true],
+    [0, 'a', false],
+  ];
+  it('follows the script', async () => {
+    const { limits, metrics, advance } = setup();
+    SCRIPT.forEach(([ms, id, admitted], i) => {
+      advance(ms);
+      const r = limits.admitConnect(id);
+      expect(r === undefined, `step ${i}`).toBe(admitted);
+      if (r !== undefined) expect(r).toEqual({ status: 429, reason: 'rate_limited' });
+    });
+    expect(await rejections(metrics, 'rate_limited')).toBe(SCRIPT.filter((s) => !s[2]).length);
+  });
+
+  it('rate 0 means unlimited and keeps no state', () => {
+    const { limits } = setup({ connectRatePerIdentity: 0 });
+    for (let i = 0; i < 10_000; i++) expect(limits.admitConnect('a')).toBeUndefined();
+    expect(limits.stats().rateBuckets).toBe(0);
+  });
+
+  it('forgets refilled buckets and stays bounded under identity churn', () => {
+    const { limits, advance } = setup({ maxBuckets: 5000 });
+    for (let i = 0; i < 20_000; i++) {
+      limits.admitConnect(`id-${i}`);
+      advance(1);
+    }
+    expect(limits.stats().rateBuckets).toBeLessThanOrEqual(5000);
+    advance(60_000);
+    limits.admitConnect('trigger-sweep');
+    expect(limits.stats().rateBuckets).toBeLessThanOrEqual(2);
+  });
+
+  it('an evicted bucket does not grant more than a fresh burst', () => {
+    const { limits } = setup({ maxBuckets: 2, connectBurstPerIdentity: 2 });
+    expect(limits.admitConnect('a')).toBeUndefined();
+    expect(limits.admitConnect('a')).toBeUndefined();
+    expect(limits.admitConnect('a')).toBeDefined();
+  });
+});
+
+describe('tunnel slots', () => {
+  it('enforces total and per-identity limits; release is idempotent', async () => {
+    const { limits, metrics } = setup({ maxTunnels: 3, maxTunnelsPerIdentity: 2 });
+    const a1 = limits.acquireTunnel('a');
+    const a2 = limits.acquireTunnel('a');
+    expect(isRejection(a1) || isRejection(a2)).toBe(false);
+    expect(limits.acquireTunnel('a')).toEqual({ status: 429, reason: 'identity_tunnel_limit' });
+    const b1 = limits.acquireTunnel('b');
+    expect(isRejection(b1)).toBe(false);
+    expect(limits.acquireTunnel('c')).toEqual({ status: 503, reason: 'tunnel_limit' });
+    if (isRejection(a1) || isRejection(b1)) throw new Error('unreachable');
+    a1.release();
+    a1.release();
+    expect(limits.stats()).toMatchObject({ tunnels: 2, identitiesWithTunnels: 2 });
+    expect(isRejection(limits.acquireTunnel('c'))).toBe(false);
+    b1.release();
+    expect(limits.stats()).toMatchObject({ tunnels: 2, identitiesWithTunnels: 2 });
+    expect(await rejections(metrics, 'identity_tunnel_limit')).toBe(1);
+    expect(await rejections(metrics, 'tunnel_limit')).toBe(1);
+  });
+});

@@ -1,0 +1,178 @@
+// Sidecar command line: defaults from SPEC §6, the persistent-handle range, and errors that name the flag.
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  buildCli,
+  isLoopbackHost,
+  type ProvisionOptions,
+  parseHostPort,
+  parseKeyHandle,
+  type RunOptions,
+  UsageError,
+} from '../../sidecar/options.js';
+import { engineKeyUri } from '../../sidecar/tpm-context.js';
+
+let dir: string;
+let cert: string;
+let ca: string;
+let pin: string;
+
+beforeAll(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'agw-sidecar-options-'));
+  cert = path.join(dir, 'carrier.pem');
+  ca = path.join(dir, 'ca.pem');
+  pin = path.join(dir, 'pin');
+  await writeFile(cert, 'x');
+  await writeFile(ca, 'x');
+  await writeFile(pin, '1234', { mode: 0o600 });
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function parse(args: string[], env: NodeJS.ProcessEnv = {}) {
+  let run: RunOptions | undefined;
+  let provision: ProvisionOptions | undefined;
+  const cli = buildCli(
+    {
+      run: async (o) => {
+        run = o;
+      },
+      provision: async (o) => {
+        provision = o;
+      },
+    },
+    env,
+  );
+  cli.exitOverride().configureOutput({ writeErr: () => {}, writeOut: () => {} });
+  await cli.parseAsync(['node', 'agent_gateway_sidecar', ...args]);
+  return { run, provision };
+}
+
+describe('sidecar flags', () => {
+  it('uses the SPEC defaults', async () => {
+    const { run } = await parse(['--client-cert', cert, '--ca-cert', ca, '--pin-file', pin]);
+    expect(run?.listen).toEqual({ host: '127.0.0.1', port: 3128 });
+    expect(run?.gateway).toEqual({ host: '127.0.0.1', port: 8443 });
+    expect(run?.gatewayName).toBeUndefined();
+    expect(run?.identityOid).toBe('1.3.6.1.4.1.57264.1.1');
+    expect(run?.tpm).toMatchObject({
+      tcti: 'swtpm:host=127.0.0.1,port=2321',
+      keyHandle: 0x81010004,
+      token: 'agent-gateway-sidecar',
+      keyLabel: '0x81010004',
+      pinFile: pin,
+      store: undefined,
+    });
+  });
+
+  it('takes TCTI and store from the environment a TPM set-up exports', async () => {
+    const { run } = await parse(['--client-cert', cert, '--ca-cert', ca, '--pin-file', pin], {
+      TPM2_PKCS11_TCTI: 'tabrmd:bus_type=session',
+      TPM2_PKCS11_STORE: '/var/lib/store',
+    });
+    expect(run?.tpm.tcti).toBe('tabrmd:bus_type=session');
+    expect(run?.tpm.store).toBe('/var/lib/store');
+  });
+
+  it('derives the key label from --tpm-key-handle unless given', async () => {
+    const base = ['--client-cert', cert, '--ca-cert', ca, '--pin-file', pin];
+    expect((await parse([...base, '--tpm-key-handle', '0x81000abc'])).run?.tpm.keyLabel).toBe('0x81000abc');
+    const labelled = await parse([...base, '--pkcs11-key-label', 'agent-key']);
+    expect(labelled.run?.tpm.keyLabel).toBe('agent-key');
+  });
+
+  it('names the flag in every refusal', async () => {
+    const base = ['--client-cert', cert, '--ca-cert', ca, '--pin-file', pin];
+    await expect(parse(['--ca-cert', ca, '--pin-file', pin])).rejects.toThrow(/--client-cert is required/);
+    await expect(parse(['--client-cert', cert, '--ca-cert', ca])).rejects.toThrow(/--pin-file is required/);
+    await expect(parse([...base, '--ca-cert', path.join(dir, 'nope.pem')])).rejects.toThrow(
+      /--ca-cert .*ENOENT/,
+    );
+    await expect(parse([...base, '--listen', '127.0.0.1'])).rejects.toThrow(
+      /--listen "127.0.0.1" is not host:port/,
+    );
+    await expect(parse([...base, '--gateway', 'gw:0'])).rejects.toThrow(/--gateway: port 0/);
+    await expect(parse([...base, '--tpm-key-handle', '0x81010004x'])).rejects.toThrow(/--tpm-key-handle/);
+    await expect(parse([...base, '--client-identity-ext-oid', 'x.y'])).rejects.toThrow(
+      /--client-identity-ext-oid/,
+    );
+    await expect(parse([...base, '--gateway-name', 'a b'])).rejects.toThrow(/--gateway-name/);
+    await expect(parse([...base, '--log-level', 'loud'])).rejects.toThrow(/--log-level/);
+    await expect(parse([...base, '--drain-timeout-ms', '-1'])).rejects.toThrow(/--drain-timeout-ms/);
+    await expect(parse([...base, '--tpm-tcti', ''])).rejects.toThrow(/--tpm-tcti/);
+    await expect(parse([...base, '--no-such-flag'])).rejects.toThrow(/unknown option/);
+  });
+
+  it('parses the provision subcommand on its own flags', async () => {
+    const { run, provision } = await parse([
+      'provision',
+      '--tpm-tcti',
+      'tabrmd:bus_type=session',
+      '--tpm-key-handle',
+      '0x81010005',
+      '--pin-file',
+      pin,
+      '--so-pin-file',
+      pin,
+      '--identity',
+      'agent-alpha',
+      '--out-cert',
+      path.join(dir, 'out.pem'),
+      '--out-spki',
+      path.join(dir, 'out.der'),
+    ]);
+    expect(run).toBeUndefined();
+    expect(provision).toMatchObject({
+      identity: 'agent-alpha',
+      validDays: 365,
+      soPinFile: pin,
+      tpm: { tcti: 'tabrmd:bus_type=session', keyHandle: 0x81010005, keyLabel: '0x81010005' },
+    });
+    await expect(parse(['provision', '--pin-file', pin, '--out-cert', 'x.pem'])).rejects.toThrow(
+      /--identity/,
+    );
+    await expect(
+      parse(['provision', '--pin-file', pin, '--identity', 'a\nb', '--out-cert', 'x']),
+    ).rejects.toThrow(/control characters/);
+  });
+});
+
+describe('persistent handle range', () => {
+  it('accepts 0x81000000..0x81ffffff, hex or decimal', () => {
+    expect(parseKeyHandle('0x81000000')).toBe(0x81000000);
+    expect(parseKeyHandle('0x81FFFFFF')).toBe(0x81ffffff);
+    expect(parseKeyHandle(String(0x81010004))).toBe(0x81010004);
+  });
+
+  it('refuses transient, NV, and out-of-range handles', () => {
+    for (const h of ['0x80000000', '0x80ffffff', '0x82000000', '0x01000000', '0x1810100040', 'handle', '']) {
+      expect(() => parseKeyHandle(h), h).toThrow(UsageError);
+    }
+  });
+});
+
+describe('addresses', () => {
+  it('parses host:port and bracketed IPv6', () => {
+    expect(parseHostPort('--x', 'gateway.internal:8443')).toEqual({ host: 'gateway.internal', port: 8443 });
+    expect(parseHostPort('--x', '[::1]:3128')).toEqual({ host: '::1', port: 3128 });
+    expect(() => parseHostPort('--x', '[1:2:3]:3128')).toThrow(/not an IPv6 address/);
+    expect(() => parseHostPort('--x', '::1:3128')).toThrow(/not host:port/);
+    expect(() => parseHostPort('--x', 'h:65536')).toThrow(/outside 1..65535/);
+  });
+
+  it('knows which listen addresses only this machine can reach', () => {
+    for (const h of ['127.0.0.1', '127.1.2.3', '::1', 'localhost']) expect(isLoopbackHost(h), h).toBe(true);
+    for (const h of ['0.0.0.0', '::', '10.0.0.1', 'example.com']) expect(isLoopbackHost(h), h).toBe(false);
+  });
+});
+
+describe('engine key URI', () => {
+  it('percent-encodes token and label and points at the PIN file', () => {
+    expect(engineKeyUri({ token: 'my token', keyLabel: '0x81010004', pinFile: '/run/pin;x' })).toBe(
+      'pkcs11:token=my%20token;object=0x81010004;type=private?pin-source=file:/run/pin%3Bx',
+    );
+  });
+});
