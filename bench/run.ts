@@ -689,7 +689,7 @@ function report(o: Options, lines: Line[]): string {
     const waits = ['epoll_wait', 'epoll_pwait'];
     out.push(
       '',
-      'Proxy syscalls per MiB moved (perf stat on syscall tracepoints, median): reads / writes / event-loop waits.',
+      'Proxy syscalls per MiB moved (perf stat on syscall tracepoints, median): reads / writes / event-loop waits / epoll_ctl.',
       '',
       table(
         ['line', '1 up', '1 down', `${o.concTunnels} up`, `${o.concTunnels} down`],
@@ -698,7 +698,7 @@ function report(o: Options, lines: Line[]): string {
           ...['single.up', 'single.down', 'conc.up', 'conc.down'].map((k) =>
             s(l, `${k}.syscallsPerMiB.read`) === undefined
               ? '–'
-              : `${per(l, k, reads)} / ${per(l, k, writes)} / ${per(l, k, waits)}`,
+              : `${per(l, k, reads)} / ${per(l, k, writes)} / ${per(l, k, waits)} / ${per(l, k, ['epoll_ctl'])}`,
           ),
         ]),
       ),

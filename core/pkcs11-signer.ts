@@ -173,6 +173,29 @@ export async function withSigner<T>(opts: SignerOptions, fn: (signer: Signer) =>
   }
 }
 
+/**
+ * The key's SPKI when the token and the key exist, without creating anything: a caller that must not
+ * make a new key (KEY_ID is already registered with a public key) looks first. Logs in like openSigner,
+ * so a wrong PIN is reported the same way. `missing` says which of token (or its store) and key is absent.
+ */
+export function findKey(
+  opts: Omit<SignerOptions, 'create'>,
+): { readonly spkiDer: Buffer } | { readonly missing: 'token' | 'key' } {
+  let signer: Signer;
+  try {
+    signer = openSigner({ ...opts, create: false });
+  } catch (err) {
+    if (err instanceof SignerError && err.kind === 'token_not_found') return { missing: 'token' };
+    if (err instanceof SignerError && err.kind === 'key_not_found') return { missing: 'key' };
+    throw err;
+  }
+  try {
+    return { spkiDer: signer.spkiDer };
+  } finally {
+    signer.close();
+  }
+}
+
 /** Create token and key when missing; returns the key's SPKI and what was created. */
 export function ensureKey(opts: Omit<SignerOptions, 'create'>): {
   spkiDer: Buffer;
@@ -256,8 +279,10 @@ function acquireModule(opts: TokenOptions, create: boolean): LoadedModule {
   }
   // The store location reaches tpm2-pkcs11 only through the environment, read at C_Initialize.
   process.env['TPM2_PKCS11_STORE'] = opts.store;
-  // The TSS and tpm2-pkcs11 log every failed TPM command to stderr (a wrong PIN prints several lines of
-  // ESYS errors); callers get one SignerError naming the problem instead. Explicit settings win.
+  // The TSS (ESYS, SYS, TCTI) logs every failed TPM command to stderr; callers get one SignerError naming
+  // the problem instead, so its logging is off unless TSS2_LOG is set. tpm2-pkcs11's own log has no level
+  // below "error" (TPM2_PKCS11_LOG_LEVEL=0, its default): its ERROR lines, e.g. "ERROR: Esys_Unseal: ...
+  // DA counter incremented" on a wrong PIN, always reach stderr; from Node they cannot be redirected.
   process.env['TSS2_LOG'] ??= 'all+none';
   process.env['TPM2_PKCS11_LOG_LEVEL'] ??= '0';
 
@@ -386,13 +411,18 @@ function login(
   const key = slot.toString('hex');
   const pinHash = createHash('sha256').update(opts.userPin, 'utf8').digest();
   const token = JSON.stringify(opts.tokenLabel);
-  const wrongPin = (cause?: unknown) =>
-    new SignerError('pin_incorrect', `wrong user PIN for token ${token} (AGENT_GATEWAY_TPM_USER_PIN)`, {
-      cause,
-    });
+  const wrongPin = (detail: string, cause?: unknown) =>
+    new SignerError(
+      'pin_incorrect',
+      `wrong user PIN for token ${token} (AGENT_GATEWAY_TPM_USER_PIN)${detail}`,
+      {
+        cause,
+      },
+    );
   const existing = mod.logins.get(key);
   if (existing !== undefined) {
-    if (!timingSafeEqual(existing.pinHash, pinHash)) throw wrongPin();
+    // Compared here, in this process: the TPM never saw this PIN.
+    if (!timingSafeEqual(existing.pinHash, pinHash)) throw wrongPin('');
     existing.sessions++;
     return key;
   }
@@ -400,8 +430,17 @@ function login(
     mod.lib.C_Login(session, pkcs11js.CKU_USER, opts.userPin);
   } catch (err) {
     const code = errorCode(err);
-    if (code === 'CKR_PIN_INCORRECT' || code === 'CKR_PIN_LEN_RANGE' || code === 'CKR_PIN_INVALID') {
-      throw wrongPin(err);
+    if (code === 'CKR_PIN_INCORRECT') {
+      // tpm2-pkcs11 checks the PIN by unsealing the token's wrapping key with it: the TPM rejected the
+      // authorization, which counts as a failure against its dictionary-attack protection.
+      throw wrongPin(
+        "; the TPM's dictionary-attack counter was incremented: repeated wrong PINs lock the key " +
+          '(TPM lockout), so check the PIN before retrying',
+        err,
+      );
+    }
+    if (code === 'CKR_PIN_LEN_RANGE' || code === 'CKR_PIN_INVALID') {
+      throw wrongPin(` (${code})`, err);
     }
     if (code === 'CKR_PIN_LOCKED') {
       throw new SignerError('pin_locked', `user PIN of token ${token} is locked`, { cause: err });
@@ -615,6 +654,12 @@ function validateLabels(opts: TokenOptions & { readonly keyLabel: string }): voi
     throw new SignerError('config', `token label ${JSON.stringify(opts.tokenLabel)} has surrounding blanks`);
   }
   if (opts.keyLabel === '') throw new SignerError('config', 'key label is empty');
+  if (/\p{Cc}/u.test(opts.keyLabel)) {
+    throw new SignerError(
+      'config',
+      `key label ${JSON.stringify(opts.keyLabel)} contains a control character`,
+    );
+  }
 }
 
 function tokenNotFound(opts: TokenOptions): SignerError {

@@ -201,6 +201,8 @@ step_build() {
     if [ "$stale" = 1 ]; then
       info "    npm run build"
       logged npm run build
+    else
+      info "    dependencies installed, dist/ up to date"
     fi
   fi
   for f in gateway/main.js sidecar/main.js demo/mock-service.js demo/write-config.js; do node_prog "$f" >/dev/null; done
@@ -259,7 +261,7 @@ step_postgres() {
         pgdir="$(mktemp -d /var/tmp/agent-gateway-demo-pg.XXXXXX)"
         chown postgres:postgres "$pgdir"
         ln -sfn "$pgdir" "$STATE_DIR/postgres"
-        info "    cluster in $pgdir (linked from $STATE_DIR/postgres: user postgres cannot enter the state dir)"
+        info "    cluster in $pgdir, owned by the postgres user (linked from $STATE_DIR/postgres)"
       fi
     fi
     state_set PG_DIR "$pgdir"
@@ -479,7 +481,14 @@ step_principal() {
   chmod 700 "$store"
   store="$(cd "$store" && pwd)"
   state_set PRINCIPAL_STORE "$store"
-  registry_cli register-principal-key.sh "$PRINCIPAL"
+  local replace=()
+  [ "${AGENT_GATEWAY_DEMO_REPLACE_PRINCIPAL:-0}" = 1 ] && replace=(--replace)
+  if ! registry_cli register-principal-key.sh "$PRINCIPAL" "${replace[@]}"; then
+    if tail -n 3 "$log" | grep -q 'registered with a different public key'; then
+      die "$PRINCIPAL is already registered in this database with another key (an earlier demo's TPM?). To register this TPM's key instead, re-run with AGENT_GATEWAY_DEMO_REPLACE_PRINCIPAL=1 (permissions signed by the old key stop working)."
+    fi
+    die "registering $PRINCIPAL failed (see $log)"
+  fi
   info "    key $PRINCIPAL in token ${AGENT_GATEWAY_TPM_TOKEN_LABEL} (store: $store)"
   step_done
 
@@ -576,7 +585,15 @@ step_compose() {
 
 cmd_setup() {
   trap on_exit_report EXIT
+  # Remember the parents of the state dir that setup creates (e.g. ~/.local/state), so teardown can remove
+  # them again when they are still empty.
+  local d="$STATE_DIR" created=()
+  while [ ! -e "$d" ]; do
+    created+=("$d")
+    d="$(dirname "$d")"
+  done
   mkdir -p "$STATE_DIR/logs" "$STATE_DIR/run"
+  if [ "${#created[@]}" -gt 1 ]; then state_set CREATED_PARENTS "$(printf '%s\n' "${created[@]:1}" | paste -sd '|')"; fi
   chmod 700 "$STATE_DIR"
   [ -f "$DEMO_ENV_FILE" ] || state_set CREATED "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   load_secrets
@@ -663,6 +680,11 @@ cmd_teardown() {
   if [ -d "$AGENTS_DIR" ]; then
     for d in "$AGENTS_DIR"/*/; do
       [ -d "$d" ] || continue
+      if [ "$(state_get PG_MODE)" = external ] && [ -f "$d/agent.env" ]; then
+        # The database outlives the demo: revoke what the demo signed in it.
+        "$DEMO_ROOT/demo/demo-agent.sh" delete "$(basename "$d")" --force || true
+        continue
+      fi
       info "==> Stopping agent $(basename "$d")"
       pid_stop "$d/sidecar.pid" sidecar
       tpm_down "$d/tpm"
@@ -695,7 +717,8 @@ cmd_teardown() {
       *) warn "not removing unexpected cluster dir $pgdir" ;;
     esac
   elif [ "$(state_get PG_MODE)" = external ]; then
-    info "    (external database from AGENT_GATEWAY_DATABASE_URL: left as it is)"
+    info "    (external database from AGENT_GATEWAY_DATABASE_URL: the agents' permissions were revoked; the"
+    info "     principal key and scope rows of $PRINCIPAL stay, as the registry never deletes rows)"
   fi
 
   store="$(state_get PRINCIPAL_STORE)"
@@ -733,10 +756,17 @@ cmd_teardown() {
 
   if [ -d "$STATE_DIR" ]; then
     info "==> Removing $STATE_DIR"
-    rm -rf "$AGENTS_DIR" "$(principal_dir)" "$STATE_DIR/run" "$STATE_DIR/logs" "$STATE_DIR/postgres" "$DEMO_ENV_FILE"
+    rm -rf "$AGENTS_DIR" "$(principal_dir)" "$STATE_DIR/run" "$STATE_DIR/logs" "$STATE_DIR/postgres"
     rm -f "$DEMO_ENV_FILE".*
-    rmdir "$STATE_DIR" 2>/dev/null ||
+    local parents
+    parents="$(state_get CREATED_PARENTS)"
+    rm -f "$DEMO_ENV_FILE"
+    if rmdir "$STATE_DIR" 2>/dev/null; then
+      local IFS='|' p
+      for p in $parents; do rmdir "$p" 2>/dev/null || break; done
+    else
       warn "$STATE_DIR still holds files the demo did not create: $(find "$STATE_DIR" -mindepth 1 -maxdepth 1 -printf '%f ')"
+    fi
   fi
   info "Demo removed."
 }

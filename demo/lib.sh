@@ -8,6 +8,8 @@ true
 # "still the process we started" from "a recycled PID" before it reuses or kills anything.
 
 DEMO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# tpm2-abrmd and runuser live in sbin, which a non-root PATH often lacks.
+case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/sbin:/sbin" ;; esac
 STATE_DIR="${AGENT_GATEWAY_DEMO_STATE_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/agent-gateway}"
 DEMO_ENV_FILE="$STATE_DIR/demo.env"
 AGENTS_DIR="$STATE_DIR/demo-agents"

@@ -10,7 +10,7 @@
  * comments the key out (e.g. policy.database_url_env when the demo sets policy.database_url). A nested
  * object becomes an inline table unless the example already has a [table.sub] header for it.
  */
-import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, realpathSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -63,6 +63,12 @@ function keyLine(lines: string[], [from, to]: [number, number], key: string): nu
   return -1;
 }
 
+function commentedKeyLine(lines: string[], [from, to]: [number, number], key: string): number {
+  const re = new RegExp(`^\\s*#\\s*(${escapeRe(key)}|"${escapeRe(key)}")\\s*=`);
+  for (let i = from; i < to; i++) if (re.test(lines[i] as string)) return i;
+  return -1;
+}
+
 function escapeRe(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
@@ -103,7 +109,11 @@ export function applyValues(text: string, values: Table): string {
         continue;
       }
       const line = `${tomlKey(key)} = ${tomlValue(value)}`;
-      if (at >= 0) {
+      const commented = at >= 0 ? -1 : commentedKeyLine(lines, range, key);
+      if (commented >= 0) {
+        // Next to the example's commented-out form of the key ("# workers = 4").
+        lines.splice(commented + 1, 0, line);
+      } else if (at >= 0) {
         // A multi-line array value continues until its closing bracket: drop the continuation lines.
         let end = at + 1;
         const first = lines[at] as string;
@@ -215,7 +225,19 @@ async function main(): Promise<void> {
   renameSync(tmp, values.out);
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`write-config: ${(err as Error).message}\n`);
-  process.exit(1);
-});
+function isMain(): boolean {
+  const entry = process.argv[1];
+  if (entry === undefined) return false;
+  try {
+    return import.meta.url === pathToFileURL(realpathSync(entry)).href;
+  } catch {
+    return false;
+  }
+}
+
+if (isMain()) {
+  main().catch((err: unknown) => {
+    process.stderr.write(`write-config: ${(err as Error).message}\n`);
+    process.exit(1);
+  });
+}

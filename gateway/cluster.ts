@@ -155,7 +155,7 @@ class Primary {
     }
     this.logger.info(
       { listen_addr: address, workers: this.config.server.workers },
-      'gateway listening (cluster)',
+      'gateway listening',
     );
   }
 

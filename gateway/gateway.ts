@@ -158,7 +158,8 @@ export async function startGateway(
         tls_subject: gatewayServer.certificate.subject,
         tls_not_after: gatewayServer.certificate.notAfter,
       },
-      'gateway listening',
+      // In a cluster the primary announces "gateway listening" once every worker is up.
+      options.admin ? 'gateway listening' : 'worker listening',
     );
 
     let shuttingDown: Promise<void> | undefined;

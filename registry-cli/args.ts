@@ -1,9 +1,11 @@
 /**
- * Argument checks shared by the commands. A value the signed text could not carry unambiguously is a
- * refusal (exit 1), like any other grant the gateway would not honour; a malformed number is usage (2).
+ * Argument checks shared by the commands. Exit codes follow registry-cli/errors.ts: an argument that is
+ * malformed in itself (a bad number, an unparseable destination, an id or identity with a control
+ * character, a KEY_ID with whitespace) is a usage error (exit 2) in every command; well-formed input the
+ * gateway would not honour is a refusal (exit 1).
  */
 import { assertEncodable } from '../core/permission-bytes.js';
-import { Refusal, UsageError } from './errors.js';
+import { UsageError } from './errors.js';
 
 /** Upper bound for VALID_DAYS: far beyond any sensible grant, well inside PostgreSQL's range. */
 export const MAX_VALID_DAYS = 36_500;
@@ -17,15 +19,39 @@ export function parseValidDays(text: string, what = 'VALID_DAYS'): number {
   return days;
 }
 
-/** A field that ends up in the registry and, for permissions, in the signed text. */
+/**
+ * A field that ends up in the registry and, for permissions, in the signed text: not empty, and nothing
+ * the canonical text could not carry unambiguously (a control character such as a newline).
+ */
 export function checkField(field: string, value: string): string {
-  if (value === '') throw new Refusal(`${field} is empty`);
+  if (value === '') throw new UsageError(`${field} is empty`);
   try {
     assertEncodable(field, value);
   } catch (err) {
-    throw new Refusal((err as Error).message, { cause: err });
+    throw new UsageError((err as Error).message, { cause: err });
   }
   return value;
+}
+
+// Whitespace (any Unicode space, line or paragraph separator), control and format characters (e.g.
+// zero-width space, bidi overrides) and lone surrogates: invisible or ambiguous in a label.
+const KEY_ID_FORBIDDEN = /[\s\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]/u;
+
+/**
+ * KEY_ID is the principal's registry id and the label of its key in the TPM token, and admins type it
+ * into shell commands: no whitespace, control or invisible format characters.
+ */
+export function checkKeyId(value: string): string {
+  if (value === '') throw new UsageError('KEY_ID is empty');
+  const bad = KEY_ID_FORBIDDEN.exec(value);
+  if (bad !== null) {
+    const code = bad[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0');
+    throw new UsageError(
+      `KEY_ID ${JSON.stringify(value)} contains U+${code} at position ${bad.index}: a key id becomes the TPM ` +
+        'key label and the registry id, so it must not contain whitespace, control or invisible characters',
+    );
+  }
+  return checkField('KEY_ID', value);
 }
 
 export function parseLimit(text: string): number {

@@ -1,6 +1,9 @@
 /**
  * Exit codes and error classes of the registry CLI. Scripts depend on the codes:
  * 0 done / allowed, 1 refused / denied (the registry is unchanged), 2 usage or environment error.
+ * Malformed arguments are usage errors in every command (an unparseable destination, a field with a
+ * control character, a KEY_ID with whitespace); well-formed requests the gateway would not honour (a
+ * destination outside the signer's scope, a revoked signer, a key that is not P-256) are refusals.
  */
 import { InvalidDestinationError } from '../core/destination.js';
 import { InvalidPublicKeyError } from '../core/ecdsa.js';
@@ -55,11 +58,11 @@ export function toCliError(err: unknown): CliError {
   if (
     err instanceof InvalidDestinationError ||
     err instanceof AmbiguousFieldError ||
-    err instanceof InvalidPublicKeyError
+    err instanceof SpkiInputError
   ) {
-    return new Refusal(err.message, { cause: err });
+    return new UsageError(err.message, { cause: err });
   }
-  if (err instanceof SpkiInputError) return new UsageError(err.message, { cause: err });
+  if (err instanceof InvalidPublicKeyError) return new Refusal(err.message, { cause: err });
   const message = err instanceof Error ? err.message : String(err);
   return new EnvironmentError(`unexpected error: ${message}`, { cause: err });
 }

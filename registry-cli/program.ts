@@ -1,6 +1,7 @@
 /**
  * The registry CLI's command line: commander wiring only, the work is in commands/. Exit codes:
- * 0 done or allowed, 1 refused or denied (registry unchanged), 2 usage or environment error.
+ * 0 done or allowed, 1 refused or denied (registry unchanged), 2 usage or environment error (a malformed
+ * argument such as an invalid destination is a usage error in every command).
  */
 import { Command, CommanderError } from 'commander';
 import { parseLimit, parseValidDays } from './args.js';
@@ -24,9 +25,14 @@ Environment:
   AGENT_GATEWAY_TPM_TOKEN_LABEL  token label (default agent-gateway)
   AGENT_GATEWAY_TPM_USER_PIN     token user PIN (to create keys and sign)
   AGENT_GATEWAY_TPM_SO_PIN       token SO PIN (only to create the token)
-  TSS2_LOG=all+error             show the TPM libraries' own diagnostics (silenced by default)
+  TSS2_LOG=all+error             show the TSS libraries' diagnostics (off by default; tpm2-pkcs11's own
+                                 "ERROR: ..." lines, e.g. on a wrong PIN, are always printed)
 
-Exit status: 0 done/allowed, 1 refused/denied (registry unchanged), 2 usage or environment error.`;
+Exit status: 0 done/allowed, 1 refused/denied (registry unchanged), 2 usage or environment error.
+  Usage errors (2) are malformed arguments, the same in every command: an invalid destination, a
+  KEY_ID with whitespace or control characters, an identity or id with a control character, an
+  unreadable SPKI, a bad number. A well-formed request the gateway would not honour (a destination
+  outside the signer's scope, a revoked or expired signer, a key that is not P-256) is refused (1).`;
 
 export function buildProgram(env: Env, io: Io, setExit: (code: ExitCode) => void): Command {
   const ctx = { env, io };
@@ -43,11 +49,22 @@ export function buildProgram(env: Env, io: Io, setExit: (code: ExitCode) => void
     .command('register-principal-key')
     .description(
       'Create (or reuse) a non-exportable P-256 key labelled KEY_ID in the TPM token, creating the token if ' +
-        'missing, and register its public key as principal KEY_ID.',
+        'missing, and register its public key as principal KEY_ID. While KEY_ID is registered, nothing is ' +
+        'created in the TPM unless --replace.',
     )
-    .argument('<KEY_ID>', 'principal key id, also the key label in the token')
-    .argument('[VALID_DAYS]', 'validity of the registration from now', '365')
-    .option('--replace', 'register the TPM key even if KEY_ID is registered with a different public key')
+    .argument(
+      '<KEY_ID>',
+      'principal key id, also the key label in the token (no whitespace or control characters)',
+    )
+    .argument(
+      '[VALID_DAYS]',
+      'validity from now; a refresh only extends: not_after = greatest(current, now + VALID_DAYS)',
+      '365',
+    )
+    .option(
+      '--replace',
+      'register the TPM key (creating it if missing) even if KEY_ID is registered with a different public key',
+    )
     .option('--public-key-out <file>', 'also write the public key (PEM SubjectPublicKeyInfo) to <file>')
     .addHelpText('after', ENVIRONMENT_HELP)
     .action((keyId: string, days: string, o: { replace?: boolean; publicKeyOut?: string }) =>
@@ -96,7 +113,11 @@ export function buildProgram(env: Env, io: Io, setExit: (code: ExitCode) => void
     .argument('<SPKI>', 'agent public key: PEM/DER public key or certificate file, or hex of the DER')
     .argument('<DEST>', 'destination, host[:port] or [v6][:port] (port defaults to 443)')
     .argument('[VALID_DAYS]', 'validity from now', '30')
-    .argument('[PERMISSION_ID]', 'id of the row (default perm-<uuid>); an active id is renewed')
+    .argument(
+      '[PERMISSION_ID]',
+      'id of the row (default perm-<uuid>, a new row: other active rows for the same identity, key and ' +
+        'destination stay in force, a note names them); an active id is renewed',
+    )
     .option('--json', 'print the written row as JSON')
     .addHelpText('after', ENVIRONMENT_HELP)
     .action(
@@ -128,12 +149,28 @@ export function buildProgram(env: Env, io: Io, setExit: (code: ExitCode) => void
     .argument('<SUBJECT_IDENTITY>', 'agent identity')
     .argument('<SPKI>', 'agent public key: PEM/DER public key or certificate file, or hex of the DER')
     .option('--destination <DEST>', 'revoke only the permissions for this destination')
+    .option(
+      '--expect-some',
+      'exit 1 when nothing was revoked (by default revoking nothing exits 0: the rows were already revoked, ' +
+        'or none exist, which a note points out)',
+    )
     .option('--json', 'print the revoked rows as JSON')
     .addHelpText('after', ENVIRONMENT_HELP)
-    .action((subjectIdentity: string, spki: string, o: { destination?: string; json?: boolean }) =>
-      run(() =>
-        deletePermissions(ctx, { subjectIdentity, spki, destination: o.destination, json: o.json === true }),
-      )(),
+    .action(
+      (
+        subjectIdentity: string,
+        spki: string,
+        o: { destination?: string; expectSome?: boolean; json?: boolean },
+      ) =>
+        run(() =>
+          deletePermissions(ctx, {
+            subjectIdentity,
+            spki,
+            destination: o.destination,
+            expectSome: o.expectSome === true,
+            json: o.json === true,
+          }),
+        )(),
     );
 
   permissions
@@ -157,7 +194,7 @@ export function buildProgram(env: Env, io: Io, setExit: (code: ExitCode) => void
     .command('check')
     .description(
       "Say whether the gateway would allow SUBJECT_IDENTITY with key SPKI to reach DEST now, using the gateway's " +
-        'own policy code, and why, row by row. Exit 0 allow, 1 deny.',
+        'own policy code, and why, row by row. Exit 0 allow, 1 deny, 2 for an invalid DEST.',
     )
     .argument('<SUBJECT_IDENTITY>', 'agent identity')
     .argument('<SPKI>', 'agent public key: PEM/DER public key or certificate file, or hex of the DER')

@@ -41,8 +41,11 @@ export type PermissionRecord = {
 // now() + VALID_DAYS, computed by the database so the window never depends on the admin's clock.
 const PLUS_DAYS = (param: string) => `(now() + make_interval(days => ${param}::int))`;
 
-const KEY_COLUMNS = `key_id, algorithm, public_key_spki_der,
-  ${tsText('not_before')} AS not_before, ${tsText('not_after')} AS not_after, ${tsText('revoked_at')} AS revoked_at`;
+/** The signing key columns, as KeyRecord; `t` is a table alias with its dot ('k.') or ''. */
+const keyColumns = (t = '') => `${t}key_id AS key_id, ${t}algorithm AS algorithm,
+  ${t}public_key_spki_der AS public_key_spki_der, ${tsText(`${t}not_before`)} AS not_before,
+  ${tsText(`${t}not_after`)} AS not_after, ${tsText(`${t}revoked_at`)} AS revoked_at`;
+const KEY_COLUMNS = keyColumns();
 
 type KeyRecord = {
   key_id: string;
@@ -104,23 +107,41 @@ export async function insertSigningKey(
   return keyRow(r.rows[0]!);
 }
 
+export type SigningKeyRefresh = {
+  readonly row: SigningKeyRow;
+  /** not_after before the refresh. */
+  readonly previousNotAfter: string;
+  /** now + validDays, what the refresh asked for. */
+  readonly requestedNotAfter: string;
+};
+
 /**
- * Re-registration of the same key: valid for `validDays` from now. not_before never moves forward, so
- * the key's recorded validity keeps covering what it already signed.
+ * Re-registration of the same key: valid at least until now + validDays. A refresh only ever widens the
+ * window, like a scope refresh: not_before never moves later (the key's recorded validity keeps covering
+ * what it already signed) and not_after = greatest(existing, now + validDays), so re-running the command
+ * with a smaller VALID_DAYS never cuts short the grants the key signed. Shortening is a separate action.
  */
 export async function refreshSigningKey(
   db: pg.ClientBase,
   keyId: string,
   validDays: number,
-): Promise<SigningKeyRow> {
-  const r = await db.query<KeyRecord>(
-    `UPDATE principal_signing_keys
-     SET not_before = least(not_before, now()), not_after = ${PLUS_DAYS('$2')}, updated_at = now()
-     WHERE key_id = $1
-     RETURNING ${KEY_COLUMNS}`,
+): Promise<SigningKeyRefresh> {
+  const r = await db.query<KeyRecord & { previous_not_after: string; requested_not_after: string }>(
+    `WITH old AS (SELECT key_id, not_after FROM principal_signing_keys WHERE key_id = $1 FOR UPDATE)
+     UPDATE principal_signing_keys k
+     SET not_before = least(k.not_before, now()), not_after = greatest(k.not_after, ${PLUS_DAYS('$2')}),
+         updated_at = now()
+     FROM old WHERE k.key_id = old.key_id
+     RETURNING ${keyColumns('k.')},
+       ${tsText('old.not_after')} AS previous_not_after, ${tsText(PLUS_DAYS('$2'))} AS requested_not_after`,
     [keyId, validDays],
   );
-  return keyRow(r.rows[0]!);
+  const row = r.rows[0]!;
+  return {
+    row: keyRow(row),
+    previousNotAfter: row.previous_not_after,
+    requestedNotAfter: row.requested_not_after,
+  };
 }
 
 /** --replace: a different key under the same id. What the old key signed stops verifying. */
@@ -332,6 +353,44 @@ export async function upsertPermission(
   const row = r.rows[0];
   if (row === undefined) return undefined;
   return row.inserted ? 'created' : 'renewed';
+}
+
+/**
+ * The other live rows (not revoked, not expired) that grant the same identity and agent key the same
+ * destination: a new row does not replace them, and the gateway allows while any of them is valid.
+ */
+export async function otherActivePermissions(
+  db: pg.ClientBase,
+  subjectIdentity: string,
+  spkiDer: Buffer,
+  destination: string,
+  exceptPermissionId: string,
+): Promise<PermissionRecord[]> {
+  const r = await db.query<PermissionDbRecord>(
+    `SELECT ${PERMISSION_COLUMNS} FROM permission_registry p
+     WHERE p.subject_identity = $1 AND p.subject_public_key_spki_der = $2 AND p.destination = $3
+       AND p.revoked_at IS NULL AND p.not_after > now() AND p.permission_id <> $4
+     ORDER BY p.not_after DESC, p.permission_id
+     LIMIT 100`,
+    [subjectIdentity, spkiDer, destination, exceptPermissionId],
+  );
+  return r.rows.map(permissionRecord);
+}
+
+/** How many rows, revoked or not, exist for one agent key (optionally one destination). */
+export async function countPermissions(
+  db: pg.ClientBase,
+  subjectIdentity: string,
+  spkiDer: Buffer,
+  destination: string | undefined,
+): Promise<number> {
+  const r = await db.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM permission_registry p
+     WHERE p.subject_identity = $1 AND p.subject_public_key_spki_der = $2
+       AND ($3::text IS NULL OR p.destination = $3)`,
+    [subjectIdentity, spkiDer, destination ?? null],
+  );
+  return r.rows[0]!.n;
 }
 
 /** Revoke (never delete) the active permissions of one agent key, optionally for one destination. */

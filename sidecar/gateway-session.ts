@@ -154,6 +154,7 @@ export class GatewaySession {
     const started = performance.now();
     return new Promise((resolve, reject) => {
       let settled = false;
+      let established = false;
       let socket: tls.TLSSocket | undefined;
       const session = http2.connect(`https://${host.includes(':') ? `[${host}]` : host}:${port}`, {
         createConnection: () => {
@@ -195,7 +196,7 @@ export class GatewaySession {
         clearTimeout(timer);
         if (!settled) fail(new Error('connection closed during the TLS/HTTP2 handshake'));
         this.retire(session);
-        if (settled) logger.info('gateway connection closed');
+        if (established) logger.info('gateway connection closed');
       });
       session.on('goaway', (errorCode, lastStreamId) => {
         // Streams the gateway already accepted keep running; new CONNECTs go to a new connection.
@@ -205,6 +206,7 @@ export class GatewaySession {
       session.once('connect', () => {
         if (settled) return;
         settled = true;
+        established = true;
         clearTimeout(timer);
         // The stream window (a SETTING) alone is capped by the 64 KiB connection window: raise both.
         session.setLocalWindowSize(this.opts.connectionWindowBytes);

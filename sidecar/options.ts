@@ -102,7 +102,7 @@ function addTpmOptions(cmd: Command, env: NodeJS.ProcessEnv): Command {
       ).default(DEFAULT_KEY_HANDLE),
     )
     .addOption(
-      new Option('--pkcs11-store <dir>', 'tpm2-pkcs11 store directory (default: $TPM2_PKCS11_STORE)').default(
+      new Option('--pkcs11-store <dir>', 'tpm2-pkcs11 store directory ($TPM2_PKCS11_STORE)').default(
         env['TPM2_PKCS11_STORE'],
       ),
     )
@@ -118,7 +118,7 @@ function addTpmOptions(cmd: Command, env: NodeJS.ProcessEnv): Command {
     .addOption(
       new Option(
         '--pkcs11-module <path>',
-        'libtpm2_pkcs11.so (default: $PKCS11_MODULE_PATH or the system one)',
+        'libtpm2_pkcs11.so ($PKCS11_MODULE_PATH, else the system one)',
       ).default(env['PKCS11_MODULE_PATH']),
     )
     .addOption(new Option('--pin-file <path>', 'file holding the token user PIN (mode 0600)'))
@@ -138,8 +138,8 @@ function addTpmOptions(cmd: Command, env: NodeJS.ProcessEnv): Command {
 export function buildCli(actions: CliActions, env: NodeJS.ProcessEnv = process.env): Command {
   const program = new Command('agent_gateway_sidecar')
     .description(
-      'Local HTTP CONNECT proxy for agents (HTTPS_PROXY=http://127.0.0.1:3128): forwards each CONNECT over one\n' +
-        'mTLS HTTP/2 connection to agent_gateway, authenticated by a non-exportable P-256 key in a TPM.',
+      'Local HTTP CONNECT proxy for agents (HTTPS_PROXY=http://127.0.0.1:3128): forwards each CONNECT over ' +
+        'one mTLS HTTP/2 connection to agent_gateway, authenticated by a non-exportable P-256 key in a TPM.',
     )
     .enablePositionalOptions()
     .showHelpAfterError('(run with --help for usage)');
@@ -167,8 +167,8 @@ export function buildCli(actions: CliActions, env: NodeJS.ProcessEnv = process.e
     program
       .command('provision')
       .description(
-        'Create (or reuse) the persistent TPM key at --tpm-key-handle, link it into the tpm2-pkcs11 token, and\n' +
-          'write a carrier certificate for it with the identity extension.',
+        'Create (or reuse) the persistent TPM key at --tpm-key-handle, link it into the tpm2-pkcs11 token, ' +
+          'and write a carrier certificate for it with the identity extension.',
       ),
     env,
   )
@@ -182,7 +182,7 @@ export function buildCli(actions: CliActions, env: NodeJS.ProcessEnv = process.e
 }
 
 export function validateRun(raw: RawRun): RunOptions {
-  const tpm = validateTpm(raw, true);
+  const tpm = validateTpm(raw);
   const gatewayName = raw.gatewayName?.trim();
   if (gatewayName !== undefined && (gatewayName === '' || /[\s/:]/.test(gatewayName))) {
     throw new UsageError(`--gateway-name ${JSON.stringify(raw.gatewayName)} is not a host name`);
@@ -207,7 +207,7 @@ export function validateRun(raw: RawRun): RunOptions {
 }
 
 export function validateProvision(raw: RawProvision): ProvisionOptions {
-  const tpm = validateTpm(raw, true);
+  const tpm = validateTpm(raw);
   const identity = raw.identity;
   if (identity === undefined || identity === '') throw new UsageError('--identity is required');
   if (/[\u0000-\u001f\u007f]/.test(identity))
@@ -225,10 +225,7 @@ export function validateProvision(raw: RawProvision): ProvisionOptions {
   };
 }
 
-function validateTpm(
-  raw: RawTpm,
-  needPin: boolean,
-): { key: TpmKeyConfig; identityOid: string; logLevel: string } {
+function validateTpm(raw: RawTpm): { key: TpmKeyConfig; identityOid: string; logLevel: string } {
   const keyHandle = parseKeyHandle(raw.tpmKeyHandle);
   const tcti = raw.tpmTcti.trim();
   if (tcti === '' || !/^[a-z0-9_-]+(:.*)?$/i.test(tcti)) {
@@ -243,7 +240,7 @@ function validateTpm(
     throw new UsageError(`--log-level ${JSON.stringify(raw.logLevel)}: use one of ${LOG_LEVELS.join(', ')}`);
   }
   if (raw.pkcs11Token.trim() === '') throw new UsageError('--pkcs11-token must not be empty');
-  const pinFile = needPin ? readableFile('--pin-file', raw.pinFile) : (raw.pinFile ?? '');
+  const pinFile = readableFile('--pin-file', raw.pinFile);
   return {
     key: {
       tcti,

@@ -181,8 +181,10 @@ async function createPersistentLinkedKey(
   logger: Logger,
 ): Promise<void> {
   const handle = formatHandle(cfg.keyHandle);
-  // Printable so tpm2-tools (-p) and tpm2-pkcs11 (which uses the unwrapped string's bytes) agree on it.
-  const auth = randomBytes(24).toString('base64url');
+  // 128 random bits as 32 hex characters: printable, so tpm2-tools (-p) and tpm2-pkcs11 (which uses the
+  // unwrapped string's bytes) agree on it, never mistaken for an option or a `hex:`/`file:` prefix, and
+  // within the 32-byte limit of a SHA-256 name algorithm's authValue.
+  const auth = randomBytes(16).toString('hex');
   const dir = await mkdtemp(path.join(os.tmpdir(), 'agw-provision-'));
   const pub = path.join(dir, 'key.pub');
   const priv = path.join(dir, 'key.priv');

@@ -124,7 +124,7 @@ export class ProxyServer {
         const ms = Math.round((performance.now() - started) * 10) / 10;
         if (agentGone) {
           log.info({ status, connect_ms: ms }, 'agent left before the gateway answered');
-          finishStream(stream);
+          abandonStream(stream);
           this.tunnels.delete(tunnel);
           trace.end({ status, error: 'agent left' });
           return;
@@ -132,7 +132,7 @@ export class ProxyServer {
         if (status !== 200) {
           log.info({ status, connect_ms: ms }, 'CONNECT denied by gateway');
           socket.end(plainResponse(status, 'gateway denied request'));
-          finishStream(stream);
+          abandonStream(stream);
           this.tunnels.delete(tunnel);
           trace.end({ status });
           return;
@@ -170,7 +170,6 @@ export class ProxyServer {
     let agentToGateway = head.length;
     let gatewayToAgent = 0;
     let error: string | undefined;
-    let orphanTimer: NodeJS.Timeout | undefined;
 
     socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
     if (head.length > 0) stream.write(head);
@@ -202,15 +201,9 @@ export class ProxyServer {
       error ??= `gateway stream: ${err.message}`;
     });
     socket.once('close', () => {
-      if (stream.closed) return;
-      // The agent is gone: say so with END_STREAM rather than RST (resets are rate-limited per connection),
-      // discard what is still in flight, and reset only if the gateway does not finish.
-      finishStream(stream);
-      orphanTimer = setTimeout(() => stream.close(http2.constants.NGHTTP2_CANCEL), ORPHAN_STREAM_GRACE_MS);
-      orphanTimer.unref();
+      if (!stream.closed) abandonStream(stream);
     });
     stream.once('close', () => {
-      clearTimeout(orphanTimer);
       clearTimeout(finTimer);
       if (isReset(stream)) {
         error ??= `gateway reset the stream (code ${stream.rstCode})`;
@@ -238,10 +231,18 @@ function isReset(stream: http2.ClientHttp2Stream): boolean {
   return stream.rstCode !== undefined && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR;
 }
 
-/** End our half politely and throw away whatever the gateway still sends. */
-function finishStream(stream: http2.ClientHttp2Stream): void {
-  if (!stream.writableEnded && !stream.destroyed) stream.end();
+/**
+ * Nobody will read this stream any more: say so with END_STREAM rather than RST (resets are rate-limited
+ * per connection by the gateway), discard what is still in flight, and reset only if the gateway does not
+ * finish its half in time.
+ */
+function abandonStream(stream: http2.ClientHttp2Stream): void {
+  if (stream.closed || stream.destroyed) return;
+  if (!stream.writableEnded) stream.end();
   stream.resume();
+  const timer = setTimeout(() => stream.close(http2.constants.NGHTTP2_CANCEL), ORPHAN_STREAM_GRACE_MS);
+  timer.unref();
+  stream.once('close', () => clearTimeout(timer));
 }
 
 function plainResponse(status: number, body: string, extra: Record<string, string> = {}): string {

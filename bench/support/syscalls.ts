@@ -16,6 +16,7 @@ export const COUNTED = [
   'recvmsg',
   'epoll_wait',
   'epoll_pwait',
+  'epoll_ctl',
 ] as const;
 
 export type SyscallCounts = Record<string, number>;

@@ -1,7 +1,8 @@
 /**
  * agent-permissions grant KEY_ID SUBJECT_IDENTITY SPKI DEST [VALID_DAYS] [PERMISSION_ID]: the principal
  * key in the TPM signs one permission row and the row is written, all in one transaction that is
- * committed only when the gateway's own policy code, run against the row as written, allows it.
+ * committed only when the gateway's own policy code, run against the row as written, allows it. A new row
+ * does not replace other active rows for the same identity, key and destination; a note names them.
  */
 import { randomUUID } from 'node:crypto';
 import { normalizeDestination } from '../../core/destination.js';
@@ -11,7 +12,7 @@ import { decide, evaluateCandidate } from '../../core/policy.js';
 import { fetchActiveCandidates } from '../../core/registry-queries.js';
 import { assertP256Spki, readSpkiInput, spkiFingerprint } from '../../core/spki-input.js';
 import { MICROS_PER_DAY, parseTimestamp } from '../../core/timestamp.js';
-import { checkField } from '../args.js';
+import { checkField, checkKeyId } from '../args.js';
 import { withRegistry } from '../db.js';
 import { databaseFromEnv } from '../env.js';
 import { EXIT_OK, type ExitCode, Refusal, toCliError } from '../errors.js';
@@ -21,6 +22,8 @@ import {
   grantWindow,
   lockPermission,
   lockSigningKey,
+  otherActivePermissions,
+  type PermissionRecord,
   type SignedPermission,
   upsertPermission,
 } from '../registry-writes.js';
@@ -39,7 +42,7 @@ export type GrantOptions = {
 };
 
 export async function grantPermission(ctx: CommandContext, opts: GrantOptions): Promise<ExitCode> {
-  const keyId = checkField('KEY_ID', opts.keyId);
+  const keyId = checkKeyId(opts.keyId);
   const subjectIdentity = checkField('SUBJECT_IDENTITY', opts.subjectIdentity);
   const permissionId = checkField('PERMISSION_ID', opts.permissionId ?? `perm-${randomUUID()}`);
   let destination: string;
@@ -107,6 +110,15 @@ export async function grantPermission(ctx: CommandContext, opts: GrantOptions): 
         );
       }
 
+      // Rows this grant does not replace: the admin should know they keep allowing access.
+      const others = await otherActivePermissions(
+        db,
+        subjectIdentity,
+        subjectSpkiDer,
+        destination,
+        permissionId,
+      );
+
       const message = canonicalPermissionBytes({
         permissionId,
         signingKeyId: keyId,
@@ -163,7 +175,7 @@ export async function grantPermission(ctx: CommandContext, opts: GrantOptions): 
           `the gateway would not honour permission ${permissionId} (${why}); nothing was written`,
         );
       }
-      return { row, action, validUntil: verdict.validUntil, keyNotAfter: key.notAfter };
+      return { row, action, validUntil: verdict.validUntil, keyNotAfter: key.notAfter, others };
     }),
   );
 
@@ -180,6 +192,10 @@ export async function grantPermission(ctx: CommandContext, opts: GrantOptions): 
         not_before: row.notBefore,
         not_after: row.notAfter,
         signature: row.signature.toString('hex'),
+        other_active_permissions: outcome.others.map((p) => ({
+          permission_id: p.permissionId,
+          not_after: p.notAfter,
+        })),
       }),
     );
   } else {
@@ -190,6 +206,7 @@ export async function grantPermission(ctx: CommandContext, opts: GrantOptions): 
     ctx.io.out(`  valid: ${row.notBefore} .. ${row.notAfter}`);
     ctx.io.out("  verified with the gateway's policy: allowed");
   }
+  if (outcome.others.length > 0) ctx.io.err(otherRowsNote(row, outcome.others));
   if (parseTimestamp(outcome.keyNotAfter) < parseTimestamp(row.notAfter)) {
     ctx.io.err(
       `note: principal key ${row.signingKeyId} expires at ${outcome.keyNotAfter}, before this permission; ` +
@@ -197,4 +214,24 @@ export async function grantPermission(ctx: CommandContext, opts: GrantOptions): 
     );
   }
   return EXIT_OK;
+}
+
+/**
+ * A grant adds a row; it does not replace the rows that already allow the same identity, key and
+ * destination. Say which they are, and when one of them outlasts the new row, that access lasts longer.
+ */
+function otherRowsNote(row: SignedPermission, others: readonly PermissionRecord[]): string {
+  const list = others.map((p) => `${p.permissionId} (not_after ${p.notAfter})`).join(', ');
+  const latest = others.reduce((a, b) => (parseTimestamp(b.notAfter) > parseTimestamp(a.notAfter) ? b : a));
+  const outlasts =
+    parseTimestamp(latest.notAfter) > parseTimestamp(row.notAfter)
+      ? ` ${latest.permissionId} ends later: it keeps allowing access until ${latest.notAfter}, after the new row ends.`
+      : '';
+  const one = others.length === 1;
+  return (
+    `note: ${row.subjectIdentity} -> ${row.destination} with this agent key already has ` +
+    `${one ? 'an active permission' : `${others.length} active permissions`}: ${list}; ` +
+    `${one ? 'it stays' : 'they stay'} in force next to ${row.permissionId}, the gateway allows while any is valid.` +
+    `${outlasts} To change a window, renew a row by passing its PERMISSION_ID instead of adding rows.`
+  );
 }

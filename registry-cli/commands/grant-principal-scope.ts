@@ -4,10 +4,10 @@
  */
 import { normalizeDestination } from '../../core/destination.js';
 import { parseTimestamp } from '../../core/timestamp.js';
-import { checkField } from '../args.js';
+import { checkKeyId } from '../args.js';
 import { databaseNow, withRegistry } from '../db.js';
 import { databaseFromEnv } from '../env.js';
-import { EXIT_OK, type ExitCode, Refusal, toCliError } from '../errors.js';
+import { EXIT_OK, type ExitCode, toCliError, UsageError } from '../errors.js';
 import type { CommandContext } from '../io.js';
 import { lockSigningKey, type ScopeUpsert, upsertScope } from '../registry-writes.js';
 import { assertSignerUsable } from './signer-state.js';
@@ -19,7 +19,7 @@ export type ScopeOptions = {
 };
 
 export async function grantPrincipalScope(ctx: CommandContext, opts: ScopeOptions): Promise<ExitCode> {
-  const keyId = checkField('KEY_ID', opts.keyId);
+  const keyId = checkKeyId(opts.keyId);
   const destinations = [
     ...new Set(
       opts.destinations.map((d) => {
@@ -31,7 +31,7 @@ export async function grantPrincipalScope(ctx: CommandContext, opts: ScopeOption
       }),
     ),
   ];
-  if (destinations.length === 0) throw new Refusal('no destination given');
+  if (destinations.length === 0) throw new UsageError('no destination given');
   const target = databaseFromEnv(ctx.env);
 
   const { key, results } = await withRegistry(target, (registry) =>

@@ -1,13 +1,16 @@
 /**
  * register-principal-key KEY_ID [VALID_DAYS]: make sure a non-exportable P-256 key labelled KEY_ID exists
  * in the TPM token (creating token and key when missing) and that principal_signing_keys holds its SPKI.
- * Idempotent: a second run finds the same key and only renews the validity window. A different key
- * already registered under KEY_ID is replaced only with --replace.
+ * Idempotent: a second run finds the same key and only renews the validity window, which never shrinks:
+ * not_after = greatest(existing, now + VALID_DAYS). A different key already registered under KEY_ID is
+ * replaced only with --replace, and while KEY_ID is registered nothing is created in the TPM without it:
+ * the registry is read before the token is touched.
  */
 import { writeFileSync } from 'node:fs';
-import { ensureKey, signerOptionsFromEnv } from '../../core/pkcs11-signer.js';
+import { ensureKey, findKey, signerOptionsFromEnv } from '../../core/pkcs11-signer.js';
 import { spkiFingerprint, spkiToPem } from '../../core/spki-input.js';
-import { checkField } from '../args.js';
+import { parseTimestamp } from '../../core/timestamp.js';
+import { checkKeyId } from '../args.js';
 import { withRegistry } from '../db.js';
 import { databaseFromEnv } from '../env.js';
 import { EXIT_OK, type ExitCode, Refusal, UsageError } from '../errors.js';
@@ -18,6 +21,7 @@ import {
   lockSigningKey,
   refreshSigningKey,
   replaceSigningKey,
+  type SigningKeyRefresh,
   type SigningKeyRow,
 } from '../registry-writes.js';
 
@@ -30,7 +34,7 @@ export type RegisterOptions = {
 };
 
 export async function registerPrincipalKey(ctx: CommandContext, opts: RegisterOptions): Promise<ExitCode> {
-  const keyId = checkField('KEY_ID', opts.keyId);
+  const keyId = checkKeyId(opts.keyId);
   const target = databaseFromEnv(ctx.env);
   const signerOptions = signerOptionsFromEnv(keyId, ctx.env);
 
@@ -47,7 +51,27 @@ export async function registerPrincipalKey(ctx: CommandContext, opts: RegisterOp
             'register the new key under another KEY_ID',
         );
       }
-      const { spkiDer, created } = ensureKey(signerOptions);
+      let spkiDer: Buffer;
+      let created = { token: false, key: false };
+      if (existing !== undefined && !opts.replace) {
+        // KEY_ID names a registered public key: a key made now could only be a different one, which is
+        // refused below anyway. So look without creating, and refuse before the TPM store changes.
+        const found = findKey(signerOptions);
+        if ('missing' in found) {
+          const where =
+            found.missing === 'token'
+              ? `token "${signerOptions.tokenLabel}" does not exist in ${signerOptions.store}`
+              : `token "${signerOptions.tokenLabel}" has no key labelled ${keyId}`;
+          throw new Refusal(
+            `principal key ${keyId} is registered (public key sha256 ${spkiFingerprint(existing.spkiDer)}), but ${where}; ` +
+              'nothing was created: point TPM2_PKCS11_STORE / AGENT_GATEWAY_TPM_TOKEN_LABEL at the token that holds it, ' +
+              'or pass --replace to create a new key and register it instead (permissions signed by the old key then stop working)',
+          );
+        }
+        spkiDer = found.spkiDer;
+      } else {
+        ({ spkiDer, created } = ensureKey(signerOptions));
+      }
       const holder = await keyIdBySpki(db, spkiDer);
       if (holder !== undefined && holder !== keyId) {
         throw new Refusal(
@@ -57,11 +81,13 @@ export async function registerPrincipalKey(ctx: CommandContext, opts: RegisterOp
       }
       let row: SigningKeyRow;
       let action: 'registered' | 'refreshed' | 'replaced';
+      let refresh: SigningKeyRefresh | undefined;
       if (existing === undefined) {
         row = await insertSigningKey(db, keyId, spkiDer, opts.validDays);
         action = 'registered';
       } else if (existing.spkiDer.equals(spkiDer)) {
-        row = await refreshSigningKey(db, keyId, opts.validDays);
+        refresh = await refreshSigningKey(db, keyId, opts.validDays);
+        row = refresh.row;
         action = 'refreshed';
       } else if (!opts.replace) {
         throw new Refusal(
@@ -73,7 +99,7 @@ export async function registerPrincipalKey(ctx: CommandContext, opts: RegisterOp
         row = await replaceSigningKey(db, keyId, spkiDer, opts.validDays);
         action = 'replaced';
       }
-      return { row, action, created };
+      return { row, action, created, refresh };
     }),
   );
 
@@ -91,5 +117,23 @@ export async function registerPrincipalKey(ctx: CommandContext, opts: RegisterOp
   );
   ctx.io.out(`  public key sha256: ${spkiFingerprint(result.row.spkiDer)}`);
   ctx.io.out(`  valid: ${result.row.notBefore} .. ${result.row.notAfter}`);
+  if (result.refresh !== undefined) ctx.io.err(refreshNote(result.refresh, opts.validDays));
   return EXIT_OK;
+}
+
+/** A refresh never shortens the registration: say what the window is now and why. */
+function refreshNote(refresh: SigningKeyRefresh, validDays: number): string {
+  const { row, previousNotAfter, requestedNotAfter } = refresh;
+  const window = `${row.notBefore} .. ${row.notAfter}`;
+  const requested = `now + ${validDays} day${validDays === 1 ? '' : 's'} (${requestedNotAfter})`;
+  if (parseTimestamp(previousNotAfter) >= parseTimestamp(requestedNotAfter)) {
+    return (
+      `note: registration of ${row.keyId} kept at ${window}: ${requested} would end earlier, and a refresh ` +
+      'never shortens a registration'
+    );
+  }
+  return (
+    `note: registration of ${row.keyId} extended to ${window} (not_after was ${previousNotAfter}); ` +
+    'a refresh never shortens a registration'
+  );
 }

@@ -8,8 +8,21 @@ import { RegistryAuthorizer } from '../../gateway/authorizer.js';
 import { LiveRevocation } from '../../gateway/live-revocation.js';
 import { createGatewayMetrics } from '../../gateway/metrics.js';
 import { Registry, type RegistryOptions, RegistryUnavailableError } from '../../gateway/registry.js';
-import { applyMigrations, createDatabase, dropDatabase, type PgHandle, startPostgres } from '../support/postgres.js';
-import { DAY, insertPermission, insertScope, insertSigner, newP256, nowTruncated } from '../unit/fixtures/signed-rows.js';
+import {
+  applyMigrations,
+  createDatabase,
+  dropDatabase,
+  type PgHandle,
+  startPostgres,
+} from '../support/postgres.js';
+import {
+  DAY,
+  insertPermission,
+  insertScope,
+  insertSigner,
+  newP256,
+  nowTruncated,
+} from '../unit/fixtures/signed-rows.js';
 
 async function seedAllowed(url: string) {
   const pgmod = (await import('pg')).default;
@@ -37,7 +50,10 @@ async function seedAllowed(url: string) {
   } finally {
     await c.end();
   }
-  return { peer: { identity: 'agent-alpha', spkiDer: agent.spkiDer }, dest: normalizeDestination('api.example.com') };
+  return {
+    peer: { identity: 'agent-alpha', spkiDer: agent.spkiDer },
+    dest: normalizeDestination('api.example.com'),
+  };
 }
 
 const options = (url: string, patch: Partial<RegistryOptions> = {}): RegistryOptions => ({
@@ -65,7 +81,12 @@ describe('registry down and back (own cluster)', () => {
     const { peer, dest } = await seedAllowed(url);
     const metrics = createGatewayMetrics({ defaultMetrics: false });
     const registry = new Registry(options(url, { metrics }));
-    const authorizer = new RegistryAuthorizer({ registry, cacheMaxEntries: 100, cacheTtlMs: 60_000, metrics });
+    const authorizer = new RegistryAuthorizer({
+      registry,
+      cacheMaxEntries: 100,
+      cacheTtlMs: 60_000,
+      metrics,
+    });
     const revocation = new LiveRevocation({
       authority: authorizer,
       clientConfig: registry.clientConfig('agent_gateway_listen'),
@@ -134,7 +155,9 @@ describe('bounded waits (shared cluster)', () => {
   });
 
   it('gives up waiting for a pool client after poolAcquireTimeoutMs and returns late clients', async () => {
-    const registry = new Registry(options(url, { maxConnections: 1, poolAcquireTimeoutMs: 200, queryTimeoutMs: 5000 }));
+    const registry = new Registry(
+      options(url, { maxConnections: 1, poolAcquireTimeoutMs: 200, queryTimeoutMs: 5000 }),
+    );
     try {
       let release!: () => void;
       const held = registry.withClient('hold', async (c) => {
@@ -168,7 +191,9 @@ describe('bounded waits (shared cluster)', () => {
     const registry = new Registry(options(url, { maxConnections: 1, queryTimeoutMs: 200 }));
     try {
       const started = Date.now();
-      const err = await registry.withClient('slow', (c) => c.query('SELECT pg_sleep(3)')).catch((e: unknown) => e);
+      const err = await registry
+        .withClient('slow', (c) => c.query('SELECT pg_sleep(3)'))
+        .catch((e: unknown) => e);
       expect(err).toBeInstanceOf(RegistryUnavailableError);
       expect((err as RegistryUnavailableError).kind).toBe('query_timeout');
       expect(Date.now() - started).toBeLessThan(1500);
@@ -181,7 +206,9 @@ describe('bounded waits (shared cluster)', () => {
   it('the server side cancels too (statement_timeout)', async () => {
     const registry = new Registry(options(url, { maxConnections: 1, queryTimeoutMs: 300 }));
     try {
-      const timeout = await registry.withClient('show', (c) => c.query<{ statement_timeout: string }>('SHOW statement_timeout'));
+      const timeout = await registry.withClient('show', (c) =>
+        c.query<{ statement_timeout: string }>('SHOW statement_timeout'),
+      );
       expect(timeout.rows[0]?.statement_timeout).toBe('400ms');
     } finally {
       await registry.close();

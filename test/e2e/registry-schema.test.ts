@@ -12,7 +12,14 @@ import { parseTimestamp } from '../../core/timestamp.js';
 import { cachingVerifier } from '../../gateway/authorizer.js';
 import { Registry, RegistrySchemaError } from '../../gateway/registry.js';
 import { applyMigrations, createDatabase, dropDatabase } from '../support/postgres.js';
-import { DAY, insertPermission, insertScope, insertSigner, newP256, nowTruncated } from '../unit/fixtures/signed-rows.js';
+import {
+  DAY,
+  insertPermission,
+  insertScope,
+  insertSigner,
+  newP256,
+  nowTruncated,
+} from '../unit/fixtures/signed-rows.js';
 
 const adminUrl = inject('pgAdminUrl');
 const dbs: string[] = [];
@@ -55,7 +62,9 @@ describe('migrations', () => {
     expect(applied).toEqual(listMigrations().map((m) => m.name));
     expect(await migrate(url)).toEqual([]);
     const c = await connect(url);
-    const versions = await c.query<{ version: number }>('SELECT version FROM agent_gateway_schema_version ORDER BY 1');
+    const versions = await c.query<{ version: number }>(
+      'SELECT version FROM agent_gateway_schema_version ORDER BY 1',
+    );
     expect(versions.rows.map((r) => r.version)).toEqual(listMigrations().map((m) => m.version));
     // Re-running a file by hand fails instead of duplicating anything.
     const first = readFileSync(listMigrations()[0]!.path, 'utf8');
@@ -78,7 +87,12 @@ describe('roles', () => {
     c = await connect(url);
   });
 
-  const TABLES = ['agent_gateway_schema_version', 'principal_signing_keys', 'principal_key_permissions', 'permission_registry'];
+  const TABLES = [
+    'agent_gateway_schema_version',
+    'principal_signing_keys',
+    'principal_key_permissions',
+    'permission_registry',
+  ];
   // [role, privilege, table filter, expected]
   const MATRIX: readonly (readonly [string, string, (t: string) => boolean, boolean])[] = [
     ['agent_gateway_runtime', 'SELECT', () => true, true],
@@ -95,7 +109,11 @@ describe('roles', () => {
   ];
   it.each(MATRIX)('%s %s → %s', async (role, privilege, filter, expected) => {
     for (const table of TABLES.filter(filter)) {
-      const r = await c.query<{ ok: boolean }>('SELECT has_table_privilege($1, $2, $3) AS ok', [role, table, privilege]);
+      const r = await c.query<{ ok: boolean }>('SELECT has_table_privilege($1, $2, $3) AS ok', [
+        role,
+        table,
+        privilege,
+      ]);
       expect(r.rows[0]?.ok, `${role} ${privilege} ${table}`).toBe(expected);
     }
   });
@@ -107,7 +125,9 @@ describe('roles', () => {
     try {
       await c.query('SET LOCAL ROLE agent_gateway_runtime');
       await c.query('SELECT count(*) FROM permission_registry');
-      await expect(insertSigner(c, 'org-x', signer.spkiDer, now - DAY, now + DAY)).rejects.toThrow(/permission denied/);
+      await expect(insertSigner(c, 'org-x', signer.spkiDer, now - DAY, now + DAY)).rejects.toThrow(
+        /permission denied/,
+      );
     } finally {
       await c.query('ROLLBACK');
     }
@@ -178,7 +198,9 @@ describe('change notifications', () => {
       signer.privateKey,
     );
     await writer.query("UPDATE permission_registry SET revoked_at = now() WHERE permission_id = 'perm-n'");
-    await writer.query("UPDATE principal_key_permissions SET revoked_at = now() WHERE signing_key_id = 'org-n'");
+    await writer.query(
+      "UPDATE principal_key_permissions SET revoked_at = now() WHERE signing_key_id = 'org-n'",
+    );
     await writer.query("UPDATE principal_signing_keys SET revoked_at = now() WHERE key_id = 'org-n'");
     await writer.query("DELETE FROM permission_registry WHERE permission_id = 'perm-n'");
     await writer.query("DELETE FROM principal_key_permissions WHERE signing_key_id = 'org-n'");
@@ -192,13 +214,28 @@ describe('change notifications', () => {
 
     const expected = [
       { table: 'principal_signing_keys', op: 'INSERT', signing_key_id: 'org-n' },
-      { table: 'principal_key_permissions', op: 'INSERT', signing_key_id: 'org-n', destination: 'a.example:443' },
+      {
+        table: 'principal_key_permissions',
+        op: 'INSERT',
+        signing_key_id: 'org-n',
+        destination: 'a.example:443',
+      },
       { table: 'permission_registry', op: 'INSERT', permission_id: 'perm-n', signing_key_id: 'org-n' },
       { table: 'permission_registry', op: 'UPDATE', permission_id: 'perm-n', signing_key_id: 'org-n' },
-      { table: 'principal_key_permissions', op: 'UPDATE', signing_key_id: 'org-n', destination: 'a.example:443' },
+      {
+        table: 'principal_key_permissions',
+        op: 'UPDATE',
+        signing_key_id: 'org-n',
+        destination: 'a.example:443',
+      },
       { table: 'principal_signing_keys', op: 'UPDATE', signing_key_id: 'org-n' },
       { table: 'permission_registry', op: 'DELETE', permission_id: 'perm-n', signing_key_id: 'org-n' },
-      { table: 'principal_key_permissions', op: 'DELETE', signing_key_id: 'org-n', destination: 'a.example:443' },
+      {
+        table: 'principal_key_permissions',
+        op: 'DELETE',
+        signing_key_id: 'org-n',
+        destination: 'a.example:443',
+      },
       { table: 'principal_signing_keys', op: 'DELETE', signing_key_id: 'org-n' },
       { table: '*', op: 'TRUNCATE' },
     ];
@@ -217,8 +254,20 @@ describe('candidate query', () => {
     const agent = newP256();
     const notBefore = parseTimestamp('2026-05-01T00:00:00.123456Z');
     const notAfter = parseTimestamp('2126-05-01T00:00:00.000001Z');
-    await insertSigner(c, 'org-m', signer.spkiDer, parseTimestamp('2026-01-01T00:00:00.000000Z'), notAfter + DAY);
-    await insertScope(c, 'org-m', 'api.example.com:443', parseTimestamp('2026-01-01T00:00:00.999999Z'), notAfter);
+    await insertSigner(
+      c,
+      'org-m',
+      signer.spkiDer,
+      parseTimestamp('2026-01-01T00:00:00.000000Z'),
+      notAfter + DAY,
+    );
+    await insertScope(
+      c,
+      'org-m',
+      'api.example.com:443',
+      parseTimestamp('2026-01-01T00:00:00.999999Z'),
+      notAfter,
+    );
     const spec = {
       permissionId: 'perm-m',
       signingKeyId: 'org-m',
@@ -248,7 +297,9 @@ describe('candidate query', () => {
     expect(d.allow ? 'allow' : `${d.reason}: ${d.detail}`).toBe('allow');
 
     // Through Date (node-postgres' default), the same value loses its last three digits.
-    const viaDate = await c.query<{ nb: Date }>("SELECT not_before AS nb FROM permission_registry WHERE permission_id = 'perm-m'");
+    const viaDate = await c.query<{ nb: Date }>(
+      "SELECT not_before AS nb FROM permission_registry WHERE permission_id = 'perm-m'",
+    );
     expect(viaDate.rows[0]!.nb.toISOString()).toBe('2026-05-01T00:00:00.123Z');
 
     // The gateway's pool runs the same (prepared) query.
@@ -280,7 +331,9 @@ describe('startup schema gate', () => {
   it('refuses a version it does not know', async () => {
     const url = await freshDb('reg_gate_future');
     const c = await connect(url);
-    await c.query('INSERT INTO agent_gateway_schema_version (version) VALUES ($1)', [latestKnownVersion() + 1]);
+    await c.query('INSERT INTO agent_gateway_schema_version (version) VALUES ($1)', [
+      latestKnownVersion() + 1,
+    ]);
     const registry = registryFor(url);
     try {
       await expect(registry.checkSchema()).rejects.toThrow(/version \d+ is not one this gateway knows/);

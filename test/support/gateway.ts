@@ -91,10 +91,7 @@ export async function startGatewayProcess(opts: GatewayProcessOptions): Promise<
     env: { AGENT_GATEWAY_LOG_STDOUT: undefined, ...opts.env },
   });
   if (opts.waitReady !== false) {
-    await proc.waitForLog(
-      (l) => l.json?.['msg'] === 'gateway listening' || l.json?.['msg'] === 'gateway listening (cluster)',
-      30_000,
-    );
+    await proc.waitForLog((l) => l.json?.['msg'] === 'gateway listening', 30_000);
   }
   let stopped: Promise<number> | undefined;
   const stop = (signal: NodeJS.Signals = 'SIGTERM') => {

@@ -23,14 +23,21 @@ function get(
       res.on('data', (c: string) => {
         body += c;
       });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, type: String(res.headers['content-type']), body }));
+      res.on('end', () =>
+        resolve({ status: res.statusCode ?? 0, type: String(res.headers['content-type']), body }),
+      );
     });
     req.on('error', reject);
     req.end();
   });
 }
 
-async function start(state: { ping: PingResult; accepting: boolean; draining: boolean; pingDelayMs?: number }) {
+async function start(state: {
+  ping: PingResult;
+  accepting: boolean;
+  draining: boolean;
+  pingDelayMs?: number;
+}) {
   const metrics = createGatewayMetrics({ defaultMetrics: true });
   let pings = 0;
   const server = await startAdminServer({
@@ -72,7 +79,11 @@ describe('admin server', () => {
     [{ ping: { ok: false, error: 'ECONNREFUSED' }, accepting: true, draining: false }, 503, ['registry']],
     [{ ping: { ok: true, version: 3 }, accepting: false, draining: false }, 503, ['listener']],
     [{ ping: { ok: true, version: 3 }, accepting: true, draining: true }, 503, ['draining']],
-    [{ ping: { ok: false, error: 'x' }, accepting: false, draining: true }, 503, ['registry', 'listener', 'draining']],
+    [
+      { ping: { ok: false, error: 'x' }, accepting: false, draining: true },
+      503,
+      ['registry', 'listener', 'draining'],
+    ],
   ] as const;
   it.each(READY)('/readyz %j → %i', async (state, status, failing) => {
     const { port } = await start({ ...state });
@@ -99,7 +110,11 @@ describe('admin server', () => {
   });
 
   it('/metrics renders every gateway metric in Prometheus text format', async () => {
-    const { port, metrics } = await start({ ping: { ok: true, version: 3 }, accepting: true, draining: false });
+    const { port, metrics } = await start({
+      ping: { ok: true, version: 3 },
+      accepting: true,
+      draining: false,
+    });
     metrics.connectDecisions.inc({ result: 'deny', reason: 'no_permission' });
     metrics.bytes.inc({ direction: 'client_to_dest' }, 10);
     const r = await get(port, '/metrics');

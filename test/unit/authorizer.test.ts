@@ -124,13 +124,40 @@ describe('RegistryAuthorizer', () => {
   // Which notifications evict the cached grant (perm-1 / org-alice / api.example.com:443).
   const INVALIDATIONS = [
     [{ table: 'permission_registry', op: 'UPDATE', permissionId: 'perm-1', signingKeyId: 'org-alice' }, true],
-    [{ table: 'permission_registry', op: 'INSERT', permissionId: 'perm-9', signingKeyId: 'org-alice' }, false],
+    [
+      { table: 'permission_registry', op: 'INSERT', permissionId: 'perm-9', signingKeyId: 'org-alice' },
+      false,
+    ],
     [{ table: 'permission_registry', op: 'UPDATE' }, true],
     [{ table: 'principal_signing_keys', op: 'UPDATE', signingKeyId: 'org-alice' }, true],
     [{ table: 'principal_signing_keys', op: 'UPDATE', signingKeyId: 'org-bob' }, false],
-    [{ table: 'principal_key_permissions', op: 'UPDATE', signingKeyId: 'org-alice', destination: 'api.example.com:443' }, true],
-    [{ table: 'principal_key_permissions', op: 'UPDATE', signingKeyId: 'org-alice', destination: 'other:443' }, false],
-    [{ table: 'principal_key_permissions', op: 'UPDATE', signingKeyId: 'org-bob', destination: 'api.example.com:443' }, false],
+    [
+      {
+        table: 'principal_key_permissions',
+        op: 'UPDATE',
+        signingKeyId: 'org-alice',
+        destination: 'api.example.com:443',
+      },
+      true,
+    ],
+    [
+      {
+        table: 'principal_key_permissions',
+        op: 'UPDATE',
+        signingKeyId: 'org-alice',
+        destination: 'other:443',
+      },
+      false,
+    ],
+    [
+      {
+        table: 'principal_key_permissions',
+        op: 'UPDATE',
+        signingKeyId: 'org-bob',
+        destination: 'api.example.com:443',
+      },
+      false,
+    ],
     [{ table: '*', op: 'TRUNCATE' }, true],
     [{ table: 'some_future_table' }, true],
   ] as const;
@@ -185,7 +212,10 @@ describe('RegistryAuthorizer', () => {
     // Grant ends in 2 s: the cache may not serve it after that.
     const scopeEnds = NOW + 2_000_000n;
     short.registry.rows = [
-      { ...short.fx.candidate, signer: { ...short.fx.candidate.signer!, notAfter: '2026-05-10T12:00:02.000000Z' } },
+      {
+        ...short.fx.candidate,
+        signer: { ...short.fx.candidate.signer!, notAfter: '2026-05-10T12:00:02.000000Z' },
+      },
     ];
     const first = await short.authorize();
     expect(first.allow && first.grant.validUntil).toBe(scopeEnds);
@@ -200,7 +230,9 @@ describe('RegistryAuthorizer', () => {
     const s = setup({ cacheMaxEntries: 2 });
     const dests = ['a.example:443', 'b.example:443', 'c.example:443'].map((d) => normalizeDestination(d));
     // The fake returns a candidate for a.example only when asked about it: build one per destination.
-    const byDest = new Map(dests.map((d) => [d.normalized, allowedCandidate(NOW, { destination: d.normalized })]));
+    const byDest = new Map(
+      dests.map((d) => [d.normalized, allowedCandidate(NOW, { destination: d.normalized })]),
+    );
     const peerFor = (d: Destination) => {
       const f = byDest.get(d.normalized)!;
       return { identity: f.request.identity, spkiDer: f.request.spkiDer };
@@ -238,10 +270,17 @@ describe('RegistryAuthorizer', () => {
     const fx = allowedCandidate(NOW);
     const registry = new FakeRegistry();
     registry.rows = [fx.candidate];
-    const a = new RegistryAuthorizer({ registry, cacheMaxEntries: 10, cacheTtlMs: 1000, now: () => NOW, changeLogSize: 4 });
+    const a = new RegistryAuthorizer({
+      registry,
+      cacheMaxEntries: 10,
+      cacheTtlMs: 1000,
+      now: () => NOW,
+      changeLogSize: 4,
+    });
     const r = await a.authorize(fx.request, normalizeDestination(fx.request.destination));
     if (!r.allow) throw new Error('expected allow');
-    for (let i = 0; i < 4; i++) a.onRegistryChange({ table: 'principal_signing_keys', signingKeyId: `other-${i}` });
+    for (let i = 0; i < 4; i++)
+      a.onRegistryChange({ table: 'principal_signing_keys', signingKeyId: `other-${i}` });
     expect(a.grantMayBeStale(r.grant)).toBe(false);
     a.onRegistryChange({ table: 'principal_signing_keys', signingKeyId: 'other-5' });
     expect(a.grantMayBeStale(r.grant)).toBe(true);

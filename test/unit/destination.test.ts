@@ -1,7 +1,11 @@
 // SPEC §3: one normalizer for gateway, CLI and tests. Each row is input → canonical form, or null when
 // the input must be refused (the reason fragment is checked so a refusal for the wrong cause fails).
 import { describe, expect, it } from 'vitest';
-import { InvalidDestinationError, normalizeDestination, tryNormalizeDestination } from '../../core/destination.js';
+import {
+  InvalidDestinationError,
+  normalizeDestination,
+  tryNormalizeDestination,
+} from '../../core/destination.js';
 
 type Row = readonly [input: string, expected: string | { refused: RegExp }];
 

@@ -72,7 +72,15 @@ describe('ECDSA P-256 row signatures', () => {
     const pubPath = join(dir, 'pub.pem');
     writeFileSync(sigPath, nodeSig);
     writeFileSync(pubPath, k.publicKey.export({ type: 'spki', format: 'pem' }));
-    const out = execFileSync('openssl', ['dgst', '-sha256', '-verify', pubPath, '-signature', sigPath, msgPath]);
+    const out = execFileSync('openssl', [
+      'dgst',
+      '-sha256',
+      '-verify',
+      pubPath,
+      '-signature',
+      sigPath,
+      msgPath,
+    ]);
     expect(out.toString()).toMatch(/Verified OK/);
   });
 
@@ -102,7 +110,10 @@ describe('ECDSA P-256 row signatures', () => {
 
   it('refuses non-P-256 signer keys', () => {
     expect(() => p256PublicKey(Buffer.from('garbage'))).toThrow(InvalidPublicKeyError);
-    const p384 = generateKeyPairSync('ec', { namedCurve: 'P-384' }).publicKey.export({ type: 'spki', format: 'der' });
+    const p384 = generateKeyPairSync('ec', { namedCurve: 'P-384' }).publicKey.export({
+      type: 'spki',
+      format: 'der',
+    });
     expect(() => p256PublicKey(p384)).toThrow(/P-256/);
     const ed = generateKeyPairSync('ed25519').publicKey.export({ type: 'spki', format: 'der' });
     expect(() => p256PublicKey(ed)).toThrow(InvalidPublicKeyError);
@@ -112,7 +123,10 @@ describe('ECDSA P-256 row signatures', () => {
     const verify = cachingVerifier(2);
     const fx = allowedCandidate(NOW);
     const { r, s } = decodeDer(fx.candidate.permission.signature);
-    const highS = { ...fx.candidate, permission: { ...fx.candidate.permission, signature: encodeDer(r, N - s) } };
+    const highS = {
+      ...fx.candidate,
+      permission: { ...fx.candidate.permission, signature: encodeDer(r, N - s) },
+    };
     expect(decide(fx.request, [fx.candidate], NOW, verify).allow).toBe(true);
     expect(decide(fx.request, [highS], NOW, verify).allow).toBe(true);
     // A signer SPKI that does not parse fails closed, repeatedly (negative entry cached).

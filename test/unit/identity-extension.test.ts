@@ -12,11 +12,17 @@ import {
 import { x509 } from '../../core/x509.js';
 
 const OID = DEFAULT_IDENTITY_OID;
-type Keys = Awaited<ReturnType<typeof webcrypto.subtle.generateKey>> & { publicKey: unknown; privateKey: unknown };
+type Keys = Awaited<ReturnType<typeof webcrypto.subtle.generateKey>> & {
+  publicKey: unknown;
+  privateKey: unknown;
+};
 
 let keys: Keys;
 beforeAll(async () => {
-  keys = (await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['sign', 'verify'])) as Keys;
+  keys = (await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, [
+    'sign',
+    'verify',
+  ])) as Keys;
 });
 
 async function cert(extensions: x509.Extension[]): Promise<Buffer> {
@@ -37,7 +43,11 @@ const raw = (value: ArrayBuffer | Uint8Array, oid = OID) =>
   new x509.Extension(oid, false, value instanceof Uint8Array ? new Uint8Array(value).buffer : value);
 const ber = (v: asn1js.BaseBlock) => v.toBER(false);
 
-type Row = readonly [name: string, extensions: () => x509.Extension[], expected: string | { reason: string; detail?: RegExp }];
+type Row = readonly [
+  name: string,
+  extensions: () => x509.Extension[],
+  expected: string | { reason: string; detail?: RegExp },
+];
 
 const ROWS: readonly Row[] = [
   ['UTF8String identity', () => [identityExtension('agent-alpha')], 'agent-alpha'],
@@ -48,7 +58,11 @@ const ROWS: readonly Row[] = [
     () => [identityExtension('first'), identityExtension('second')],
     'first',
   ],
-  ['other extensions ignored', () => [raw(ber(new asn1js.Utf8String({ value: 'x' })), '1.2.3.4'), identityExtension('a')], 'a'],
+  [
+    'other extensions ignored',
+    () => [raw(ber(new asn1js.Utf8String({ value: 'x' })), '1.2.3.4'), identityExtension('a')],
+    'a',
+  ],
   ['missing extension', () => [], { reason: 'missing_identity_extension' }],
   [
     'extension at another OID only',
@@ -77,7 +91,9 @@ const ROWS: readonly Row[] = [
   ],
   [
     'trailing bytes after the UTF8String',
-    () => [raw(Buffer.concat([Buffer.from(encodeIdentityExtensionValue('agent-alpha')), Buffer.from([0x00])]))],
+    () => [
+      raw(Buffer.concat([Buffer.from(encodeIdentityExtensionValue('agent-alpha')), Buffer.from([0x00])])),
+    ],
     { reason: 'invalid_identity_extension', detail: /trailing bytes/ },
   ],
   [
@@ -92,13 +108,13 @@ const ROWS: readonly Row[] = [
     ],
     { reason: 'invalid_identity_extension', detail: /trailing bytes/ },
   ],
-  ['empty UTF8String', () => [raw(Buffer.from([0x0c, 0x00]))], { reason: 'invalid_identity_extension', detail: /empty/ }],
-  ['empty extension value', () => [raw(Buffer.alloc(0))], { reason: 'invalid_identity_extension' }],
   [
-    'bare text, not DER',
-    () => [raw(Buffer.from('agent-alpha'))],
-    { reason: 'invalid_identity_extension' },
+    'empty UTF8String',
+    () => [raw(Buffer.from([0x0c, 0x00]))],
+    { reason: 'invalid_identity_extension', detail: /empty/ },
   ],
+  ['empty extension value', () => [raw(Buffer.alloc(0))], { reason: 'invalid_identity_extension' }],
+  ['bare text, not DER', () => [raw(Buffer.from('agent-alpha'))], { reason: 'invalid_identity_extension' }],
   [
     'UTF8String with invalid UTF-8',
     () => [raw(Buffer.from([0x0c, 0x02, 0xc3, 0x28]))],
@@ -124,7 +140,9 @@ describe('readPeerIdentity (generated certificates)', () => {
       expect(r.ok).toBe(true);
       if (r.ok) {
         expect(r.peer.identity).toBe(expected);
-        const spki = Buffer.from(await webcrypto.subtle.exportKey('spki', keys.publicKey as webcrypto.CryptoKey));
+        const spki = Buffer.from(
+          await webcrypto.subtle.exportKey('spki', keys.publicKey as webcrypto.CryptoKey),
+        );
         expect(r.peer.spkiDer.equals(spki)).toBe(true);
       }
     } else {
@@ -137,8 +155,14 @@ describe('readPeerIdentity (generated certificates)', () => {
   });
 
   it('no certificate and an unparsable certificate', () => {
-    expect(readPeerIdentity(undefined, OID)).toMatchObject({ ok: false, reason: 'missing_client_certificate' });
-    expect(readPeerIdentity(Buffer.alloc(0), OID)).toMatchObject({ ok: false, reason: 'missing_client_certificate' });
+    expect(readPeerIdentity(undefined, OID)).toMatchObject({
+      ok: false,
+      reason: 'missing_client_certificate',
+    });
+    expect(readPeerIdentity(Buffer.alloc(0), OID)).toMatchObject({
+      ok: false,
+      reason: 'missing_client_certificate',
+    });
     expect(readPeerIdentity(Buffer.from('not a certificate'), OID)).toMatchObject({
       ok: false,
       reason: 'invalid_client_certificate',

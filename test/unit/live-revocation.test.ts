@@ -45,7 +45,12 @@ afterEach(async () => {
 function setup(recheckIntervalMs = 100) {
   const source = new Source();
   const metrics = createGatewayMetrics({ defaultMetrics: false });
-  const authorizer = new RegistryAuthorizer({ registry: source, cacheMaxEntries: 100, cacheTtlMs: 60_000, metrics });
+  const authorizer = new RegistryAuthorizer({
+    registry: source,
+    cacheMaxEntries: 100,
+    cacheTtlMs: 60_000,
+    metrics,
+  });
   const revocation = new LiveRevocation({
     authority: authorizer,
     clientConfig: {},
@@ -127,7 +132,11 @@ describe('LiveRevocation', () => {
     const t = await s.open('agent-a', 't');
     s.source.calls = 0;
     s.revocation.handleChange({ table: 'principal_signing_keys', signingKeyId: 'org-other' });
-    s.revocation.handleChange({ table: 'principal_key_permissions', signingKeyId: 'org-alice', destination: 'x:443' });
+    s.revocation.handleChange({
+      table: 'principal_key_permissions',
+      signingKeyId: 'org-alice',
+      destination: 'x:443',
+    });
     await sleep(40);
     expect(s.source.calls).toBe(0);
     s.revocation.handleChange({

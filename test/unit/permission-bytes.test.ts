@@ -51,7 +51,9 @@ describe('canonical permission bytes (SPEC §2)', () => {
     const key = p256PublicKey(Buffer.from(SPKI_HEX, 'hex'));
     const sig = Buffer.from(OPENSSL_SIGNATURE_HEX, 'hex');
     expect(verifyDerSignature(key, canonicalPermissionBytes(FIELDS), sig)).toBe(true);
-    expect(verifyDerSignature(key, canonicalPermissionBytes({ ...FIELDS, permissionId: 'perm-2' }), sig)).toBe(false);
+    expect(
+      verifyDerSignature(key, canonicalPermissionBytes({ ...FIELDS, permissionId: 'perm-2' }), sig),
+    ).toBe(false);
     // The private key really is the one behind SPKI_HEX.
     const priv = createPrivateKey(PRIVATE_PEM);
     expect(createPublicKey(priv).export({ type: 'spki', format: 'der' }).toString('hex')).toBe(SPKI_HEX);

@@ -40,15 +40,25 @@ const CASES: Case[] = [
     expected: 'allow',
   },
   // the request does not match the row
-  { name: 'no candidate rows at all', build: (fx) => ({ request: fx.request, candidates: [] }), expected: 'no_permission' },
+  {
+    name: 'no candidate rows at all',
+    build: (fx) => ({ request: fx.request, candidates: [] }),
+    expected: 'no_permission',
+  },
   {
     name: 'wrong destination host',
-    build: (fx) => ({ request: { ...fx.request, destination: 'evil.example.com:443' }, candidates: [fx.candidate] }),
+    build: (fx) => ({
+      request: { ...fx.request, destination: 'evil.example.com:443' },
+      candidates: [fx.candidate],
+    }),
     expected: 'subject_mismatch',
   },
   {
     name: 'wrong destination port',
-    build: (fx) => ({ request: { ...fx.request, destination: 'api.example.com:8443' }, candidates: [fx.candidate] }),
+    build: (fx) => ({
+      request: { ...fx.request, destination: 'api.example.com:8443' },
+      candidates: [fx.candidate],
+    }),
     expected: 'subject_mismatch',
   },
   {
@@ -67,7 +77,11 @@ const CASES: Case[] = [
     expected: 'subject_mismatch',
   },
   // permission row state
-  { name: 'revoked permission', build: (fx) => one(fx, withPermission(fx, { revokedAt: t(NOW - DAY) })), expected: 'permission_revoked' },
+  {
+    name: 'revoked permission',
+    build: (fx) => one(fx, withPermission(fx, { revokedAt: t(NOW - DAY) })),
+    expected: 'permission_revoked',
+  },
   {
     name: 'expired permission',
     build: (fx) => ({ ...one(fx, fx.candidate), now: fx.spec.notAfter }),
@@ -79,14 +93,26 @@ const CASES: Case[] = [
     expected: 'permission_not_yet_valid',
   },
   // signer state
-  { name: 'signer missing', build: (fx) => one(fx, { ...fx.candidate, signer: null }), expected: 'signer_missing' },
+  {
+    name: 'signer missing',
+    build: (fx) => one(fx, { ...fx.candidate, signer: null }),
+    expected: 'signer_missing',
+  },
   {
     name: 'signer row is another key id',
     build: (fx) => one(fx, withSigner(fx, { keyId: 'org-bob' })),
     expected: 'signer_missing',
   },
-  { name: 'revoked signer', build: (fx) => one(fx, withSigner(fx, { revokedAt: t(NOW - 1n) })), expected: 'signer_revoked' },
-  { name: 'expired signer', build: (fx) => one(fx, withSigner(fx, { notAfter: t(NOW) })), expected: 'signer_expired' },
+  {
+    name: 'revoked signer',
+    build: (fx) => one(fx, withSigner(fx, { revokedAt: t(NOW - 1n) })),
+    expected: 'signer_revoked',
+  },
+  {
+    name: 'expired signer',
+    build: (fx) => one(fx, withSigner(fx, { notAfter: t(NOW) })),
+    expected: 'signer_expired',
+  },
   {
     name: 'signer not yet valid',
     build: (fx) => one(fx, withSigner(fx, { notBefore: t(NOW + 1n) })),
@@ -98,7 +124,11 @@ const CASES: Case[] = [
     expected: 'signer_algorithm_unsupported',
   },
   // delegation scope
-  { name: 'signer scope missing', build: (fx) => one(fx, { ...fx.candidate, scope: null }), expected: 'scope_missing' },
+  {
+    name: 'signer scope missing',
+    build: (fx) => one(fx, { ...fx.candidate, scope: null }),
+    expected: 'scope_missing',
+  },
   {
     name: 'scope for another destination',
     build: (fx) => one(fx, withScope(fx, { destination: 'other.example.com:443' })),
@@ -109,7 +139,11 @@ const CASES: Case[] = [
     build: (fx) => one(fx, withScope(fx, { signingKeyId: 'org-bob' })),
     expected: 'scope_missing',
   },
-  { name: 'scope revoked', build: (fx) => one(fx, withScope(fx, { revokedAt: t(NOW - 1n) })), expected: 'scope_revoked' },
+  {
+    name: 'scope revoked',
+    build: (fx) => one(fx, withScope(fx, { revokedAt: t(NOW - 1n) })),
+    expected: 'scope_revoked',
+  },
   {
     name: 'scope starts after the permission',
     build: (fx) => one(fx, withScope(fx, { notBefore: t(fx.spec.notBefore + 1n) })),
@@ -157,7 +191,10 @@ const CASES: Case[] = [
     name: 'tampered subject_public_key_spki_der',
     build: (fx) => {
       const spki = newP256().spkiDer;
-      return { request: { ...fx.request, spkiDer: spki }, candidates: [withPermission(fx, { subjectSpkiDer: spki })] };
+      return {
+        request: { ...fx.request, spkiDer: spki },
+        candidates: [withPermission(fx, { subjectSpkiDer: spki })],
+      };
     },
     expected: 'signature_invalid',
   },
@@ -187,10 +224,15 @@ const CASES: Case[] = [
   },
   {
     name: 'signature truncated',
-    build: (fx) => one(fx, withPermission(fx, { signature: fx.candidate.permission.signature.subarray(0, 10) })),
+    build: (fx) =>
+      one(fx, withPermission(fx, { signature: fx.candidate.permission.signature.subarray(0, 10) })),
     expected: 'signature_invalid',
   },
-  { name: 'empty signature', build: (fx) => one(fx, withPermission(fx, { signature: Buffer.alloc(0) })), expected: 'signature_invalid' },
+  {
+    name: 'empty signature',
+    build: (fx) => one(fx, withPermission(fx, { signature: Buffer.alloc(0) })),
+    expected: 'signature_invalid',
+  },
   {
     name: 'signed by another key',
     build: (fx) => one(fx, { ...fx.candidate, permission: permissionRow(fx.spec, newP256().privateKey) }),
@@ -266,7 +308,7 @@ describe('decide(): several candidates', () => {
     expect(d2.allow && d2.validUntil).toBe(NOW + DAY);
   });
 
-  it('a deny names the first row\'s reason and keeps every evaluation', () => {
+  it("a deny names the first row's reason and keeps every evaluation", () => {
     const fx = allowedCandidate(NOW);
     const d = decide(
       fx.request,
