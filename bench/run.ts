@@ -79,6 +79,7 @@ type Options = {
   figures: Set<string>;
   dirs: Direction[];
   extraProxy: string | undefined;
+  extraProxyNodeArgs: string[];
   syscalls: boolean;
   work: string;
   gatewayWorkers: number;
@@ -113,6 +114,7 @@ function options(): Options {
       figures: { type: 'string' },
       dirs: { type: 'string' },
       'extra-proxy': { type: 'string' },
+      'extra-proxy-node-args': { type: 'string' },
       syscalls: { type: 'boolean' },
       'gateway-workers': { type: 'string' },
       'gateway-log-level': { type: 'string' },
@@ -132,7 +134,8 @@ function options(): Options {
         '  [--idle-per-connection N] [--settle-ms N] [--verify-mib N] [--lines a,b,c,d]\n' +
         '  [--figures single,conc,latency,newconn,idle] [--dirs up,down] [--gateway-workers N] [--gateway-log-level L]\n' +
         '  [--gateway-decision-cache on|off] [--gateway-node-args "..."] [--op-timeout-s N] [--max-minutes N]\n' +
-        '  [--extra-proxy FILE (line x: a proxy script taking --port --cert --key)] [--syscalls]\n' +
+        '  [--extra-proxy FILE (line x: a proxy script taking --port --cert --key)] [--extra-proxy-node-args "..."]\n' +
+        '  [--syscalls]\n' +
         '  [--out FILE] [--keep]\n' +
         'Every flag also reads BENCH_<NAME> (e.g. BENCH_REPS=7, BENCH_QUICK=1). See bench/README.md.\n',
     );
@@ -181,6 +184,7 @@ function options(): Options {
     dirs,
     syscalls: values.syscalls === true || env('syscalls') === '1',
     work: '',
+    extraProxyNodeArgs: (str('extra-proxy-node-args') ?? '').split(' ').filter(Boolean),
     extraProxy: extraProxy === undefined ? undefined : path.resolve(extraProxy),
     gatewayWorkers: num('gateway-workers', 1, 1),
     gatewayLogLevel: str('gateway-log-level') ?? 'info',
@@ -787,11 +791,11 @@ async function main(): Promise<void> {
     a.target = { kind: 'direct', port: sinkPort };
 
     // (b) and the optional experimental line (x) are the same kind of process: --port --cert --key.
-    const proxies: [Line | undefined, string, string][] = [
-      [byId('b'), 'naive-proxy', path.join(here, 'naive-proxy.js')],
-      [byId('x'), 'extra-proxy', o.extraProxy ?? ''],
+    const proxies: [Line | undefined, string, string, string[]][] = [
+      [byId('b'), 'naive-proxy', path.join(here, 'naive-proxy.js'), []],
+      [byId('x'), 'extra-proxy', o.extraProxy ?? '', o.extraProxyNodeArgs],
     ];
-    for (const [line, name, script] of proxies) {
+    for (const [line, name, script, nodeArgs] of proxies) {
       if (line === undefined) continue;
       const port = await freePort();
       const proc = nodeScript(
@@ -799,6 +803,8 @@ async function main(): Promise<void> {
         script,
         ['--port', String(port), '--cert', serverCert, '--key', serverKey],
         path.join(work, `${name}.log`),
+        process.env,
+        nodeArgs,
       );
       cleanups.push(() => proc.stop());
       await started(proc, port);

@@ -3,7 +3,7 @@
 // wrong. tpm2-pkcs11 reads its TCTI and store from the environment of this process, so this file
 // (its own vitest worker process) points process.env at its own TPM.
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as asn1js from 'asn1js';
@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { p256PublicKey, verifyDerSignature } from '../../core/ecdsa.js';
 import {
   ensureKey,
+  findKey,
   openSigner,
   readPublicKeySpki,
   SignerError,
@@ -175,8 +176,17 @@ describe('pkcs11 signer on a fresh TPM', () => {
     const alice = openSigner(base);
     const bob = openSigner({ ...base, keyLabel: 'org-bob' });
     try {
-      // The token is already logged in for this process; a wrong PIN must still be refused.
-      expect(() => openSigner({ ...base, userPin: 'wrong-pin' })).toThrow(/wrong user PIN/);
+      // The token is already logged in for this process; a wrong PIN must still be refused. It is
+      // compared in this process, the TPM never sees it: no dictionary-attack claim.
+      let error: unknown;
+      try {
+        openSigner({ ...base, userPin: 'wrong-pin' });
+      } catch (err) {
+        error = err;
+      }
+      expect((error as SignerError).kind).toBe('pin_incorrect');
+      expect((error as Error).message).toMatch(/wrong user PIN/);
+      expect((error as Error).message).not.toMatch(/dictionary-attack/);
       const m = Buffer.from('both');
       expect(verifyDerSignature(p256PublicKey(alice.spkiDer), m, alice.sign(m))).toBe(true);
       alice.close();
@@ -208,10 +218,10 @@ describe('pkcs11 signer on a fresh TPM', () => {
 
   it.each([
     [
-      'a wrong user PIN',
+      'a wrong user PIN, and that the TPM counted it',
       { userPin: 'wrong-pin' },
       'pin_incorrect',
-      /wrong user PIN.*AGENT_GATEWAY_TPM_USER_PIN/,
+      /wrong user PIN.*AGENT_GATEWAY_TPM_USER_PIN.*dictionary-attack counter was incremented: repeated wrong PINs lock the key/,
     ],
     ['a missing key without create', { keyLabel: 'nobody', create: false }, 'key_not_found', /nobody/],
     ['a missing token', { tokenLabel: 'no-such-token' }, 'token_not_found', /no-such-token/],
@@ -222,6 +232,7 @@ describe('pkcs11 signer on a fresh TPM', () => {
       /TPM2_PKCS11_MODULE/,
     ],
     ['a token label too long for PKCS#11', { tokenLabel: 'x'.repeat(33) }, 'config', /1\.\.32 bytes/],
+    ['a key label with a control character', { keyLabel: 'org\nalice' }, 'config', /control character/],
   ] as const)('names %s', (_name, patch, kind, message) => {
     let error: unknown;
     try {
@@ -233,6 +244,26 @@ describe('pkcs11 signer on a fresh TPM', () => {
     expect((error as SignerError).kind).toBe(kind);
     expect((error as Error).message).toMatch(message);
     // The failure released the module: the next open works.
+    openSigner(base).close();
+  });
+
+  it('findKey finds an existing key and creates nothing when token, store or key is missing', () => {
+    const existing = findKey(base);
+    expect('spkiDer' in existing && existing.spkiDer.equals(ensureKey(base).spkiDer)).toBe(true);
+
+    expect(findKey({ ...base, keyLabel: 'not-made-here' })).toEqual({ missing: 'key' });
+    const { userPin: _pin, ...noPin } = base;
+    expect(() => readPublicKeySpki({ ...noPin, keyLabel: 'not-made-here' })).toThrow(
+      /no public key labelled/,
+    );
+
+    expect(findKey({ ...base, tokenLabel: 'not-made-here' })).toEqual({ missing: 'token' });
+    expect(() => readPublicKeySpki({ ...noPin, tokenLabel: 'not-made-here' })).toThrow(/not found/);
+
+    const store = path.join(os.tmpdir(), `agw-no-store-${process.pid}`);
+    expect(findKey({ ...base, store })).toEqual({ missing: 'token' });
+    expect(existsSync(store)).toBe(false);
+    process.env['TPM2_PKCS11_STORE'] = base.store;
     openSigner(base).close();
   });
 

@@ -75,6 +75,50 @@ async function scopeRows(keyId: string, destination: string) {
   return r.rows;
 }
 
+/** Token labels in the store, and the labels of the private keys in `token` (when it exists). */
+function tokenContents(token = TOKEN): { tokens: string[]; keys: string[] } {
+  Object.assign(process.env, tpm.env);
+  if (!existsSync(tpm.env.TPM2_PKCS11_STORE)) return { tokens: [], keys: [] };
+  const lib = new pkcs11js.PKCS11();
+  lib.load(tpm.env.TPM2_PKCS11_MODULE);
+  lib.C_Initialize();
+  try {
+    const slots = lib
+      .C_GetSlotList(true)
+      .filter((s) => (lib.C_GetTokenInfo(s).flags & pkcs11js.CKF_TOKEN_INITIALIZED) !== 0);
+    const tokens = slots.map((s) => lib.C_GetTokenInfo(s).label.trim());
+    const slot = slots.find((s) => lib.C_GetTokenInfo(s).label.trim() === token);
+    if (slot === undefined) return { tokens, keys: [] };
+    const session = lib.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION);
+    try {
+      lib.C_Login(session, pkcs11js.CKU_USER, USER_PIN);
+      lib.C_FindObjectsInit(session, [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY }]);
+      const handles = lib.C_FindObjects(session, 100);
+      lib.C_FindObjectsFinal(session);
+      const keys = handles.map((h) =>
+        lib.C_GetAttributeValue(session, h, [{ type: pkcs11js.CKA_LABEL }])[0]!.value.toString('utf8'),
+      );
+      return { tokens, keys: keys.sort() };
+    } finally {
+      lib.C_CloseSession(session);
+    }
+  } finally {
+    lib.C_Finalize();
+    lib.close();
+  }
+}
+
+/** The TPM's dictionary-attack failure counter (TPM2_PT_LOCKOUT_COUNTER). */
+async function lockoutCounter(): Promise<number> {
+  const r = await runCommand('tpm2_getcap', ['properties-variable'], {
+    env: { ...process.env, ...tpm.env },
+    check: true,
+  });
+  const m = /TPM2_PT_LOCKOUT_COUNTER:\s*(0x[0-9a-fA-F]+|\d+)/.exec(r.stdout);
+  if (m === null) throw new Error(`no TPM2_PT_LOCKOUT_COUNTER in: ${r.stdout}`);
+  return Number(m[1]);
+}
+
 beforeAll(async () => {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` before these tests`);
   work = mkdtempSync(path.join(os.tmpdir(), 'agw-cli-e2e-'));
@@ -162,6 +206,9 @@ describe('registry CLI end to end', () => {
     );
     expect(second.code, second.stderr).toBe(0);
     expect(second.stdout).toMatch(/refreshed principal key org-alice \(existing TPM key\)/);
+    expect(second.stderr).toMatch(
+      /^note: registration of org-alice extended to \S+ \.\. \S+ \(not_after was \S+\); a refresh never shortens/,
+    );
     const rows2 = await db.query(
       `SELECT public_key_spki_der, ${ts('not_before')} AS nb, ${ts('not_after')} AS na FROM principal_signing_keys`,
     );
@@ -174,6 +221,26 @@ describe('registry CLI end to end', () => {
     // The registered SPKI is the TPM key's, as the token itself exports it.
     const exported = readPublicSpki(tpm, { token: TOKEN, label: 'org-alice' });
     expect(rows2.rows[0].public_key_spki_der.equals(exported)).toBe(true);
+  });
+
+  it('a refresh with fewer VALID_DAYS never shortens the registration, and says so', async () => {
+    const window = async () =>
+      (
+        await db.query<{ nb: string; na: string }>(
+          `SELECT ${ts('not_before')} AS nb, ${ts('not_after')} AS na FROM principal_signing_keys WHERE key_id = 'org-alice'`,
+        )
+      ).rows[0]!;
+    const before = await window();
+    const r = await expectExit(0, ['register-principal-key', 'org-alice', '7']);
+    expect(r.stdout).toMatch(/refreshed principal key org-alice/);
+    expect(r.stdout).toContain(`  valid: ${before.nb} .. ${before.na}`);
+    expect(r.stderr).toMatch(
+      new RegExp(
+        `^note: registration of org-alice kept at ${before.nb} \\.\\. ${before.na}: now \\+ 7 days \\(\\S+\\) would end earlier, ` +
+          'and a refresh never shortens a registration',
+      ),
+    );
+    expect(await window()).toEqual(before);
   });
 
   it('the registered key is sensitive and not extractable in the token', () => {
@@ -242,6 +309,52 @@ describe('registry CLI end to end', () => {
     expect(now.equals(tpmKey)).toBe(true);
   });
 
+  it('a registered KEY_ID whose key is not in the TPM is refused before anything is created there', async () => {
+    const stranger = generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).publicKey.export({
+      type: 'spki',
+      format: 'der',
+    });
+    await db.query(
+      `INSERT INTO principal_signing_keys (key_id, algorithm, public_key_spki_der, not_before, not_after)
+       VALUES ('org-dave', 'ecdsa_p256_sha256', $1, now(), now() + interval '30 days')`,
+      [stranger],
+    );
+    const tpmBefore = tokenContents();
+    expect(tpmBefore.keys).not.toContain('org-dave');
+    const before = await snapshot();
+
+    // The key is missing from the token.
+    const noKey = await expectExit(1, ['register-principal-key', 'org-dave']);
+    expect(noKey.stderr).toMatch(
+      /^refused: principal key org-dave is registered \(public key sha256 [0-9a-f]{64}\), but token "agent-gateway" has no key labelled org-dave; nothing was created: .*--replace/,
+    );
+    // The token is missing.
+    const noToken = await expectExit(1, ['register-principal-key', 'org-dave'], {
+      AGENT_GATEWAY_TPM_TOKEN_LABEL: 'dave-token',
+    });
+    expect(noToken.stderr).toMatch(/token "dave-token" does not exist in .*; nothing was created/);
+    // The whole store is missing.
+    const store = path.join(work, 'no-store');
+    const noStore = await expectExit(1, ['register-principal-key', 'org-dave'], { TPM2_PKCS11_STORE: store });
+    expect(noStore.stderr).toMatch(/does not exist in .*no-store; nothing was created/);
+    expect(existsSync(store)).toBe(false);
+
+    expect(tokenContents()).toEqual(tpmBefore);
+    expect(tokenContents('dave-token').tokens).not.toContain('dave-token');
+    expect(await snapshot()).toBe(before);
+
+    // --replace is the explicit way to make a new key for the id.
+    const replaced = await expectExit(0, ['register-principal-key', 'org-dave', '30', '--replace']);
+    expect(replaced.stdout).toMatch(
+      /replaced principal key org-dave \(created TPM key in token "agent-gateway"\)/,
+    );
+    expect(tokenContents().keys).toContain('org-dave');
+    const registered = (
+      await db.query(`SELECT public_key_spki_der FROM principal_signing_keys WHERE key_id = 'org-dave'`)
+    ).rows[0].public_key_spki_der as Buffer;
+    expect(registered.equals(readPublicSpki(tpm, { token: TOKEN, label: 'org-dave' }))).toBe(true);
+  });
+
   it('grant-principal-scope writes normalized destinations', async () => {
     const r = await expectExit(0, [
       'grant-principal-scope',
@@ -277,6 +390,8 @@ describe('registry CLI end to end', () => {
     });
     expect(row['permission_id']).toMatch(/^perm-[0-9a-f-]{36}$/);
     alphaPermission = row['permission_id']!;
+    expect(row['other_active_permissions']).toEqual([]);
+    expect(granted.stderr).not.toMatch(/already has/);
 
     const check = await expectExit(0, [
       'agent-permissions',
@@ -418,6 +533,66 @@ describe('registry CLI end to end', () => {
     await expectExit(0, ['agent-permissions', 'check', 'agent-beta', betaCertPem, 'messaging:8443']);
   });
 
+  it('a grant next to an active row for the same identity, key and destination names that row', async () => {
+    const existing = (
+      await db.query<{ na: string }>(
+        `SELECT ${ts('not_after')} AS na FROM permission_registry WHERE permission_id = 'perm-beta-1'`,
+      )
+    ).rows[0]!.na;
+    // Shorter than perm-beta-1 (7 days): the older row keeps allowing access after the new one ends.
+    const shorter = await expectExit(0, [
+      'agent-permissions',
+      'grant',
+      'org-alice',
+      'agent-beta',
+      betaCertPem,
+      'messaging:8443',
+      '2',
+    ]);
+    const newId = /created permission (perm-[0-9a-f-]{36}):/.exec(shorter.stdout)?.[1];
+    expect(newId).toBeDefined();
+    expect(shorter.stderr).toContain(
+      `note: agent-beta -> messaging:8443 with this agent key already has an active permission: ` +
+        `perm-beta-1 (not_after ${existing}); it stays in force next to ${newId}`,
+    );
+    expect(shorter.stderr).toContain(`perm-beta-1 ends later: it keeps allowing access until ${existing}`);
+    expect(shorter.stderr).toMatch(/renew a row by passing its PERMISSION_ID/);
+
+    // Renewing perm-beta-1 by id names the other row, not itself; --json lists it too.
+    const renewed = await expectExit(0, [
+      'agent-permissions',
+      'grant',
+      'org-alice',
+      'agent-beta',
+      betaCertPem,
+      'messaging:8443',
+      '7',
+      'perm-beta-1',
+      '--json',
+    ]);
+    const json = JSON.parse(renewed.stdout) as { action: string; other_active_permissions: unknown[] };
+    expect(json.action).toBe('renewed');
+    expect(json.other_active_permissions).toEqual([{ permission_id: newId, not_after: expect.any(String) }]);
+    expect(renewed.stderr).toMatch(new RegExp(`already has an active permission: ${newId} \\(not_after `));
+    expect(renewed.stderr).not.toMatch(/ends later/);
+
+    // Another identity or key for the same destination is not the same grant: no note.
+    const other = await expectExit(0, [
+      'agent-permissions',
+      'grant',
+      'org-alice',
+      'agent-beta',
+      agentPem,
+      'messaging:8443',
+      '1',
+    ]);
+    expect(other.stderr).not.toMatch(/already has/);
+    await db.query(
+      `UPDATE permission_registry SET revoked_at = now()
+       WHERE subject_identity = 'agent-beta' AND permission_id <> 'perm-beta-1'`,
+    );
+  });
+
   describe('refusals leave the registry unchanged (exit 1)', () => {
     const p384 = generateKeyPairSync('ec', { namedCurve: 'secp384r1' }).publicKey.export({
       type: 'spki',
@@ -451,31 +626,6 @@ describe('registry CLI end to end', () => {
         'a window outside the scope window',
         () => ['org-alice', 'agent-alpha', spki(), 'docstore', '400'],
         /outside the scope window.*at most 5\d/,
-      ],
-      [
-        'an identity with a newline',
-        () => ['org-alice', 'agent-alpha\nsubject_identity=x', spki(), 'docstore'],
-        /SUBJECT_IDENTITY.*control character/,
-      ],
-      [
-        'an identity with another control character',
-        () => ['org-alice', 'agent\u001balpha', spki(), 'docstore'],
-        /control character/,
-      ],
-      [
-        'a permission id with a control character',
-        () => ['org-alice', 'agent-alpha', spki(), 'docstore', '5', 'perm\r1'],
-        /PERMISSION_ID.*control character/,
-      ],
-      [
-        'an invalid destination (port 0)',
-        () => ['org-alice', 'agent-alpha', spki(), 'docstore:0'],
-        /invalid destination/,
-      ],
-      [
-        'an invalid destination (IPv4 shorthand)',
-        () => ['org-alice', 'agent-alpha', spki(), '127.1'],
-        /invalid destination/,
       ],
       [
         'an unregistered signer',
@@ -515,12 +665,50 @@ describe('registry CLI end to end', () => {
       expect((await expectExit(1, ['grant-principal-scope', 'org-revoked', 'docstore'])).stderr).toMatch(
         /revoked/,
       );
-      expect((await expectExit(1, ['grant-principal-scope', 'org-alice', 'bad host'])).stderr).toMatch(
-        /invalid destination/,
-      );
       expect((await expectExit(1, ['register-principal-key', 'org-revoked'])).stderr).toMatch(/revoked/);
       expect(await snapshot()).toBe(before);
     });
+  });
+
+  it('malformed arguments are usage errors (exit 2) in every command, and change nothing', async () => {
+    const spki = agentSpki.toString('hex');
+    const before = await snapshot();
+    const cases: [string[], RegExp][] = [
+      [['agent-permissions', 'grant', 'org-alice', 'agent-alpha', spki, 'docstore:0'], /invalid destination/],
+      [['agent-permissions', 'grant', 'org-alice', 'agent-alpha', spki, '127.1'], /invalid destination/],
+      [['grant-principal-scope', 'org-alice', 'docstore', 'bad host'], /invalid destination/],
+      [['agent-permissions', 'check', 'agent-alpha', spki, 'docstore:99999'], /invalid destination/],
+      [
+        ['agent-permissions', 'delete', 'agent-alpha', spki, '--destination', 'docstore:0'],
+        /invalid destination/,
+      ],
+      [
+        ['agent-permissions', 'grant', 'org-alice', 'agent-alpha\nsubject_identity=x', spki, 'docstore'],
+        /SUBJECT_IDENTITY.*control character/,
+      ],
+      [
+        ['agent-permissions', 'grant', 'org-alice', 'agent\u001balpha', spki, 'docstore'],
+        /control character/,
+      ],
+      [
+        ['agent-permissions', 'grant', 'org-alice', 'agent-alpha', spki, 'docstore', '5', 'perm\r1'],
+        /PERMISSION_ID.*control character/,
+      ],
+      [['register-principal-key', 'org carol'], /KEY_ID "org carol" contains U\+0020/],
+      [['register-principal-key', 'org-carol\n'], /KEY_ID "org-carol\\n" contains U\+000A/],
+      [['grant-principal-scope', 'org\talice', 'docstore'], /KEY_ID "org\\talice" contains U\+0009/],
+      [
+        ['agent-permissions', 'grant', 'org-alice ', 'agent-alpha', spki, 'docstore'],
+        /KEY_ID "org-alice " contains U\+0020/,
+      ],
+    ];
+    for (const [args, message] of cases) {
+      const r = await expectExit(2, args);
+      expect(r.stderr).toMatch(/^error: /);
+      expect(r.stderr).toMatch(message);
+    }
+    expect(await snapshot()).toBe(before);
+    expect(tokenContents().keys).not.toContain('org carol');
   });
 
   it('a wrong PIN is an environment error (exit 2) that says so, and changes nothing', async () => {
@@ -530,11 +718,24 @@ describe('registry CLI end to end', () => {
       ['agent-permissions', 'grant', 'org-alice', 'agent-alpha', agentPem, 'messaging:8443', '5'],
       { AGENT_GATEWAY_TPM_USER_PIN: 'not-the-pin' },
     );
-    expect(grant.stderr).toMatch(/wrong user PIN for token "agent-gateway" \(AGENT_GATEWAY_TPM_USER_PIN\)/);
+    // The TPM counted the failure (the test TPM forgives one failure every 10 s; this reads right away).
+    expect(await lockoutCounter()).toBeGreaterThan(0);
+    expect(grant.stderr).toMatch(
+      /^error: TPM: wrong user PIN for token "agent-gateway" \(AGENT_GATEWAY_TPM_USER_PIN\); the TPM's dictionary-attack counter was incremented: repeated wrong PINs lock the key/m,
+    );
+    // As registry-cli/README.md says: tpm2-pkcs11's own ERROR lines always appear, the TSS's (esys) do not.
+    expect(grant.stderr).toMatch(/^ERROR: Esys_Unseal: .*DA counter incremented$/m);
+    expect(grant.stderr).not.toMatch(/:esys:/);
     const register = await expectExit(2, ['register-principal-key', 'org-carol'], {
       AGENT_GATEWAY_TPM_USER_PIN: 'not-the-pin',
     });
-    expect(register.stderr).toMatch(/wrong user PIN/);
+    expect(register.stderr).toMatch(/wrong user PIN.*dictionary-attack counter was incremented/);
+    // With TSS2_LOG set, the TSS's diagnostics show too.
+    const verbose = await expectExit(2, ['register-principal-key', 'org-alice'], {
+      AGENT_GATEWAY_TPM_USER_PIN: 'not-the-pin',
+      TSS2_LOG: 'all+error',
+    });
+    expect(verbose.stderr).toMatch(/^ERROR:esys:/m);
     expect(await snapshot()).toBe(before);
   });
 
@@ -608,9 +809,51 @@ describe('registry CLI end to end', () => {
     );
 
     const rest = await expectExit(0, ['agent-permissions', 'delete', 'agent-alpha', agentPem, '--json']);
-    expect(JSON.parse(rest.stdout)).toMatchObject({ revoked: 1 });
+    expect(JSON.parse(rest.stdout)).toMatchObject({ revoked: 1, already_revoked: 1 });
+
+    // Re-running is idempotent (exit 0) and says the rows were already revoked; --expect-some exits 1.
     const again = await expectExit(0, ['agent-permissions', 'delete', 'agent-alpha', agentPem]);
-    expect(again.stdout).toMatch(/^revoked 0 permissions/);
+    expect(again.stdout).toMatch(
+      /^revoked 0 permissions: the 2 permissions of agent-alpha \(agent public key sha256 [0-9a-f]{64}\) were already revoked$/m,
+    );
+    expect(again.stderr).toBe('');
+    const expectSome = await expectExit(1, [
+      'agent-permissions',
+      'delete',
+      'agent-alpha',
+      agentPem,
+      '--expect-some',
+      '--json',
+    ]);
+    expect(JSON.parse(expectSome.stdout)).toEqual({ revoked: 0, already_revoked: 2, permissions: [] });
+
+    // A likely typo: nothing matches at all. Still exit 0 by default, with a note; 1 with --expect-some.
+    const typo = await expectExit(0, ['agent-permissions', 'delete', 'agent-alpah', agentPem]);
+    expect(typo.stdout).toMatch(
+      /^revoked 0 permissions: no permission of agent-alpah .* exists, revoked or not$/m,
+    );
+    expect(typo.stderr).toMatch(
+      /^note: nothing in the registry matches identity "agent-alpah" with this agent key: check them for a typo \(--expect-some makes this exit 1\)/,
+    );
+    const typoStrict = await expectExit(1, [
+      'agent-permissions',
+      'delete',
+      'agent-alpah',
+      agentPem,
+      '--expect-some',
+    ]);
+    expect(typoStrict.stderr).toMatch(/^note: nothing in the registry matches/);
+    const otherDest = await expectExit(0, [
+      'agent-permissions',
+      'delete',
+      'agent-alpha',
+      agentPem,
+      '--destination',
+      'never-granted.example',
+      '--json',
+    ]);
+    expect(JSON.parse(otherDest.stdout)).toEqual({ revoked: 0, already_revoked: 0, permissions: [] });
+    expect(otherDest.stderr).toMatch(/with this agent key and never-granted\.example:443: check them/);
 
     expect(await count()).toBe(rowsBefore);
     const active = await db.query(

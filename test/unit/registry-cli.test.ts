@@ -19,9 +19,9 @@ import {
   spkiToPem,
 } from '../../core/spki-input.js';
 import { x509 } from '../../core/x509.js';
-import { checkField, parseValidDays } from '../../registry-cli/args.js';
+import { checkField, checkKeyId, parseValidDays } from '../../registry-cli/args.js';
 import { databaseFromEnv } from '../../registry-cli/env.js';
-import { EnvironmentError, Refusal, UsageError } from '../../registry-cli/errors.js';
+import { EnvironmentError, UsageError } from '../../registry-cli/errors.js';
 import { runCli } from '../../registry-cli/program.js';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'agw-cli-unit-'));
@@ -278,11 +278,38 @@ describe('argument checks', () => {
     }
   });
 
-  it('refuses empty fields and control characters, accepts "="', () => {
+  it('calls empty fields and control characters usage errors, accepts "="', () => {
     expect(checkField('SUBJECT_IDENTITY', 'agent=alpha')).toBe('agent=alpha');
-    expect(() => checkField('SUBJECT_IDENTITY', '')).toThrow(Refusal);
-    expect(() => checkField('SUBJECT_IDENTITY', 'agent\nalpha')).toThrow(Refusal);
+    expect(() => checkField('SUBJECT_IDENTITY', '')).toThrow(UsageError);
+    expect(() => checkField('SUBJECT_IDENTITY', 'agent\nalpha')).toThrow(UsageError);
     expect(() => checkField('PERMISSION_ID', 'p\u0000')).toThrow(/control character/);
+  });
+
+  it.each(['org-alice', 'alice-2026', 'org.alice@example.com', 'org_alice:prod/1', 'clé-ключ-鍵'])(
+    'accepts KEY_ID %j',
+    (keyId) => {
+      expect(checkKeyId(keyId)).toBe(keyId);
+    },
+  );
+
+  it.each([
+    ['empty', '', /KEY_ID is empty/],
+    ['a space', 'org alice', /U\+0020 at position 3/],
+    ['a leading space', ' org-alice', /U\+0020 at position 0/],
+    ['a trailing newline', 'org-alice\n', /U\+000A/],
+    ['a tab', 'org\talice', /U\+0009/],
+    ['a NUL', 'org\u0000alice', /U\+0000/],
+    ['DEL', 'org\u007falice', /U\+007F/],
+    ['a C1 control', 'org\u0085alice', /U\+0085/],
+    ['a no-break space', 'org\u00a0alice', /U\+00A0/],
+    ['an ideographic space', 'org\u3000alice', /U\+3000/],
+    ['a line separator', 'org\u2028alice', /U\+2028/],
+    ['a zero-width space', 'org\u200balice', /U\+200B/],
+    ['a bidi override', 'org\u202ealice', /U\+202E/],
+    ['a lone surrogate', 'org\ud800alice', /U\+D800/],
+  ])('refuses a KEY_ID with %s as a usage error', (_name, keyId, message) => {
+    expect(() => checkKeyId(keyId)).toThrow(UsageError);
+    expect(() => checkKeyId(keyId)).toThrow(message);
   });
 });
 
@@ -341,32 +368,75 @@ describe('command line', () => {
     expect(r.stderr).toMatch(/TPM2_PKCS11_STORE/);
   });
 
-  it('refuses (exit 1) a grant the gateway could never honour before needing a database', async () => {
+  it('refuses (exit 1) an agent key the gateway could never honour before needing a database', async () => {
+    const p384 = generateKeyPairSync('ec', { namedCurve: 'secp384r1' })
+      .publicKey.export({ type: 'spki', format: 'der' })
+      .toString('hex');
+    const r = await run(['agent-permissions', 'grant', 'k', 'agent', p384, 'docstore']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^refused: /);
+    expect(r.stderr).toMatch(/P-256/);
+  });
+
+  it('calls malformed grant arguments usage errors (exit 2) before needing a database', async () => {
     const spki = p256().spkiDer.toString('hex');
     const cases: [string[], RegExp][] = [
       [['agent-permissions', 'grant', 'k', 'agent\nalpha', spki, 'docstore'], /control character/],
       [['agent-permissions', 'grant', 'k', 'agent', spki, 'docstore:0'], /invalid destination/],
+      [['agent-permissions', 'grant', 'k', 'agent', spki, '127.1'], /invalid destination/],
       [['agent-permissions', 'grant', 'k', 'agent', spki, 'docstore', '30', 'p\tq'], /control character/],
-      [
-        [
-          'agent-permissions',
-          'grant',
-          'k',
-          'agent',
-          generateKeyPairSync('ec', { namedCurve: 'secp384r1' })
-            .publicKey.export({ type: 'spki', format: 'der' })
-            .toString('hex'),
-          'docstore',
-        ],
-        /P-256/,
-      ],
+      [['agent-permissions', 'grant', 'org alice', 'agent', spki, 'docstore'], /KEY_ID "org alice"/],
     ];
     for (const [args, message] of cases) {
       const r = await run(args);
-      expect(r.code, args.join(' ')).toBe(1);
-      expect(r.stderr).toMatch(/^refused: /);
+      expect(r.code, JSON.stringify(args)).toBe(2);
+      expect(r.stderr).toMatch(/^error: /);
       expect(r.stderr).toMatch(message);
     }
+  });
+
+  it('exits 2 for an invalid destination in every command, before needing a database', async () => {
+    const spki = p256().spkiDer.toString('hex');
+    for (const args of [
+      ['agent-permissions', 'grant', 'k', 'agent', spki, 'docstore:0'],
+      ['grant-principal-scope', 'k', 'docstore', 'bad host'],
+      ['agent-permissions', 'check', 'agent', spki, 'docstore:0'],
+      ['agent-permissions', 'delete', 'agent', spki, '--destination', 'docstore:0'],
+    ]) {
+      const r = await run(args);
+      expect(r.code, JSON.stringify(args)).toBe(2);
+      expect(r.stderr).toMatch(/^error: invalid destination /);
+    }
+  });
+
+  it('exits 2 for a KEY_ID with whitespace or control characters, before needing a database or TPM', async () => {
+    const spki = p256().spkiDer.toString('hex');
+    for (const keyId of ['org alice', 'org\talice', 'org-alice\n', 'org\u200balice']) {
+      for (const args of [
+        ['register-principal-key', keyId],
+        ['grant-principal-scope', keyId, 'docstore'],
+        ['agent-permissions', 'grant', keyId, 'agent', spki, 'docstore'],
+      ]) {
+        const r = await run(args);
+        expect(r.code, JSON.stringify(args)).toBe(2);
+        expect(r.stderr).toMatch(
+          /^error: KEY_ID .* must not contain whitespace, control or invisible characters/,
+        );
+      }
+    }
+  });
+
+  it('documents the exit codes for usage errors and --expect-some in --help', async () => {
+    const top = await run(['--help']);
+    expect(top.stdout).toMatch(
+      /Usage errors \(2\) are malformed arguments, the same in every command: an invalid destination/,
+    );
+    expect(top.stdout).toMatch(/outside the signer's scope.*\n?.*is refused \(1\)/);
+    expect(top.stdout).toMatch(/tpm2-pkcs11's own/);
+    const del = await run(['agent-permissions', 'delete', '--help']);
+    expect(del.stdout).toMatch(/--expect-some\s+exit 1 when nothing was revoked/);
+    const check = await run(['agent-permissions', 'check', '--help']);
+    expect(check.stdout).toMatch(/2 for an invalid DEST/);
   });
 
   it('exits 2 for an unreadable SPKI argument and a bad VALID_DAYS', async () => {
