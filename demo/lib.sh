@@ -231,10 +231,20 @@ port_free() {
   ' "$1"
 }
 
+# free_port: a free port in 20000..32767, below the kernel's ephemeral range, so that no outgoing connection
+# is handed it between this choice and the bind (falls back to any free port).
 free_port() {
   node -e '
-    const s = require("node:net").createServer();
-    s.listen({ host: "127.0.0.1", port: 0, exclusive: true }, () => { const p = s.address().port; s.close(() => console.log(p)); });
+    const net = require("node:net");
+    const tryPort = (port, left) => {
+      const s = net.createServer();
+      s.once("error", () => tryPort(left > 1 ? 20000 + Math.floor(Math.random() * 12768) : 0, left - 1));
+      s.listen({ host: "127.0.0.1", port, exclusive: true }, () => {
+        const p = s.address().port;
+        s.close(() => console.log(p));
+      });
+    };
+    tryPort(20000 + Math.floor(Math.random() * 12768), 100);
   '
 }
 

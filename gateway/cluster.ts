@@ -153,10 +153,7 @@ class Primary {
         return;
       }
     }
-    this.logger.info(
-      { listen_addr: address, workers: this.config.server.workers },
-      'gateway listening',
-    );
+    this.logger.info({ listen_addr: address, workers: this.config.server.workers }, 'gateway listening');
   }
 
   private onExit(worker: Worker, code: number | null, signal: string | null): void {

@@ -101,27 +101,30 @@ async function serve(config: GatewayConfig): Promise<number> {
   }
 
   const stopped = new Promise<void>((resolve) => {
-    let requests = 0;
-    const stop = (why: string) => {
-      requests++;
-      if (requests === 1) {
-        logger.info({ reason: why, drain_timeout_ms: config.server.drainTimeoutMs }, 'shutdown requested');
-        gateway.shutdown().then(resolve, (err: unknown) => {
-          logger.error({ err }, 'shutdown failed');
-          resolve();
-        });
-      } else if (why !== 'primary') {
+    let draining = false;
+    const drain = (why: string) => {
+      if (draining) {
+        // A cluster worker gets the same shutdown twice (the signal to the process group and the
+        // primary's message): only the primary decides when a repeat means "force".
+        if (isWorker) return;
         logger.warn({ reason: why }, 'second shutdown request; resetting open tunnels');
         gateway.forceClose();
+        return;
       }
+      draining = true;
+      logger.info({ reason: why, drain_timeout_ms: config.server.drainTimeoutMs }, 'shutdown requested');
+      gateway.shutdown().then(resolve, (err: unknown) => {
+        logger.error({ err }, 'shutdown failed');
+        resolve();
+      });
     };
-    process.on('SIGTERM', () => stop('SIGTERM'));
-    process.on('SIGINT', () => stop('SIGINT'));
+    process.on('SIGTERM', () => drain('SIGTERM'));
+    process.on('SIGINT', () => drain('SIGINT'));
     process.on('SIGHUP', () => {
       logger.info('SIGHUP: reloading TLS certificate');
       gateway.reloadTls();
     });
-    if (isWorker) attachWorker(gateway, logger, () => stop('primary'));
+    if (isWorker) attachWorker(gateway, logger, () => drain('primary'));
   });
   await stopped;
   logger.info('stopped');

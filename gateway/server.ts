@@ -27,6 +27,7 @@ import { formatAddress } from './upstream-dialer.js';
 const { NGHTTP2_NO_ERROR, NGHTTP2_ENHANCE_YOUR_CALM } = constants;
 
 const RESET_WINDOW_MS = 10_000;
+const FORCED_CLOSE_WAIT_MS = 2_000;
 
 export type TlsMaterial = {
   readonly cert: Buffer;
@@ -215,16 +216,12 @@ export class GatewayServer {
       },
       'draining',
     );
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<'timeout'>((resolve) => {
-      timer = setTimeout(() => resolve('timeout'), timeoutMs);
-    });
-    const outcome = await Promise.race([closed.then(() => 'closed' as const), deadline]);
-    clearTimeout(timer);
-    if (outcome === 'timeout') {
+    if ((await settleWithin(closed, timeoutMs)) === 'timeout') {
       logger.warn({ open_tunnels: handler.openTunnels }, 'drain deadline reached; resetting open tunnels');
       this.forceClose();
-      await closed;
+      // Sessions are gone now; what may remain are sockets still in their TLS handshake, which the
+      // handshake timeout ends. Not worth holding the exit for.
+      await settleWithin(closed, FORCED_CLOSE_WAIT_MS);
     }
     logger.info('drained');
   }
@@ -354,6 +351,16 @@ function onSessionClose(this: ServerHttp2Session & Carrier): void {
 function onStreamClose(this: ServerHttp2Stream & Carrier): void {
   const c = this[CONNECTION];
   if (c !== undefined) c.owner.streamClosed(c, this);
+}
+
+async function settleWithin(p: Promise<void>, ms: number): Promise<'done' | 'timeout'> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<'timeout'>((resolve) => {
+    timer = setTimeout(() => resolve('timeout'), ms);
+  });
+  const outcome = await Promise.race([p.then(() => 'done' as const), deadline]);
+  clearTimeout(timer);
+  return outcome;
 }
 
 function onIdleTimer(c: Connection): void {

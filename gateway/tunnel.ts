@@ -8,7 +8,7 @@
  * under a symbol) rather than closures allocated per tunnel, and the idle timeout is the upstream
  * socket's own timer, which node refreshes on every read and write in either direction.
  */
-import { constants, type ServerHttp2Stream } from 'node:http2';
+import { constants, type Http2Session, type ServerHttp2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
 
 const { NGHTTP2_CANCEL, NGHTTP2_CONNECT_ERROR, NGHTTP2_NO_ERROR } = constants;
@@ -62,6 +62,7 @@ export class Tunnel {
   private socketClosed = false;
   private idleClosing = false;
   private done = false;
+  private readonly session: Http2Session | undefined;
 
   constructor(
     readonly stream: ServerHttp2Stream,
@@ -70,6 +71,7 @@ export class Tunnel {
     private readonly idleTimeoutMs: number,
     private readonly owner: TunnelOwner,
   ) {
+    this.session = stream.session;
     (stream as Carrier)[TUNNEL] = this;
     (socket as Carrier)[TUNNEL] = this;
     stream.on('data', onStreamData);
@@ -135,7 +137,8 @@ export class Tunnel {
     const clean = stream.rstCode === NGHTTP2_NO_ERROR && !stream.aborted;
     if (!clean) {
       if (!isGatewayReset(stream)) {
-        const sessionGone = stream.session === undefined || stream.session.destroyed;
+        // stream.session is already cleared by the time a destroyed stream emits 'close'.
+        const sessionGone = this.session === undefined || this.session.destroyed;
         this.setEnd(sessionGone ? 'session_closed' : 'client_reset', `RST_STREAM code ${stream.rstCode}`);
       }
       this.socket.destroy();

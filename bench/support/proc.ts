@@ -112,7 +112,11 @@ export function machineDescription(): { nproc: number; cpuModel: string; memGiB:
   };
 }
 
-/** CPU-seconds the whole machine spent busy so far (all cores; /proc/stat, everything but idle and iowait). */
+/**
+ * CPU-seconds the whole machine spent busy so far (all cores; /proc/stat: everything but idle and iowait).
+ * Without CONFIG_IRQ_TIME_ACCOUNTING (the usual case) softirq ticks are also charged to the interrupted
+ * process, so the bench's own loopback traffic shows up in its processes' stime, not as "other load".
+ */
 export function machineBusySeconds(): number {
   const first = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0] ?? '';
   const f = first.trim().split(/\s+/).slice(1).map(Number);

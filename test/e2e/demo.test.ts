@@ -7,7 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freePort, freePortPair, isPortFree } from '../support/ports.js';
+import { isPortFree } from '../support/ports.js';
 import { type CommandResult, repoRoot, runCommand } from '../support/processes.js';
 
 const MINUTE = 60_000;
@@ -88,6 +88,24 @@ function startTimeOf(pid: number): string | undefined {
   }
 }
 
+/** Local ports with a socket in LISTEN state (IPv4 and IPv6), from /proc/net/tcp*. */
+function listeningPorts(): Set<number> {
+  const ports = new Set<number>();
+  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text = '';
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f[3] === '0A' && f[1] !== undefined) ports.add(Number.parseInt(f[1].split(':')[1] ?? '', 16));
+    }
+  }
+  return ports;
+}
+
 /** PIDs of live processes whose command line mentions `needle`. */
 function processesMentioning(needle: string): string[] {
   const hits: string[] = [];
@@ -104,6 +122,20 @@ function processesMentioning(needle: string): string[] {
   return hits;
 }
 
+/** A free port in 20000..32767 (below the ephemeral range); with `pair`, P and P+1 both free. */
+async function quietPort(taken: Set<number>, pair: boolean): Promise<number> {
+  for (let i = 0; i < 200; i++) {
+    const p = 20_000 + Math.floor(Math.random() * 12_700);
+    const ps = pair ? [p, p + 1] : [p];
+    if (ps.some((x) => taken.has(x))) continue;
+    if ((await Promise.all(ps.map((x) => isPortFree(x)))).every(Boolean)) {
+      for (const x of ps) taken.add(x);
+      return p;
+    }
+  }
+  throw new Error('no free port in 20000..32767');
+}
+
 describe('demo: one command to an agent fetching through a TPM-backed tunnel', () => {
   let processes: { file: string; pid: number; start: string }[] = [];
   let pgDir = '';
@@ -113,10 +145,14 @@ describe('demo: one command to an agent fetching through a TPM-backed tunnel', (
   beforeAll(async () => {
     tmp = await mkdtemp(path.join(os.tmpdir(), 'agw-demo-e2e-'));
     stateDir = path.join(tmp, 'state');
-    for (const name of ['GATEWAY', 'ADMIN', 'PG', 'DOCSTORE', 'MESSAGING', 'SIDECAR'])
-      ports[name] = await freePort();
+    // Ports below the kernel's ephemeral range, so no client socket (of this run or another test) is
+    // handed one of them between the choice here and the demo binding it.
+    const taken = new Set<number>();
+    for (const name of ['GATEWAY', 'ADMIN', 'PG', 'DOCSTORE', 'MESSAGING', 'SIDECAR']) {
+      ports[name] = await quietPort(taken, false);
+    }
     for (const name of ['SWTPM', 'PRINCIPAL_SWTPM']) {
-      const p = await freePortPair();
+      const p = await quietPort(taken, true);
       ports[name] = p;
       ports[`${name}_CTRL`] = p + 1;
     }
@@ -312,6 +348,10 @@ describe('demo: one command to an agent fetching through a TPM-backed tunnel', (
       // postgres, 2 mocks, gateway, principal swtpm/dbus/abrmd, and for each agent swtpm/dbus/abrmd/sidecar.
       expect(processes.length).toBeGreaterThanOrEqual(15);
       for (const p of processes) expect(startTimeOf(p.pid), p.file).toBe(p.start);
+      const before = listeningPorts();
+      for (const name of ['GATEWAY', 'ADMIN', 'PG', 'DOCSTORE', 'MESSAGING', 'PRINCIPAL_SWTPM', 'SWTPM']) {
+        expect(before.has(ports[name] as number), `${name} listening before teardown`).toBe(true);
+      }
 
       const r = await run('demo.sh', ['teardown'], 3 * MINUTE);
       tornDown = true;
@@ -320,8 +360,11 @@ describe('demo: one command to an agent fetching through a TPM-backed tunnel', (
       for (const p of processes) expect(startTimeOf(p.pid), `${p.file} (pid ${p.pid})`).not.toBe(p.start);
       expect(processesMentioning(tmp)).toEqual([]);
       expect(processesMentioning(pgDir)).toEqual([]);
+      // Nothing listens on any port the demo was given (a bind test could trip over an unrelated client
+      // socket that happened to get the same ephemeral port).
+      const listening = listeningPorts();
       for (const [name, port] of Object.entries(ports)) {
-        expect(await isPortFree(port), `${name} port ${port}`).toBe(true);
+        expect(listening.has(port), `${name} port ${port} still listening`).toBe(false);
       }
       expect(existsSync(stateDir)).toBe(false);
       expect(existsSync(pgDir)).toBe(false);

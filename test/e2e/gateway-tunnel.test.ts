@@ -24,6 +24,7 @@ import {
   startBulkServer,
   startEchoServer,
   startHalfCloseServer,
+  startResetServer,
   type Upstream,
 } from '../support/upstreams.js';
 
@@ -38,6 +39,8 @@ describe('gateway request path', () => {
   let stranger: Carrier;
   let echo: Upstream;
   let halfClose: Upstream;
+  let resetter: Upstream;
+  let abandon: Upstream;
   let bulk: Awaited<ReturnType<typeof startBulkServer>>;
   let blackHole: BlackHole;
   let closedPort: number;
@@ -47,12 +50,14 @@ describe('gateway request path', () => {
   beforeAll(async () => {
     dbUrl = await createDatabase(adminUrl, 'gateway_tunnel');
     await applyMigrations(dbUrl);
-    [echo, halfClose, bulk, blackHole, closedPort] = await Promise.all([
+    [echo, halfClose, bulk, blackHole, closedPort, resetter, abandon] = await Promise.all([
       startEchoServer(),
       startHalfCloseServer(),
       startBulkServer(32 * MiB),
       startBlackHole(),
       freePort(),
+      startResetServer(),
+      startEchoServer(),
     ]);
     agent = await createCarrier('agent-alpha');
     stranger = await createCarrier('agent-stranger');
@@ -70,6 +75,8 @@ describe('gateway request path', () => {
       'blackhole.test:443',
       'closed.test:443',
       'idle.test:443',
+      'reset.test:443',
+      'abandon.test:443',
       'metadata.test:80',
       '169.254.169.254:80',
       `127.0.0.1:${echo.port}`,
@@ -86,6 +93,8 @@ describe('gateway request path', () => {
             'docstore:443': `127.0.0.1:${echo.port}`,
             'idle.test:443': `localhost:${echo.port}`,
             'halfclose.test:443': `127.0.0.1:${halfClose.port}`,
+            'reset.test:443': `127.0.0.1:${resetter.port}`,
+            'abandon.test:443': `127.0.0.1:${abandon.port}`,
             'bulk.test:443': `127.0.0.1:${bulk.port}`,
             'blackhole.test:443': `127.0.0.1:${blackHole.port}`,
             'closed.test:443': `127.0.0.1:${closedPort}`,
@@ -100,7 +109,14 @@ describe('gateway request path', () => {
   afterAll(async () => {
     if (session) await closeSession(session);
     await gw?.cleanup();
-    await Promise.all([echo?.close(), halfClose?.close(), bulk?.close(), blackHole?.close()]);
+    await Promise.all([
+      echo?.close(),
+      halfClose?.close(),
+      bulk?.close(),
+      blackHole?.close(),
+      resetter?.close(),
+      abandon?.close(),
+    ]);
     if (dbUrl) await dropDatabase(adminUrl, dbUrl);
   });
 
@@ -176,6 +192,50 @@ describe('gateway request path', () => {
     );
     const { rstCode } = await closed(t.stream);
     expect(rstCode).toBe(constants.NGHTTP2_NO_ERROR);
+  });
+
+  it('turns an upstream reset into RST_STREAM(CONNECT_ERROR)', async () => {
+    const t = await openTunnel(session, 'reset.test:443');
+    expect(t.status).toBe(200);
+    t.stream.resume();
+    t.stream.write('trigger');
+    expect((await closed(t.stream)).rstCode).toBe(constants.NGHTTP2_CONNECT_ERROR);
+    const line = await gw.proc.waitForLog(
+      (l) => l.json?.['msg'] === 'tunnel closed' && l.json?.['dest_authority'] === 'reset.test:443',
+    );
+    expect(line.json).toMatchObject({ end_reason: 'upstream_reset', bytes_client_to_dest: 7 });
+    expect(session.destroyed).toBe(false);
+  });
+
+  it('destroys the upstream socket when the client resets the stream or drops the connection', async () => {
+    const t = await openTunnel(session, 'abandon.test:443');
+    expect((await roundTrip(t.stream, Buffer.from('x'))).toString()).toBe('x');
+    expect(abandon.openSockets()).toBe(1);
+    t.stream.close(constants.NGHTTP2_CANCEL);
+    await expect.poll(() => abandon.openSockets(), { timeout: 5000 }).toBe(0);
+    const reset = await gw.proc.waitForLog(
+      (l) => l.json?.['msg'] === 'tunnel closed' && l.json?.['dest_authority'] === 'abandon.test:443',
+    );
+    expect(reset.json).toMatchObject({ end_reason: 'client_reset' });
+
+    const doomed = await connectH2(gw.port, { ca: gw.caPem, carrier: agent });
+    const tunnels = await Promise.all([1, 2, 3].map(() => openTunnel(doomed, 'abandon.test:443')));
+    for (const x of tunnels) expect((await roundTrip(x.stream, Buffer.from('y'))).toString()).toBe('y');
+    expect(abandon.openSockets()).toBe(3);
+    doomed.destroy();
+    await expect.poll(() => abandon.openSockets(), { timeout: 5000 }).toBe(0);
+    // The client's own stream resets may beat its EOF to the gateway: either way, nothing is left open.
+    await expect
+      .poll(() => gw.logs('tunnel closed').filter((l) => l['dest_authority'] === 'abandon.test:443').length, {
+        timeout: 5000,
+      })
+      .toBe(4);
+    for (const l of gw
+      .logs('tunnel closed')
+      .filter((x) => x['dest_authority'] === 'abandon.test:443')
+      .slice(1)) {
+      expect(['session_closed', 'client_reset']).toContain(l['end_reason']);
+    }
   });
 
   it('runs 20 concurrent tunnels on one connection', async () => {

@@ -11,6 +11,8 @@ export type Upstream = {
   readonly port: number;
   /** Sockets accepted so far. */
   readonly accepted: () => number;
+  /** Sockets accepted and not yet closed. */
+  readonly openSockets: () => number;
   close(): Promise<void>;
 };
 
@@ -38,6 +40,7 @@ async function serve(onSocket: (socket: net.Socket) => void): Promise<Upstream> 
   return {
     port,
     accepted: () => accepted,
+    openSockets: () => sockets.size,
     close: () =>
       new Promise<void>((resolve) => {
         for (const s of sockets) s.destroy();
@@ -49,6 +52,11 @@ async function serve(onSocket: (socket: net.Socket) => void): Promise<Upstream> 
 /** Echo every byte; FIN answered with FIN once the echo is flushed. */
 export function startEchoServer(): Promise<Upstream> {
   return serve((socket) => socket.pipe(socket));
+}
+
+/** Resets the connection (TCP RST) as soon as the first byte arrives. */
+export function startResetServer(): Promise<Upstream> {
+  return serve((socket) => socket.once('data', () => socket.resetAndDestroy()));
 }
 
 /**
