@@ -41,7 +41,9 @@ const nowUs = () => Number(process.hrtime.bigint() / 1000n);
 
 // ---------- HTTP/2 sessions (kept warm per line) ----------
 
-const pools = new Map<string, http2.ClientHttp2Session[]>();
+/** One entry per connection index; the promise is shared, so concurrent opens never race to connect. */
+type PoolEntry = { readonly ready: Promise<http2.ClientHttp2Session>; session?: http2.ClientHttp2Session };
+const pools = new Map<string, (PoolEntry | undefined)[]>();
 
 function h2Connect(t: Extract<Target, { kind: 'h2' }>): Promise<http2.ClientHttp2Session> {
   const c = cfg();
@@ -86,15 +88,48 @@ async function sessionFor(
     pools.set(line, pool);
   }
   const existing = pool[index];
-  if (existing !== undefined && !existing.closed && !existing.destroyed) return existing;
-  const fresh = await within(cfg().opTimeoutMs, 'h2 connect', h2Connect(t));
-  pool[index] = fresh;
-  return fresh;
+  if (existing !== undefined) {
+    const s = existing.session;
+    if (s === undefined || (!s.closed && !s.destroyed)) return existing.ready;
+  }
+  const entry: PoolEntry = { ready: within(cfg().opTimeoutMs, 'h2 connect', h2Connect(t)) };
+  pool[index] = entry;
+  try {
+    entry.session = await entry.ready;
+  } catch (err) {
+    if (pool[index] === entry) pool[index] = undefined;
+    throw err;
+  }
+  return entry.session;
 }
 
-function closePool(line: string): void {
-  for (const s of pools.get(line) ?? []) s.close();
+function closeSession(s: http2.ClientHttp2Session): Promise<void> {
+  if (s.closed || s.destroyed) return Promise.resolve();
+  return new Promise<void>((resolve) => {
+    const timer = setTimeout(() => {
+      s.destroy();
+      resolve();
+    }, 10_000);
+    s.close(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+async function closeEntries(entries: (PoolEntry | undefined)[]): Promise<void> {
+  await Promise.all(
+    entries.map(async (e) => {
+      const s = await e?.ready.catch(() => undefined);
+      if (s !== undefined) await closeSession(s);
+    }),
+  );
+}
+
+async function closePool(line: string): Promise<void> {
+  const pool = pools.get(line) ?? [];
   pools.delete(line);
+  await closeEntries(pool);
 }
 
 function h2Connect200(
@@ -481,10 +516,7 @@ async function idleClose(): Promise<number> {
   idle = [];
   for (let i = 0; i < all.length; i += 100) await Promise.all(all.slice(i, i + 100).map(closeTunnel));
   // The idle tunnels' connections go too: what stays in the proxy after this is drift, not live sessions.
-  const pool = pools.get(idleLine) ?? [];
-  await Promise.all(
-    pool.splice(1).map((s) => (s.closed ? undefined : new Promise<void>((resolve) => s.close(resolve)))),
-  );
+  await closeEntries((pools.get(idleLine) ?? []).splice(1));
   return Number(process.hrtime.bigint() - t0) / 1e9;
 }
 
@@ -515,7 +547,7 @@ async function run(op: Op): Promise<OpResult> {
     case 'idle-close':
       return { ok: true, seconds: await idleClose() };
     case 'reset':
-      closePool(op.line);
+      await closePool(op.line);
       return { ok: true };
   }
 }

@@ -290,8 +290,10 @@ cmd_prompt() {
   elif [ -n "${AGENT_GATEWAY_DEMO_AGENT_CMD:-}" ]; then
     # A shell command line; the prompt is its last argument.
     cmd=(bash -c "$AGENT_GATEWAY_DEMO_AGENT_CMD"' "$@"' agent)
+    info "(agent: $AGENT_GATEWAY_DEMO_AGENT_CMD <prompt>)"
   elif command -v claude >/dev/null; then
-    cmd=(claude -p --allowedTools "Bash(curl:*)")
+    # `--` ends the variadic --allowedTools, so the prompt (appended last) stays the prompt.
+    cmd=(claude -p --allowedTools "Bash(curl:*)" --)
     info "(agent: Claude Code, claude -p; it needs api.anthropic.com granted: ./demo/demo-agent.sh grant $h api.anthropic.com)"
   else
     cmd=(fetch_agent)

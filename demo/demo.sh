@@ -225,6 +225,11 @@ step_ports() {
   [ "$(state_get RUNTIME)" = compose ] && gw="compose:gateway"
   GATEWAY_PORT="$(settle_port GATEWAY_PORT AGENT_GATEWAY_DEMO_GATEWAY_PORT 8443 "$gw")"
   ADMIN_PORT="$(settle_port ADMIN_PORT AGENT_GATEWAY_DEMO_ADMIN_PORT 9090 "$gw")"
+  if [ "$(state_get RUNTIME)" = compose ]; then
+    info "    gateway $GATEWAY_PORT, admin $ADMIN_PORT (docstore and messaging are inside the compose network)"
+    step_done
+    return 0
+  fi
   DOCSTORE_PORT="$(settle_port DOCSTORE_PORT AGENT_GATEWAY_DEMO_DOCSTORE_PORT 9441 "$STATE_DIR/run/mock-docstore.pid")"
   MESSAGING_PORT="$(settle_port MESSAGING_PORT AGENT_GATEWAY_DEMO_MESSAGING_PORT 9442 "$STATE_DIR/run/mock-messaging.pid")"
   info "    gateway $GATEWAY_PORT, admin $ADMIN_PORT, docstore $DOCSTORE_PORT, messaging $MESSAGING_PORT"
@@ -350,6 +355,34 @@ SQL
   step_done
 }
 
+# use_existing_config FILE: the user's own config.toml is used as it is; take the gateway and admin ports
+# from it and say what the demo needs from it.
+use_existing_config() {
+  local cfg="$1" facts
+  info "    $cfg exists and was not written by the demo: using it as it is"
+  facts="$(node --input-type=module -e '
+    import { readFileSync } from "node:fs";
+    import { parse } from "smol-toml";
+    const [file, doc, msg] = process.argv.slice(1);
+    const t = parse(readFileSync(file, "utf8"));
+    const port = (v, d) => Number(/:(\d+)$/.exec(String(v ?? d))?.[1] ?? 0);
+    const o = t.upstream?.overrides ?? {};
+    const ok = o["docstore:443"] === `127.0.0.1:${doc}` && o["messaging:443"] === `127.0.0.1:${msg}`;
+    console.log(port(t.server?.listen_addr, "127.0.0.1:8443"), port(t.admin?.listen_addr, "127.0.0.1:9090"), ok ? 1 : 0);
+  ' "$cfg" "$DOCSTORE_PORT" "$MESSAGING_PORT")" || die "cannot read $cfg as TOML"
+  local gw admin ok
+  read -r gw admin ok <<<"$facts"
+  GATEWAY_PORT="$gw"
+  ADMIN_PORT="$admin"
+  state_set GATEWAY_PORT "$gw"
+  state_set ADMIN_PORT "$admin"
+  info "    gateway 127.0.0.1:$gw, admin 127.0.0.1:$admin (from $cfg)"
+  if [ "$ok" != 1 ]; then
+    warn "$cfg lacks [upstream] overrides \"docstore:443\" = \"127.0.0.1:$DOCSTORE_PORT\" and \"messaging:443\" = \"127.0.0.1:$MESSAGING_PORT\": requests to the mocks will fail (move it away and re-run setup to let the demo write its own)"
+  fi
+  info "    its [policy] database must be the demo's registry: $(state_get DB_GATEWAY_URL | sed -E 's#//([^:]*):[^@]*@#//\1:***@#')"
+}
+
 step_config() {
   local cfg written
   cfg="$(config_path)"
@@ -357,9 +390,7 @@ step_config() {
   state_set CONFIG_PATH "$cfg"
   written="$(state_get CONFIG_WRITTEN)"
   if [ -f "$cfg" ] && [ "$written" != 1 ]; then
-    info "    $cfg exists and was not written by the demo: using it as it is."
-    info "    It must point upstream.overrides \"docstore:443\"/\"messaging:443\" at 127.0.0.1:$DOCSTORE_PORT/$MESSAGING_PORT"
-    info "    and listen where the demo expects (server.listen_addr = 127.0.0.1:$GATEWAY_PORT)."
+    use_existing_config "$cfg"
     step_done
     return 0
   fi
@@ -519,12 +550,15 @@ step_prove() {
   local log="$STATE_DIR/logs/setup.log" sidecar body
   step "Proving it: GET https://docstore/health as $DEMO_AGENT through its sidecar and the gateway" "$log"
   sidecar="$(state_get SIDECAR_PORT "$AGENTS_DIR/$DEMO_AGENT/agent.env")"
-  body="$(curl -sS --fail-with-body --max-time 30 --proxy "http://127.0.0.1:$sidecar" --cacert "$(certs_dir)/mock-ca.pem" \
+  body="$(curl -sS --fail-with-body --max-time 30 --noproxy '' --proxy "http://127.0.0.1:$sidecar" --cacert "$(certs_dir)/mock-ca.pem" \
     https://docstore/health 2>>"$log")" || {
     printf '%s\n' "$body" >>"$log"
     die "the request through the tunnel failed (logs: $log, $STATE_DIR/logs/gateway.log, $AGENTS_DIR/$DEMO_AGENT/sidecar.log)"
   }
-  info "    curl --proxy http://127.0.0.1:$sidecar https://docstore/health  (CONNECT docstore:443 -> gateway -> 127.0.0.1:$(state_get DOCSTORE_PORT))"
+  local target
+  target="127.0.0.1:$(state_get DOCSTORE_PORT)"
+  [ "$(state_get RUNTIME)" = compose ] && target="docstore:443 in the compose network"
+  info "    curl --proxy http://127.0.0.1:$sidecar https://docstore/health  (CONNECT docstore:443 -> gateway -> $target)"
   printf '%s\n' "$body"
   step_done
 }

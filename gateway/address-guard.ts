@@ -5,13 +5,20 @@
  */
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
 
-export type Cidr = { readonly text: string; readonly address: string; readonly prefix: number; readonly family: 'ipv4' | 'ipv6' };
+export type Cidr = {
+  readonly text: string;
+  readonly address: string;
+  readonly prefix: number;
+  readonly family: 'ipv4' | 'ipv6';
+};
 
 export function parseCidr(text: string): Cidr {
   const [address, prefixText, extra] = text.trim().split('/');
-  if (address === undefined || extra !== undefined) throw new Error(`${JSON.stringify(text)} is not a CIDR such as 10.0.0.0/8`);
+  if (address === undefined || extra !== undefined)
+    throw new Error(`${JSON.stringify(text)} is not a CIDR such as 10.0.0.0/8`);
   const family = isIPv4(address) ? 'ipv4' : isIPv6(address) ? 'ipv6' : undefined;
-  if (family === undefined) throw new Error(`${JSON.stringify(text)}: ${JSON.stringify(address)} is not an IP address`);
+  if (family === undefined)
+    throw new Error(`${JSON.stringify(text)}: ${JSON.stringify(address)} is not an IP address`);
   const max = family === 'ipv4' ? 32 : 128;
   const prefix = prefixText === undefined ? max : Number(prefixText);
   if (!/^\d{1,3}$/.test(prefixText ?? String(max)) || prefix > max) {

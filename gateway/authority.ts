@@ -55,7 +55,10 @@ export interface TunnelTracker {
   track(tunnel: LiveTunnel): () => void;
 }
 
-export type LimitRejection = { readonly status: 429 | 503; readonly reason: 'rate_limited' | 'identity_tunnel_limit' | 'tunnel_limit' };
+export type LimitRejection = {
+  readonly status: 429 | 503;
+  readonly reason: 'rate_limited' | 'identity_tunnel_limit' | 'tunnel_limit';
+};
 
 export interface TunnelLimits {
   /** Rate check at CONNECT time (before authorization, so floods cost no registry query). */

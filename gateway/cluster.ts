@@ -108,7 +108,7 @@ class Primary {
   }
 
   private fork(): void {
-    cluster.fork({ AGENT_GATEWAY_WORKER: '1' });
+    cluster.fork();
   }
 
   private onMessage(worker: Worker, message: ToPrimary): void {
@@ -129,6 +129,7 @@ class Primary {
   }
 
   private async startAdmin(address: string): Promise<void> {
+    if (this.draining) return;
     const listenAddr = this.config.admin.listenAddr;
     if (listenAddr !== undefined) {
       const aggregator = new AggregatorRegistry();

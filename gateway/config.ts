@@ -7,9 +7,9 @@
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { parse as parseToml } from 'smol-toml';
-import { isValidOid } from '../core/identity-extension.js';
 import { normalizeDestination } from '../core/destination.js';
-import { parseCidr, type Cidr } from './address-guard.js';
+import { isValidOid } from '../core/identity-extension.js';
+import { type Cidr, parseCidr } from './address-guard.js';
 
 export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
 
@@ -126,11 +126,32 @@ export function parseConfig(raw: Raw, path: string, env: NodeJS.ProcessEnv = pro
   r.only(['server', 'http2', 'limits', 'upstream', 'admin', 'observability', 'policy']);
 
   const s = r.section('server', true);
-  s.only(['listen_addr', 'tls_cert_path', 'tls_key_path', 'workers', 'handshake_timeout_ms', 'session_idle_timeout_ms', 'drain_timeout_ms']);
+  s.only([
+    'listen_addr',
+    'tls_cert_path',
+    'tls_key_path',
+    'workers',
+    'handshake_timeout_ms',
+    'session_idle_timeout_ms',
+    'drain_timeout_ms',
+  ]);
   const h = r.section('http2', false);
-  h.only(['max_concurrent_streams', 'stream_window_bytes', 'connection_window_bytes', 'max_session_memory_mb', 'max_header_list_bytes', 'max_resets_per_10s']);
+  h.only([
+    'max_concurrent_streams',
+    'stream_window_bytes',
+    'connection_window_bytes',
+    'max_session_memory_mb',
+    'max_header_list_bytes',
+    'max_resets_per_10s',
+  ]);
   const l = r.section('limits', false);
-  l.only(['max_connections', 'max_tunnels', 'max_tunnels_per_identity', 'connect_rate_per_identity', 'connect_burst_per_identity']);
+  l.only([
+    'max_connections',
+    'max_tunnels',
+    'max_tunnels_per_identity',
+    'connect_rate_per_identity',
+    'connect_burst_per_identity',
+  ]);
   const u = r.section('upstream', false);
   u.only(['connect_timeout_ms', 'tunnel_idle_timeout_ms', 'deny_cidrs', 'allow_cidrs', 'overrides']);
   const a = r.section('admin', false);
@@ -139,18 +160,34 @@ export function parseConfig(raw: Raw, path: string, env: NodeJS.ProcessEnv = pro
   o.only(['log_level', 'otlp_endpoint']);
   const p = r.section('policy', true);
   p.only([
-    'client_ext_oid', 'database_url', 'database_url_env', 'max_connections', 'connect_timeout_ms', 'pool_acquire_timeout_ms',
-    'query_timeout_ms', 'revocation_recheck_interval_ms', 'decision_cache_max_entries', 'decision_cache_ttl_ms',
+    'client_ext_oid',
+    'database_url',
+    'database_url_env',
+    'max_connections',
+    'connect_timeout_ms',
+    'pool_acquire_timeout_ms',
+    'query_timeout_ms',
+    'revocation_recheck_interval_ms',
+    'decision_cache_max_entries',
+    'decision_cache_ttl_ms',
   ]);
 
   const streamWindowBytes = h.int('stream_window_bytes', 4 * 1024 * 1024, 65_535, 2 ** 31 - 1);
   const connectionWindowBytes = h.int('connection_window_bytes', 32 * 1024 * 1024, 65_535, 2 ** 31 - 1);
   if (connectionWindowBytes < streamWindowBytes) {
-    throw new ConfigError(path, 'http2.connection_window_bytes', 'must be at least http2.stream_window_bytes, or one tunnel can starve the others');
+    throw new ConfigError(
+      path,
+      'http2.connection_window_bytes',
+      'must be at least http2.stream_window_bytes, or one tunnel can starve the others',
+    );
   }
   const maxSessionMemoryMb = h.int('max_session_memory_mb', 128, 1, 65_536);
   if (maxSessionMemoryMb * 1024 * 1024 < connectionWindowBytes * 2) {
-    throw new ConfigError(path, 'http2.max_session_memory_mb', 'must exceed twice http2.connection_window_bytes, or a slow upstream gets the whole connection GOAWAYed');
+    throw new ConfigError(
+      path,
+      'http2.max_session_memory_mb',
+      'must exceed twice http2.connection_window_bytes, or a slow upstream gets the whole connection GOAWAYed',
+    );
   }
 
   return {
@@ -257,7 +294,8 @@ class Reader {
     if (v === undefined) return fallback;
     // smol-toml returns integers as number (or bigint beyond 2^53).
     const n = typeof v === 'bigint' ? Number(v) : v;
-    if (typeof n !== 'number' || !Number.isInteger(n)) this.fail(name, `must be an integer, got ${JSON.stringify(String(v))}`);
+    if (typeof n !== 'number' || !Number.isInteger(n))
+      this.fail(name, `must be an integer, got ${JSON.stringify(String(v))}`);
     if (n < min || n > max) this.fail(name, `must be between ${min} and ${max}, got ${n}`);
     return n;
   }
@@ -284,13 +322,18 @@ class Reader {
     const v = this.table[name] ?? 'info';
     if (typeof v !== 'string') this.fail(name, 'must be a string such as "info"');
     const level = logLevelFromFilter(v);
-    if (level === undefined) this.fail(name, `unknown level ${JSON.stringify(v)} (trace, debug, info, warn, error, or a filter like "agent_gateway=debug")`);
+    if (level === undefined)
+      this.fail(
+        name,
+        `unknown level ${JSON.stringify(v)} (trace, debug, info, warn, error, or a filter like "agent_gateway=debug")`,
+      );
     return level;
   }
 
   cidrs(name: string, fallback: readonly string[]): Cidr[] {
     const v = this.table[name] ?? fallback;
-    if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) this.fail(name, 'must be an array of CIDR strings');
+    if (!Array.isArray(v) || !v.every((x) => typeof x === 'string'))
+      this.fail(name, 'must be an array of CIDR strings');
     return v.map((c: string, i: number) => {
       try {
         return parseCidr(c);
@@ -314,7 +357,10 @@ class Reader {
         this.fail(key, (err as Error).message);
       }
       if (typeof target !== 'string') this.fail(key, 'must be a "host:port" string');
-      out.set(normalized, parseHostPort(target, (why) => this.fail(key, why)));
+      out.set(
+        normalized,
+        parseHostPort(target, (why) => this.fail(key, why)),
+      );
     }
     return out;
   }
@@ -356,7 +402,10 @@ export function logLevelFromFilter(filter: string): LogLevel | undefined {
   const alias: Record<string, string> = { off: 'silent', warning: 'warn' };
   let chosen: string | undefined;
   let targeted: string | undefined;
-  for (const part of filter.split(',').map((x) => x.trim().toLowerCase()).filter(Boolean)) {
+  for (const part of filter
+    .split(',')
+    .map((x) => x.trim().toLowerCase())
+    .filter(Boolean)) {
     const [target, level] = part.includes('=') ? (part.split('=', 2) as [string, string]) : [undefined, part];
     const name = alias[level] ?? level;
     if (!levels.includes(name)) return undefined;

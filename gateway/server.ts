@@ -84,12 +84,23 @@ class Connection {
   resets = 0;
   resetWindowStart = 0;
   idleTimer: NodeJS.Timeout | undefined;
+  private identified: StreamOrigin | undefined;
 
   constructor(
     readonly owner: GatewayServer,
     readonly session: ServerHttp2Session,
-    readonly origin: StreamOrigin,
+    readonly peerAddr: string,
+    private readonly oid: string,
   ) {}
+
+  /**
+   * Identity is read at the first stream, not at the handshake: a connection that never asks for a
+   * tunnel never costs a certificate parse.
+   */
+  get origin(): StreamOrigin {
+    this.identified ??= { identity: sessionIdentity(this.session, this.oid), peerAddr: this.peerAddr };
+    return this.identified;
+  }
 }
 
 const CONNECTION = Symbol('agent_gateway.connection');
@@ -263,25 +274,14 @@ export class GatewayServer {
   };
 
   private readonly onSession = (session: ServerHttp2Session): void => {
-    const { config, logger } = this.deps;
-    const socket = session.socket as TLSSocket;
-    const origin: StreamOrigin = {
-      identity: sessionIdentity(session, config.policy.clientExtOid),
-      peerAddr: peerAddrOf(socket),
-    };
-    const c = new Connection(this, session, origin);
+    const { config } = this.deps;
+    const c = new Connection(this, session, peerAddrOf(session.socket), config.policy.clientExtOid);
     (session as Carrier)[CONNECTION] = c;
     this.connections.add(c);
     // Both windows, or the 64 KiB default of the other caps throughput (notes/node-http2-tunnels.md).
     session.setLocalWindowSize(config.http2.connectionWindowBytes);
     session.on('error', this.onSessionError);
     session.once('close', onSessionClose);
-    if (!origin.identity.ok) {
-      logger.debug(
-        { source_peer_addr: origin.peerAddr, deny_reason: origin.identity.reason },
-        'client without identity',
-      );
-    }
     if (config.server.sessionIdleTimeoutMs > 0) {
       c.idleTimer = setTimeout(onIdleTimer, config.server.sessionIdleTimeoutMs, c);
       c.idleTimer.unref();
@@ -331,7 +331,7 @@ export class GatewayServer {
       this.deps.logger.warn(
         {
           source_identity: c.origin.identity.ok ? c.origin.identity.peer.identity : null,
-          source_peer_addr: c.origin.peerAddr,
+          source_peer_addr: c.peerAddr,
           resets: c.resets,
           max_resets_per_10s: this.deps.config.http2.maxResetsPer10s,
         },

@@ -27,7 +27,19 @@ export type Telemetry = {
 
 const SERVICE_NAME = 'agent_gateway';
 
-export function createLogger(observability: GatewayConfig['observability']): Logger {
+export type LoggerOptions = {
+  /**
+   * Write each line with its own synchronous write. Cluster workers share one stdout pipe: a line
+   * written in one write() of at most PIPE_BUF bytes cannot interleave with another process's, whereas
+   * asynchronous batches can be larger and split mid-line.
+   */
+  readonly sync?: boolean;
+};
+
+export function createLogger(
+  observability: GatewayConfig['observability'],
+  options: LoggerOptions = {},
+): Logger {
   if (!observability.logStdout) return pino({ enabled: false });
   return pino(
     {
@@ -37,14 +49,17 @@ export function createLogger(observability: GatewayConfig['observability']): Log
       // Operators grep for "level":"warn", not 40.
       formatters: { level: (label) => ({ level: label }) },
     },
-    // Asynchronous, but without a minimum length: a line is written as soon as the previous write
-    // completes, so tests and tail -f see it at once while bursts still coalesce.
-    pino.destination({ dest: 1, sync: false }),
+    // Otherwise asynchronous, without a minimum length: a line is written as soon as the previous write
+    // completes, so tail -f sees it at once while bursts still coalesce.
+    pino.destination({ dest: 1, sync: options.sync ?? false }),
   );
 }
 
-export async function startTelemetry(observability: GatewayConfig['observability']): Promise<Telemetry> {
-  const logger = createLogger(observability);
+export async function startTelemetry(
+  observability: GatewayConfig['observability'],
+  options: LoggerOptions = {},
+): Promise<Telemetry> {
+  const logger = createLogger(observability, options);
   const endpoint = observability.otlpEndpoint;
   let stopSdk: () => Promise<void> = async () => {};
   if (endpoint !== undefined) {

@@ -126,8 +126,8 @@ export class Tunnel {
     // Like the destination closing the connection: FIN one way, END_STREAM the other, no reset, so a
     // well-behaved client closes its side; a reset follows only if it does not.
     this.socket.setTimeout(IDLE_CLOSE_GRACE_MS);
-    if (!this.stream.destroyed) this.stream.end();
-    this.socket.end();
+    if (!this.stream.destroyed && !this.stream.writableEnded) this.stream.end();
+    if (!this.socket.writableEnded) this.socket.end();
   }
 
   /** @internal */
@@ -159,8 +159,10 @@ export class Tunnel {
   private maybeFinish(): void {
     if (this.done || !this.streamClosed || !this.socketClosed) return;
     this.done = true;
-    delete (this.stream as Carrier)[TUNNEL];
-    delete (this.socket as Carrier)[TUNNEL];
+    // Late events (a socket error after close) find no tunnel and are ignored. Assigning rather than
+    // deleting keeps both objects' hidden classes.
+    (this.stream as Carrier)[TUNNEL] = undefined;
+    (this.socket as Carrier)[TUNNEL] = undefined;
     this.owner.tunnelClosed(this);
   }
 }
@@ -188,7 +190,7 @@ function onSocketDrain(this: Socket): void {
 function onStreamEnd(this: ServerHttp2Stream): void {
   // Client END_STREAM: FIN to the destination, which may keep answering (half-close).
   const t = tunnelOf(this);
-  if (t !== undefined && !t.socket.destroyed) t.socket.end();
+  if (t !== undefined && !t.socket.destroyed && !t.socket.writableEnded) t.socket.end();
 }
 
 // ---- destination → client ------------------------------------------------------------------------
@@ -209,7 +211,7 @@ function onStreamDrain(this: ServerHttp2Stream): void {
 function onSocketEnd(this: Socket): void {
   // Destination FIN: END_STREAM to the client, whose side stays open until it ends too.
   const t = tunnelOf(this);
-  if (t !== undefined && !t.stream.destroyed && !t.stream.closed) t.stream.end();
+  if (t !== undefined && !t.stream.destroyed && !t.stream.closed && !t.stream.writableEnded) t.stream.end();
 }
 
 // ---- errors and closing --------------------------------------------------------------------------

@@ -72,7 +72,9 @@ server.on('stream', (stream, headers) => {
     stream.respond({ ':status': 400 }, { endStream: true });
     return;
   }
-  const upstream = net.connect({ host: m[1] as string, port: Number(m[2]), writableHighWaterMark: UP_HWM });
+  // net.Socket passes stream options through to Duplex (the types do not say so).
+  const options = { host: m[1] as string, port: Number(m[2]), writableHighWaterMark: UP_HWM };
+  const upstream = net.connect(options as net.NetConnectOpts);
   upstream.setNoDelay(true);
   upstream.once('connect', () => {
     stream.respond({ ':status': 200 });

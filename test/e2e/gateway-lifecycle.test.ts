@@ -316,6 +316,17 @@ describe('running gateway: drain, reload, cluster', () => {
       expect(Number(total?.[1])).toBeGreaterThanOrEqual(6);
       expect(await readyz(gw.adminPort!)).toBe(200);
       for (const s of sessions) await closeSession(s);
+
+      // A worker that dies is replaced; the port keeps serving meanwhile.
+      const workerPids = gw.logs('worker listening').map((l) => Number(l['pid']));
+      expect(new Set(workerPids).size).toBe(2);
+      process.kill(workerPids[0]!, 'SIGKILL');
+      await gw.proc.waitForLog((l) => l.json?.['msg'] === 'worker exited unexpectedly');
+      await expect.poll(() => gw.logs('worker listening').length, { timeout: 20_000 }).toBe(3);
+      const s = await connectH2(gw.port, { ca: gw.caPem, carrier: agent });
+      expect((await openTunnel(s, 'docstore:443')).status).toBe(200);
+      s.destroy();
+
       expect(await gw.stop('SIGTERM')).toBe(0);
     } finally {
       await gw.cleanup();

@@ -434,4 +434,20 @@ describe('gateway request path', () => {
     s.destroy();
     void http2;
   });
+
+  it('leaves no tunnel or upstream socket behind after 300 short tunnels', async () => {
+    for (let round = 0; round < 15; round++) {
+      const batch = await Promise.all(Array.from({ length: 20 }, () => openTunnel(session, 'docstore:443')));
+      for (const t of batch) t.stream.end();
+      await Promise.all(batch.map((t) => t.body()));
+      await Promise.all(batch.map((t) => closed(t.stream)));
+    }
+    const gauge = async (name: string) => {
+      const text = await (await fetch(`http://127.0.0.1:${gw.adminPort}/metrics`)).text();
+      return Number(new RegExp(`^${name} (\\d+)`, 'm').exec(text)?.[1]);
+    };
+    await expect.poll(() => gauge('agent_gateway_tunnels_open'), { timeout: 5000 }).toBe(0);
+    await expect.poll(() => echo.openSockets(), { timeout: 5000 }).toBe(0);
+    for (const u of [halfClose, bulk, resetter, abandon]) expect(u.openSockets()).toBe(0);
+  });
 });

@@ -71,15 +71,27 @@ describe('compose.yaml', () => {
       expect(s?.networks?.['default']?.aliases, name).toEqual([name]);
       expect(s?.entrypoint).toEqual(['node', 'dist/demo/mock-service.js']);
       expect(s?.command).toEqual([
-        '--name',
-        name,
-        '--listen',
-        '0.0.0.0:443',
-        '--cert',
-        '/certs/mock-services.pem',
-        '--key',
-        '/certs/mock-services-key.pem',
+        `--name=${name}`,
+        '--listen=0.0.0.0:443',
+        '--cert=/certs/mock-services.pem',
+        '--key=/certs/mock-services-key.pem',
       ]);
+    }
+  });
+
+  it('uses only strings where compose expects command lines', () => {
+    for (const [name, s] of Object.entries(services)) {
+      const raw = s as Record<string, unknown>;
+      const health = (raw['healthcheck'] as { test?: unknown } | undefined)?.test;
+      for (const [field, v] of [
+        ['entrypoint', raw['entrypoint']],
+        ['command', raw['command']],
+        ['healthcheck.test', health],
+      ] as const) {
+        if (v === undefined) continue;
+        const ok = typeof v === 'string' || (Array.isArray(v) && v.every((x) => typeof x === 'string'));
+        expect(ok, `${name}.${field}: ${JSON.stringify(v)}`).toBe(true);
+      }
     }
   });
 
