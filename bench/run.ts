@@ -631,10 +631,22 @@ function report(o: Options, lines: Line[]): string {
     ),
     '',
     `Idle tunnels: ${o.idleTunnels} open tunnels (end-to-end TLS established, no traffic), ${o.idleCycles} open/close ` +
-      'cycles; RSS and fds of the proxy process(es), median (min–max) over cycles; drift = RSS after the last close − after the first.',
+      'cycles, measured on fresh proxies before the throughput figures; RSS and fds of the proxy process(es), median ' +
+      '(min–max) over cycles; KiB/tunnel = (RSS open − RSS before opening) / tunnels, the 1st cycle against the fresh ' +
+      'process, later ones against the previous close (GC timing makes those noisy); drift = RSS after the last close ' +
+      '− after the first.',
     '',
     table(
-      ['line', 'RSS MiB', 'KiB/tunnel', 'fds', 'RSS before, MiB', 'RSS after each close, MiB', 'drift MiB'],
+      [
+        'line',
+        'RSS MiB',
+        'KiB/tunnel, 1st cycle',
+        'KiB/tunnel, all cycles',
+        'fds',
+        'RSS before, MiB',
+        'RSS after each close, MiB',
+        'drift MiB',
+      ],
       measured
         .filter((l) => l.idle !== undefined)
         .map((l) => {
@@ -644,6 +656,7 @@ function report(o: Options, lines: Line[]): string {
           return [
             l.label,
             show(s(l, 'idle.rssMiB'), 1),
+            ((l.idle?.cycles[0]?.perTunnelBytes ?? Number.NaN) / 1024).toFixed(1),
             show(s(l, 'idle.perTunnelKiB'), 1),
             show(s(l, 'idle.fds')),
             (idle.baselineRssBytes / MiB).toFixed(1),
@@ -930,6 +943,20 @@ async function main(): Promise<void> {
     }
 
     const live = lines.filter((l) => l.notMeasured === undefined);
+    // Memory first, while the proxies are fresh: after the throughput figures their heaps hold hundreds of
+    // MiB of garbage whose collection would swamp a per-tunnel figure.
+    if (o.figures.has('idle')) {
+      for (const line of live.filter((l) => l.id !== 'a')) {
+        if (!timeLeft()) break;
+        try {
+          await idleFigure(o, client, line);
+        } catch (err) {
+          line.errors.push(`idle: ${(err as Error).message}`);
+          progress(`${line.label} idle FAILED: ${(err as Error).message}`);
+          await client.call({ op: 'idle-close' });
+        }
+      }
+    }
     for (let rep = 1; rep <= o.reps && timeLeft(); rep++) {
       progress(`repetition ${rep}/${o.reps}`);
       for (const line of live) {
@@ -957,18 +984,6 @@ async function main(): Promise<void> {
         }
         if (o.figures.has('newconn') && line.target?.kind !== 'http1') {
           await attempt('new connection', () => newconnFigure(o, client as LoadClient, line));
-        }
-      }
-    }
-    if (o.figures.has('idle')) {
-      for (const line of live.filter((l) => l.id !== 'a')) {
-        if (!timeLeft()) break;
-        try {
-          await idleFigure(o, client, line);
-        } catch (err) {
-          line.errors.push(`idle: ${(err as Error).message}`);
-          progress(`${line.label} idle FAILED: ${(err as Error).message}`);
-          await client.call({ op: 'idle-close' });
         }
       }
     }
@@ -1039,13 +1054,19 @@ async function startSidecarLine(
   if (!existsSync(sidecarMain)) return 'sidecar not built (dist/sidecar/main.js missing)';
   const missing = missingTpmTools();
   if (missing !== undefined) return `no software TPM: ${missing}`;
-  let tpm: BenchTpm;
-  try {
-    tpm = await startBenchTpm();
-  } catch (err) {
-    return `swtpm did not start: ${(err as Error).message}`;
+  let tpm: BenchTpm | undefined;
+  let tpmError = '';
+  for (let attempt = 0; attempt < 3 && tpm === undefined; attempt++) {
+    try {
+      tpm = await startBenchTpm();
+    } catch (err) {
+      tpmError = (err as Error).message;
+      progress(`software TPM start failed (attempt ${attempt + 1}): ${tpmError}`);
+    }
   }
-  ctx.cleanups.push(() => tpm.stop());
+  if (tpm === undefined) return `software TPM (swtpm + tpm2-abrmd) did not start: ${tpmError}`;
+  const liveTpm = tpm;
+  ctx.cleanups.push(() => liveTpm.stop());
   const pin = path.join(ctx.work, 'tpm-user.pin');
   const soPin = path.join(ctx.work, 'tpm-so.pin');
   writeFileSync(pin, 'bench-user-pin-1234', { mode: 0o600 });

@@ -8,11 +8,11 @@
  * items; anything else → 404 JSON (405 for a method other than GET/HEAD). One JSON log line per request.
  * SIGTERM/SIGINT close the listener and exit 0.
  */
-import { readFileSync, realpathSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import https from 'node:https';
-import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
+import { isMain } from './is-main.js';
 
 type Item = Record<string, string>;
 
@@ -149,13 +149,4 @@ function main(): void {
 }
 
 // Run only as a program (tests import `route`).
-function isMain(): boolean {
-  const entry = process.argv[1];
-  if (entry === undefined) return false;
-  try {
-    return import.meta.url === pathToFileURL(realpathSync(entry)).href;
-  } catch {
-    return false;
-  }
-}
-if (isMain()) main();
+if (isMain(import.meta.url)) main();

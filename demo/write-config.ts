@@ -10,11 +10,12 @@
  * comments the key out (e.g. policy.database_url_env when the demo sets policy.database_url). A nested
  * object becomes an inline table unless the example already has a [table.sub] header for it.
  */
-import { readFileSync, realpathSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { parse as parseToml, stringify as stringifyToml } from 'smol-toml';
+import { isMain } from './is-main.js';
 
 type Json = string | number | boolean | null | Json[] | { [k: string]: Json };
 type Table = { [k: string]: Json };
@@ -225,17 +226,7 @@ async function main(): Promise<void> {
   renameSync(tmp, values.out);
 }
 
-function isMain(): boolean {
-  const entry = process.argv[1];
-  if (entry === undefined) return false;
-  try {
-    return import.meta.url === pathToFileURL(realpathSync(entry)).href;
-  } catch {
-    return false;
-  }
-}
-
-if (isMain()) {
+if (isMain(import.meta.url)) {
   main().catch((err: unknown) => {
     process.stderr.write(`write-config: ${(err as Error).message}\n`);
     process.exit(1);

@@ -88,9 +88,12 @@ export class RegistryAuthorizer implements Authorizer {
   async authorize(peer: PeerIdentity, destination: Destination): Promise<AuthorizeResult> {
     const started = performance.now();
     const result = await this.authorizeInner(peer, destination);
-    const outcome = result.allow ? 'allow' : 'deny';
-    this.metrics?.connectDecisions.inc({ result: outcome, reason: result.allow ? 'none' : result.reason });
-    this.metrics?.decisionSeconds.observe({ result: outcome }, (performance.now() - started) / 1000);
+    // The CONNECT's final outcome (agent_gateway_connect_decisions_total) is the connect handler's to
+    // count: a policy allow may still be refused by a limit or the address guard.
+    this.metrics?.decisionSeconds.observe(
+      { result: result.allow ? 'allow' : 'deny' },
+      (performance.now() - started) / 1000,
+    );
     return result;
   }
 

@@ -5,7 +5,10 @@
  *
  * Exactly one decision line per CONNECT: "CONNECT denied" for every refusal up to and including the
  * address guard, "CONNECT allowed" once policy and guard agree (a later dial failure is logged as
- * "upstream connect failed" and answered 502).
+ * "upstream connect failed" and answered 502). agent_gateway_connect_decisions_total is counted here
+ * with each decision line and nowhere else, so it is the final outcome: a CONNECT the policy allows
+ * but a tunnel limit or the address guard refuses counts as a deny with that reason. A CONNECT whose
+ * client goes away before the decision gets neither.
  */
 import { constants, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
@@ -13,7 +16,7 @@ import { type Span, SpanStatusCode, type Tracer } from '@opentelemetry/api';
 import { type Destination, InvalidDestinationError, normalizeDestination } from '../core/destination.js';
 import type { IdentityResult, PeerIdentity } from '../core/identity-extension.js';
 import type { Authorizer, DenyReason, Grant, LiveTunnel, TunnelLimits, TunnelTracker } from './authority.js';
-import type { GatewayMetrics } from './metrics.js';
+import type { ByteTotals, GatewayMetrics, OpenTunnelBytes } from './metrics.js';
 import type { Logger } from './telemetry.js';
 import { startConnectSpan, traceIdOf } from './telemetry.js';
 import { gatewayReset, Tunnel, type TunnelEndReason, type TunnelOwner } from './tunnel.js';
@@ -55,14 +58,21 @@ type DecisionFields = {
 
 let tunnelSeq = 0;
 
-export class ConnectHandler {
-  /** Open tunnels, so drain can reset the stragglers with a logged reason. */
+export class ConnectHandler implements OpenTunnelBytes {
+  /** Open tunnels, so drain can reset the stragglers and /metrics can count their bytes. */
   private readonly open = new Set<ActiveTunnel>();
 
-  constructor(private readonly deps: ConnectHandlerDeps) {}
+  constructor(private readonly deps: ConnectHandlerDeps) {
+    deps.metrics.tunnelBytes.watch(this);
+  }
 
   get openTunnels(): number {
     return this.open.size;
+  }
+
+  /** Scrape time: the bytes the open tunnels have moved so far. */
+  addOpenTunnelBytes(into: ByteTotals): void {
+    for (const t of this.open) t.addBytes(into);
   }
 
   /** Reset every open tunnel now (drain deadline). */
@@ -99,10 +109,8 @@ export class ConnectHandler {
     };
     const traceId = traceIdOf(span);
     if (traceId !== undefined) fields.trace_id = traceId;
-    // connectDecisions: the authorizer counts policy decisions, refusals before it are counted here, and
-    // refusals after an allow (tunnel limit, address guard) have their own counters instead.
-    const deny = (status: number, reason: DenyReason, detail: string, counted = false) =>
-      this.deny(stream, span, fields, status, reason, detail, counted);
+    const deny = (status: number, reason: DenyReason, detail: string) =>
+      this.deny(stream, span, fields, status, reason, detail);
 
     if (deps.isDraining()) return deny(503, 'draining', 'gateway is shutting down');
 
@@ -121,23 +129,23 @@ export class ConnectHandler {
     if (!origin.identity.ok) return deny(403, origin.identity.reason, origin.identity.detail);
     const peer: PeerIdentity = origin.identity.peer;
 
-    // Limits count their own rejections (limitRejections).
+    // Limits also count their own rejections (limitRejections).
     const limited = deps.limits.admitConnect(peer.identity);
     if (limited !== undefined) return deny(limited.status, limited.reason, 'CONNECT rate limit');
 
     const decision = await deps.authorizer.authorize(peer, destination);
-    if (!decision.allow) return deny(403, decision.reason, decision.detail, true);
+    if (!decision.allow) return deny(403, decision.reason, decision.detail);
     if (isGone(stream)) return this.abandoned(span, fields, 'client went away during authorization');
     const grant = decision.grant;
 
     const slot = deps.limits.acquireTunnel(peer.identity);
-    if ('status' in slot) return deny(slot.status, slot.reason, 'open tunnel limit reached', true);
+    if ('status' in slot) return deny(slot.status, slot.reason, 'open tunnel limit reached');
     let handedOver = false;
     try {
       const resolution = await deps.dialer.resolve(destination);
       if (!resolution.ok && resolution.reason === 'destination_address_denied') {
         deps.metrics.upstreamConnectFailures.inc({ reason: 'address_denied' });
-        return deny(403, 'destination_address_denied', resolution.detail, true);
+        return deny(403, 'destination_address_denied', resolution.detail);
       }
       this.allowed(span, fields, grant, decision.cached);
 
@@ -176,9 +184,8 @@ export class ConnectHandler {
     status: number,
     reason: DenyReason,
     detail: string,
-    counted: boolean,
   ): void {
-    if (!counted) this.deps.metrics.connectDecisions.inc({ result: 'deny', reason });
+    this.deps.metrics.connectDecisions.inc({ result: 'deny', reason });
     this.deps.logger.info(
       { ...fields, policy_decision: 'deny', deny_reason: reason, deny_detail: detail, status },
       'CONNECT denied',
@@ -188,6 +195,7 @@ export class ConnectHandler {
   }
 
   private allowed(span: Span, fields: DecisionFields, grant: Grant, cached: boolean): void {
+    this.deps.metrics.connectDecisions.inc({ result: 'allow', reason: 'none' });
     this.deps.logger.info(
       {
         ...fields,
@@ -269,14 +277,22 @@ class ActiveTunnel implements LiveTunnel, TunnelOwner {
     this.tunnel?.reset(end, reason === 'expired' ? detail : `${reason}: ${detail}`);
   }
 
+  /** Scrape time, while open: the bytes moved so far. */
+  addBytes(into: ByteTotals): void {
+    const t = this.tunnel;
+    if (t === undefined) return;
+    into.client_to_dest += t.bytesClientToDest;
+    into.dest_to_client += t.bytesDestToClient;
+  }
+
   tunnelClosed(t: Tunnel): void {
+    const { metrics, logger } = this.deps;
+    // Together, so the bytes move from the open set's count to the closed total between two scrapes.
     this.openSet.delete(this);
+    metrics.tunnelBytes.closed(t);
     this.untrack?.();
     this.release();
-    const { metrics, logger } = this.deps;
     metrics.tunnelsOpen.dec();
-    metrics.bytes.inc({ direction: 'client_to_dest' }, t.bytesClientToDest);
-    metrics.bytes.inc({ direction: 'dest_to_client' }, t.bytesDestToClient);
     logger.info(
       {
         ...this.fields,

@@ -44,13 +44,16 @@ export function createGatewayMetrics(opts: { defaultMetrics?: boolean; prefix?: 
     }),
     connectDecisions: new Counter<'result' | 'reason'>({
       name: 'agent_gateway_connect_decisions_total',
-      help: 'CONNECT decisions; result is allow or deny, reason is the deny reason ("none" for allows)',
+      help:
+        'Final outcome of each CONNECT, counted once: result is allow or deny, reason the deny reason ' +
+        '(policy, identity, limit, address guard, draining; "none" for allows). A dial failure after an ' +
+        'allow is an allow here and an upstream connect failure',
       labelNames: ['result', 'reason'],
       registers,
     }),
     decisionSeconds: new Histogram<'result'>({
       name: 'agent_gateway_decision_seconds',
-      help: 'Time to authorize one CONNECT (cache, registry query and signature checks)',
+      help: 'Time to authorize one CONNECT (cache, registry query and signature checks), by policy result',
       labelNames: ['result'],
       buckets: DECISION_BUCKETS,
       registers,
@@ -68,12 +71,7 @@ export function createGatewayMetrics(opts: { defaultMetrics?: boolean; prefix?: 
       labelNames: ['kind'],
       registers,
     }),
-    bytes: new Counter<'direction'>({
-      name: 'agent_gateway_bytes_total',
-      help: 'Tunnel payload bytes relayed',
-      labelNames: ['direction'],
-      registers,
-    }),
+    tunnelBytes: tunnelBytes(registers),
     upstreamConnectFailures: new Counter<'reason'>({
       name: 'agent_gateway_upstream_connect_failures_total',
       help: 'Upstream dials that failed (timeout, refused, dns, address_denied, ...)',
@@ -111,6 +109,50 @@ export function createGatewayMetrics(opts: { defaultMetrics?: boolean; prefix?: 
 }
 
 export type ByteDirection = 'client_to_dest' | 'dest_to_client';
+
+/** Payload bytes by direction. */
+export type ByteTotals = Record<ByteDirection, number>;
+
+/** One tunnel's byte counts (Tunnel bumps these plain fields per chunk). */
+export type TunnelByteCounts = { readonly bytesClientToDest: number; readonly bytesDestToClient: number };
+
+/** Something holding open tunnels (the connect handler): adds their current byte counts at scrape time. */
+export type OpenTunnelBytes = { addOpenTunnelBytes(into: ByteTotals): void };
+
+/**
+ * agent_gateway_bytes_total as of the scrape: the totals of closed tunnels plus the current counts of the
+ * open ones, summed in the counter's collect(), so the data path only bumps two numbers on its Tunnel and
+ * a long-lived tunnel shows its bytes before it closes. It stays monotonic because a tunnel's counts
+ * move from its source to `closed()` in one synchronous step (its source must stop reporting it then).
+ */
+function tunnelBytes(registers: Registry[]) {
+  const closedTotals: ByteTotals = { client_to_dest: 0, dest_to_client: 0 };
+  const sources = new Set<OpenTunnelBytes>();
+  new Counter<'direction'>({
+    name: 'agent_gateway_bytes_total',
+    help: 'Tunnel payload bytes relayed, including those of tunnels still open at the scrape',
+    labelNames: ['direction'],
+    registers,
+    collect() {
+      const totals = { ...closedTotals };
+      for (const source of sources) source.addOpenTunnelBytes(totals);
+      this.reset();
+      this.inc({ direction: 'client_to_dest' }, totals.client_to_dest);
+      this.inc({ direction: 'dest_to_client' }, totals.dest_to_client);
+    },
+  });
+  return {
+    /** Report `source`'s open tunnels at every scrape from now on. */
+    watch(source: OpenTunnelBytes): void {
+      sources.add(source);
+    },
+    /** A tunnel's final counts, in the same turn as its source stops reporting it. */
+    closed(counts: TunnelByteCounts): void {
+      closedTotals.client_to_dest += counts.bytesClientToDest;
+      closedTotals.dest_to_client += counts.bytesDestToClient;
+    },
+  };
+}
 
 /** The process-wide instance main.ts wires everywhere. */
 export const metrics: GatewayMetrics = createGatewayMetrics();

@@ -7,36 +7,14 @@
  */
 import type pg from 'pg';
 import { ALGORITHM_ECDSA_P256_SHA256 } from '../core/ecdsa.js';
+import type { PermissionRow, ScopeRow, SignerRow } from '../core/policy.js';
 import { tsText } from '../core/registry-queries.js';
 
-export type SigningKeyRow = {
-  readonly keyId: string;
-  readonly algorithm: string;
-  readonly spkiDer: Buffer;
-  readonly notBefore: string;
-  readonly notAfter: string;
-  readonly revokedAt: string | null;
-};
-
-export type ScopeRow = {
-  readonly id: string;
-  readonly signingKeyId: string;
-  readonly destination: string;
-  readonly notBefore: string;
-  readonly notAfter: string;
-  readonly revokedAt: string | null;
-};
-
-export type PermissionRecord = {
-  readonly permissionId: string;
-  readonly signingKeyId: string;
-  readonly subjectIdentity: string;
-  readonly subjectSpkiDer: Buffer;
-  readonly destination: string;
-  readonly notBefore: string;
-  readonly notAfter: string;
-  readonly revokedAt: string | null;
-};
+/** The rows the CLI reads back have the shapes the policy decides on (core/policy.ts). */
+export type SigningKeyRow = SignerRow;
+export type { ScopeRow };
+/** A permission row as read back (the signature is not). */
+export type PermissionRecord = Omit<PermissionRow, 'signature'>;
 
 // now() + VALID_DAYS, computed by the database so the window never depends on the admin's clock.
 const PLUS_DAYS = (param: string) => `(now() + make_interval(days => ${param}::int))`;
@@ -306,17 +284,8 @@ export async function lockPermission(
   return r.rows[0] === undefined ? undefined : permissionRecord(r.rows[0]);
 }
 
-export type SignedPermission = {
-  readonly permissionId: string;
-  readonly signingKeyId: string;
-  readonly subjectIdentity: string;
-  readonly subjectSpkiDer: Buffer;
-  readonly destination: string;
-  /** Canonical text exactly as signed. */
-  readonly notBefore: string;
-  readonly notAfter: string;
-  readonly signature: Buffer;
-};
+/** A new permission row: timestamps are the canonical text exactly as signed. */
+export type SignedPermission = Omit<PermissionRow, 'revokedAt'>;
 
 /**
  * Insert a signed permission, or renew the active row with the same id and the same key, subject and

@@ -5,10 +5,20 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile } from 'node:fs/promises';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { freePort } from './net.js';
+
+function portFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = net.createServer();
+    server.unref();
+    server.once('error', () => resolve(false));
+    server.listen({ host: '127.0.0.1', port, exclusive: true }, () => server.close(() => resolve(true)));
+  });
+}
 
 export type BenchTpm = {
   readonly dir: string;
@@ -132,8 +142,11 @@ export async function startBenchTpm(): Promise<BenchTpm> {
   };
   try {
     let port = 0;
-    for (let attempt = 0; attempt < 5 && pids.length === 0; attempt++) {
+    let lastError = '';
+    for (let attempt = 0; attempt < 8 && pids.length === 0; attempt++) {
       port = await freePort();
+      // swtpm's control port is port + 1: it must be free too.
+      if (port >= 65535 || !(await portFree(port + 1))) continue;
       const r = await run(
         'swtpm',
         [
@@ -156,8 +169,9 @@ export async function startBenchTpm(): Promise<BenchTpm> {
         process.env,
       );
       if (r.code === 0) pids.push(await readPid(path.join(dir, 'swtpm.pid')));
+      else lastError = r.out.trim().split('\n').slice(-3).join(' | ');
     }
-    if (pids.length === 0) throw new Error('swtpm did not start');
+    if (pids.length === 0) throw new Error(`swtpm did not start: ${lastError || 'no free port pair'}`);
 
     const addrFile = path.join(dir, 'dbus.addr');
     const pidFile = path.join(dir, 'dbus.pid');

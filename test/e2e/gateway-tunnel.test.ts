@@ -11,6 +11,7 @@ import {
   type GatewayProcess,
   openTunnel,
   roundTrip,
+  scrapeMetric,
   startGatewayProcess,
 } from '../support/gateway.js';
 import { type Carrier, createCarrier, createPrincipalKey } from '../support/pki.js';
@@ -46,6 +47,9 @@ describe('gateway request path', () => {
   let closedPort: number;
   let session: ClientHttp2Session;
   const MiB = 1024 * 1024;
+  /** agent_gateway_<series> from /metrics; a labelled counter not yet incremented is absent, i.e. 0. */
+  const counter = async (series: string) =>
+    (await scrapeMetric(gw.adminPort!, `agent_gateway_${series}`)) ?? 0;
 
   beforeAll(async () => {
     dbUrl = await createDatabase(adminUrl, 'gateway_tunnel');
@@ -146,6 +150,28 @@ describe('gateway request path', () => {
       (l) => l.json?.['msg'] === 'tunnel closed' && l.json?.['dest_authority'] === 'docstore:443',
     );
     expect(closedLine.json).toMatchObject({ bytes_client_to_dest: 26, bytes_dest_to_client: 26 });
+  });
+
+  it('counts the bytes of an open tunnel in agent_gateway_bytes_total before it closes', async () => {
+    const bytes = async () => ({
+      up: await counter('bytes_total{direction="client_to_dest"}'),
+      down: await counter('bytes_total{direction="dest_to_client"}'),
+    });
+    const before = await bytes();
+    const t = await openTunnel(session, 'docstore:443');
+    expect(t.status).toBe(200);
+    const payload = randomBytes(200_000);
+    expect((await roundTrip(t.stream, payload)).equals(payload)).toBe(true);
+    // The tunnel is still open (neither side has ended it): its bytes are already counted.
+    expect(t.stream.closed).toBe(false);
+    expect(await bytes()).toEqual({ up: before.up + payload.length, down: before.down + payload.length });
+    t.stream.end();
+    await closed(t.stream);
+    await gw.proc.waitForLog(
+      (l) => l.json?.['msg'] === 'tunnel closed' && l.json?.['bytes_client_to_dest'] === payload.length,
+    );
+    // Closing moves them from the open tunnel to the closed total: the counter neither drops nor doubles.
+    expect(await bytes()).toEqual({ up: before.up + payload.length, down: before.down + payload.length });
   });
 
   it('dials IP-literal destinations too', async () => {
@@ -308,6 +334,13 @@ describe('gateway request path', () => {
   });
 
   it('refuses the metadata address (403 destination_address_denied) before dialing, literal or via override', async () => {
+    const decisions = async () => ({
+      addressDenied: await counter(
+        'connect_decisions_total{result="deny",reason="destination_address_denied"}',
+      ),
+      allowed: await counter('connect_decisions_total{result="allow",reason="none"}'),
+    });
+    const before = await decisions();
     for (const authority of ['169.254.169.254:80', 'metadata.test:80']) {
       const started = Date.now();
       const t = await openTunnel(session, authority);
@@ -328,6 +361,8 @@ describe('gateway request path', () => {
             String(l['dest_authority']).includes('169.254') || l['dest_authority'] === 'metadata.test:80',
         ),
     ).toEqual([]);
+    // Both destinations are granted, so policy allowed them; the final outcome, counted once, is the deny.
+    expect(await decisions()).toEqual({ addressDenied: before.addressDenied + 2, allowed: before.allowed });
   });
 
   it('closes a tunnel idle for tunnel_idle_timeout_ms (END_STREAM, logged with the reason)', async () => {
@@ -442,11 +477,9 @@ describe('gateway request path', () => {
       await Promise.all(batch.map((t) => t.body()));
       await Promise.all(batch.map((t) => closed(t.stream)));
     }
-    const gauge = async (name: string) => {
-      const text = await (await fetch(`http://127.0.0.1:${gw.adminPort}/metrics`)).text();
-      return Number(new RegExp(`^${name} (\\d+)`, 'm').exec(text)?.[1]);
-    };
-    await expect.poll(() => gauge('agent_gateway_tunnels_open'), { timeout: 5000 }).toBe(0);
+    await expect
+      .poll(() => scrapeMetric(gw.adminPort!, 'agent_gateway_tunnels_open'), { timeout: 5000 })
+      .toBe(0);
     await expect.poll(() => echo.openSockets(), { timeout: 5000 }).toBe(0);
     for (const u of [halfClose, bulk, resetter, abandon]) expect(u.openSockets()).toBe(0);
   });

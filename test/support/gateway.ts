@@ -257,6 +257,16 @@ export async function closeSession(session: ClientHttp2Session): Promise<void> {
   });
 }
 
+/**
+ * One series' current value from the gateway's /metrics: `series` is the name with its labels exactly as
+ * rendered (`agent_gateway_bytes_total{direction="client_to_dest"}`); undefined when it is not there.
+ */
+export async function scrapeMetric(adminPort: number, series: string): Promise<number | undefined> {
+  const text = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
+
 /** Remove a temp dir made by a test. */
 export async function makeTempDir(prefix = 'agw-test-'): Promise<string> {
   return mkdtemp(path.join(os.tmpdir(), prefix));

@@ -116,7 +116,7 @@ describe('admin server', () => {
       draining: false,
     });
     metrics.connectDecisions.inc({ result: 'deny', reason: 'no_permission' });
-    metrics.bytes.inc({ direction: 'client_to_dest' }, 10);
+    metrics.tunnelBytes.closed({ bytesClientToDest: 10, bytesDestToClient: 0 });
     const r = await get(port, '/metrics');
     expect(r.status).toBe(200);
     expect(r.type).toMatch(/^text\/plain; version=0\.0\.4/);

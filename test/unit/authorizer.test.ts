@@ -75,8 +75,15 @@ describe('RegistryAuthorizer', () => {
       validUntil: s.fx.spec.notAfter,
     });
     expect((await s.metrics.decisionCacheHits.get()).values[0]?.value).toBe(2);
-    const decisions = await s.metrics.connectDecisions.get();
-    expect(decisions.values.find((v) => v.labels['result'] === 'allow')?.value).toBe(3);
+    expect((await s.metrics.decisionCacheMisses.get()).values[0]?.value).toBe(1);
+    // Every decision is timed; the CONNECT outcome counter is the connect handler's, not counted here.
+    const timed = await s.metrics.decisionSeconds.get();
+    expect(
+      timed.values.find(
+        (v) => v.metricName === 'agent_gateway_decision_seconds_count' && v.labels['result'] === 'allow',
+      )?.value,
+    ).toBe(3);
+    expect((await s.metrics.connectDecisions.get()).values).toEqual([]);
   });
 
   it('never caches denies', async () => {
