@@ -365,6 +365,8 @@ function gatewayToml(
     `max_tunnels = ${Math.max(20_000, o.idleTunnels * 4)}`,
     '',
     '[upstream]',
+    '# the sink is a loopback listener, which the default deny list refuses',
+    'allow_cidrs = ["127.0.0.0/8"]',
     `overrides = { "${DESTINATION}" = "127.0.0.1:${p.sinkPort}" }`,
     '',
     '[admin]',

@@ -90,16 +90,32 @@ export class ConfigError extends Error {
   }
 }
 
-/** Cloud metadata, link-local, unspecified, multicast, broadcast: never a legitimate agent egress target. */
+/**
+ * Addresses a granted name must never lead to unless an operator says so (allow_cidrs): this host
+ * (loopback: the admin port, a local database), private and shared networks, cloud metadata and
+ * link-local, NAT64 prefixes (they embed IPv4 addresses), unspecified, multicast and reserved space.
+ * A signed grant names a destination; DNS decides where it goes, and DNS can be changed by whoever
+ * controls the name, so the check is on the address actually dialled.
+ */
 export const DEFAULT_DENY_CIDRS = [
-  '169.254.0.0/16',
   '0.0.0.0/8',
+  '10.0.0.0/8',
+  '100.64.0.0/10',
+  '127.0.0.0/8',
+  '169.254.0.0/16',
+  '172.16.0.0/12',
+  '192.0.0.0/24',
+  '192.168.0.0/16',
+  '198.18.0.0/15',
   '224.0.0.0/4',
-  '255.255.255.255/32',
+  '240.0.0.0/4',
   '::/128',
+  '::1/128',
+  '64:ff9b::/96',
+  '64:ff9b:1::/48',
+  'fc00::/7',
   'fe80::/10',
   'ff00::/8',
-  'fd00:ec2::254/128',
 ];
 
 type Raw = Record<string, unknown>;

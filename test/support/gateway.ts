@@ -77,6 +77,8 @@ export async function startGatewayProcess(opts: GatewayProcessOptions): Promise<
       workers: 1,
       drain_timeout_ms: 5000,
     },
+    // Test destinations are loopback listeners, which the default deny list refuses.
+    upstream: { allow_cidrs: ['127.0.0.0/8'] },
     admin: { listen_addr: adminPort === undefined ? '' : `127.0.0.1:${adminPort}` },
     observability: { log_level: 'debug' },
     policy: { database_url: opts.databaseUrl, query_timeout_ms: 500 },

@@ -9,7 +9,8 @@ import { DEFAULT_DENY_CIDRS, type HostPort } from '../../gateway/config.js';
 import { UpstreamDialer } from '../../gateway/upstream-dialer.js';
 import { freePort } from '../support/ports.js';
 
-const guard = new AddressGuard(DEFAULT_DENY_CIDRS.map(parseCidr), []);
+// Tests dial loopback listeners: allowed explicitly, as an operator would for a lab.
+const guard = new AddressGuard(DEFAULT_DENY_CIDRS.map(parseCidr), [parseCidr('127.0.0.0/8')]);
 
 function dialer(
   opts: { lookup?: (host: string) => Promise<readonly string[]>; overrides?: Record<string, HostPort> } = {},
