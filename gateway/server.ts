@@ -21,7 +21,7 @@ import type { ConnectHandler, StreamOrigin } from './connect-handler.js';
 import type { GatewayMetrics } from './metrics.js';
 import type { Logger } from './telemetry.js';
 import { sessionIdentity } from './tls-identity.js';
-import { isGatewayReset } from './tunnel.js';
+import { gatewayReset, isGatewayReset } from './tunnel.js';
 import { formatAddress } from './upstream-dialer.js';
 
 const { NGHTTP2_NO_ERROR, NGHTTP2_ENHANCE_YOUR_CALM } = constants;
@@ -293,7 +293,12 @@ export class GatewayServer {
     this.deps.logger.debug({ err: err.code ?? err.message }, 'HTTP/2 session error');
   };
 
-  private readonly onStream = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void => {
+  private readonly onStream = (
+    stream: ServerHttp2Stream,
+    headers: IncomingHttpHeaders,
+    _flags?: number,
+    rawHeaders?: string[],
+  ): void => {
     const c = (stream.session as (ServerHttp2Session & Carrier) | undefined)?.[CONNECTION];
     if (c === undefined) {
       stream.close(constants.NGHTTP2_INTERNAL_ERROR);
@@ -302,6 +307,21 @@ export class GatewayServer {
     c.openStreams++;
     (stream as Carrier)[CONNECTION] = c;
     stream.once('close', onStreamClose);
+    // http2.max_header_list_bytes is advertised in SETTINGS, but node/nghttp2 enforce it only once the
+    // client has ACKed those SETTINGS: a request sent in the client's first flight (or by a client that
+    // never ACKs) is accepted with a header list far over it (64 KiB in the issue #7 abuse test). Enforce it here
+    // too, with the same answer node gives after the ACK (RST_STREAM ENHANCE_YOUR_CALM). Memory while
+    // such a block is buffered stays under http2.max_session_memory_mb.
+    const headerBytes = headerListBytes(rawHeaders, headers);
+    if (headerBytes > this.deps.config.http2.maxHeaderListBytes) {
+      this.deps.logger.debug(
+        { source_peer_addr: c.peerAddr, header_list_bytes: headerBytes },
+        'request header list too large; stream reset',
+      );
+      stream.on('error', ignoreError); // a non-zero close emits 'error'; unhandled, it kills the process
+      gatewayReset(stream, NGHTTP2_ENHANCE_YOUR_CALM);
+      return;
+    }
     this.deps.handler.handle(stream, headers, c.origin);
   };
 
@@ -351,6 +371,25 @@ function onSessionClose(this: ServerHttp2Session & Carrier): void {
 function onStreamClose(this: ServerHttp2Stream & Carrier): void {
   const c = this[CONNECTION];
   if (c !== undefined) c.owner.streamClosed(c, this);
+}
+
+function ignoreError(): void {}
+
+/** Header list size as SETTINGS_MAX_HEADER_LIST_SIZE counts it: name + value + 32 per field (RFC 9113 §6.5.2). */
+function headerListBytes(rawHeaders: string[] | undefined, headers: IncomingHttpHeaders): number {
+  let n = 0;
+  if (rawHeaders !== undefined) {
+    for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+      n += Buffer.byteLength(rawHeaders[i]!) + Buffer.byteLength(rawHeaders[i + 1]!) + 32;
+    }
+    return n;
+  }
+  for (const [name, value] of Object.entries(headers)) {
+    for (const v of Array.isArray(value) ? value : [value ?? '']) {
+      n += Buffer.byteLength(name) + Buffer.byteLength(String(v)) + 32;
+    }
+  }
+  return n;
 }
 
 async function settleWithin(p: Promise<void>, ms: number): Promise<'done' | 'timeout'> {

@@ -1,0 +1,559 @@
+// Abuse resistance (issue #7): a real gateway process, a real (own) PostgreSQL, loopback only. Each case
+// checks what the gateway does to the abusive client AND that an unrelated well-behaved client on another
+// connection (another identity) still moves 4 MiB through an echo tunnel, sha256-checked, during or
+// right after the abuse. Every loop is bounded; assertions are on behaviour, not on timing.
+import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import http2, { constants } from 'node:http2';
+import net from 'node:net';
+import tls from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  closed,
+  closeSession,
+  connectH2,
+  type GatewayProcess,
+  openTunnel,
+  roundTrip,
+  scrapeMetric,
+  startGatewayProcess,
+  type TunnelResult,
+} from '../support/gateway.js';
+import { type Carrier, createCarrier, createPrincipalKey, createTestCa } from '../support/pki.js';
+import { applyMigrations, createDatabase, type PgHandle, startPostgres } from '../support/postgres.js';
+import { grant } from '../support/registry-seed.js';
+import { patternBlock, startEchoServer, type Upstream } from '../support/upstreams.js';
+
+const MiB = 1024 * 1024;
+const HANDSHAKE_TIMEOUT_MS = 1000;
+
+const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Resident set size of a process, in bytes (Linux /proc). */
+function rssBytes(pid: number): number {
+  const m = /VmRSS:\s+(\d+)\s+kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (m === null) throw new Error(`no VmRSS for ${pid}`);
+  return Number(m[1]) * 1024;
+}
+
+/**
+ * The well-behaved client: its own connection, its own identity, one tunnel to the echo destination,
+ * 4 MiB there and back, byte-exact.
+ */
+async function goodTransfer(
+  gw: GatewayProcess,
+  carrier: Carrier,
+  destination = 'echo.test:443',
+): Promise<void> {
+  const session = await connectH2(gw.port, { ca: gw.caPem, carrier });
+  try {
+    const t = await openTunnel(session, destination);
+    expect(t.status, `good client CONNECT: ${String(t.headers['agent-gateway-deny-reason'])}`).toBe(200);
+    const payload = randomBytes(4 * MiB);
+    const back = await roundTrip(t.stream, payload, payload.length, 60_000);
+    expect(back.length).toBe(payload.length);
+    expect(sha256(back)).toBe(sha256(payload));
+    t.stream.end();
+    await closed(t.stream);
+  } finally {
+    await closeSession(session);
+  }
+}
+
+// ---- a raw HTTP/2 client over mTLS, for frames node:http2 will not send --------------------------------
+
+type RawH2 = {
+  readonly socket: tls.TLSSocket;
+  /** Resolves when the server has closed the connection (or it errored). */
+  readonly gone: Promise<void>;
+  /** GOAWAY error codes received so far. */
+  readonly goaways: number[];
+  /** Streams reset by the server: [streamId, code]. */
+  readonly resets: [number, number][];
+  /** Write, honouring backpressure; false once the socket is gone. */
+  write(b: Buffer): Promise<boolean>;
+};
+
+function frame(type: number, flags: number, streamId: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  const h = Buffer.alloc(9);
+  h.writeUIntBE(payload.length, 0, 3);
+  h[3] = type;
+  h[4] = flags;
+  h.writeUInt32BE(streamId & 0x7fffffff, 5);
+  return Buffer.concat([h, payload]);
+}
+
+const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+
+function rawH2(port: number, ca: string, carrier: Carrier, readFrames = true): Promise<RawH2> {
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({
+      host: '127.0.0.1',
+      port,
+      servername: 'localhost',
+      ca,
+      cert: carrier.certPem,
+      key: carrier.keyPem,
+      ALPNProtocols: ['h2'],
+    });
+    const goaways: number[] = [];
+    const resets: [number, number][] = [];
+    let buf = Buffer.alloc(0);
+    let isGone = false;
+    const gone = new Promise<void>((res) => {
+      socket.once('close', () => {
+        isGone = true;
+        res();
+      });
+    });
+    socket.on('error', () => {});
+    if (readFrames) {
+      socket.on('data', (c: Buffer) => {
+        buf = Buffer.concat([buf, c]);
+        while (buf.length >= 9) {
+          const len = buf.readUIntBE(0, 3);
+          if (buf.length < 9 + len) break;
+          const type = buf[3];
+          const sid = buf.readUInt32BE(5) & 0x7fffffff;
+          const p = buf.subarray(9, 9 + len);
+          if (type === 0x7 && p.length >= 8) goaways.push(p.readUInt32BE(4));
+          if (type === 0x3 && p.length >= 4) resets.push([sid, p.readUInt32BE(0)]);
+          buf = buf.subarray(9 + len);
+        }
+      });
+    }
+    socket.once('secureConnect', () => {
+      socket.write(Buffer.concat([PREFACE, frame(0x4, 0, 0)]));
+      resolve({
+        socket,
+        gone,
+        goaways,
+        resets,
+        write: (b) =>
+          new Promise<boolean>((res) => {
+            if (isGone || socket.destroyed) return res(false);
+            if (socket.write(b)) return res(true);
+            const onDrain = () => {
+              socket.off('close', onClose);
+              res(true);
+            };
+            const onClose = () => {
+              socket.off('drain', onDrain);
+              res(false);
+            };
+            socket.once('drain', onDrain);
+            socket.once('close', onClose);
+          }),
+      });
+    });
+    socket.once('error', reject);
+  });
+}
+
+/** HPACK literal header field without indexing, new name (RFC 7541 §6.2.2); lengths < 127 only. */
+function hpackLiteral(name: string, value: string): Buffer {
+  return Buffer.concat([
+    Buffer.from([0x00, name.length]),
+    Buffer.from(name),
+    Buffer.from([value.length]),
+    Buffer.from(value),
+  ]);
+}
+
+describe('gateway abuse resistance (issue #7)', () => {
+  let pg: PgHandle;
+  let dbUrl: string;
+  let echo: Upstream;
+  /** Tight limits: rate 5/s burst 5, 2 tunnels per identity, 4 in total. */
+  let gwLimits: GatewayProcess;
+  /** Default limits, small handshake timeout: everything else. */
+  let gw: GatewayProcess;
+  let good: Carrier;
+  let burst: Carrier;
+  let hog: Carrier;
+  let hog2: Carrier;
+  let abuser: Carrier;
+  // The flooding destination for the slow-reader case: streams until told to stop, counting what the
+  // gateway accepted from it (socket.write with backpressure honoured).
+  let flood: net.Server;
+  let floodPort: number;
+  let floodSent = 0;
+  const floodSockets = new Set<net.Socket>();
+  const FLOOD_TOTAL = 64 * MiB;
+
+  const counter = async (g: GatewayProcess, series: string) =>
+    (await scrapeMetric(g.adminPort!, `agent_gateway_${series}`)) ?? 0;
+
+  beforeAll(async () => {
+    pg = await startPostgres({ own: true });
+    dbUrl = await createDatabase(pg.url, 'gateway_abuse');
+    await applyMigrations(dbUrl);
+    echo = await startEchoServer();
+    flood = net.createServer((socket) => {
+      floodSockets.add(socket);
+      socket.on('close', () => floodSockets.delete(socket));
+      socket.on('error', () => {});
+      socket.resume();
+      const block = patternBlock(7);
+      const pump = () => {
+        while (floodSent < FLOOD_TOTAL && !socket.destroyed) {
+          floodSent += block.length;
+          if (!socket.write(block)) {
+            socket.once('drain', pump);
+            return;
+          }
+        }
+      };
+      pump();
+    });
+    floodPort = await new Promise<number>((resolve) =>
+      flood.listen({ host: '127.0.0.1', port: 0 }, () => resolve((flood.address() as net.AddressInfo).port)),
+    );
+
+    [good, burst, hog, hog2, abuser] = (await Promise.all(
+      ['agent-good', 'agent-burst', 'agent-hog', 'agent-hog2', 'agent-abuser'].map((id) => createCarrier(id)),
+    )) as [Carrier, Carrier, Carrier, Carrier, Carrier];
+    const principal = createPrincipalKey();
+    for (const c of [good, burst, hog, hog2, abuser]) {
+      for (const destination of ['echo.test:443', 'flood.test:443']) {
+        await grant(dbUrl, {
+          principalId: 'org-abuse',
+          principal,
+          identity: c.identity,
+          subjectSpkiDer: c.spkiDer,
+          destination,
+        });
+      }
+    }
+    const overrides = {
+      'echo.test:443': `127.0.0.1:${echo.port}`,
+      'flood.test:443': `127.0.0.1:${floodPort}`,
+    };
+    const ca = await createTestCa();
+    [gwLimits, gw] = await Promise.all([
+      startGatewayProcess({
+        databaseUrl: dbUrl,
+        ca,
+        config: {
+          upstream: { overrides },
+          limits: {
+            connect_rate_per_identity: 5,
+            connect_burst_per_identity: 5,
+            max_tunnels_per_identity: 2,
+            max_tunnels: 4,
+          },
+        },
+      }),
+      startGatewayProcess({
+        databaseUrl: dbUrl,
+        ca,
+        config: {
+          server: { handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS },
+          upstream: { overrides },
+          observability: { log_level: 'info' },
+        },
+      }),
+    ]);
+  });
+
+  afterAll(async () => {
+    await Promise.all([gwLimits?.cleanup(), gw?.cleanup()]);
+    for (const s of floodSockets) s.destroy();
+    await new Promise<void>((r) => (flood ? flood.close(() => r()) : r()));
+    await echo?.close();
+    await pg?.destroy();
+  });
+
+  describe('limits', () => {
+    it('rate-limits a CONNECT burst with 429 rate_limited (header, log line, metric)', async () => {
+      const before = await counter(gwLimits, 'limit_rejections_total{reason="rate_limited"}');
+      const s = await connectH2(gwLimits.port, { ca: gwLimits.caPem, carrier: burst });
+      let tunnels: TunnelResult[] = [];
+      try {
+        const burstDone = Promise.all(Array.from({ length: 20 }, () => openTunnel(s, 'echo.test:443')));
+        const [res] = await Promise.all([burstDone, goodTransfer(gwLimits, good)]);
+        tunnels = res;
+        const reasons = tunnels.map((t) =>
+          t.status === 200 ? 'ok' : String(t.headers['agent-gateway-deny-reason']),
+        );
+        for (const t of tunnels) expect([200, 429]).toContain(t.status);
+        // Burst 5 (of which at most 2 become tunnels: max_tunnels_per_identity), the rest refused.
+        expect(reasons.filter((r) => r === 'rate_limited').length).toBeGreaterThanOrEqual(10);
+        expect(reasons.filter((r) => r === 'ok').length).toBeLessThanOrEqual(2);
+      } finally {
+        for (const t of tunnels) t.stream.close();
+        await closeSession(s);
+      }
+      const line = await gwLimits.proc.waitForLog(
+        (l) => l.json?.['msg'] === 'CONNECT denied' && l.json?.['deny_reason'] === 'rate_limited',
+      );
+      expect(line.json).toMatchObject({ source_identity: 'agent-burst', policy_decision: 'deny' });
+      expect(await counter(gwLimits, 'limit_rejections_total{reason="rate_limited"}')).toBeGreaterThanOrEqual(
+        before + 10,
+      );
+      await goodTransfer(gwLimits, good);
+    });
+
+    it('refuses a third concurrent tunnel of one identity (429 identity_tunnel_limit), then the whole gateway at max_tunnels (503 tunnel_limit)', async () => {
+      // Let the earlier burst's tunnels close and the identity's bucket refill.
+      await expect.poll(() => counter(gwLimits, 'tunnels_open'), { timeout: 10_000 }).toBe(0);
+      await sleep(1200);
+      const identityBefore = await counter(
+        gwLimits,
+        'limit_rejections_total{reason="identity_tunnel_limit"}',
+      );
+      const totalBefore = await counter(gwLimits, 'limit_rejections_total{reason="tunnel_limit"}');
+      const a = await connectH2(gwLimits.port, { ca: gwLimits.caPem, carrier: hog });
+      const b = await connectH2(gwLimits.port, { ca: gwLimits.caPem, carrier: hog2 });
+      const held: TunnelResult[] = [];
+      try {
+        for (let i = 0; i < 2; i++) held.push(await openTunnel(a, 'echo.test:443'));
+        expect(held.map((t) => t.status)).toEqual([200, 200]);
+        const third = await openTunnel(a, 'echo.test:443');
+        expect(third.status).toBe(429);
+        expect(third.headers['agent-gateway-deny-reason']).toBe('identity_tunnel_limit');
+        // Another identity is unaffected by agent-hog's limit (3 of 4 tunnels open while it runs).
+        await goodTransfer(gwLimits, good);
+        expect(await counter(gwLimits, 'limit_rejections_total{reason="identity_tunnel_limit"}')).toBe(
+          identityBefore + 1,
+        );
+
+        for (let i = 0; i < 2; i++) held.push(await openTunnel(b, 'echo.test:443'));
+        expect(held.map((t) => t.status)).toEqual([200, 200, 200, 200]);
+        const full = await connectH2(gwLimits.port, { ca: gwLimits.caPem, carrier: good });
+        try {
+          const refused = await openTunnel(full, 'echo.test:443');
+          expect(refused.status).toBe(503);
+          expect(refused.headers['agent-gateway-deny-reason']).toBe('tunnel_limit');
+        } finally {
+          await closeSession(full);
+        }
+        expect(await counter(gwLimits, 'limit_rejections_total{reason="tunnel_limit"}')).toBe(
+          totalBefore + 1,
+        );
+        const line = await gwLimits.proc.waitForLog(
+          (l) => l.json?.['msg'] === 'CONNECT denied' && l.json?.['deny_reason'] === 'tunnel_limit',
+        );
+        expect(line.json).toMatchObject({ source_identity: 'agent-good' });
+
+        // A slot freed is a slot usable: the good client gets through once one tunnel closes.
+        const released = held.pop()!;
+        released.stream.end();
+        await closed(released.stream);
+        await expect.poll(() => counter(gwLimits, 'tunnels_open'), { timeout: 10_000 }).toBe(3);
+        await goodTransfer(gwLimits, good);
+      } finally {
+        for (const t of held) t.stream.close();
+        await Promise.all([closeSession(a), closeSession(b)]);
+      }
+    }, 90_000);
+  });
+
+  describe('protocol floods', () => {
+    it('refuses a header block larger than max_header_list_bytes; other clients unaffected', async () => {
+      const s = http2.connect(`https://localhost:${gw.port}`, {
+        ca: gw.caPem,
+        servername: 'localhost',
+        cert: abuser.certPem,
+        key: abuser.keyPem,
+        maxSendHeaderBlockLength: 4 * MiB,
+      });
+      s.on('error', () => {});
+      await new Promise<void>((resolve, reject) => {
+        s.once('connect', () => resolve());
+        s.once('error', reject);
+      });
+      try {
+        const huge = randomBytes(48 * 1024).toString('base64'); // 64 KiB, 4x the 16 KiB limit
+        const stream = s.request({ ':method': 'CONNECT', ':authority': 'echo.test:443', 'x-junk': huge });
+        stream.on('error', () => {});
+        let status: number | undefined;
+        stream.once('response', (h) => {
+          status = Number(h[':status']);
+        });
+        const goodRun = goodTransfer(gw, good);
+        const { rstCode } = await closed(stream, 20_000).catch(() => ({ rstCode: -1 }));
+        // Never tunnelled: reset with ENHANCE_YOUR_CALM, as node does once SETTINGS are ACKed; this request
+        // went out in the client's first flight, which node alone would accept (see server.ts onStream).
+        expect(status).toBeUndefined();
+        expect(rstCode).toBe(constants.NGHTTP2_ENHANCE_YOUR_CALM);
+        await goodRun;
+      } finally {
+        s.destroy();
+      }
+      expect(gw.proc.exitInfo()).toBeNull();
+    });
+
+    it('cuts off an endless CONTINUATION stream with bounded memory; other clients unaffected', async () => {
+      const rssBefore = rssBytes(gw.proc.pid);
+      const raw = await rawH2(gw.port, gw.caPem, abuser);
+      // HEADERS for stream 1 without END_HEADERS, then CONTINUATION frames that never end it.
+      const start = Buffer.concat([
+        hpackLiteral(':method', 'CONNECT'),
+        hpackLiteral(':authority', 'echo.test:443'),
+      ]);
+      await raw.write(frame(0x1, 0x0, 1, start));
+      const field = hpackLiteral('x-flood', 'a'.repeat(100));
+      const chunk = Buffer.concat(Array.from({ length: Math.floor(16_000 / field.length) }, () => field));
+      const cont = frame(0x9, 0x0, 1, chunk);
+      const goodRun = goodTransfer(gw, good);
+      let sent = 0;
+      const MAX_FRAMES = 4096; // 64 MiB of header block, if nobody stops us
+      for (; sent < MAX_FRAMES; sent++) {
+        if (!(await raw.write(cont))) break;
+      }
+      await Promise.race([raw.gone, sleep(10_000)]);
+      const cutOff = raw.socket.destroyed || raw.goaways.length > 0 || raw.resets.length > 0;
+      raw.socket.destroy();
+      // Seen: node's header pair cap (128) resets stream 1 (ENHANCE_YOUR_CALM) within a few frames, and
+      // the CONTINUATION frames that keep coming for it end the connection (GOAWAY).
+      const seen = `${sent} frames sent; GOAWAY ${raw.goaways}; RST ${JSON.stringify(raw.resets)}`;
+      expect(cutOff, `CONTINUATION flood still open: ${seen}`).toBe(true);
+      expect(sent, seen).toBeLessThan(MAX_FRAMES);
+      await goodRun;
+      expect(rssBytes(gw.proc.pid) - rssBefore).toBeLessThan(48 * MiB);
+      expect(gw.proc.exitInfo()).toBeNull();
+    });
+
+    it('answers a rapid-reset client with GOAWAY ENHANCE_YOUR_CALM while another client transfers 4 MiB', async () => {
+      const s = await connectH2(gw.port, { ca: gw.caPem, carrier: abuser });
+      const goaway = new Promise<number>((resolve) => s.once('goaway', (code) => resolve(code)));
+      const goodRun = goodTransfer(gw, good);
+      for (let i = 0; i < 400 && !s.destroyed && !s.closed; i++) {
+        const stream = s.request({ ':method': 'CONNECT', ':authority': 'echo.test:443' });
+        stream.on('error', () => {});
+        stream.close(constants.NGHTTP2_CANCEL);
+        if (i % 20 === 19) await sleep(20);
+      }
+      expect(await goaway).toBe(constants.NGHTTP2_ENHANCE_YOUR_CALM);
+      s.destroy();
+      await goodRun;
+    });
+
+    it('survives a SETTINGS flood (10,000 frames) and keeps serving others', async () => {
+      const rssBefore = rssBytes(gw.proc.pid);
+      // Not reading the ACKs is the abusive part: they pile up on the gateway's side.
+      const raw = await rawH2(gw.port, gw.caPem, abuser, false);
+      raw.socket.pause();
+      const settings = Buffer.alloc(6);
+      settings.writeUInt16BE(0x3, 0); // SETTINGS_MAX_CONCURRENT_STREAMS
+      const goodRun = goodTransfer(gw, good);
+      const batch: Buffer[] = [];
+      for (let i = 0; i < 10_000; i++) {
+        settings.writeUInt32BE(100 + (i % 50), 2);
+        batch.push(frame(0x4, 0x0, 0, Buffer.from(settings)));
+      }
+      for (let i = 0; i < batch.length; i += 500) {
+        if (
+          !(await Promise.race([
+            raw.write(Buffer.concat(batch.slice(i, i + 500))),
+            sleep(5000).then(() => false),
+          ]))
+        )
+          break;
+      }
+      await goodRun;
+      raw.socket.destroy();
+      expect(gw.proc.exitInfo()).toBeNull();
+      expect((await fetch(`http://127.0.0.1:${gw.adminPort}/healthz`)).status).toBe(200);
+      expect(rssBytes(gw.proc.pid) - rssBefore).toBeLessThan(48 * MiB);
+      await goodTransfer(gw, good);
+    });
+  });
+
+  describe('slow peers', () => {
+    it('pauses the destination for a client that never reads (window 0): bounded memory, others unaffected', async () => {
+      const s = http2.connect(`https://localhost:${gw.port}`, {
+        ca: gw.caPem,
+        servername: 'localhost',
+        cert: abuser.certPem,
+        key: abuser.keyPem,
+        settings: { initialWindowSize: 0 },
+      });
+      s.on('error', () => {});
+      await new Promise<void>((resolve, reject) => {
+        s.once('connect', () => resolve());
+        s.once('error', reject);
+      });
+      try {
+        const rssBefore = rssBytes(gw.proc.pid);
+        floodSent = 0;
+        const t = await openTunnel(s, 'flood.test:443');
+        expect(t.status).toBe(200);
+        // Wait until the destination is stalled (nothing more accepted for 1.5 s) or has pushed it all.
+        let last = -1;
+        for (let i = 0; i < 40 && floodSent < FLOOD_TOTAL; i++) {
+          await sleep(1500);
+          if (floodSent === last) break;
+          last = floodSent;
+        }
+        const stalledAt = floodSent;
+        // Backpressure: the gateway stopped reading the destination after a few MiB of buffers
+        // (kernel socket buffers included), far short of the 64 MiB it was offered.
+        expect(stalledAt, `destination pushed ${stalledAt} bytes`).toBeLessThan(32 * MiB);
+        const grown = rssBytes(gw.proc.pid) - rssBefore;
+        expect(grown, `gateway RSS grew ${grown} bytes`).toBeLessThan(48 * MiB);
+        // While that tunnel is stuck, other clients are not.
+        await goodTransfer(gw, good);
+        expect(floodSent - stalledAt).toBeLessThan(4 * MiB);
+        t.stream.close(constants.NGHTTP2_CANCEL);
+      } finally {
+        s.destroy();
+      }
+      await expect.poll(() => floodSockets.size, { timeout: 10_000 }).toBe(0);
+    }, 120_000);
+
+    it('drops TCP connections that never send a ClientHello after handshake_timeout_ms', async () => {
+      const N = 50;
+      const sockets = await Promise.all(
+        Array.from(
+          { length: N },
+          () =>
+            new Promise<net.Socket>((resolve, reject) => {
+              const c = net.connect({ host: '127.0.0.1', port: gw.port }, () => resolve(c));
+              c.on('error', reject);
+            }),
+        ),
+      );
+      const closedAll = Promise.all(
+        sockets.map(
+          (c) =>
+            new Promise<void>((resolve) => {
+              c.on('error', () => {});
+              if (c.destroyed) resolve();
+              c.once('close', () => resolve());
+            }),
+        ),
+      );
+      const goodRun = goodTransfer(gw, good);
+      const outcome = await Promise.race([closedAll.then(() => 'closed'), sleep(30_000).then(() => 'open')]);
+      for (const c of sockets) c.destroy();
+      expect(outcome).toBe('closed');
+      await goodRun;
+    });
+  });
+
+  describe('readiness', () => {
+    it('/readyz: 200, then 503 naming the registry while PostgreSQL is down, 200 again after it is back', async () => {
+      const readyz = async () => {
+        const res = await fetch(`http://127.0.0.1:${gw.adminPort}/readyz`);
+        return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+      };
+      expect((await readyz()).status).toBe(200);
+      await pg.stop();
+      try {
+        await expect.poll(async () => (await readyz()).status, { timeout: 20_000, interval: 250 }).toBe(503);
+        const down = await readyz();
+        expect(down.body['failing']).toEqual(['registry']);
+        expect(down.body['checks']).toMatchObject({ registry: { ok: false }, listener: { ok: true } });
+      } finally {
+        await pg.start();
+      }
+      await expect.poll(async () => (await readyz()).status, { timeout: 30_000, interval: 250 }).toBe(200);
+      // The same gateway process (never restarted) serves tunnels again.
+      await goodTransfer(gw, good);
+      expect(gw.proc.exitInfo()).toBeNull();
+    }, 90_000);
+  });
+});
