@@ -195,13 +195,24 @@ function onStreamEnd(this: ServerHttp2Stream): void {
 
 // ---- destination → client ------------------------------------------------------------------------
 
+/**
+ * How many destination bytes may wait in the client's stream before the tunnel stops reading the
+ * destination. The HTTP/2 stream's own writableHighWaterMark is 16 KiB and cannot be set for a server
+ * stream, while one socket read is up to 64 KiB, so honouring write() === false paused and resumed the
+ * socket on every read (an epoll_ctl pair each). The stream's buffer holds what the client's flow-control
+ * window does not yet admit, so this still bounds the memory a slow client can make one tunnel hold.
+ */
+const DOWNLOAD_BUFFER_LIMIT = 1024 * 1024;
+
 function onSocketData(this: Socket, chunk: Buffer): void {
   const t = tunnelOf(this);
   if (t === undefined) return;
   t.bytesDestToClient += chunk.length;
   const stream = t.stream;
   if (stream.destroyed) return;
-  if (!stream.write(chunk)) this.pause();
+  // write() returning false still arms 'drain', which fires once the buffer is empty and resumes us.
+  stream.write(chunk);
+  if (stream.writableLength >= DOWNLOAD_BUFFER_LIMIT) this.pause();
 }
 
 function onStreamDrain(this: ServerHttp2Stream): void {

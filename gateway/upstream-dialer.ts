@@ -5,7 +5,8 @@
  * (upstream.connect_timeout_ms) covers resolution and every connect attempt.
  */
 import { lookup as dnsLookup } from 'node:dns/promises';
-import { isIP, Socket } from 'node:net';
+import { isIP, Socket, type SocketConstructorOpts } from 'node:net';
+import type { DuplexOptions } from 'node:stream';
 import type { Destination } from '../core/destination.js';
 import type { AddressGuard } from './address-guard.js';
 import type { HostPort } from './config.js';
@@ -37,6 +38,21 @@ export type DialerOptions = {
   readonly connectTimeoutMs: number;
   /** Tests swap the resolver; the default is the system resolver (getaddrinfo), as curl uses. */
   readonly lookup?: LookupFn;
+};
+
+/**
+ * How many bytes from the client may wait in an upstream socket's write buffer before the tunnel stops
+ * reading the client's stream (tunnel.ts). Node's default (16 KiB) is one HTTP/2 DATA frame, so write()
+ * returned false after every frame and the tunnel paused and resumed per frame, which also defeated the
+ * tunnel's cork: the corked writes never grew past one frame. This is a bound, not an allocation: an idle
+ * tunnel buffers nothing.
+ */
+export const UPSTREAM_WRITE_HIGH_WATER_MARK = 1024 * 1024;
+
+// net.Socket passes the Duplex options through; @types/node's SocketConstructorOpts omits them.
+const SOCKET_OPTIONS: SocketConstructorOpts & DuplexOptions = {
+  allowHalfOpen: true,
+  writableHighWaterMark: UPSTREAM_WRITE_HIGH_WATER_MARK,
 };
 
 async function systemLookup(host: string): Promise<readonly string[]> {
@@ -116,8 +132,9 @@ function connectOnce(
 ): Promise<Connection> {
   return new Promise((resolve) => {
     // allowHalfOpen: CONNECT half-close (SPEC §4) needs each direction to end independently. The host is
-    // the literal the guard approved, so net does no lookup of its own.
-    const socket = new Socket({ allowHalfOpen: true });
+    // the literal the guard approved, so net does no lookup of its own. writableHighWaterMark: see
+    // UPSTREAM_WRITE_HIGH_WATER_MARK.
+    const socket = new Socket(SOCKET_OPTIONS);
     let settled = false;
     const finish = (result: Connection) => {
       if (settled) return;

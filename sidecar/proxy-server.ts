@@ -22,6 +22,8 @@ export type ProxyServerOptions = {
 const ORPHAN_STREAM_GRACE_MS = 5_000;
 // How long a FIN to the agent waits for a RST_STREAM that may follow the gateway's END_STREAM.
 const RST_AFTER_END_GRACE_MS = 25;
+// How many bytes may wait to be written to one side of a tunnel before the other side stops being read.
+const FORWARD_BUFFER_LIMIT = 1024 * 1024;
 // A CONNECT authority is `host:port`; anything with whitespace, a path or credentials is not one.
 const AUTHORITY = /^(?:\[[0-9a-fA-F:.]+\]|[^\s/?#@[\]:]+)(?::\d{1,5})?$/;
 
@@ -173,19 +175,37 @@ export class ProxyServer {
 
     socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
     if (head.length > 0) stream.write(head);
+    // Bytes each way with backpressure, but not pipe(): pipe() pauses the source whenever write() returns
+    // false, and both high-water marks here are 16 KiB, below one 64 KiB socket read (and one 16 KiB DATA
+    // frame fills the agent socket's), so it paused and resumed per chunk. Pausing only past
+    // FORWARD_BUFFER_LIMIT still bounds what a slow side makes one tunnel hold; 'drain' (armed by the
+    // write() that returned false) resumes the source once that buffer is empty.
     socket.on('data', (chunk: Buffer) => {
       agentToGateway += chunk.length;
+      if (stream.destroyed || stream.writableEnded) return;
+      stream.write(chunk);
+      if (stream.writableLength >= FORWARD_BUFFER_LIMIT) socket.pause();
     });
+    stream.on('drain', () => socket.resume());
     stream.on('data', (chunk: Buffer) => {
       gatewayToAgent += chunk.length;
+      if (socket.destroyed || socket.writableEnded) return;
+      corkUntilNextTurn(socket);
+      socket.write(chunk);
+      if (socket.writableLength >= FORWARD_BUFFER_LIMIT) stream.pause();
     });
-    // pipe() honours write() === false on either side. The agent's FIN becomes END_STREAM (the gateway
-    // half-closes upstream). The gateway's END_STREAM becomes a FIN only once it is clearly not the first
-    // half of a reset: a Node gateway's stream.close(CONNECT_ERROR) sends END_STREAM and then RST_STREAM,
-    // and a reset must reach the agent as a reset, never as a clean end of a cut transfer.
+    socket.on('drain', () => stream.resume());
+    // As pipe() did: start both flowing even if something paused them before the 200.
+    socket.resume();
+    stream.resume();
+    // The agent's FIN becomes END_STREAM (the gateway half-closes upstream). The gateway's END_STREAM
+    // becomes a FIN only once it is clearly not the first half of a reset: a Node gateway's
+    // stream.close(CONNECT_ERROR) sends END_STREAM and then RST_STREAM, and a reset must reach the agent
+    // as a reset, never as a clean end of a cut transfer.
     let finTimer: NodeJS.Timeout | undefined;
-    socket.pipe(stream);
-    stream.pipe(socket, { end: false });
+    socket.once('end', () => {
+      if (!stream.destroyed && !stream.writableEnded) stream.end();
+    });
     stream.once('end', () => {
       if (stream.closed) return;
       finTimer = setTimeout(() => {
@@ -225,6 +245,21 @@ export class ProxyServer {
       else socket.once('close', done);
     });
   }
+}
+
+/**
+ * HTTP/2 hands over the gateway's bytes one DATA frame (≤16 KiB) at a time; holding the agent socket
+ * corked until the next event-loop turn writes them with one writev instead of one write each.
+ * (Uncorking on process.nextTick does not coalesce.)
+ */
+function corkUntilNextTurn(socket: Socket): void {
+  if (socket.writableCorked > 0) return;
+  socket.cork();
+  setImmediate(uncork, socket);
+}
+
+function uncork(socket: Socket): void {
+  if (socket.writableCorked > 0) socket.uncork();
 }
 
 function isReset(stream: http2.ClientHttp2Stream): boolean {
