@@ -158,6 +158,6 @@ describe('Dockerfile', () => {
     const user = /^USER (\S+)/m.exec(runtime)?.[1];
     expect(user).toBeDefined();
     expect(user).not.toMatch(/^(0|root)(:|$)/);
-    expect(runtime).toContain('ENTRYPOINT ["node", "dist/gateway/main.js"]');
+    expect(runtime).toContain('ENTRYPOINT ["node", "--initial-heap-size=64", "dist/gateway/main.js"]');
   });
 });
