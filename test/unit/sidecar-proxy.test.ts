@@ -431,22 +431,7 @@ describe('sidecar proxy over an HTTP/2 CONNECT gateway', () => {
 
   it('drains: refuses new agents, lets open tunnels finish, then resolves', async () => {
     const g = await startGw();
-    const gateway = new GatewaySession({
-      host: '127.0.0.1',
-      port: g.port,
-      servername: 'localhost',
-      secureContext: secureContext(),
-      logger: silent,
-    });
-    cleanups.push(() => gateway.destroy());
-    const proxy = new ProxyServer({
-      host: '127.0.0.1',
-      port: 0,
-      gateway,
-      tracing: noTracing,
-      logger: silent,
-    });
-    const { port } = await proxy.listen();
+    const { proxy, port } = await startProxy(g.port);
     const agent = await agentConnect(port, 'echo.test:443');
     const drained = proxy.drain(10_000);
     await new Promise((r) => setTimeout(r, 100));
@@ -462,22 +447,7 @@ describe('sidecar proxy over an HTTP/2 CONNECT gateway', () => {
 
   it('cuts tunnels still open at the drain deadline', async () => {
     const g = await startGw();
-    const gateway = new GatewaySession({
-      host: '127.0.0.1',
-      port: g.port,
-      servername: 'localhost',
-      secureContext: secureContext(),
-      logger: silent,
-    });
-    cleanups.push(() => gateway.destroy());
-    const proxy = new ProxyServer({
-      host: '127.0.0.1',
-      port: 0,
-      gateway,
-      tracing: noTracing,
-      logger: silent,
-    });
-    const { port } = await proxy.listen();
+    const { proxy, port } = await startProxy(g.port);
     const agent = await agentConnect(port, 'echo.test:443');
     agent.socket.on('error', () => {});
     const closed = new Promise((r) => agent.socket.once('close', r));
