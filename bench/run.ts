@@ -27,9 +27,17 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { migrate } from '../core/migrate.js';
+import { createPrincipalKey as principalKey } from '../dev-support/pki.js';
+import { freePort, waitForPort } from '../dev-support/ports.js';
+import { grant as seedGrant } from '../dev-support/registry-seed.js';
+import {
+  type TpmHandle as BenchTpm,
+  missingTpmTools,
+  startSwtpm as startBenchTpm,
+  TABRMD_TCTI,
+} from '../dev-support/swtpm.js';
 import type { Direction, Op, OpResult, Response, Target } from './protocol.js';
-import { freePort, waitForPort } from './support/net.js';
-import { createPki, principalKey, SINK_NAME } from './support/pki.js';
+import { createPki, SINK_NAME } from './support/pki.js';
 import { startBenchPostgres } from './support/postgres.js';
 import {
   cpuSeconds,
@@ -39,10 +47,8 @@ import {
   processTree,
   rssBytes,
 } from './support/proc.js';
-import { seedGrant } from './support/registry-seed.js';
 import { type Managed, spawnLogged } from './support/spawn.js';
 import { ratio, type Spread, show, spread, table } from './support/stats.js';
-import { type BenchTpm, missingTpmTools, startBenchTpm, TABRMD_TCTI } from './support/swtpm.js';
 import {
   COUNTED,
   countSyscalls,

@@ -16,9 +16,9 @@ import path from 'node:path';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { missingTpmTools, startSwtpm as startBenchTpm, TABRMD_TCTI } from '../dev-support/swtpm.js';
 import { createTpmSecureContext, type TpmKeyConfig } from '../sidecar/tpm-context.js';
 import { createPki } from './support/pki.js';
-import { missingTpmTools, startBenchTpm, TABRMD_TCTI } from './support/swtpm.js';
 
 const { values } = parseArgs({
   options: { count: { type: 'string', default: '200' }, parallel: { type: 'string', default: '16' } },

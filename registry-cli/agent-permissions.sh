@@ -1,11 +1,4 @@
 #!/usr/bin/env bash
 # Grant, revoke (delete), list and check agent permissions (SPEC §7).
 # Thin wrapper: the command is registry-cli/cli.ts, built to dist/ by `npm run build`. `agent-permissions.sh --help` for usage.
-set -euo pipefail
-ROOT="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)"
-CLI="$ROOT/dist/registry-cli/cli.js"
-if [[ ! -f "$CLI" ]]; then
-  echo "error: $CLI is missing: run \`npm run build\` in $ROOT first" >&2
-  exit 2
-fi
-exec node "$CLI" agent-permissions "$@"
+exec bash "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/run-cli.sh" agent-permissions "$@"

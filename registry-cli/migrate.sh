@@ -1,11 +1,4 @@
 #!/usr/bin/env bash
 # Apply the registry migrations (prints what it applied or "up to date").
 # Thin wrapper: the command is registry-cli/cli.ts, built to dist/ by `npm run build`. `migrate.sh --help` for usage.
-set -euo pipefail
-ROOT="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)"
-CLI="$ROOT/dist/registry-cli/cli.js"
-if [[ ! -f "$CLI" ]]; then
-  echo "error: $CLI is missing: run \`npm run build\` in $ROOT first" >&2
-  exit 2
-fi
-exec node "$CLI" migrate "$@"
+exec bash "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/run-cli.sh" migrate "$@"

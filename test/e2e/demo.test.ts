@@ -7,8 +7,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { isPortFree } from '../support/ports.js';
-import { type CommandResult, repoRoot, runCommand } from '../support/processes.js';
+import { isPortFree } from '../../dev-support/ports.js';
+import { repoRoot } from '../../dev-support/repo-root.js';
+import { type CommandResult, runCommand } from '../../dev-support/run-command.js';
 
 const MINUTE = 60_000;
 

@@ -8,6 +8,9 @@ import http2, { constants } from 'node:http2';
 import net from 'node:net';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type Carrier, createCarrier, createPrincipalKey, createTestCa } from '../../dev-support/pki.js';
+import { createMigratedDatabase, type PgHandle, startPostgres } from '../../dev-support/postgres.js';
+import { grant } from '../../dev-support/registry-seed.js';
 import {
   closed,
   closeSession,
@@ -19,9 +22,6 @@ import {
   startGatewayProcess,
   type TunnelResult,
 } from '../support/gateway.js';
-import { type Carrier, createCarrier, createPrincipalKey, createTestCa } from '../support/pki.js';
-import { applyMigrations, createDatabase, type PgHandle, startPostgres } from '../support/postgres.js';
-import { grant } from '../support/registry-seed.js';
 import { patternBlock, startEchoServer, type Upstream } from '../support/upstreams.js';
 
 const MiB = 1024 * 1024;
@@ -186,9 +186,8 @@ describe('gateway abuse resistance (issue #7)', () => {
     (await scrapeMetric(g.adminPort!, `agent_gateway_${series}`)) ?? 0;
 
   beforeAll(async () => {
-    pg = await startPostgres({ own: true });
-    dbUrl = await createDatabase(pg.url, 'gateway_abuse');
-    await applyMigrations(dbUrl);
+    pg = await startPostgres();
+    dbUrl = await createMigratedDatabase(pg.url, 'gateway_abuse');
     echo = await startEchoServer();
     flood = net.createServer((socket) => {
       floodSockets.add(socket);

@@ -2,6 +2,9 @@
 // query timeout rather than hanging or allowing; when it comes back, the same gateway process allows
 // again. Uses its OWN PostgreSQL cluster, since it stops it.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type Carrier, createCarrier, createPrincipalKey } from '../../dev-support/pki.js';
+import { createMigratedDatabase, type PgHandle, startPostgres } from '../../dev-support/postgres.js';
+import { grant } from '../../dev-support/registry-seed.js';
 import {
   closed,
   closeSession,
@@ -11,9 +14,6 @@ import {
   roundTrip,
   startGatewayProcess,
 } from '../support/gateway.js';
-import { type Carrier, createCarrier, createPrincipalKey } from '../support/pki.js';
-import { applyMigrations, createDatabase, type PgHandle, startPostgres } from '../support/postgres.js';
-import { grant } from '../support/registry-seed.js';
 import { startEchoServer, type Upstream } from '../support/upstreams.js';
 
 const QUERY_TIMEOUT_MS = 500;
@@ -25,9 +25,8 @@ describe('registry outage', () => {
   let agent: Carrier;
 
   beforeAll(async () => {
-    pgh = await startPostgres({ own: true });
-    const url = await createDatabase(pgh.url, 'gateway_outage');
-    await applyMigrations(url);
+    pgh = await startPostgres();
+    const url = await createMigratedDatabase(pgh.url, 'gateway_outage');
     echo = await startEchoServer();
     agent = await createCarrier('agent-alpha');
     await grant(url, {

@@ -6,6 +6,22 @@ import type { TLSSocket } from 'node:tls';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import {
+  type Carrier,
+  createCarrier,
+  createPrincipalKey,
+  createTestCa,
+  type TestCa,
+} from '../../dev-support/pki.js';
+import { freePort } from '../../dev-support/ports.js';
+import {
+  applyMigrations,
+  createDatabase,
+  createMigratedDatabase,
+  dropDatabase,
+} from '../../dev-support/postgres.js';
+import { grant } from '../../dev-support/registry-seed.js';
+import { runCommand } from '../../dev-support/run-command.js';
+import {
   closed,
   closeSession,
   connectH2,
@@ -16,17 +32,6 @@ import {
   startGatewayProcess,
   writeGatewayConfig,
 } from '../support/gateway.js';
-import {
-  type Carrier,
-  createCarrier,
-  createPrincipalKey,
-  createTestCa,
-  type TestCa,
-} from '../support/pki.js';
-import { freePort } from '../support/ports.js';
-import { applyMigrations, createDatabase, dropDatabase } from '../support/postgres.js';
-import { runCommand } from '../support/processes.js';
-import { grant } from '../support/registry-seed.js';
 import { startEchoServer, type Upstream } from '../support/upstreams.js';
 
 const adminUrl = inject('pgAdminUrl');
@@ -149,8 +154,7 @@ describe('running gateway: drain, reload, cluster', () => {
   let agent: Carrier;
 
   beforeAll(async () => {
-    dbUrl = await createDatabase(adminUrl, 'gateway_lifecycle');
-    await applyMigrations(dbUrl);
+    dbUrl = await createMigratedDatabase(adminUrl, 'gateway_lifecycle');
     echo = await startEchoServer();
     agent = await createCarrier('agent-alpha');
     await grant(dbUrl, {
@@ -309,6 +313,7 @@ describe('running gateway: drain, reload, cluster', () => {
         t.stream.end();
         await closed(t.stream);
       }
+      await expect.poll(() => gw.logs('CONNECT allowed').length).toBeGreaterThanOrEqual(6);
       const pids = new Set(gw.logs('CONNECT allowed').map((l) => l['pid']));
       expect(pids.size).toBeGreaterThanOrEqual(1);
       const metrics = await (await fetch(`http://127.0.0.1:${gw.adminPort}/metrics`)).text();

@@ -5,6 +5,9 @@
 import http2 from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { type Carrier, createCarrier, createPrincipalKey } from '../../dev-support/pki.js';
+import { createMigratedDatabase, dropDatabase } from '../../dev-support/postgres.js';
+import { grant } from '../../dev-support/registry-seed.js';
 import {
   closed,
   closeSession,
@@ -13,9 +16,6 @@ import {
   openTunnel,
   startGatewayProcess,
 } from '../support/gateway.js';
-import { type Carrier, createCarrier, createPrincipalKey } from '../support/pki.js';
-import { applyMigrations, createDatabase, dropDatabase } from '../support/postgres.js';
-import { grant } from '../support/registry-seed.js';
 import { startEchoServer, type Upstream } from '../support/upstreams.js';
 
 const EXPORT_PATH = '/opentelemetry.proto.collector.trace.v1.TraceService/Export';
@@ -54,8 +54,7 @@ describe('tracing', () => {
   let gw: GatewayProcess;
 
   beforeAll(async () => {
-    dbUrl = await createDatabase(adminUrl, 'gateway_tracing');
-    await applyMigrations(dbUrl);
+    dbUrl = await createMigratedDatabase(adminUrl, 'gateway_tracing');
     [collector, echo, agent] = await Promise.all([
       startCollector(),
       startEchoServer(),
@@ -100,9 +99,9 @@ describe('tracing', () => {
     expect(denied.status).toBe(403);
     await closeSession(session);
 
-    const logged = gw.logs('CONNECT allowed').find((l) => l['trace_id'] === traceId);
-    expect(logged).toBeDefined();
-    expect(gw.logs('CONNECT denied').find((l) => l['trace_id'] === traceId)).toBeDefined();
+    const byTrace = (l: Record<string, unknown>) => l['trace_id'] === traceId;
+    expect(await gw.waitForLogs('CONNECT allowed', byTrace)).toHaveLength(1);
+    expect(await gw.waitForLogs('CONNECT denied', byTrace)).toHaveLength(1);
 
     // Shutdown flushes the batch span processor.
     expect(await gw.stop()).toBe(0);

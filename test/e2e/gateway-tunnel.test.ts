@@ -4,6 +4,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import http2, { type ClientHttp2Session, constants } from 'node:http2';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { type Carrier, createCarrier, createPrincipalKey } from '../../dev-support/pki.js';
+import { freePort } from '../../dev-support/ports.js';
+import { createMigratedDatabase, dropDatabase } from '../../dev-support/postgres.js';
+import { grant } from '../../dev-support/registry-seed.js';
 import {
   closed,
   closeSession,
@@ -14,10 +18,6 @@ import {
   scrapeMetric,
   startGatewayProcess,
 } from '../support/gateway.js';
-import { type Carrier, createCarrier, createPrincipalKey } from '../support/pki.js';
-import { freePort } from '../support/ports.js';
-import { applyMigrations, createDatabase, dropDatabase } from '../support/postgres.js';
-import { grant } from '../support/registry-seed.js';
 import {
   type BlackHole,
   pumpPattern,
@@ -52,8 +52,7 @@ describe('gateway request path', () => {
     (await scrapeMetric(gw.adminPort!, `agent_gateway_${series}`)) ?? 0;
 
   beforeAll(async () => {
-    dbUrl = await createDatabase(adminUrl, 'gateway_tunnel');
-    await applyMigrations(dbUrl);
+    dbUrl = await createMigratedDatabase(adminUrl, 'gateway_tunnel');
     [echo, halfClose, bulk, blackHole, closedPort, resetter, abandon] = await Promise.all([
       startEchoServer(),
       startHalfCloseServer(),
@@ -150,6 +149,19 @@ describe('gateway request path', () => {
       (l) => l.json?.['msg'] === 'tunnel closed' && l.json?.['dest_authority'] === 'docstore:443',
     );
     expect(closedLine.json).toMatchObject({ bytes_client_to_dest: 26, bytes_dest_to_client: 26 });
+  });
+
+  it('writes a lone decision line promptly although the log is written in batches', async () => {
+    // Nothing else is logging: the line waits for the batch flush tick (100 ms), not for more lines.
+    const traceId = randomBytes(16).toString('hex');
+    const sent = Date.now();
+    const t = await openTunnel(session, 'elsewhere.test:443', {
+      traceparent: `00-${traceId}-b7ad6b7169203331-01`,
+    });
+    expect(t.status).toBe(403);
+    const [line] = await gw.waitForLogs('CONNECT denied', (l) => l['trace_id'] === traceId, 2000);
+    expect(line).toMatchObject({ deny_reason: 'no_permission' });
+    expect(Date.now() - sent).toBeLessThan(1000);
   });
 
   it('counts the bytes of an open tunnel in agent_gateway_bytes_total before it closes', async () => {

@@ -5,6 +5,9 @@ import type { ClientHttp2Session, ClientHttp2Stream } from 'node:http2';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { type Carrier, createCarrier, createPrincipalKey, type PrincipalKey } from '../../dev-support/pki.js';
+import { createMigratedDatabase, dropDatabase } from '../../dev-support/postgres.js';
+import { grant, revokePermission, seedPermission, windowFromNow } from '../../dev-support/registry-seed.js';
 import {
   closed,
   closeSession,
@@ -13,9 +16,6 @@ import {
   openTunnel,
   startGatewayProcess,
 } from '../support/gateway.js';
-import { type Carrier, createCarrier, createPrincipalKey, type PrincipalKey } from '../support/pki.js';
-import { applyMigrations, createDatabase, dropDatabase } from '../support/postgres.js';
-import { grant, revokePermission, seedPermission, windowFromNow } from '../support/registry-seed.js';
 import { startEchoServer, type Upstream } from '../support/upstreams.js';
 
 /** Keeps bytes flowing through an echo tunnel and counts what comes back. */
@@ -101,8 +101,7 @@ describe('live revocation through the gateway', () => {
   };
 
   beforeAll(async () => {
-    dbUrl = await createDatabase(adminUrl, 'live_revocation');
-    await applyMigrations(dbUrl);
+    dbUrl = await createMigratedDatabase(adminUrl, 'live_revocation');
     echo = await startEchoServer();
     [alpha, beta, gamma] = await Promise.all([
       createCarrier('agent-alpha'),

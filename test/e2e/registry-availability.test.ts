@@ -4,17 +4,16 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { normalizeDestination } from '../../core/destination.js';
 import { latestKnownVersion } from '../../core/migrate.js';
+import {
+  createMigratedDatabase,
+  dropDatabase,
+  type PgHandle,
+  startPostgres,
+} from '../../dev-support/postgres.js';
 import { RegistryAuthorizer } from '../../gateway/authorizer.js';
 import { LiveRevocation } from '../../gateway/live-revocation.js';
 import { createGatewayMetrics } from '../../gateway/metrics.js';
 import { Registry, type RegistryOptions, RegistryUnavailableError } from '../../gateway/registry.js';
-import {
-  applyMigrations,
-  createDatabase,
-  dropDatabase,
-  type PgHandle,
-  startPostgres,
-} from '../support/postgres.js';
 import {
   DAY,
   insertPermission,
@@ -69,15 +68,14 @@ const options = (url: string, patch: Partial<RegistryOptions> = {}): RegistryOpt
 describe('registry down and back (own cluster)', () => {
   let pg: PgHandle;
   beforeAll(async () => {
-    pg = await startPostgres({ own: true });
+    pg = await startPostgres();
   });
   afterAll(async () => {
     await pg?.destroy();
   });
 
   it('denies registry_unavailable while stopped, recovers without restart, listener reconnects', async () => {
-    const url = await createDatabase(pg.url, 'avail_restart');
-    await applyMigrations(url);
+    const url = await createMigratedDatabase(pg.url, 'avail_restart');
     const { peer, dest } = await seedAllowed(url);
     const metrics = createGatewayMetrics({ defaultMetrics: false });
     const registry = new Registry(options(url, { metrics }));
@@ -147,8 +145,7 @@ describe('bounded waits (shared cluster)', () => {
   const adminUrl = inject('pgAdminUrl');
   let url: string;
   beforeAll(async () => {
-    url = await createDatabase(adminUrl, 'avail_bounds');
-    await applyMigrations(url);
+    url = await createMigratedDatabase(adminUrl, 'avail_bounds');
   });
   afterAll(async () => {
     await dropDatabase(adminUrl, url);

@@ -19,7 +19,13 @@ import {
   type SignerOptions,
   withSigner,
 } from '../../core/pkcs11-signer.js';
-import { addKey, provisionToken, readPublicSpki, startSwtpm, type TpmHandle } from '../support/swtpm.js';
+import {
+  addKey,
+  provisionToken,
+  readPublicSpki,
+  startSwtpm,
+  type TpmHandle,
+} from '../../dev-support/swtpm.js';
 
 const USER_PIN = 'user-pin-1234';
 const SO_PIN = 'so-pin-5678';

@@ -13,10 +13,11 @@ import { createCarrierCertificate } from '../../core/carrier-cert.js';
 import { canonicalPermissionBytes } from '../../core/permission-bytes.js';
 import { spkiToPem } from '../../core/spki-input.js';
 import { parseTimestamp } from '../../core/timestamp.js';
-import { freePort } from '../support/ports.js';
-import { createDatabase, dropDatabase } from '../support/postgres.js';
-import { type CommandResult, repoRoot, runCommand } from '../support/processes.js';
-import { readPublicSpki, startSwtpm, type TpmHandle } from '../support/swtpm.js';
+import { freePort } from '../../dev-support/ports.js';
+import { createDatabase, dropDatabase } from '../../dev-support/postgres.js';
+import { repoRoot } from '../../dev-support/repo-root.js';
+import { type CommandResult, runCommand } from '../../dev-support/run-command.js';
+import { readPublicSpki, startSwtpm, type TpmHandle } from '../../dev-support/swtpm.js';
 
 const CLI = path.join(repoRoot, 'dist', 'registry-cli', 'cli.js');
 const USER_PIN = 'alice-user-pin';
@@ -174,7 +175,8 @@ describe('registry CLI end to end', () => {
     const fakeRoot = path.join(work, 'fake-root');
     mkdirSync(path.join(fakeRoot, 'registry-cli'), { recursive: true });
     const script = path.join(fakeRoot, 'registry-cli', 'agent-permissions.sh');
-    copyFileSync(path.join(repoRoot, 'registry-cli', 'agent-permissions.sh'), script);
+    for (const name of ['agent-permissions.sh', 'run-cli.sh'])
+      copyFileSync(path.join(repoRoot, 'registry-cli', name), path.join(fakeRoot, 'registry-cli', name));
     const r = await runCommand('bash', [script, 'list'], { env });
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/npm run build/);

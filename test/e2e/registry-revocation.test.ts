@@ -8,13 +8,13 @@ import { afterEach, describe, expect, inject, it } from 'vitest';
 import { normalizeDestination } from '../../core/destination.js';
 import { latestKnownVersion } from '../../core/migrate.js';
 import type { Micros } from '../../core/timestamp.js';
+import { createMigratedDatabase, dropDatabase } from '../../dev-support/postgres.js';
 import type { DenyReason, Grant, LiveTunnel } from '../../gateway/authority.js';
 import { RegistryAuthorizer } from '../../gateway/authorizer.js';
 import { LiveRevocation, type LiveRevocationOptions } from '../../gateway/live-revocation.js';
 import { createGatewayMetrics } from '../../gateway/metrics.js';
 import { Registry } from '../../gateway/registry.js';
 import type { RegistryChange } from '../../gateway/registry-changes.js';
-import { applyMigrations, createDatabase, dropDatabase } from '../support/postgres.js';
 import {
   DAY,
   insertPermission,
@@ -45,8 +45,7 @@ afterEach(async () => {
 });
 
 async function harness(name: string, revocationOptions: Partial<LiveRevocationOptions> = {}) {
-  const url = await createDatabase(adminUrl, name);
-  await applyMigrations(url);
+  const url = await createMigratedDatabase(adminUrl, name);
   const writer = new pg.Client({ connectionString: url });
   await writer.connect();
   const metrics = createGatewayMetrics({ defaultMetrics: false });

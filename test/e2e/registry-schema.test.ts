@@ -9,9 +9,9 @@ import { latestKnownVersion, listMigrations, migrate } from '../../core/migrate.
 import { decide } from '../../core/policy.js';
 import { fetchActiveCandidates } from '../../core/registry-queries.js';
 import { parseTimestamp } from '../../core/timestamp.js';
+import { applyMigrations, createDatabase, dropDatabase } from '../../dev-support/postgres.js';
 import { cachingVerifier } from '../../gateway/authorizer.js';
 import { Registry, RegistrySchemaError } from '../../gateway/registry.js';
-import { applyMigrations, createDatabase, dropDatabase } from '../support/postgres.js';
 import {
   DAY,
   insertPermission,

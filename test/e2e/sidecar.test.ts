@@ -10,13 +10,15 @@ import net from 'node:net';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { createCarrier, createPrincipalKey, createTestCa, type PrincipalKey } from '../../dev-support/pki.js';
+import { freePort } from '../../dev-support/ports.js';
+import { createMigratedDatabase, dropDatabase } from '../../dev-support/postgres.js';
+import { grant } from '../../dev-support/registry-seed.js';
+import { repoRoot } from '../../dev-support/repo-root.js';
+import { runCommand } from '../../dev-support/run-command.js';
+import { startSwtpm, type TpmHandle } from '../../dev-support/swtpm.js';
 import { GATEWAY_MAIN, type GatewayProcess, makeTempDir, startGatewayProcess } from '../support/gateway.js';
-import { createCarrier, createPrincipalKey, createTestCa, type PrincipalKey } from '../support/pki.js';
-import { freePort } from '../support/ports.js';
-import { applyMigrations, createDatabase, dropDatabase } from '../support/postgres.js';
-import { type ManagedProcess, repoRoot, runCommand, spawnNode } from '../support/processes.js';
-import { grant } from '../support/registry-seed.js';
-import { startSwtpm, type TpmHandle } from '../support/swtpm.js';
+import { type ManagedProcess, spawnNode } from '../support/processes.js';
 
 const SIDECAR_MAIN = path.join(repoRoot, 'dist', 'sidecar', 'main.js');
 const IDENTITY = 'agent-sidecar-e2e';
@@ -251,8 +253,7 @@ describe.sequential('sidecar with a TPM key, end to end', () => {
     expect(made.code, made.stderr + made.stdout).toBe(0);
     spkiDer = await readFile(path.join(dir, 'spki.der'));
 
-    dbUrl = await createDatabase(adminUrl, 'sidecar_e2e');
-    await applyMigrations(dbUrl);
+    dbUrl = await createMigratedDatabase(adminUrl, 'sidecar_e2e');
     principal = createPrincipalKey();
     await grant(dbUrl, {
       principalId: 'org-sidecar-e2e',
@@ -372,7 +373,7 @@ describe.sequential('sidecar with a TPM key, end to end', () => {
     const r = await curlHello();
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toBe('hello through the TPM-authenticated tunnel\n');
-    const allowed = gw.logs('CONNECT allowed').at(-1);
+    const allowed = (await gw.waitForLogs('CONNECT allowed')).at(-1);
     expect(allowed?.['source_identity']).toBe(IDENTITY);
     expect(allowed?.['dest_authority']).toBe(`localhost:${destination.port}`);
     // The gateway saw the TPM key: its SPKI is what the signed grant names.
@@ -399,7 +400,7 @@ describe.sequential('sidecar with a TPM key, end to end', () => {
     expect(r.stdout).toBe('403');
     const raw = await rawConnect(sidecarPort, `localhost:${other}`);
     expect(raw).toEqual({ status: 403, body: 'gateway denied request' });
-    expect(gw.logs('CONNECT denied').at(-1)?.['source_identity']).toBe(IDENTITY);
+    expect((await gw.waitForLogs('CONNECT denied')).at(-1)?.['source_identity']).toBe(IDENTITY);
   });
 
   it('answers 405 to plain HTTP proxy requests', async () => {

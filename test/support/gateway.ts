@@ -10,10 +10,11 @@ import http2, { type ClientHttp2Session, type ClientHttp2Stream, type IncomingHt
 import os from 'node:os';
 import path from 'node:path';
 import { stringify } from 'smol-toml';
-import type { Carrier, PemPair, TestCa } from './pki.js';
-import { createTestCa, writePemPair } from './pki.js';
-import { freePort } from './ports.js';
-import { type ManagedProcess, repoRoot, spawnNode } from './processes.js';
+import type { Carrier, PemPair, TestCa } from '../../dev-support/pki.js';
+import { createTestCa, writePemPair } from '../../dev-support/pki.js';
+import { freePort } from '../../dev-support/ports.js';
+import { repoRoot } from '../../dev-support/repo-root.js';
+import { type ManagedProcess, spawnNode } from './processes.js';
 
 export const GATEWAY_MAIN = path.join(repoRoot, 'dist', 'gateway', 'main.js');
 
@@ -36,6 +37,15 @@ export type GatewayProcess = {
   cleanup(): Promise<void>;
   /** JSON log lines with this msg, in order. */
   logs(msg: string): Record<string, unknown>[];
+  /**
+   * The lines with this msg (and matching `match`) once there is at least one. The gateway writes its log
+   * in batches (up to 100 ms late), so a line about a response the client already has may not be out yet.
+   */
+  waitForLogs(
+    msg: string,
+    match?: (line: Record<string, unknown>) => boolean,
+    timeoutMs?: number,
+  ): Promise<Record<string, unknown>[]>;
 };
 
 export type GatewayProcessOptions = {
@@ -95,6 +105,8 @@ export async function startGatewayProcess(opts: GatewayProcessOptions): Promise<
   if (opts.waitReady !== false) {
     await proc.waitForLog((l) => l.json?.['msg'] === 'gateway listening', 30_000);
   }
+  const logs = (msg: string) =>
+    proc.lines.filter((l) => l.json?.['msg'] === msg).map((l) => l.json as Record<string, unknown>);
   let stopped: Promise<number> | undefined;
   const stop = (signal: NodeJS.Signals = 'SIGTERM') => {
     stopped ??= proc.stop(signal, 20_000);
@@ -115,8 +127,14 @@ export async function startGatewayProcess(opts: GatewayProcessOptions): Promise<
       await stop();
       await rm(dir, { recursive: true, force: true });
     },
-    logs: (msg) =>
-      proc.lines.filter((l) => l.json?.['msg'] === msg).map((l) => l.json as Record<string, unknown>),
+    logs,
+    async waitForLogs(msg, match = () => true, timeoutMs = 5000) {
+      await proc.waitForLog(
+        (l) => l.json?.['msg'] === msg && match(l.json as Record<string, unknown>),
+        timeoutMs,
+      );
+      return logs(msg).filter(match);
+    },
   };
 }
 

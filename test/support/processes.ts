@@ -2,13 +2,11 @@
 // Every process spawned here is SIGKILLed when the test process dies, whatever happened in between
 // (see reapOnExit: a detached watchdog, because vitest kills its workers with signals).
 import { type ChildProcess, spawn } from 'node:child_process';
-import { constants } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
-
-/** Repository root (this file lives in <root>/test/support/). */
-export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+import { reapOnExit } from '../../dev-support/reap-on-exit.js';
+import { repoRoot } from '../../dev-support/repo-root.js';
+import { type ExitInfo, exitCodeOf } from '../../dev-support/run-command.js';
 
 export interface LogLine {
   stream: 'stdout' | 'stderr';
@@ -35,11 +33,6 @@ export interface SpawnOptions {
   echo?: boolean;
 }
 
-export interface ExitInfo {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-}
-
 export interface ManagedProcess {
   readonly name: string;
   readonly pid: number;
@@ -61,89 +54,6 @@ export interface ManagedProcess {
   tail(n?: number): string;
 }
 
-// ---- reaper -------------------------------------------------------------------------------------------
-// vitest ends its fork workers with SIGTERM (then SIGKILL), so 'exit' handlers never run there. Instead, one
-// detached watchdog per test process reads registrations on its stdin; when that pipe reaches EOF (this
-// process died, however it died) it signals what is still registered, waits up to 5 s, SIGKILLs leftovers and
-// removes the registered dirs. Normal stop()/destroy() release their registration first.
-const REAPER_SCRIPT = `
-declare -A SIG PIDS DIRS
-while read -r op id rest; do
-  case "$op" in
-    sig) SIG[$id]="$rest" ;;
-    pids) PIDS[$id]="$rest" ;;
-    dir) DIRS[$id]="$rest" ;;
-    rm) unset "SIG[$id]" "PIDS[$id]" "DIRS[$id]" ;;
-  esac
-done
-all=""
-for id in "\${!PIDS[@]}"; do
-  for p in \${PIDS[$id]}; do kill -s "\${SIG[$id]:-TERM}" "$p" 2>/dev/null && all="$all $p"; done
-done
-alive=""
-for _ in $(seq 50); do
-  alive=""
-  for p in $all; do
-    s=$(cat "/proc/$p/stat" 2>/dev/null) || continue
-    s=\${s##*) }
-    [ "\${s:0:1}" = Z ] || alive="$alive $p"
-  done
-  [ -z "$alive" ] && break
-  sleep 0.1
-done
-for p in $alive; do kill -s KILL "$p" 2>/dev/null; done
-for id in "\${!DIRS[@]}"; do rm -rf -- "\${DIRS[$id]}"; done
-`;
-
-let reaper: ChildProcess | null = null;
-let nextReaperId = 0;
-
-function reaperSend(line: string): void {
-  if (reaper === null) {
-    reaper = spawn('bash', ['-c', REAPER_SCRIPT], { detached: true, stdio: ['pipe', 'ignore', 'ignore'] });
-    reaper.on('error', () => {});
-    reaper.stdin?.on('error', () => {});
-    reaper.unref();
-    // The write end must not keep this process alive either.
-    (reaper.stdin as unknown as { unref?: () => void } | null)?.unref?.();
-  }
-  reaper.stdin?.write(`${line}\n`);
-}
-
-export interface Reaper {
-  /** Replace the pids to signal if this process dies (e.g. after a restart, or [] once stopped). */
-  setPids(pids: readonly number[]): void;
-  /** Forget everything (the resource was cleaned up normally). */
-  release(): void;
-}
-
-/**
- * Make sure `pids` get `signal` (SIGKILL after 5 s) and `dir` is removed if this process dies without
- * cleaning up. Only pids this test process started should ever be registered.
- */
-export function reapOnExit(opts: {
-  pids?: readonly number[];
-  signal?: NodeJS.Signals;
-  dir?: string;
-}): Reaper {
-  const id = ++nextReaperId;
-  let released = false;
-  reaperSend(`sig ${id} ${(opts.signal ?? 'SIGTERM').replace(/^SIG/, '')}`);
-  if (opts.dir) reaperSend(`dir ${id} ${opts.dir.replace(/\n/g, '')}`);
-  const setPids = (pids: readonly number[]) => {
-    if (!released) reaperSend(`pids ${id} ${pids.filter((p) => Number.isInteger(p) && p > 0).join(' ')}`);
-  };
-  setPids(opts.pids ?? []);
-  return {
-    setPids,
-    release() {
-      if (released) return;
-      released = true;
-      reaperSend(`rm ${id}`);
-    },
-  };
-}
-
 function matches(predicate: LogPredicate, line: LogLine): boolean {
   if (typeof predicate === 'function') return predicate(line);
   if (typeof predicate === 'string') return line.text.includes(predicate);
@@ -161,12 +71,6 @@ function parseJsonLine(text: string): Record<string, unknown> | undefined {
   } catch {
     return undefined;
   }
-}
-
-export function exitCodeOf(info: ExitInfo): number {
-  if (info.code !== null) return info.code;
-  const n = info.signal ? constants.signals[info.signal] : undefined;
-  return 128 + (n ?? 0);
 }
 
 function buildEnv(opts: SpawnOptions): NodeJS.ProcessEnv {
@@ -327,59 +231,4 @@ export function spawnNode(
 ): ManagedProcess {
   const abs = path.resolve(repoRoot, script);
   return spawnProcess(process.execPath, [abs, ...args], { name: path.basename(script), ...opts });
-}
-
-export interface CommandResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Run a command to completion and collect its output. Rejects only if `check` is set and it fails. */
-export function runCommand(
-  command: string,
-  args: readonly string[],
-  opts: { env?: NodeJS.ProcessEnv; cwd?: string; check?: boolean; input?: string; timeoutMs?: number } = {},
-): Promise<CommandResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, [...args], {
-      cwd: opts.cwd ?? repoRoot,
-      env: opts.env ?? process.env,
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout?.on('data', (d: Buffer) => out.push(d));
-    child.stderr?.on('data', (d: Buffer) => err.push(d));
-    child.stdin?.on('error', () => {});
-    child.stdin?.end(opts.input);
-    const timer =
-      opts.timeoutMs === undefined
-        ? undefined
-        : setTimeout(() => {
-            err.push(Buffer.from(`\n[killed after ${opts.timeoutMs} ms]`));
-            child.kill('SIGKILL');
-          }, opts.timeoutMs);
-    child.once('error', (e) => {
-      clearTimeout(timer);
-      reject(new Error(`${command}: ${e.message}`));
-    });
-    child.once('close', (code, signal) => {
-      clearTimeout(timer);
-      const result: CommandResult = {
-        code: exitCodeOf({ code, signal }),
-        stdout: Buffer.concat(out).toString('utf8'),
-        stderr: Buffer.concat(err).toString('utf8'),
-      };
-      if (opts.check && result.code !== 0) {
-        reject(
-          new Error(
-            `${command} ${args.join(' ')} exited ${result.code}\n${(result.stderr + result.stdout).trim().slice(-4000)}`,
-          ),
-        );
-      } else {
-        resolve(result);
-      }
-    });
-  });
 }

@@ -7,8 +7,8 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
+import { repoRoot } from '../../dev-support/repo-root.js';
 import { loadConfig } from '../../gateway/config.js';
-import { repoRoot } from '../support/processes.js';
 
 type Service = {
   image?: string;

@@ -5,8 +5,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import { describe, expect, it } from 'vitest';
+import { repoRoot } from '../../dev-support/repo-root.js';
 import { ConfigError, DEFAULT_DENY_CIDRS, loadConfig, parseConfig } from '../../gateway/config.js';
-import { repoRoot } from '../support/processes.js';
 
 const ORIGINAL = `
 [server]

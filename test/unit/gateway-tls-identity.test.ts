@@ -4,8 +4,8 @@ import { X509Certificate } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import { describe, expect, it } from 'vitest';
 import { DEFAULT_IDENTITY_OID } from '../../core/identity-extension.js';
+import { createCarrier } from '../../dev-support/pki.js';
 import { identityOfSocket } from '../../gateway/tls-identity.js';
-import { createCarrier } from '../support/pki.js';
 
 function socketWith(certPem: string | undefined): TLSSocket {
   const x509 = certPem === undefined ? undefined : new X509Certificate(certPem);

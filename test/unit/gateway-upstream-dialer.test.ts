@@ -4,10 +4,10 @@
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { normalizeDestination } from '../../core/destination.js';
+import { freePort } from '../../dev-support/ports.js';
 import { AddressGuard, parseCidr } from '../../gateway/address-guard.js';
 import { DEFAULT_DENY_CIDRS, type HostPort } from '../../gateway/config.js';
 import { UpstreamDialer } from '../../gateway/upstream-dialer.js';
-import { freePort } from '../support/ports.js';
 
 // Tests dial loopback listeners: allowed explicitly, as an operator would for a lab.
 const guard = new AddressGuard(DEFAULT_DENY_CIDRS.map(parseCidr), [parseCidr('127.0.0.0/8')]);

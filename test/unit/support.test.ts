@@ -4,10 +4,10 @@ import { createPublicKey } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import pg from 'pg';
 import { afterAll, describe, expect, inject, it } from 'vitest';
-import { freePort, isPortFree, waitForPort } from '../support/ports.js';
-import { applyMigrations, createDatabase, dropDatabase, startPostgres } from '../support/postgres.js';
+import { freePort, isPortFree, waitForPort } from '../../dev-support/ports.js';
+import { applyMigrations, createDatabase, dropDatabase, startPostgres } from '../../dev-support/postgres.js';
+import { addKey, processAlive, provisionToken, readPublicSpki, startSwtpm } from '../../dev-support/swtpm.js';
 import { spawnProcess } from '../support/processes.js';
-import { addKey, processAlive, provisionToken, readPublicSpki, startSwtpm } from '../support/swtpm.js';
 
 async function query<T extends pg.QueryResultRow>(url: string, sql: string): Promise<T[]> {
   const client = new pg.Client({ connectionString: url });
@@ -62,7 +62,7 @@ describe('postgres support', () => {
   });
 
   it('a private cluster can be stopped and started again on the same port', async () => {
-    const own = await startPostgres({ own: true });
+    const own = await startPostgres();
     try {
       expect(own.external).toBe(false);
       expect(own.url).toContain(`127.0.0.1:${own.port}`);

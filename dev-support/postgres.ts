@@ -1,12 +1,13 @@
-// A throwaway, real PostgreSQL for tests.
+// A throwaway, real PostgreSQL for tests and the benchmark.
 //
-// - startPostgres(): uses TEST_DATABASE_URL when set (an "external" handle: stop()/start() refuse), otherwise
-//   initdb's a fresh cluster in a temp dir with Debian's binaries (/usr/lib/postgresql/<highest>/bin),
-//   listening on 127.0.0.1:<free port> only, unix socket inside the temp dir, trust auth, fsync=off.
-// - startPostgres({ own: true }): always a private cluster. Use this in tests that stop/start the database
-//   (stop() = pg_ctl stop -m fast, start() = same data dir, same port).
-// - createDatabase(adminUrl, name): a fresh database per test file, so files can run in parallel.
-// - applyMigrations(url): runs the project's migration runner (core/migrate.ts, `migrate(url)`).
+// - startPostgres(): initdb's a fresh cluster in a temp dir with Debian's binaries
+//   (/usr/lib/postgresql/<highest>/bin), listening on 127.0.0.1:<free port> only, unix socket inside the temp
+//   dir, trust auth, fsync=off. stop() = pg_ctl stop -m fast, start() = same data dir, same port.
+// - startPostgres({ externalUrl }): an existing server instead (TEST_DATABASE_URL, BENCH_DATABASE_URL), as an
+//   "external" handle: stop()/start() refuse, destroy() does nothing.
+// - createDatabase(adminUrl, name): a fresh database per test file (or bench run), so runs never collide;
+//   createMigratedDatabase(adminUrl, name): the same with the migrations applied.
+// - applyMigrations(url): the project's migration runner (core/migrate.ts), as production applies it.
 //
 // As root, initdb/pg_ctl run as the `postgres` OS user (runuser), which owns the temp dir.
 import { spawnSync } from 'node:child_process';
@@ -15,16 +16,17 @@ import { chownSync, existsSync, readdirSync, rmSync } from 'node:fs';
 import { appendFile, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { pathToFileURL } from 'node:url';
 import pg from 'pg';
+import { migrate } from '../core/migrate.js';
 import { freePort } from './ports.js';
-import { reapOnExit, repoRoot, runCommand } from './processes.js';
+import { reapOnExit } from './reap-on-exit.js';
+import { runCommand } from './run-command.js';
 
 export interface PgHandle {
   /** Superuser URL, database `postgres`. */
   url: string;
   port: number;
-  /** True when this handle is TEST_DATABASE_URL: nothing to stop, start or destroy. */
+  /** True when this handle is an existing server (externalUrl): nothing to stop, start or destroy. */
   external: boolean;
   /** Temp dir holding data/, the unix socket and postgres.log ('' when external). */
   dir: string;
@@ -39,8 +41,8 @@ export interface PgHandle {
 }
 
 export interface StartPostgresOptions {
-  /** Ignore TEST_DATABASE_URL and always start a private cluster (needed to stop/start it). */
-  own?: boolean;
+  /** A superuser URL of an existing server to use instead of a private cluster (which stop/start needs). */
+  externalUrl?: string | undefined;
 }
 
 const PG_ROOT = '/usr/lib/postgresql';
@@ -57,7 +59,7 @@ export function findPgBinDir(): string {
     if (existsSync(path.join(bin, 'initdb')) && existsSync(path.join(bin, 'pg_ctl'))) return bin;
   }
   throw new Error(
-    `no PostgreSQL server binaries under ${PG_ROOT}/*/bin (apt-get install postgresql, or set TEST_DATABASE_URL)`,
+    `no PostgreSQL server binaries under ${PG_ROOT}/*/bin (apt-get install postgresql, or use an existing server)`,
   );
 }
 
@@ -102,7 +104,7 @@ async function pgCmd(binary: string, args: string[]): Promise<{ code: number; ou
 function externalHandle(url: string): PgHandle {
   const refuse = async () => {
     throw new Error(
-      'TEST_DATABASE_URL is external: use startPostgres({ own: true }) to stop/start a database',
+      'an existing server cannot be stopped or started: use a private cluster (startPostgres() without externalUrl)',
     );
   };
   return {
@@ -119,8 +121,7 @@ function externalHandle(url: string): PgHandle {
 }
 
 export async function startPostgres(options: StartPostgresOptions = {}): Promise<PgHandle> {
-  const envUrl = process.env['TEST_DATABASE_URL'];
-  if (envUrl && !options.own) return externalHandle(envUrl);
+  if (options.externalUrl) return externalHandle(options.externalUrl);
 
   const binDir = findPgBinDir();
   // As root the cluster runs as `postgres`, which must be able to reach the dir: /tmp always allows that.
@@ -262,6 +263,13 @@ export async function createDatabase(adminUrl: string, name: string): Promise<st
   return withDatabase(adminUrl, db);
 }
 
+/** A fresh database (see createDatabase) with the project's migrations applied: an empty registry. */
+export async function createMigratedDatabase(adminUrl: string, name: string): Promise<string> {
+  const url = await createDatabase(adminUrl, name);
+  await applyMigrations(url);
+  return url;
+}
+
 /** Drop the database named in `databaseUrl` (terminating its connections). */
 export async function dropDatabase(adminUrl: string, databaseUrl: string): Promise<void> {
   const db = decodeURIComponent(new URL(databaseUrl).pathname.slice(1));
@@ -274,21 +282,7 @@ export async function dropDatabase(adminUrl: string, databaseUrl: string): Promi
   }
 }
 
-type MigrateFn = (databaseUrl: string) => Promise<string[]>;
-
-/**
- * Apply every migrations/NNNN_*.sql in order through the project's own runner (core/migrate.ts,
- * `migrate(databaseUrl): Promise<string[]>`). Returns what it returns (the applied migration names).
- */
-export async function applyMigrations(url: string): Promise<string[]> {
-  const candidates = [
-    path.join(repoRoot, 'core', 'migrate.ts'),
-    path.join(repoRoot, 'dist', 'core', 'migrate.js'),
-  ];
-  const file = candidates.find((f) => existsSync(f));
-  if (!file) throw new Error(`applyMigrations: no migration runner at ${candidates.join(' or ')}`);
-  const mod = (await import(pathToFileURL(file).href)) as { migrate?: MigrateFn };
-  if (typeof mod.migrate !== 'function')
-    throw new Error(`applyMigrations: ${file} does not export migrate()`);
-  return mod.migrate(url);
+/** Apply every migrations/NNNN_*.sql not applied yet; returns the applied migration names. */
+export function applyMigrations(url: string): Promise<string[]> {
+  return migrate(url);
 }

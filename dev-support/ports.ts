@@ -1,4 +1,4 @@
-// Loopback port helpers for tests. Only 127.0.0.1 is ever bound or dialed.
+// Loopback port helpers for tests and the benchmark. Only 127.0.0.1 is ever bound or dialed.
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -39,9 +39,9 @@ export async function freePortPair(attempts = 50): Promise<number> {
   throw new Error('freePortPair: no two consecutive free ports found');
 }
 
-function tryConnect(port: number, host: string): Promise<boolean> {
+function tryConnect(port: number): Promise<boolean> {
   return new Promise((resolve) => {
-    const socket = net.connect({ host, port });
+    const socket = net.connect({ host: '127.0.0.1', port });
     const done = (ok: boolean) => {
       socket.removeAllListeners();
       socket.on('error', () => {});
@@ -54,13 +54,21 @@ function tryConnect(port: number, host: string): Promise<boolean> {
   });
 }
 
-/** Resolve once a TCP connection to 127.0.0.1:`port` succeeds; reject after `timeoutMs`. */
-export async function waitForPort(port: number, timeoutMs = 10_000, host = '127.0.0.1'): Promise<void> {
+/**
+ * Resolve once 127.0.0.1:`port` accepts a connection; reject after `timeoutMs`, or as soon as `alive()`
+ * turns false (the process that should listen there died: no point waiting out the timeout).
+ */
+export async function waitForPort(
+  port: number,
+  timeoutMs = 10_000,
+  alive: () => boolean = () => true,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    if (await tryConnect(port, host)) return;
+    if (await tryConnect(port)) return;
+    if (!alive()) throw new Error(`waitForPort: process behind 127.0.0.1:${port} exited before listening`);
     if (Date.now() >= deadline)
-      throw new Error(`waitForPort: ${host}:${port} not accepting after ${timeoutMs} ms`);
+      throw new Error(`waitForPort: 127.0.0.1:${port} not accepting after ${timeoutMs} ms`);
     await sleep(50);
   }
 }

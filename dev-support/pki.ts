@@ -1,14 +1,15 @@
-// Throwaway TLS material for tests, all ECDSA P-256 software keys, generated in-process:
-// - createTestCa(): a CA that issues gateway server certificates (localhost / 127.0.0.1), so test clients
-//   verify the gateway like a real sidecar does (ca + servername), and a SIGHUP test can tell two certs apart.
-// - createCarrier(identity): a client "carrier" certificate with the identity extension (SPEC §6), or with a
-//   missing / malformed extension for the identity-failure tests.
-// - createPrincipalKey(): a principal's signing key for seeding signed grants (test/support/registry-seed.ts).
+// Throwaway TLS material for tests and the benchmark, all ECDSA P-256, generated in-process:
+// - createTestCa(): a CA that issues server certificates (localhost / 127.0.0.1), so clients verify the
+//   gateway like a real sidecar does (ca + servername), and a SIGHUP test can tell two certs apart; it also
+//   issues carrier certificates, for peers that verify the client chain (the bench's TLS endpoints).
+// - createCarrier(identity): a self-issued client "carrier" certificate with the identity extension
+//   (SPEC §6), or with a missing / malformed extension for the identity-failure tests.
+// - createPrincipalKey(): a principal's signing key for seeding signed grants (dev-support/registry-seed.ts).
 import { createPrivateKey, generateKeyPairSync, type KeyObject, webcrypto } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { DEFAULT_IDENTITY_OID, identityExtension } from '../../core/identity-extension.js';
-import { x509 } from '../../core/x509.js';
+import { DEFAULT_IDENTITY_OID, identityExtension } from '../core/identity-extension.js';
+import { x509 } from '../core/x509.js';
 
 type CryptoKey = webcrypto.CryptoKey;
 type CryptoKeyPair = webcrypto.CryptoKeyPair;
@@ -27,6 +28,8 @@ export type TestCa = {
   readonly certPem: string;
   /** A server certificate for localhost / 127.0.0.1 (and `names`), signed by this CA. */
   serverCert(opts?: { cn?: string; names?: readonly string[]; validDays?: number }): Promise<PemPair>;
+  /** A carrier certificate for `identity` with a fresh software key, signed by this CA. */
+  carrier(identity: string): Promise<Carrier>;
 };
 
 export type PrincipalKey = { readonly privateKey: KeyObject; readonly spkiDer: Buffer };
@@ -65,20 +68,32 @@ export async function createTestCa(name = 'agent_gateway test CA'): Promise<Test
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
     ],
   });
+  const issue = async (
+    subject: string,
+    publicKey: CryptoKey,
+    extensions: x509.Extension[],
+    validDays?: number,
+  ): Promise<string> => {
+    const cert = await x509.X509CertificateGenerator.create({
+      serialNumber: serial(),
+      subject,
+      issuer: ca.subject,
+      publicKey,
+      signingKey: caKeys.privateKey,
+      signingAlgorithm: ALG,
+      ...validity(validDays),
+      extensions: [new x509.BasicConstraintsExtension(false, undefined, true), ...extensions],
+    });
+    return cert.toString('pem');
+  };
   return {
     certPem: ca.toString('pem'),
     async serverCert(opts = {}) {
       const keys = await generate();
-      const cert = await x509.X509CertificateGenerator.create({
-        serialNumber: serial(),
-        subject: `CN=${opts.cn ?? 'localhost'}`,
-        issuer: ca.subject,
-        publicKey: keys.publicKey,
-        signingKey: caKeys.privateKey,
-        signingAlgorithm: ALG,
-        ...validity(opts.validDays),
-        extensions: [
-          new x509.BasicConstraintsExtension(false, undefined, true),
+      const certPem = await issue(
+        `CN=${opts.cn ?? 'localhost'}`,
+        keys.publicKey,
+        [
           new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
           new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth], false),
           new x509.SubjectAlternativeNameExtension([
@@ -87,8 +102,15 @@ export async function createTestCa(name = 'agent_gateway test CA'): Promise<Test
             { type: 'ip', value: '127.0.0.1' },
           ]),
         ],
-      });
-      return { certPem: cert.toString('pem'), keyPem: await keyPem(keys.privateKey) };
+        opts.validDays,
+      );
+      return { certPem, keyPem: await keyPem(keys.privateKey) };
+    },
+    async carrier(identity) {
+      const keys = await generate();
+      const certPem = await issue(`CN=${identity}`, keys.publicKey, carrierExtensions(identity));
+      const spkiDer = Buffer.from(await webcrypto.subtle.exportKey('spki', keys.publicKey));
+      return { certPem, keyPem: await keyPem(keys.privateKey), identity, spkiDer };
     },
   };
 }
@@ -102,9 +124,7 @@ export type CarrierOptions = {
   readonly extension?: 'ok' | 'missing' | 'not_utf8string';
 };
 
-/** A self-issued client certificate carrying `identity` (the chain is never verified by the gateway). */
-export async function createCarrier(identity: string, opts: CarrierOptions = {}): Promise<Carrier> {
-  const keys = await generate();
+function carrierExtensions(identity: string, opts: CarrierOptions = {}): x509.Extension[] {
   const oid = opts.oid ?? DEFAULT_IDENTITY_OID;
   const extensions: x509.Extension[] = [
     new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
@@ -116,13 +136,19 @@ export async function createCarrier(identity: string, opts: CarrierOptions = {})
     // PrintableString (tag 0x13) "x": a well-formed extension of the wrong type.
     extensions.push(new x509.Extension(oid, false, new Uint8Array([0x13, 0x01, 0x78]).buffer));
   }
+  return extensions;
+}
+
+/** A self-issued client certificate carrying `identity` (the chain is never verified by the gateway). */
+export async function createCarrier(identity: string, opts: CarrierOptions = {}): Promise<Carrier> {
+  const keys = await generate();
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: serial(),
     name: `CN=${identity}`,
     keys,
     signingAlgorithm: ALG,
     ...validity(),
-    extensions,
+    extensions: carrierExtensions(identity, opts),
   });
   const spkiDer = Buffer.from(await webcrypto.subtle.exportKey('spki', keys.publicKey));
   return { certPem: cert.toString('pem'), keyPem: await keyPem(keys.privateKey), identity, spkiDer };

@@ -1,5 +1,5 @@
-// Seed a test registry exactly as the registry CLI would (SPEC §1–§2): a principal signing key, its
-// delegation scope, and permission rows signed over core/permission-bytes.ts canonicalPermissionBytes with
+// Seed a test or bench registry exactly as the registry CLI would (SPEC §1–§2): a principal signing key,
+// its delegation scope, and permission rows signed over core/permission-bytes.ts canonicalPermissionBytes with
 // node crypto (ECDSA P-256 / SHA-256, DER). Timestamps travel as canonical text, never through Date.
 //
 //   const principal = createPrincipalKey();
@@ -7,9 +7,9 @@
 //                        subjectSpkiDer: carrier.spkiDer, destination: 'docstore:443' });
 import { sign } from 'node:crypto';
 import pg from 'pg';
-import { normalizeDestination } from '../../core/destination.js';
-import { canonicalPermissionBytes } from '../../core/permission-bytes.js';
-import { formatTimestamp, type Micros, nowMicros } from '../../core/timestamp.js';
+import { normalizeDestination } from '../core/destination.js';
+import { canonicalPermissionBytes } from '../core/permission-bytes.js';
+import { formatTimestamp, type Micros, nowMicros } from '../core/timestamp.js';
 import type { PrincipalKey } from './pki.js';
 
 export type Window = { readonly notBefore: Micros; readonly notAfter: Micros };

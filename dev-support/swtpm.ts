@@ -1,7 +1,7 @@
-// A real software TPM for tests, as in /work/shared/notes/tpm/tpm-up.sh: swtpm (TCP on 127.0.0.1, data port P,
-// control port P+1) behind tpm2-abrmd on a private session D-Bus, in a fresh temp state dir. swtpm alone has
-// 3 transient object slots and no resource manager, so tpm2_ptool / tpm2-pkcs11 go through abrmd
-// (TCTI `tabrmd:bus_type=session`). Output of every daemon goes to a log file in the state dir.
+// A real software TPM for tests and bench line (d), as in /work/shared/notes/tpm/tpm-up.sh: swtpm (TCP
+// on 127.0.0.1, data port P, control port P+1) behind tpm2-abrmd on a private session D-Bus, in a fresh
+// temp state dir. swtpm alone has 3 transient object slots and no resource manager, so tpm2_ptool /
+// tpm2-pkcs11 go through abrmd (TCTI `tabrmd:bus_type=session`). Every daemon logs to a file in the dir.
 import { execFileSync, spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
@@ -9,7 +9,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { freePortPair } from './ports.js';
-import { reapOnExit, runCommand } from './processes.js';
+import { reapOnExit } from './reap-on-exit.js';
+import { runCommand } from './run-command.js';
 
 export interface TpmEnv extends Record<string, string> {
   DBUS_SESSION_BUS_ADDRESS: string;
@@ -38,7 +39,7 @@ export interface TpmHandle {
 /** Anything with a state dir and the client env (a TpmHandle, or the same values persisted elsewhere). */
 export type TpmLike = Pick<TpmHandle, 'dir' | 'env'>;
 
-const TABRMD_TCTI = 'tabrmd:bus_type=session';
+export const TABRMD_TCTI = 'tabrmd:bus_type=session';
 
 function findLib(rel: string): string {
   const roots = ['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu'];
@@ -52,6 +53,24 @@ function findLib(rel: string): string {
   throw new Error(
     `${rel} not found under /usr/lib/<multiarch>/ (install libtpm2-pkcs11-1 / libengine-pkcs11-openssl)`,
   );
+}
+
+/** Why startSwtpm() cannot work on this machine, or undefined when every tool and library is installed. */
+export function missingTpmTools(): string | undefined {
+  for (const tool of ['swtpm', 'dbus-daemon', 'tpm2-abrmd', 'tpm2_getcap', 'tpm2_ptool']) {
+    try {
+      execFileSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' });
+    } catch {
+      return `${tool} is not installed`;
+    }
+  }
+  try {
+    findLib('pkcs11/libtpm2_pkcs11.so');
+    findLib('engines-3/pkcs11.so');
+  } catch (err) {
+    return (err as Error).message;
+  }
+  return undefined;
 }
 
 function tailSync(file: string, lines = 25): string {
