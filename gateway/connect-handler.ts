@@ -47,6 +47,14 @@ export type StreamOrigin = {
   readonly peerAddr: string;
 };
 
+/** A "CONNECT allowed" line not yet written (see ConnectHandler.logAllowed). */
+type AllowedLine = {
+  readonly handler: ConnectHandler;
+  readonly fields: DecisionFields;
+  readonly grant: Grant;
+  readonly cached: boolean;
+};
+
 /** Fields every decision line carries (SPEC §4 names the first five). */
 type DecisionFields = {
   source_identity: string | null;
@@ -62,8 +70,12 @@ export class ConnectHandler implements OpenTunnelBytes {
   /** Open tunnels, so drain can reset the stragglers and /metrics can count their bytes. */
   private readonly open = new Set<ActiveTunnel>();
 
+  /** The allow series, bound once: label lookup per CONNECT is measurable on the hot path. */
+  private readonly allowCounter;
+
   constructor(private readonly deps: ConnectHandlerDeps) {
     deps.metrics.tunnelBytes.watch(this);
+    this.allowCounter = deps.metrics.connectDecisions.labels({ result: 'allow', reason: 'none' });
   }
 
   get openTunnels(): number {
@@ -147,10 +159,14 @@ export class ConnectHandler implements OpenTunnelBytes {
         deps.metrics.upstreamConnectFailures.inc({ reason: 'address_denied' });
         return deny(403, 'destination_address_denied', resolution.detail);
       }
-      this.allowed(span, fields, grant, decision.cached);
+      // Counted now (policy and guard agree); its log line is written once the outcome is known, and
+      // on success only after the 200 has gone out (see ActiveTunnel.start).
+      this.countAllowed(span, grant);
+      const allowedLine: AllowedLine = { handler: this, fields, grant, cached: decision.cached };
 
-      if (isGone(stream)) return this.abandoned(span, fields, 'client went away before dial');
-      if (!resolution.ok) return this.dialFailed(stream, span, fields, resolution.reason, resolution.detail);
+      if (isGone(stream)) return this.abandonedAfterAllow(span, allowedLine, 'client went away before dial');
+      if (!resolution.ok)
+        return this.dialFailed(stream, span, allowedLine, resolution.reason, resolution.detail);
       const abort = new AbortController();
       const onGone = () => abort.abort();
       stream.once('close', onGone);
@@ -158,19 +174,19 @@ export class ConnectHandler implements OpenTunnelBytes {
       stream.removeListener('close', onGone);
       if (!connection.ok) {
         if (connection.reason === 'cancelled')
-          return this.abandoned(span, fields, 'client went away during dial');
-        return this.dialFailed(stream, span, fields, connection.reason, connection.detail);
+          return this.abandonedAfterAllow(span, allowedLine, 'client went away during dial');
+        return this.dialFailed(stream, span, allowedLine, connection.reason, connection.detail);
       }
       if (isGone(stream)) {
         connection.socket.destroy();
-        return this.abandoned(span, fields, 'client went away during dial');
+        return this.abandonedAfterAllow(span, allowedLine, 'client went away during dial');
       }
 
       stream.respond({ ':status': 200 });
       span.setAttribute('http.response.status_code', 200);
       span.end();
       const live = new ActiveTunnel(fields, grant, slot.release, deps, this.open);
-      live.start(stream, connection.socket);
+      live.start(stream, connection.socket, allowedLine);
       handedOver = true;
     } finally {
       if (!handedOver) slot.release();
@@ -194,32 +210,45 @@ export class ConnectHandler implements OpenTunnelBytes {
     this.finish(stream, span, status, reason, { [DENY_REASON_HEADER]: reason });
   }
 
-  private allowed(span: Span, fields: DecisionFields, grant: Grant, cached: boolean): void {
-    this.deps.metrics.connectDecisions.inc({ result: 'allow', reason: 'none' });
+  private countAllowed(span: Span, grant: Grant): void {
+    this.allowCounter.inc();
+    span.setAttribute('agent_gateway.permission_id', grant.permissionId);
+  }
+
+  /** @internal The "CONNECT allowed" decision line. */
+  logAllowed(line: AllowedLine): void {
     this.deps.logger.info(
       {
-        ...fields,
+        ...line.fields,
         policy_decision: 'allow',
         deny_reason: null,
-        permission_id: grant.permissionId,
-        signing_key_id: grant.signingKeyId,
-        decision_cached: cached,
+        permission_id: line.grant.permissionId,
+        signing_key_id: line.grant.signingKeyId,
+        decision_cached: line.cached,
       },
       'CONNECT allowed',
     );
-    span.setAttribute('agent_gateway.permission_id', grant.permissionId);
   }
 
   private dialFailed(
     stream: ServerHttp2Stream,
     span: Span,
-    fields: DecisionFields,
+    allowed: AllowedLine,
     reason: DialFailureReason,
     detail: string,
   ): void {
+    this.logAllowed(allowed);
     this.deps.metrics.upstreamConnectFailures.inc({ reason });
-    this.deps.logger.warn({ ...fields, dial_error: reason, detail, status: 502 }, 'upstream connect failed');
+    this.deps.logger.warn(
+      { ...allowed.fields, dial_error: reason, detail, status: 502 },
+      'upstream connect failed',
+    );
     this.finish(stream, span, 502, reason);
+  }
+
+  private abandonedAfterAllow(span: Span, allowed: AllowedLine, detail: string): void {
+    this.logAllowed(allowed);
+    this.abandoned(span, allowed.fields, detail);
   }
 
   private abandoned(span: Span, fields: DecisionFields, detail: string): void {
@@ -248,6 +277,7 @@ class ActiveTunnel implements LiveTunnel, TunnelOwner {
   readonly peerAddr: string;
   private tunnel: Tunnel | undefined;
   private untrack: (() => void) | undefined;
+  private allowedLine: AllowedLine | undefined;
 
   constructor(
     private readonly fields: DecisionFields,
@@ -259,7 +289,12 @@ class ActiveTunnel implements LiveTunnel, TunnelOwner {
     this.peerAddr = fields.source_peer_addr;
   }
 
-  start(stream: ServerHttp2Stream, socket: Socket): void {
+  start(stream: ServerHttp2Stream, socket: Socket, allowed: AllowedLine): void {
+    // The decision line is written in the next check phase: node flushes the 200 just queued in a
+    // native immediate, which runs before ours, so the client's CONNECT→200 does not wait on a JSON
+    // serialization. tunnelClosed() writes it first if the tunnel somehow ends before then.
+    this.allowedLine = allowed;
+    setImmediate(writeAllowedLine, this);
     this.openSet.add(this);
     this.deps.metrics.tunnelsOpen.inc();
     this.tunnel = new Tunnel(stream, socket, this.deps.tunnelIdleTimeoutMs, this);
@@ -285,7 +320,16 @@ class ActiveTunnel implements LiveTunnel, TunnelOwner {
     into.dest_to_client += t.bytesDestToClient;
   }
 
+  /** @internal */
+  writeAllowedLine(): void {
+    const line = this.allowedLine;
+    if (line === undefined) return;
+    this.allowedLine = undefined;
+    line.handler.logAllowed(line);
+  }
+
   tunnelClosed(t: Tunnel): void {
+    this.writeAllowedLine();
     const { metrics, logger } = this.deps;
     // Together, so the bytes move from the open set's count to the closed total between two scrapes.
     this.openSet.delete(this);
@@ -312,6 +356,10 @@ class ActiveTunnel implements LiveTunnel, TunnelOwner {
   reset(reason: TunnelEndReason, detail: string): void {
     this.tunnel?.reset(reason, detail);
   }
+}
+
+function writeAllowedLine(t: ActiveTunnel): void {
+  t.writeAllowedLine();
 }
 
 function isGone(stream: ServerHttp2Stream): boolean {

@@ -54,7 +54,7 @@ async function main(): Promise<number> {
 
   if (cluster.isPrimary && config.server.workers > 1) {
     const [{ runPrimary }, { StartupError }, , { createLogger }] = await load();
-    const logger = createLogger(config.observability, { sync: true });
+    const logger = createLogger(config.observability);
     let code: number;
     try {
       code = await runPrimary(config, logger);
@@ -76,7 +76,7 @@ async function serve(config: GatewayConfig): Promise<number> {
     { metrics },
     { startTelemetry },
   ] = await load();
-  const telemetry = await startTelemetry(config.observability, { sync: isWorker });
+  const telemetry = await startTelemetry(config.observability);
   const { logger } = telemetry;
   if (isWorker) {
     // The primary's AggregatorRegistry asks each worker over IPC; prom-client answers only once an
