@@ -89,6 +89,10 @@ type Options = {
   syscalls: boolean;
   work: string;
   gatewayWorkers: number;
+  /** Worker counts of the scaling figure. */
+  scaleWorkers: number[];
+  /** HTTP/2 connections the scaling figure spreads its tunnels over (cluster hands each to one worker). */
+  scaleConnections: number;
   gatewayLogLevel: string;
   gatewayDecisionCache: boolean;
   gatewayNodeArgs: string[];
@@ -98,7 +102,7 @@ type Options = {
   keep: boolean;
 };
 
-const FIGURES = ['single', 'conc', 'latency', 'newconn', 'idle'];
+const FIGURES = ['single', 'conc', 'latency', 'newconn', 'idle', 'scale'];
 
 function options(): Options {
   const { values } = parseArgs({
@@ -123,6 +127,8 @@ function options(): Options {
       'extra-proxy-node-args': { type: 'string' },
       syscalls: { type: 'boolean' },
       'gateway-workers': { type: 'string' },
+      'scale-workers': { type: 'string' },
+      'scale-connections': { type: 'string' },
       'gateway-log-level': { type: 'string' },
       'gateway-decision-cache': { type: 'string' },
       'gateway-node-args': { type: 'string' },
@@ -138,7 +144,8 @@ function options(): Options {
       'usage: npm run bench -- [--quick] [--reps N] [--single-mib N] [--conc-tunnels N] [--conc-mib N]\n' +
         '  [--conc-connections N] [--latency-count N] [--newconn-count N] [--idle-tunnels N] [--idle-cycles N]\n' +
         '  [--idle-per-connection N] [--settle-ms N] [--verify-mib N] [--lines a,b,c,d]\n' +
-        '  [--figures single,conc,latency,newconn,idle] [--dirs up,down] [--gateway-workers N] [--gateway-log-level L]\n' +
+        '  [--figures single,conc,latency,newconn,idle,scale] [--dirs up,down] [--gateway-workers N] [--gateway-log-level L]\n' +
+        '  [--scale-workers 1,2,...] [--scale-connections N]\n' +
         '  [--gateway-decision-cache on|off] [--gateway-node-args "..."] [--op-timeout-s N] [--max-minutes N]\n' +
         '  [--extra-proxy FILE (line x: a proxy script taking --port --cert --key)] [--extra-proxy-node-args "..."]\n' +
         '  [--syscalls]\n' +
@@ -193,6 +200,8 @@ function options(): Options {
     extraProxyNodeArgs: (str('extra-proxy-node-args') ?? '').split(' ').filter(Boolean),
     extraProxy: extraProxy === undefined ? undefined : path.resolve(extraProxy),
     gatewayWorkers: num('gateway-workers', 1, 1),
+    scaleWorkers: scaleWorkers(str('scale-workers')),
+    scaleConnections: num('scale-connections', 8, 8),
     gatewayLogLevel: str('gateway-log-level') ?? 'info',
     gatewayDecisionCache: (str('gateway-decision-cache') ?? 'on') !== 'off',
     gatewayNodeArgs: (str('gateway-node-args') ?? '').split(' ').filter(Boolean),
@@ -203,9 +212,25 @@ function options(): Options {
   };
 }
 
+/** Default: 1, 2, then doubling up to the CPU count (at most 8); always 1 and 2 so there is a comparison. */
+function scaleWorkers(text: string | undefined): number[] {
+  if (text !== undefined) {
+    const list = text.split(',').map((x) => Number(x.trim()));
+    for (const n of list)
+      if (!Number.isInteger(n) || n < 1)
+        throw new Error(`--scale-workers: ${JSON.stringify(text)} is not a list of counts`);
+    return list;
+  }
+  const list = [1, 2];
+  for (let n = 4; n <= Math.min(os.availableParallelism(), 8); n *= 2) list.push(n);
+  return list;
+}
+
 // ---------- lines ----------
 
 type LineId = 'a' | 'b' | 'c' | 'd' | 'x';
+/** The scaling figure's gateways: line (c) with `workers = N`. */
+type ScaleLineId = `c${number}w`;
 const LABELS: Record<LineId, string> = {
   a: '(a) direct TLS',
   b: '(b) naive Node proxy',
@@ -227,7 +252,7 @@ type IdleCycle = {
 };
 
 type Line = {
-  readonly id: LineId;
+  readonly id: LineId | ScaleLineId;
   readonly label: string;
   target: Target | undefined;
   components: Component[];
@@ -237,10 +262,10 @@ type Line = {
   idle: { tunnels: number; baselineRssBytes: number; baselineFds: number; cycles: IdleCycle[] } | undefined;
 };
 
-function newLine(id: LineId): Line {
+function newLine(id: LineId | ScaleLineId, label = LABELS[id as LineId]): Line {
   return {
     id,
-    label: LABELS[id],
+    label,
     target: undefined,
     components: [],
     notMeasured: undefined,
@@ -343,6 +368,7 @@ async function started(proc: Managed, port: number, timeoutMs = 30_000): Promise
 function gatewayToml(
   o: Options,
   p: {
+    workers: number;
     port: number;
     adminPort: number;
     certPath: string;
@@ -357,7 +383,7 @@ function gatewayToml(
     `listen_addr = "127.0.0.1:${p.port}"`,
     `tls_cert_path = "${p.certPath}"`,
     `tls_key_path = "${p.keyPath}"`,
-    `workers = ${o.gatewayWorkers}`,
+    `workers = ${p.workers}`,
     'drain_timeout_ms = 1000',
     '',
     '[http2]',
@@ -388,6 +414,15 @@ function gatewayToml(
   ].join('\n');
 }
 
+/**
+ * The node flags an entry point's `#!/usr/bin/env -S node …` line passes: the gateway is measured as
+ * `agent_gateway` runs, not as a bare `node main.js` would.
+ */
+function interpreterFlags(script: string): string[] {
+  const first = readFileSync(script, 'utf8').split('\n', 1)[0] ?? '';
+  return /^#!\/usr\/bin\/env -S node (.+)$/.exec(first)?.[1]?.split(' ').filter(Boolean) ?? [];
+}
+
 // ---------- measurements ----------
 
 function cpuOf(line: Line): number[] {
@@ -401,11 +436,11 @@ async function transferFigure(
   sinkPids: () => number[],
   kind: 'single' | 'conc',
   dir: Direction,
+  connections = kind === 'single' ? 1 : o.concConnections,
 ): Promise<void> {
   const target = line.target as Target;
   const tunnels = kind === 'single' ? 1 : o.concTunnels;
   const bytes = kind === 'single' ? o.singleBytes : Math.floor(o.concBytes / o.concTunnels);
-  const connections = kind === 'single' ? 1 : o.concConnections;
   await client.must({ op: 'transfer-open', line: line.id, target, tunnels, connections });
   let counter: SyscallCounter | undefined;
   try {
@@ -455,6 +490,49 @@ async function transferFigure(
   } finally {
     await counter?.stop();
     await client.must({ op: 'transfer-close' });
+  }
+}
+
+/**
+ * Item 3 of issue #9: the 100-tunnel transfer against a gateway with `workers = N`, the tunnels spread over
+ * --scale-connections HTTP/2 connections so that node:cluster hands connections to every worker. Each worker
+ * count gets a fresh gateway (same registry, config otherwise identical), stopped afterwards.
+ */
+async function scaleFigure(
+  o: Options,
+  client: LoadClient,
+  line: Line,
+  sinkPids: () => number[],
+  workers: number,
+  spawn: (workers: number, name: string) => Promise<{ proc: Managed; port: number }>,
+  carrier: { certPem: string; keyPem: string },
+): Promise<void> {
+  progress(`${line.label}: starting`);
+  const { proc, port } = await spawn(workers, `gateway-${workers}w`);
+  try {
+    line.target = {
+      kind: 'h2',
+      port,
+      authority: DESTINATION,
+      certPem: carrier.certPem,
+      keyPem: carrier.keyPem,
+    };
+    line.components = [{ name: 'gateway', pids: () => processTree(proc.pid) }];
+    const verified = await client.call({
+      op: 'verify',
+      line: line.id,
+      target: line.target,
+      bytes: o.verifyBytes,
+    });
+    if (!verified.ok) throw new Error(`verification failed: ${verified.error}`);
+    for (let rep = 1; rep <= o.reps; rep++) {
+      for (const dir of o.dirs) {
+        await transferFigure(o, client, line, sinkPids, 'conc', dir, o.scaleConnections);
+      }
+    }
+  } finally {
+    await client.call({ op: 'reset', line: line.id });
+    await proc.stop();
   }
 }
 
@@ -551,7 +629,7 @@ function maxOf(line: Line, names: string[]): string {
   return all.length === 0 ? '–' : Math.max(...all).toFixed(2);
 }
 
-function report(o: Options, lines: Line[]): string {
+function report(o: Options, lines: Line[], scaleLines: Line[] = []): string {
   const a = lines.find((l) => l.id === 'a') as Line;
   const b = lines.find((l) => l.id === 'b');
   const measured = lines.filter((l) => l.notMeasured === undefined);
@@ -729,11 +807,53 @@ function report(o: Options, lines: Line[]): string {
       ),
     );
   }
+  const scaled = scaleLines.filter(
+    (l) => s(l, 'conc.up.MBps') !== undefined || s(l, 'conc.down.MBps') !== undefined,
+  );
+  if (scaled.length > 0) {
+    const base = scaled[0] as Line;
+    const vs = (l: Line, k: string) => {
+      const x = s(l, `${k}.MBps`)?.median;
+      const y = s(base, `${k}.MBps`)?.median;
+      return x === undefined || y === undefined ? '–' : (x / y).toFixed(2);
+    };
+    out.push(
+      '',
+      `Worker scaling: line (c) with \`workers = N\`, ${o.concTunnels} tunnels over ${o.scaleConnections} HTTP/2 connections ` +
+        `(node:cluster gives each connection to one worker), ${o.concBytes / MiB} MiB in total, median (min–max) of ${o.reps}. ` +
+        `This machine has ${os.availableParallelism()} CPUs, shared with the load client and the sink.`,
+      '',
+      table(
+        [
+          'gateway',
+          `${o.concTunnels} up MB/s`,
+          `${o.concTunnels} down MB/s`,
+          `up vs ${base.label.replace('(c) gateway, ', '')}`,
+          'down vs same',
+          'CPU-s/GiB up',
+          'CPU-s/GiB down',
+          'client util up/down',
+          'other load, cores (max)',
+        ],
+        scaled.map((l) => [
+          l.label,
+          show(s(l, 'conc.up.MBps')),
+          show(s(l, 'conc.down.MBps')),
+          vs(l, 'conc.up'),
+          vs(l, 'conc.down'),
+          show(s(l, 'conc.up.proxyCpuPerGiB'), 2),
+          show(s(l, 'conc.down.proxyCpuPerGiB'), 2),
+          `${s(l, 'conc.up.clientUtil')?.median.toFixed(2) ?? '–'} / ${s(l, 'conc.down.clientUtil')?.median.toFixed(2) ?? '–'}`,
+          maxOf(l, ['conc.up.foreignCores', 'conc.down.foreignCores']),
+        ]),
+      ),
+    );
+  }
   const skipped = lines.filter((l) => l.notMeasured !== undefined);
   if (skipped.length > 0) {
     out.push('', ...skipped.map((l) => `${l.label}: not measured: ${l.notMeasured}`));
   }
-  const errs = lines.flatMap((l) => l.errors.map((e) => `${l.label}: ${e}`));
+  const errs = [...lines, ...scaleLines].flatMap((l) => l.errors.map((e) => `${l.label}: ${e}`));
   if (errs.length > 0) out.push('', 'Errors during the run:', ...errs.map((e) => `- ${e}`));
   return out.join('\n');
 }
@@ -775,10 +895,12 @@ async function main(): Promise<void> {
     }
   }
   const cleanups: (() => Promise<void> | void)[] = [];
-  const lines = o.lines.map(newLine);
+  const lines = o.lines.map((id) => newLine(id));
+  const scaleLines: Line[] = [];
   const byId = (id: LineId) => lines.find((l) => l.id === id);
   let client: LoadClient | undefined;
   let gatewayConfig = '';
+  let gatewayNodeFlags: string[] = [];
   const deadline = t0 + o.maxMinutes * 60_000;
   const timeLeft = () => Date.now() < deadline;
 
@@ -844,6 +966,10 @@ async function main(): Promise<void> {
     const d = byId('d');
     let gateway: Managed | undefined;
     let gatewayPort = 0;
+    /** Start a gateway on fresh ports against the bench registry; each gets its own config and log. */
+    let spawnGateway:
+      | ((workers: number, name: string) => Promise<{ proc: Managed; port: number; config: string }>)
+      | undefined;
     if (c || d) {
       const gatewayMain = path.join(repoRoot, 'dist', 'gateway', 'main.js');
       if (!existsSync(gatewayMain)) {
@@ -863,28 +989,39 @@ async function main(): Promise<void> {
             subjectSpkiDer: carrier.spkiDer,
             destination: DESTINATION,
           });
-          gatewayPort = await freePort();
-          const adminPort = await freePort();
-          gatewayConfig = gatewayToml(o, {
-            port: gatewayPort,
-            adminPort,
-            certPath: serverCert,
-            keyPath: serverKey,
-            databaseUrl: pg.databaseUrl,
-            sinkPort,
-          });
-          const configPath = file('gateway.toml', gatewayConfig);
-          const proc = nodeScript(
-            'gateway',
-            gatewayMain,
-            ['--config', configPath],
-            path.join(work, 'gateway.log'),
-            process.env,
-            o.gatewayNodeArgs,
-          );
+          gatewayNodeFlags = [...interpreterFlags(gatewayMain), ...o.gatewayNodeArgs];
+          spawnGateway = async (workers, name) => {
+            const port = await freePort();
+            const config = gatewayToml(o, {
+              workers,
+              port,
+              adminPort: await freePort(),
+              certPath: serverCert,
+              keyPath: serverKey,
+              databaseUrl: pg.databaseUrl,
+              sinkPort,
+            });
+            const proc = nodeScript(
+              name,
+              gatewayMain,
+              ['--config', file(`${name}.toml`, config)],
+              path.join(work, `${name}.log`),
+              process.env,
+              gatewayNodeFlags,
+            );
+            cleanups.push(() => proc.stop());
+            await started(proc, port);
+            // Workers come up one by one behind the primary's listening socket: wait for all of them.
+            const until = Date.now() + 30_000;
+            while (workers > 1 && processTree(proc.pid).length < workers + 1 && Date.now() < until)
+              await sleep(100);
+            return { proc, port, config };
+          };
+          const first = await spawnGateway(o.gatewayWorkers, 'gateway');
+          const proc = first.proc;
           gateway = proc;
-          cleanups.push(() => proc.stop());
-          await started(proc, gatewayPort);
+          gatewayPort = first.port;
+          gatewayConfig = first.config;
           if (c) {
             c.target = {
               kind: 'h2',
@@ -995,14 +1132,31 @@ async function main(): Promise<void> {
         }
       }
     }
+    if (o.figures.has('scale') && spawnGateway !== undefined && byId('c')?.notMeasured === undefined) {
+      for (const workers of o.scaleWorkers) {
+        if (!timeLeft()) break;
+        const line = newLine(`c${workers}w`, `(c) gateway, workers = ${workers}`);
+        scaleLines.push(line);
+        try {
+          await scaleFigure(o, client, line, sinkPids, workers, spawnGateway, carrier);
+        } catch (err) {
+          line.errors.push(`scale: ${(err as Error).message}`);
+          progress(`${line.label} FAILED: ${(err as Error).message}`);
+          await client.call({ op: 'transfer-close' });
+        }
+      }
+    }
     if (!timeLeft())
       for (const l of live) l.errors.push(`stopped early: --max-minutes ${o.maxMinutes} reached`);
 
-    const text = report(o, lines);
+    const text = report(o, lines, scaleLines);
     process.stdout.write(`\n${text}\n\n`);
     mkdirSync(path.dirname(o.out), { recursive: true });
     const summaries = Object.fromEntries(
-      lines.map((l) => [l.id, Object.fromEntries(Object.keys(l.samples).map((k) => [k, s(l, k)]))]),
+      [...lines, ...scaleLines].map((l) => [
+        l.id,
+        Object.fromEntries(Object.keys(l.samples).map((k) => [k, s(l, k)])),
+      ]),
     );
     writeFileSync(
       o.out,
@@ -1014,7 +1168,8 @@ async function main(): Promise<void> {
           machine,
           options: { ...o, figures: [...o.figures] },
           gatewayConfig,
-          lines: lines.map((l) => ({
+          gatewayNodeFlags,
+          lines: [...lines, ...scaleLines].map((l) => ({
             id: l.id,
             label: l.label,
             notMeasured: l.notMeasured,
