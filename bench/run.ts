@@ -1288,6 +1288,7 @@ async function startSidecarLine(
     'sidecar',
     process.execPath,
     [
+      ...interpreterFlags(sidecarMain),
       sidecarMain,
       ...tpmFlags,
       '--listen',
