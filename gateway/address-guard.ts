@@ -27,9 +27,15 @@ export function parseCidr(text: string): Cidr {
   return { text: text.trim(), address, prefix, family };
 }
 
+/** Verdicts remembered; the rules never change in a process, so a remembered verdict never goes stale. */
+const VERDICT_CACHE_ENTRIES = 4096;
+
 export class AddressGuard {
   private readonly deny = new BlockList();
   private readonly allow = new BlockList();
+  // BlockList.check builds a SocketAddress and walks every rule on each call; a gateway dials the same
+  // few addresses over and over.
+  private readonly verdicts = new Map<string, boolean>();
 
   constructor(deny: readonly Cidr[], allow: readonly Cidr[]) {
     for (const c of deny) this.deny.addSubnet(c.address, c.prefix, c.family);
@@ -38,10 +44,20 @@ export class AddressGuard {
 
   /** True when `ip` (a literal IPv4 or IPv6 address) may be dialled. */
   permits(ip: string): boolean {
+    let verdict = this.verdicts.get(ip);
+    if (verdict === undefined) {
+      verdict = this.check(ip);
+      if (this.verdicts.size >= VERDICT_CACHE_ENTRIES) this.verdicts.clear();
+      this.verdicts.set(ip, verdict);
+    }
+    return verdict;
+  }
+
+  private check(ip: string): boolean {
     const family = isIPv4(ip) ? 'ipv4' : 'ipv6';
     // IPv4-mapped IPv6 (::ffff:a.b.c.d) is checked as the IPv4 address it reaches.
     const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip)?.[1];
-    if (mapped !== undefined) return this.permits(mapped);
+    if (mapped !== undefined) return this.check(mapped);
     if (this.allow.check(ip, family)) return true;
     return !this.deny.check(ip, family);
   }

@@ -36,8 +36,11 @@ export type AuthorizeResult =
   | { readonly allow: false; readonly reason: DenyReason; readonly detail: string };
 
 export interface Authorizer {
-  /** Never rejects: a registry error or timeout is a deny with reason registry_unavailable (fail closed). */
-  authorize(peer: PeerIdentity, destination: Destination): Promise<AuthorizeResult>;
+  /**
+   * Never rejects: a registry error or timeout is a deny with reason registry_unavailable (fail closed).
+   * May answer synchronously (a cached decision).
+   */
+  authorize(peer: PeerIdentity, destination: Destination): AuthorizeResult | Promise<AuthorizeResult>;
 }
 
 /** An open tunnel as live revocation sees it. */

@@ -67,6 +67,8 @@ export class RegistryAuthorizer implements Authorizer {
   private readonly cacheTtlMicros: Micros;
   private readonly cache = new Map<string, CacheEntry>();
   private readonly verifier: SignatureVerifier;
+  private readonly allowSeconds: { observe(seconds: number): void } | undefined;
+  private readonly denySeconds: { observe(seconds: number): void } | undefined;
   private listenerUp = false;
   private generation = 0;
   private readonly changeLog: { gen: number; change: RegistryChange }[] = [];
@@ -88,42 +90,55 @@ export class RegistryAuthorizer implements Authorizer {
     this.cacheTtlMicros = BigInt(opts.cacheTtlMs) * 1000n;
     this.changeLogSize = opts.changeLogSize ?? 4096;
     this.verifier = cachingVerifier(opts.keyCacheMaxEntries ?? 1024);
+    // Bound once: resolving a labelled series hashes the label object on every call.
+    this.allowSeconds = opts.metrics?.decisionSeconds.labels({ result: 'allow' });
+    this.denySeconds = opts.metrics?.decisionSeconds.labels({ result: 'deny' });
   }
 
-  async authorize(peer: PeerIdentity, destination: Destination): Promise<AuthorizeResult> {
+  /**
+   * Synchronous on a cache hit: a CONNECT whose decision is cached goes on to its dial in the same turn,
+   * without the promise hops of a lookup it does not need.
+   */
+  authorize(peer: PeerIdentity, destination: Destination): AuthorizeResult | Promise<AuthorizeResult> {
     const started = performance.now();
-    const result = await this.authorizeInner(peer, destination);
+    const now = this.now();
+    const key = this.cacheUsable() ? this.cacheKey(peer, destination.normalized) : undefined;
+    const hit = key === undefined ? undefined : this.cachedAllow(key, now);
+    if (hit !== undefined) return this.observed(hit, started);
+    return this.lookup(peer, destination, key, now).then((result) => this.observed(result, started));
+  }
+
+  private observed(result: AuthorizeResult, started: number): AuthorizeResult {
     // The CONNECT's final outcome (agent_gateway_connect_decisions_total) is the connect handler's to
     // count: a policy allow may still be refused by a limit or the address guard.
-    this.metrics?.decisionSeconds.observe(
-      { result: result.allow ? 'allow' : 'deny' },
-      (performance.now() - started) / 1000,
-    );
+    (result.allow ? this.allowSeconds : this.denySeconds)?.observe((performance.now() - started) / 1000);
     return result;
   }
 
-  private async authorizeInner(peer: PeerIdentity, destination: Destination): Promise<AuthorizeResult> {
+  private cachedAllow(key: string, now: Micros): AuthorizeResult | undefined {
+    const entry = this.cache.get(key);
+    if (entry === undefined) return undefined;
+    this.cache.delete(key);
+    if (entry.expiresAt <= now || entry.grant.validUntil <= now) return undefined;
+    this.cache.set(key, entry); // most recently used goes last
+    this.metrics?.decisionCacheHits.inc();
+    // A fresh object per hit: its generation is now, since any later change would have evicted it.
+    const grant: Grant = { ...entry.grant };
+    this.grantGeneration.set(grant, this.generation);
+    return { allow: true, grant, cached: true };
+  }
+
+  private async lookup(
+    peer: PeerIdentity,
+    destination: Destination,
+    key: string | undefined,
+    now: Micros,
+  ): Promise<AuthorizeResult> {
     const request: AccessRequest = {
       identity: peer.identity,
       spkiDer: peer.spkiDer,
       destination: destination.normalized,
     };
-    const now = this.now();
-    const key = this.cacheUsable() ? this.cacheKey(peer, request.destination) : undefined;
-    if (key !== undefined) {
-      const entry = this.cache.get(key);
-      if (entry !== undefined) {
-        this.cache.delete(key);
-        if (entry.expiresAt > now && entry.grant.validUntil > now) {
-          this.cache.set(key, entry); // most recently used goes last
-          this.metrics?.decisionCacheHits.inc();
-          // A fresh object per hit: its generation is now, since any later change would have evicted it.
-          const grant: Grant = { ...entry.grant };
-          this.grantGeneration.set(grant, this.generation);
-          return { allow: true, grant, cached: true };
-        }
-      }
-    }
     this.metrics?.decisionCacheMisses.inc();
 
     const gen = this.generation;

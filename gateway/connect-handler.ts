@@ -66,10 +66,17 @@ type DecisionFields = {
 
 let tunnelSeq = 0;
 
+const NORMALIZED_CACHE_ENTRIES = 4096;
+
 export class ConnectHandler implements OpenTunnelBytes {
   /** Open tunnels, so drain can reset the stragglers and /metrics can count their bytes. */
   private readonly open = new Set<ActiveTunnel>();
 
+  /**
+   * :authority → its normalized destination. Agents ask for the same few destinations over and over,
+   * normalization (IDNA, IP parsing) is pure, and Destination is immutable. Only valid ones are kept.
+   */
+  private readonly normalized = new Map<string, Destination>();
   /** The allow series, bound once: label lookup per CONNECT is measurable on the hot path. */
   private readonly allowCounter;
 
@@ -126,12 +133,16 @@ export class ConnectHandler implements OpenTunnelBytes {
 
     if (deps.isDraining()) return deny(503, 'draining', 'gateway is shutting down');
 
-    let destination: Destination;
-    try {
-      destination = normalizeDestination(authority);
-    } catch (err) {
-      if (!(err instanceof InvalidDestinationError)) throw err;
-      return deny(400, 'invalid_authority', err.why);
+    let destination = this.normalized.get(authority);
+    if (destination === undefined) {
+      try {
+        destination = normalizeDestination(authority);
+      } catch (err) {
+        if (!(err instanceof InvalidDestinationError)) throw err;
+        return deny(400, 'invalid_authority', err.why);
+      }
+      if (this.normalized.size >= NORMALIZED_CACHE_ENTRIES) this.normalized.clear();
+      this.normalized.set(authority, destination);
     }
     fields.destination = destination.normalized;
     span.setAttribute('server.address', destination.normalized);
@@ -145,7 +156,10 @@ export class ConnectHandler implements OpenTunnelBytes {
     const limited = deps.limits.admitConnect(peer.identity);
     if (limited !== undefined) return deny(limited.status, limited.reason, 'CONNECT rate limit');
 
-    const decision = await deps.authorizer.authorize(peer, destination);
+    // Awaited only when pending: a cached decision (and a literal address below) continues in this turn
+    // instead of queueing behind whatever else is in the microtask queue.
+    const answer = deps.authorizer.authorize(peer, destination);
+    const decision = answer instanceof Promise ? await answer : answer;
     if (!decision.allow) return deny(403, decision.reason, decision.detail);
     if (isGone(stream)) return this.abandoned(span, fields, 'client went away during authorization');
     const grant = decision.grant;
@@ -154,7 +168,8 @@ export class ConnectHandler implements OpenTunnelBytes {
     if ('status' in slot) return deny(slot.status, slot.reason, 'open tunnel limit reached');
     let handedOver = false;
     try {
-      const resolution = await deps.dialer.resolve(destination);
+      const resolving = deps.dialer.resolve(destination);
+      const resolution = resolving instanceof Promise ? await resolving : resolving;
       if (!resolution.ok && resolution.reason === 'destination_address_denied') {
         deps.metrics.upstreamConnectFailures.inc({ reason: 'address_denied' });
         return deny(403, 'destination_address_denied', resolution.detail);
@@ -290,20 +305,28 @@ class ActiveTunnel implements LiveTunnel, TunnelOwner {
   }
 
   start(stream: ServerHttp2Stream, socket: Socket, allowed: AllowedLine): void {
-    // The decision line is written in the next check phase: node flushes the 200 just queued in a
-    // native immediate, which runs before ours, so the client's CONNECT→200 does not wait on a JSON
-    // serialization. tunnelClosed() writes it first if the tunnel somehow ends before then.
     this.allowedLine = allowed;
-    setImmediate(writeAllowedLine, this);
     this.openSet.add(this);
     this.deps.metrics.tunnelsOpen.inc();
     this.tunnel = new Tunnel(stream, socket, this.deps.tunnelIdleTimeoutMs, this);
+    // The rest waits for the next check phase: node flushes the 200 just queued in a native immediate,
+    // which runs before ours, so the client's CONNECT→200 does not wait on a JSON serialization or the
+    // revocation index. A registry change processed in between is not missed: track() re-checks any
+    // grant decided before the newest change it has seen (grantMayBeStale).
+    setImmediate(afterResponse, this);
+  }
+
+  /** @internal */
+  afterResponse(): void {
+    this.writeAllowedLine();
+    const tunnel = this.tunnel;
+    if (tunnel === undefined || tunnel.closed) return;
     try {
       this.untrack = this.deps.tracker.track(this);
     } catch (err) {
       // Untracked means unrevocable: refuse to keep such a tunnel open.
       this.deps.logger.error({ err, ...this.fields }, 'cannot track tunnel for revocation');
-      this.tunnel.reset('revoked', 'revocation tracking failed');
+      tunnel.reset('revoked', 'revocation tracking failed');
     }
   }
 
@@ -358,8 +381,8 @@ class ActiveTunnel implements LiveTunnel, TunnelOwner {
   }
 }
 
-function writeAllowedLine(t: ActiveTunnel): void {
-  t.writeAllowedLine();
+function afterResponse(t: ActiveTunnel): void {
+  t.afterResponse();
 }
 
 function isGone(stream: ServerHttp2Stream): boolean {

@@ -67,24 +67,29 @@ export class UpstreamDialer {
     this.lookup = options.lookup ?? systemLookup;
   }
 
-  async resolve(destination: Destination): Promise<Resolution> {
+  /** Synchronous when there is nothing to look up (an IP literal, or an override to one). */
+  resolve(destination: Destination): Resolution | Promise<Resolution> {
     const deadline = Date.now() + this.options.connectTimeoutMs;
     const target = this.options.overrides.get(destination.normalized) ?? {
       host: destination.host,
       port: destination.port,
     };
+    if (isIP(target.host) !== 0) return this.guarded(target, [target.host], deadline);
+    return this.lookupAndGuard(target, deadline);
+  }
+
+  private async lookupAndGuard(target: HostPort, deadline: number): Promise<Resolution> {
     let addresses: readonly string[];
-    if (isIP(target.host) !== 0) {
-      addresses = [target.host];
-    } else {
-      try {
-        addresses = await withDeadline(this.lookup(target.host), deadline);
-      } catch (err) {
-        return { ok: false, reason: 'dns', detail: `cannot resolve ${target.host}: ${errorText(err)}` };
-      }
-      if (addresses.length === 0)
-        return { ok: false, reason: 'dns', detail: `${target.host} has no address` };
+    try {
+      addresses = await withDeadline(this.lookup(target.host), deadline);
+    } catch (err) {
+      return { ok: false, reason: 'dns', detail: `cannot resolve ${target.host}: ${errorText(err)}` };
     }
+    if (addresses.length === 0) return { ok: false, reason: 'dns', detail: `${target.host} has no address` };
+    return this.guarded(target, addresses, deadline);
+  }
+
+  private guarded(target: HostPort, addresses: readonly string[], deadline: number): Resolution {
     const permitted = addresses.filter((a) => this.options.guard.permits(a));
     if (permitted.length === 0) {
       return {
