@@ -62,7 +62,8 @@ export class Tunnel {
   private socketClosed = false;
   private idleClosing = false;
   private done = false;
-  private readonly session: Http2Session | undefined;
+  /** @internal */
+  readonly session: Http2Session | undefined;
 
   constructor(
     readonly stream: ServerHttp2Stream,
@@ -72,6 +73,9 @@ export class Tunnel {
     private readonly owner: TunnelOwner,
   ) {
     this.session = stream.session;
+    if (this.session !== undefined) {
+      tunnelsOnSession.set(this.session, (tunnelsOnSession.get(this.session) ?? 0) + 1);
+    }
     (stream as Carrier)[TUNNEL] = this;
     (socket as Carrier)[TUNNEL] = this;
     stream.on('data', onStreamData);
@@ -159,6 +163,9 @@ export class Tunnel {
   private maybeFinish(): void {
     if (this.done || !this.streamClosed || !this.socketClosed) return;
     this.done = true;
+    if (this.session !== undefined) {
+      tunnelsOnSession.set(this.session, (tunnelsOnSession.get(this.session) ?? 1) - 1);
+    }
     // Late events (a socket error after close) find no tunnel and are ignored. Assigning rather than
     // deleting keeps both objects' hidden classes.
     (this.stream as Carrier)[TUNNEL] = undefined;
@@ -200,9 +207,28 @@ function onStreamEnd(this: ServerHttp2Stream): void {
  * destination. The HTTP/2 stream's own writableHighWaterMark is 16 KiB and cannot be set for a server
  * stream, while one socket read is up to 64 KiB, so honouring write() === false paused and resumed the
  * socket on every read (an epoll_ctl pair each). The stream's buffer holds what the client's flow-control
- * window does not yet admit, so this still bounds the memory a slow client can make one tunnel hold.
+ * window does not yet admit, so this bounds the memory a slow client can make one tunnel hold.
  */
 const DOWNLOAD_BUFFER_LIMIT = 1024 * 1024;
+/**
+ * ...and across all tunnels of one client connection: each tunnel's limit is its share of this, down to
+ * DOWNLOAD_BUFFER_FLOOR. Per tunnel alone, 100 tunnels on one connection queued up to 100 MiB of
+ * destination bytes that a slow (or merely window-limited) client had not taken yet; in the bench that
+ * off-heap memory set off a full GC ("external memory pressure") about every 25 MiB downloaded.
+ */
+const SESSION_DOWNLOAD_BUDGET = 8 * 1024 * 1024;
+const DOWNLOAD_BUFFER_FLOOR = 64 * 1024;
+const tunnelsOnSession = new WeakMap<Http2Session, number>();
+
+/** Destination bytes one tunnel may have waiting, given how many tunnels share its client connection. */
+export function downloadBufferLimit(tunnelsOnConnection: number): number {
+  const share = SESSION_DOWNLOAD_BUDGET / Math.max(1, tunnelsOnConnection);
+  return Math.max(DOWNLOAD_BUFFER_FLOOR, Math.min(DOWNLOAD_BUFFER_LIMIT, share));
+}
+
+function downloadLimit(t: Tunnel): number {
+  return downloadBufferLimit(t.session === undefined ? 1 : (tunnelsOnSession.get(t.session) ?? 1));
+}
 
 function onSocketData(this: Socket, chunk: Buffer): void {
   const t = tunnelOf(this);
@@ -212,7 +238,7 @@ function onSocketData(this: Socket, chunk: Buffer): void {
   if (stream.destroyed) return;
   // write() returning false still arms 'drain', which fires once the buffer is empty and resumes us.
   stream.write(chunk);
-  if (stream.writableLength >= DOWNLOAD_BUFFER_LIMIT) this.pause();
+  if (stream.writableLength >= downloadLimit(t)) this.pause();
 }
 
 function onStreamDrain(this: ServerHttp2Stream): void {
