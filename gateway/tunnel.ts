@@ -10,6 +10,7 @@
  */
 import { constants, type Http2Session, type ServerHttp2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
+import { perTunnelBufferLimit } from '../core/tunnel-buffers.js';
 
 const { NGHTTP2_CANCEL, NGHTTP2_CONNECT_ERROR, NGHTTP2_NO_ERROR } = constants;
 
@@ -202,32 +203,12 @@ function onStreamEnd(this: ServerHttp2Stream): void {
 
 // ---- destination → client ------------------------------------------------------------------------
 
-/**
- * How many destination bytes may wait in the client's stream before the tunnel stops reading the
- * destination. The HTTP/2 stream's own writableHighWaterMark is 16 KiB and cannot be set for a server
- * stream, while one socket read is up to 64 KiB, so honouring write() === false paused and resumed the
- * socket on every read (an epoll_ctl pair each). The stream's buffer holds what the client's flow-control
- * window does not yet admit, so this bounds the memory a slow client can make one tunnel hold.
- */
-const DOWNLOAD_BUFFER_LIMIT = 1024 * 1024;
-/**
- * ...and across all tunnels of one client connection: each tunnel's limit is its share of this, down to
- * DOWNLOAD_BUFFER_FLOOR. Per tunnel alone, 100 tunnels on one connection queued up to 100 MiB of
- * destination bytes that a slow (or merely window-limited) client had not taken yet; in the bench that
- * off-heap memory set off a full GC ("external memory pressure") about every 25 MiB downloaded.
- */
-const SESSION_DOWNLOAD_BUDGET = 8 * 1024 * 1024;
-const DOWNLOAD_BUFFER_FLOOR = 64 * 1024;
+/** Tunnels per client connection: each gets a share of the connection's buffer (core/tunnel-buffers.ts). */
 const tunnelsOnSession = new WeakMap<Http2Session, number>();
 
-/** Destination bytes one tunnel may have waiting, given how many tunnels share its client connection. */
-export function downloadBufferLimit(tunnelsOnConnection: number): number {
-  const share = SESSION_DOWNLOAD_BUDGET / Math.max(1, tunnelsOnConnection);
-  return Math.max(DOWNLOAD_BUFFER_FLOOR, Math.min(DOWNLOAD_BUFFER_LIMIT, share));
-}
-
+/** Destination bytes this tunnel may have waiting for the client before it stops reading the destination. */
 function downloadLimit(t: Tunnel): number {
-  return downloadBufferLimit(t.session === undefined ? 1 : (tunnelsOnSession.get(t.session) ?? 1));
+  return perTunnelBufferLimit(t.session === undefined ? 1 : (tunnelsOnSession.get(t.session) ?? 1));
 }
 
 function onSocketData(this: Socket, chunk: Buffer): void {

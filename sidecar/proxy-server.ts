@@ -7,6 +7,7 @@
 import http from 'node:http';
 import http2 from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
+import { perTunnelBufferLimit } from '../core/tunnel-buffers.js';
 import { type GatewaySession, GatewayUnreachableError, InvalidAuthorityError } from './gateway-session.js';
 import { type Logger, startConnectTrace, type Tracing } from './telemetry.js';
 
@@ -22,7 +23,8 @@ export type ProxyServerOptions = {
 const ORPHAN_STREAM_GRACE_MS = 5_000;
 // How long a FIN to the agent waits for a RST_STREAM that may follow the gateway's END_STREAM.
 const RST_AFTER_END_GRACE_MS = 25;
-// How many bytes may wait to be written to one side of a tunnel before the other side stops being read.
+// How many bytes may wait for the agent before the gateway side of a tunnel stops being read. The other
+// way, every tunnel queues into the one gateway connection, so each gets a share (core/tunnel-buffers.ts).
 const FORWARD_BUFFER_LIMIT = 1024 * 1024;
 // A CONNECT authority is `host:port`; anything with whitespace, a path or credentials is not one.
 const AUTHORITY = /^(?:\[[0-9a-fA-F:.]+\]|[^\s/?#@[\]:]+)(?::\d{1,5})?$/;
@@ -177,14 +179,14 @@ export class ProxyServer {
     if (head.length > 0) stream.write(head);
     // Bytes each way with backpressure, but not pipe(): pipe() pauses the source whenever write() returns
     // false, and both high-water marks here are 16 KiB, below one 64 KiB socket read (and one 16 KiB DATA
-    // frame fills the agent socket's), so it paused and resumed per chunk. Pausing only past
-    // FORWARD_BUFFER_LIMIT still bounds what a slow side makes one tunnel hold; 'drain' (armed by the
-    // write() that returned false) resumes the source once that buffer is empty.
+    // frame fills the agent socket's), so it paused and resumed per chunk. Pausing only past a larger
+    // limit still bounds what a slow side makes a tunnel hold; 'drain' (armed by the write() that returned
+    // false) resumes the source once that buffer is empty.
     socket.on('data', (chunk: Buffer) => {
       agentToGateway += chunk.length;
       if (stream.destroyed || stream.writableEnded) return;
       stream.write(chunk);
-      if (stream.writableLength >= FORWARD_BUFFER_LIMIT) socket.pause();
+      if (stream.writableLength >= perTunnelBufferLimit(this.tunnels.size)) socket.pause();
     });
     stream.on('drain', () => socket.resume());
     stream.on('data', (chunk: Buffer) => {
