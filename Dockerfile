@@ -20,6 +20,7 @@ COPY sidecar/ sidecar/
 COPY registry-cli/ registry-cli/
 COPY bench/ bench/
 COPY demo/ demo/
+COPY dev-support/ dev-support/
 RUN npm run build && npm prune --omit=dev --no-audit --no-fund
 
 FROM node:20-bookworm-slim
@@ -33,8 +34,7 @@ COPY --chown=root:root package.json ./
 COPY --chown=root:root migrations/ migrations/
 USER 10001:10001
 EXPOSE 8443 9090
-# --initial-heap-size=64 (MB): with V8's default start-up heap the gateway runs a full GC every ~30 MiB
-# tunnelled downstream (external-memory pressure from the read buffers); the bench measured none with it.
-# The cluster workers inherit it (process.execArgv). NODE_OPTIONS does not accept this flag.
-ENTRYPOINT ["node", "--initial-heap-size=64", "dist/gateway/main.js"]
+# The entry point itself: its `#!/usr/bin/env -S node ...` line carries the V8 heap flags the gateway is
+# measured with (gateway/main.ts says why); the cluster workers inherit them.
+ENTRYPOINT ["dist/gateway/main.js"]
 CMD ["--config", "/etc/agent-gateway/gateway.toml"]

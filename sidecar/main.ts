@@ -1,10 +1,10 @@
-#!/usr/bin/env -S node --initial-heap-size=64
+#!/usr/bin/env -S node --initial-heap-size=64 --max-semi-space-size=8
 /**
  * agent_gateway_sidecar: flags → start, signals → drain. Exit codes: 0 clean (including a SIGTERM
  * drain), 2 bad flags, 3 start-up refused (certificate, TPM, key, token), 4 TPM failure while running.
  *
- * The 64 MB initial heap is for the same reason as the gateway's (gateway/main.ts): with V8's default
- * the sidecar ran ~36 full mark-compacts per GiB tunnelled (bench line d, --trace-gc).
+ * The heap flags are the gateway's, for the same reason (gateway/main.ts): with V8's defaults the
+ * sidecar ran ~36 full mark-compacts per GiB tunnelled (bench line d, --trace-gc).
  */
 import { CommanderError } from 'commander';
 import { buildCli, UsageError } from './options.js';

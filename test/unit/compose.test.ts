@@ -124,15 +124,18 @@ describe('compose.yaml', () => {
     },
   );
 
-  it('is accepted by `compose config` when a compose CLI is installed', () => {
-    const candidates: [string, string[]][] = [
+  const composeCli = (
+    [
       ['docker', ['compose']],
       ['podman', ['compose']],
-    ];
-    const cli = candidates.find(
-      ([cmd, pre]) => spawnSync(cmd, [...pre, 'version'], { stdio: 'ignore', timeout: 20_000 }).status === 0,
-    );
-    if (cli === undefined) return; // no engine here: the checks above are the validation
+    ] as [string, string[]][]
+  ).find(
+    ([cmd, pre]) => spawnSync(cmd, [...pre, 'version'], { stdio: 'ignore', timeout: 20_000 }).status === 0,
+  );
+
+  // Reported as skipped where no compose CLI is installed: the checks above are then the validation.
+  it.runIf(composeCli !== undefined)('is accepted by `compose config`', () => {
+    const cli = composeCli as [string, string[]];
     const r = spawnSync(cli[0], [...cli[1], '-f', 'compose.yaml', 'config', '--quiet'], {
       cwd: repoRoot,
       encoding: 'utf8',
@@ -158,6 +161,24 @@ describe('Dockerfile', () => {
     const user = /^USER (\S+)/m.exec(runtime)?.[1];
     expect(user).toBeDefined();
     expect(user).not.toMatch(/^(0|root)(:|$)/);
-    expect(runtime).toContain('ENTRYPOINT ["node", "--initial-heap-size=64", "dist/gateway/main.js"]');
+    expect(runtime).toContain('ENTRYPOINT ["dist/gateway/main.js"]');
+  });
+
+  it('starts the entry point through its interpreter line, which carries the V8 heap flags', () => {
+    const first = readFileSync(path.join(repoRoot, 'gateway', 'main.ts'), 'utf8').split('\n', 1)[0];
+    expect(first).toBe('#!/usr/bin/env -S node --initial-heap-size=64 --max-semi-space-size=8');
+    // ...and the build marks it executable.
+    const pkg = JSON.parse(readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as {
+      scripts: Record<string, string>;
+    };
+    expect(pkg.scripts['build']).toContain('chmod +x dist/gateway/main.js');
+  });
+
+  it('copies every folder the build compiles into the build stage', () => {
+    const build = JSON.parse(readFileSync(path.join(repoRoot, 'tsconfig.build.json'), 'utf8')) as {
+      include: string[];
+    };
+    const buildStage = text.slice(0, text.lastIndexOf('\nFROM '));
+    for (const dir of build.include) expect(buildStage).toContain(`COPY ${dir}/ ${dir}/`);
   });
 });
