@@ -25,13 +25,17 @@ const keyColumns = (t = '') => `${t}key_id AS key_id, ${t}algorithm AS algorithm
   ${tsText(`${t}not_after`)} AS not_after, ${tsText(`${t}revoked_at`)} AS revoked_at`;
 const KEY_COLUMNS = keyColumns();
 
-type KeyRecord = {
+/** not_before / not_after / revoked_at as every registry table has them (text from tsText). */
+type ValidityRecord = { not_before: string; not_after: string; revoked_at: string | null };
+
+function validity(r: ValidityRecord): { notBefore: string; notAfter: string; revokedAt: string | null } {
+  return { notBefore: r.not_before, notAfter: r.not_after, revokedAt: r.revoked_at };
+}
+
+type KeyRecord = ValidityRecord & {
   key_id: string;
   algorithm: string;
   public_key_spki_der: Buffer;
-  not_before: string;
-  not_after: string;
-  revoked_at: string | null;
 };
 
 function keyRow(r: KeyRecord): SigningKeyRow {
@@ -39,9 +43,7 @@ function keyRow(r: KeyRecord): SigningKeyRow {
     keyId: r.key_id,
     algorithm: r.algorithm,
     spkiDer: r.public_key_spki_der,
-    notBefore: r.not_before,
-    notAfter: r.not_after,
-    revokedAt: r.revoked_at,
+    ...validity(r),
   };
 }
 
@@ -146,13 +148,10 @@ const SCOPE_COLUMNS = (
   ${tsText(`${alias}.not_before`)} AS not_before, ${tsText(`${alias}.not_after`)} AS not_after,
   ${tsText(`${alias}.revoked_at`)} AS revoked_at`;
 
-type ScopeRecord = {
+type ScopeRecord = ValidityRecord & {
   id: string;
   signing_key_id: string;
   destination: string;
-  not_before: string;
-  not_after: string;
-  revoked_at: string | null;
 };
 
 function scopeRow(r: ScopeRecord): ScopeRow {
@@ -160,9 +159,7 @@ function scopeRow(r: ScopeRecord): ScopeRow {
     id: r.id,
     signingKeyId: r.signing_key_id,
     destination: r.destination,
-    notBefore: r.not_before,
-    notAfter: r.not_after,
-    revokedAt: r.revoked_at,
+    ...validity(r),
   };
 }
 
@@ -249,15 +246,12 @@ const PERMISSION_COLUMNS = `p.permission_id, p.signing_key_id, p.subject_identit
   p.destination, ${tsText('p.not_before')} AS not_before, ${tsText('p.not_after')} AS not_after,
   ${tsText('p.revoked_at')} AS revoked_at`;
 
-type PermissionDbRecord = {
+type PermissionDbRecord = ValidityRecord & {
   permission_id: string;
   signing_key_id: string;
   subject_identity: string;
   subject_public_key_spki_der: Buffer;
   destination: string;
-  not_before: string;
-  not_after: string;
-  revoked_at: string | null;
 };
 
 function permissionRecord(r: PermissionDbRecord): PermissionRecord {
@@ -267,9 +261,7 @@ function permissionRecord(r: PermissionDbRecord): PermissionRecord {
     subjectIdentity: r.subject_identity,
     subjectSpkiDer: r.subject_public_key_spki_der,
     destination: r.destination,
-    notBefore: r.not_before,
-    notAfter: r.not_after,
-    revokedAt: r.revoked_at,
+    ...validity(r),
   };
 }
 
