@@ -67,6 +67,9 @@ type DecisionFields = {
 let tunnelSeq = 0;
 
 const NORMALIZED_CACHE_ENTRIES = 4096;
+// Normalization runs before the identity check, so any client picks the keys: a long one (a 253-byte
+// name, a port, some padding the normalizer trims) is normalized each time rather than kept.
+const NORMALIZED_CACHE_KEY_MAX = 300;
 
 export class ConnectHandler implements OpenTunnelBytes {
   /** Open tunnels, so drain can reset the stragglers and /metrics can count their bytes. */
@@ -141,8 +144,10 @@ export class ConnectHandler implements OpenTunnelBytes {
         if (!(err instanceof InvalidDestinationError)) throw err;
         return deny(400, 'invalid_authority', err.why);
       }
-      if (this.normalized.size >= NORMALIZED_CACHE_ENTRIES) this.normalized.clear();
-      this.normalized.set(authority, destination);
+      if (authority.length <= NORMALIZED_CACHE_KEY_MAX) {
+        if (this.normalized.size >= NORMALIZED_CACHE_ENTRIES) this.normalized.clear();
+        this.normalized.set(authority, destination);
+      }
     }
     fields.destination = destination.normalized;
     span.setAttribute('server.address', destination.normalized);
@@ -175,7 +180,7 @@ export class ConnectHandler implements OpenTunnelBytes {
         return deny(403, 'destination_address_denied', resolution.detail);
       }
       // Counted now (policy and guard agree); its log line is written once the outcome is known, and
-      // on success only after the 200 has gone out (see ActiveTunnel.start).
+      // on success only after the 200 has gone out (ActiveTunnel.afterResponse).
       this.countAllowed(span, grant);
       const allowedLine: AllowedLine = { handler: this, fields, grant, cached: decision.cached };
 
