@@ -223,6 +223,20 @@ describe.sequential('sidecar with a TPM key, end to end', () => {
     );
   }
 
+  /** curl through the sidecar, printing only the status of the proxy's CONNECT answer. */
+  const curlConnectStatus = (url: string) =>
+    curl([
+      '-x',
+      `http://127.0.0.1:${sidecarPort}`,
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{http_connect}',
+      '--cacert',
+      destination.caPath,
+      url,
+    ]);
+
   const curlHello = (extra: string[] = []) =>
     curl([
       '-x',
@@ -385,17 +399,7 @@ describe.sequential('sidecar with a TPM key, end to end', () => {
 
   it('answers 403 "gateway denied request" for a destination without a grant', async () => {
     const other = await freePort();
-    const r = await curl([
-      '-x',
-      `http://127.0.0.1:${sidecarPort}`,
-      '-o',
-      '/dev/null',
-      '-w',
-      '%{http_connect}',
-      '--cacert',
-      destination.caPath,
-      `https://localhost:${other}/`,
-    ]);
+    const r = await curlConnectStatus(`https://localhost:${other}/`);
     expect(r.code).toBe(56);
     expect(r.stdout).toBe('403');
     const raw = await rawConnect(sidecarPort, `localhost:${other}`);
@@ -471,17 +475,7 @@ describe.sequential('sidecar with a TPM key, end to end', () => {
     expect(await gw.stop()).toBe(0);
     const down = await rawConnect(sidecarPort, `localhost:${destination.port}`);
     expect(down).toEqual({ status: 502, body: 'gateway unreachable' });
-    const viaCurl = await curl([
-      '-x',
-      `http://127.0.0.1:${sidecarPort}`,
-      '-o',
-      '/dev/null',
-      '-w',
-      '%{http_connect}',
-      '--cacert',
-      destination.caPath,
-      `https://localhost:${destination.port}/hello`,
-    ]);
+    const viaCurl = await curlConnectStatus(`https://localhost:${destination.port}/hello`);
     expect(viaCurl.stdout).toBe('502');
 
     gwRestarted = spawnNode(GATEWAY_MAIN, ['--config', gw.configPath], { name: 'gateway-again' });
