@@ -28,6 +28,12 @@ const { NGHTTP2_NO_ERROR, NGHTTP2_ENHANCE_YOUR_CALM } = constants;
 
 const RESET_WINDOW_MS = 10_000;
 const FORCED_CLOSE_WAIT_MS = 2_000;
+/**
+ * Between the GOAWAY to a client over its reset budget and closing its connection. Destroying at once
+ * closed the socket while that client was still sending, and the kernel answers unread data with a TCP
+ * RST, which can discard the GOAWAY before the client reads it: the client saw a reset, not why.
+ */
+const GOAWAY_LINGER_MS = 1_000;
 
 export type TlsMaterial = {
   readonly cert: Buffer;
@@ -83,6 +89,8 @@ class Connection {
   openStreams = 0;
   resets = 0;
   resetWindowStart = 0;
+  /** Over the reset budget: GOAWAY sent, the connection ends after GOAWAY_LINGER_MS. */
+  goingAway = false;
   idleTimer: NodeJS.Timeout | undefined;
   private identified: StreamOrigin | undefined;
 
@@ -347,7 +355,8 @@ export class GatewayServer {
       c.resets = 0;
     }
     c.resets++;
-    if (c.resets > this.deps.config.http2.maxResetsPer10s) {
+    if (c.resets > this.deps.config.http2.maxResetsPer10s && !c.goingAway) {
+      c.goingAway = true;
       this.deps.logger.warn(
         {
           source_identity: c.origin.identity.ok ? c.origin.identity.peer.identity : null,
@@ -357,10 +366,16 @@ export class GatewayServer {
         },
         'too many stream resets; closing connection (GOAWAY ENHANCE_YOUR_CALM)',
       );
-      // destroy(undefined, code) would send NO_ERROR: node defaults a missing error to code 0.
-      session.destroy(new Error('too many stream resets'), NGHTTP2_ENHANCE_YOUR_CALM);
+      // Last stream id 0: nghttp2 ignores every stream the client opens from now on.
+      session.goaway(NGHTTP2_ENHANCE_YOUR_CALM, 0);
+      setTimeout(endAfterGoaway, GOAWAY_LINGER_MS, session).unref();
     }
   }
+}
+
+function endAfterGoaway(session: ServerHttp2Session): void {
+  // destroy(undefined, code) would send NO_ERROR: node defaults a missing error to code 0.
+  if (!session.destroyed) session.destroy(new Error('too many stream resets'), NGHTTP2_ENHANCE_YOUR_CALM);
 }
 
 function onSessionClose(this: ServerHttp2Session & Carrier): void {

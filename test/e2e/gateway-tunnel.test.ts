@@ -1,7 +1,7 @@
 // The request path end to end: a real gateway process, a real registry (signed grants), real mTLS
 // HTTP/2 clients, real loopback destinations. Status codes and log lines per SPEC §4.
 import { createHash, randomBytes } from 'node:crypto';
-import http2, { type ClientHttp2Session, constants } from 'node:http2';
+import { type ClientHttp2Session, constants } from 'node:http2';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { type Carrier, createCarrier, createPrincipalKey } from '../../dev-support/pki.js';
@@ -469,17 +469,16 @@ describe('gateway request path', () => {
     const s = await connectH2(gw.port, { ca: gw.caPem, carrier: agent });
     const goaway = new Promise<number>((resolve) => s.once('goaway', (code) => resolve(code)));
     // Default budget is 200 per 10 s; cancel streams on a tunnel that is open (reset by the client).
-    for (let i = 0; i < 260 && !s.destroyed && !s.closed; i++) {
+    // Until the GOAWAY ends the session: CONNECTs the rate limiter answers first do not count as resets.
+    for (let i = 0; i < 1000 && !s.destroyed && !s.closed; i++) {
       const stream = s.request({ ':method': 'CONNECT', ':authority': 'docstore:443' });
       stream.on('error', () => {});
       stream.close(constants.NGHTTP2_CANCEL);
       if (i % 20 === 19) await new Promise((r) => setTimeout(r, 20));
     }
     const code = await goaway;
-    console.log(gw.proc.tail(30));
     expect(code).toBe(constants.NGHTTP2_ENHANCE_YOUR_CALM);
     s.destroy();
-    void http2;
   });
 
   it('leaves no tunnel or upstream socket behind after 300 short tunnels', async () => {
