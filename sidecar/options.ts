@@ -8,6 +8,13 @@ import { accessSync, constants as fsConstants } from 'node:fs';
 import { isIP } from 'node:net';
 import { Command, Option } from 'commander';
 import { DEFAULT_IDENTITY_OID, isValidOid } from '../core/identity-extension.js';
+import {
+  AgentAccessError,
+  type ListenAddress,
+  readProxyToken,
+  resolveGroup,
+  unixSocketPath,
+} from './agent-access.js';
 import { defaultKeyLabel, type TpmKeyConfig } from './tpm-context.js';
 import { formatHandle, PERSISTENT_HANDLE_MAX, PERSISTENT_HANDLE_MIN } from './tpm-tools.js';
 
@@ -21,7 +28,9 @@ const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'
 export type HostPort = { readonly host: string; readonly port: number };
 
 export type RunOptions = {
-  readonly listen: HostPort;
+  readonly listen: ListenAddress;
+  /** Every CONNECT must carry it (Proxy-Authorization: Basic); undefined = no proxy credential. */
+  readonly proxyToken: string | undefined;
   readonly gateway: HostPort;
   /** Name the gateway's certificate must match (and the SNI sent); undefined = the --gateway host. */
   readonly gatewayName: string | undefined;
@@ -67,6 +76,9 @@ type RawTpm = {
 
 type RawRun = RawTpm & {
   listen: string;
+  allowNonLoopback?: boolean;
+  socketGroup?: string;
+  proxyTokenFile?: string;
   gateway: string;
   gatewayName?: string;
   clientCert?: string;
@@ -144,7 +156,21 @@ export function buildCli(actions: CliActions, env: NodeJS.ProcessEnv = process.e
     .enablePositionalOptions()
     .showHelpAfterError('(run with --help for usage)');
   addTpmOptions(program, env)
-    .addOption(new Option('--listen <host:port>', 'where agents connect').default(DEFAULT_LISTEN))
+    .addOption(
+      new Option('--listen <address>', 'where agents connect: loopback host:port or unix:/path').default(
+        DEFAULT_LISTEN,
+      ),
+    )
+    .addOption(new Option('--allow-non-loopback', 'allow a --listen address other machines can reach'))
+    .addOption(
+      new Option('--socket-group <group>', 'with --listen unix:/path, let this group use the socket (0660)'),
+    )
+    .addOption(
+      new Option(
+        '--proxy-token-file <path>',
+        'file (mode 0600) with a token every CONNECT must carry as Proxy-Authorization: Basic',
+      ),
+    )
     .addOption(new Option('--gateway <host:port>', 'agent_gateway address').default(DEFAULT_GATEWAY))
     .addOption(
       new Option(
@@ -188,7 +214,7 @@ export function validateRun(raw: RawRun): RunOptions {
     throw new UsageError(`--gateway-name ${JSON.stringify(raw.gatewayName)} is not a host name`);
   }
   return {
-    listen: parseHostPort('--listen', raw.listen),
+    ...agentAccess(raw),
     gateway: parseHostPort('--gateway', raw.gateway),
     gatewayName,
     clientCertPath: readableFile('--client-cert', raw.clientCert),
@@ -204,6 +230,32 @@ export function validateRun(raw: RawRun): RunOptions {
     ),
     logLevel: tpm.logLevel,
   };
+}
+
+/** Who may use the sidecar: the listen address and the proxy credential (sidecar/agent-access.ts). */
+function agentAccess(raw: RawRun): Pick<RunOptions, 'listen' | 'proxyToken'> {
+  try {
+    const socketPath = unixSocketPath(raw.listen.trim());
+    let listen: ListenAddress;
+    if (socketPath !== undefined) {
+      const gid = raw.socketGroup === undefined ? undefined : resolveGroup(raw.socketGroup);
+      listen = { kind: 'unix', path: socketPath, gid };
+    } else {
+      if (raw.socketGroup !== undefined) throw new UsageError('--socket-group needs --listen unix:/path');
+      listen = { kind: 'tcp', ...parseHostPort('--listen', raw.listen) };
+      if (!isLoopbackHost(listen.host) && raw.allowNonLoopback !== true) {
+        throw new UsageError(
+          `--listen ${raw.listen} is not a loopback address: anyone who can reach it could use this ` +
+            "machine's TPM identity; pass --allow-non-loopback if that is intended",
+        );
+      }
+    }
+    const proxyToken = raw.proxyTokenFile === undefined ? undefined : readProxyToken(raw.proxyTokenFile);
+    return { listen, proxyToken };
+  } catch (err) {
+    if (err instanceof AgentAccessError) throw new UsageError(err.message);
+    throw err;
+  }
 }
 
 export function validateProvision(raw: RawProvision): ProvisionOptions {

@@ -8,12 +8,20 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import { perTunnelBufferLimit } from '../core/tunnel-buffers.js';
+import {
+  clearStaleSocket,
+  type ListenAddress,
+  listenUnix,
+  PROXY_AUTH_REALM,
+  proxyAuthorizationValid,
+} from './agent-access.js';
 import { type GatewaySession, GatewayUnreachableError, InvalidAuthorityError } from './gateway-session.js';
 import { type Logger, startConnectTrace, type Tracing } from './telemetry.js';
 
 export type ProxyServerOptions = {
-  readonly host: string;
-  readonly port: number;
+  readonly listen: ListenAddress;
+  /** When set, a CONNECT without `Proxy-Authorization: Basic base64(user:token)` gets 407. */
+  readonly proxyToken?: string | undefined;
   readonly gateway: GatewaySession;
   readonly tracing: Tracing;
   readonly logger: Logger;
@@ -56,14 +64,24 @@ export class ProxyServer {
     return this.tunnels.size;
   }
 
-  listen(): Promise<AddressInfo> {
-    return new Promise((resolve, reject) => {
+  /** Where agents can now connect: `host:port` (port 0 resolved) or `unix:/path`. */
+  async listen(): Promise<string> {
+    const at = this.opts.listen;
+    if (at.kind === 'unix') {
+      await clearStaleSocket(at.path);
+      await listenUnix(this.server, at.path, at.gid);
+      return `unix:${at.path}`;
+    }
+    const address = await new Promise<AddressInfo>((resolve, reject) => {
       this.server.once('error', reject);
-      this.server.listen({ host: this.opts.host, port: this.opts.port, exclusive: true }, () => {
+      this.server.listen({ host: at.host, port: at.port, exclusive: true }, () => {
         this.server.off('error', reject);
         resolve(this.server.address() as AddressInfo);
       });
     });
+    return address.family === 'IPv6'
+      ? `[${address.address}]:${address.port}`
+      : `${address.address}:${address.port}`;
   }
 
   /**
@@ -100,6 +118,25 @@ export class ProxyServer {
     const authority = req.url ?? '';
     socket.setNoDelay(true);
     socket.on('error', () => {});
+    // A Unix-socket peer has no address; the socket file's mode already decided who it can be.
+    const peer = socket.remoteAddress === undefined ? 'unix' : `${socket.remoteAddress}:${socket.remotePort}`;
+    const { proxyToken } = this.opts;
+    if (
+      proxyToken !== undefined &&
+      !proxyAuthorizationValid(req.headers['proxy-authorization'], proxyToken)
+    ) {
+      // Before anything reaches the gateway: without the credential this is not the agent.
+      logger.info(
+        { agent_peer_addr: peer, had_credential: 'proxy-authorization' in req.headers },
+        'refused CONNECT without the proxy credential',
+      );
+      socket.end(
+        plainResponse(407, 'proxy authentication required\n', {
+          'Proxy-Authenticate': `Basic realm="${PROXY_AUTH_REALM}"`,
+        }),
+      );
+      return;
+    }
     if (this.draining) {
       socket.end(plainResponse(503, 'sidecar is shutting down\n'));
       return;
@@ -113,7 +150,6 @@ export class ProxyServer {
     const tunnel: Tunnel = { socket, stream: undefined };
     this.tunnels.add(tunnel);
     const started = performance.now();
-    const peer = `${socket.remoteAddress}:${socket.remotePort}`;
     const trace = startConnectTrace(tracing, authority, req.headers);
     const log = logger.child({ dest_authority: authority, agent_peer_addr: peer, trace_id: trace.traceId });
     let agentGone = false;

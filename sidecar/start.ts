@@ -50,7 +50,8 @@ export class StartupError extends Error {
 }
 
 export type RunningSidecar = {
-  readonly address: { host: string; port: number };
+  /** Where agents connect: `host:port` or `unix:/path`. */
+  readonly address: string;
   readonly proxy: ProxyServer;
   readonly gateway: GatewaySession;
   readonly tracing: Tracing;
@@ -64,10 +65,18 @@ export async function startSidecar(
   onTpmFailure: (err: Error) => void,
 ): Promise<RunningSidecar> {
   const handle = formatHandle(opts.tpm.keyHandle);
-  if (!isLoopbackHost(opts.listen.host)) {
+  const listenText =
+    opts.listen.kind === 'unix' ? `unix:${opts.listen.path}` : `${opts.listen.host}:${opts.listen.port}`;
+  if (opts.listen.kind === 'tcp' && !isLoopbackHost(opts.listen.host)) {
+    // Only reachable with --allow-non-loopback (options.ts).
     logger.warn(
-      { listen: `${opts.listen.host}:${opts.listen.port}` },
+      { listen: listenText, proxy_credential: opts.proxyToken !== undefined },
       'listening on a non-loopback address: anyone who can reach it can use this machine identity',
+    );
+  } else if (opts.listen.kind === 'tcp' && opts.proxyToken === undefined) {
+    logger.warn(
+      { listen: listenText },
+      'no --proxy-token-file: every local user and process can use this machine identity',
     );
   }
 
@@ -160,25 +169,28 @@ export async function startSidecar(
     onTpmFailure,
   });
   const proxy = new ProxyServer({
-    host: opts.listen.host,
-    port: opts.listen.port,
+    listen: opts.listen,
+    proxyToken: opts.proxyToken,
     gateway,
     tracing,
     logger: logger.child({ component: 'proxy' }),
   });
-  let address: { address: string; port: number };
+  let address: string;
   try {
     address = await proxy.listen();
   } catch (err) {
+    const message = (err as Error).message;
+    // agent-access errors already name the flag and the path.
     throw new StartupError(
       'listen_failed',
-      `--listen ${opts.listen.host}:${opts.listen.port}: ${(err as Error).message}`,
+      message.startsWith('--') ? message : `--listen ${listenText}: ${message}`,
       { cause: err },
     );
   }
   logger.info(
     {
-      listen: `${address.address}:${address.port}`,
+      listen: address,
+      proxy_credential: opts.proxyToken !== undefined,
       gateway: `${opts.gateway.host}:${opts.gateway.port}`,
       gateway_name: opts.gatewayName ?? opts.gateway.host,
       identity,
@@ -192,7 +204,7 @@ export async function startSidecar(
   );
 
   return {
-    address: { host: address.address, port: address.port },
+    address,
     proxy,
     gateway,
     tracing,

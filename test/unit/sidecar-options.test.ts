@@ -54,7 +54,8 @@ async function parse(args: string[], env: NodeJS.ProcessEnv = {}) {
 describe('sidecar flags', () => {
   it('uses the SPEC defaults', async () => {
     const { run } = await parse(['--client-cert', cert, '--ca-cert', ca, '--pin-file', pin]);
-    expect(run?.listen).toEqual({ host: '127.0.0.1', port: 3128 });
+    expect(run?.listen).toEqual({ kind: 'tcp', host: '127.0.0.1', port: 3128 });
+    expect(run?.proxyToken).toBeUndefined();
     expect(run?.gateway).toEqual({ host: '127.0.0.1', port: 8443 });
     expect(run?.gatewayName).toBeUndefined();
     expect(run?.identityOid).toBe('1.3.6.1.4.1.57264.1.1');
@@ -104,6 +105,60 @@ describe('sidecar flags', () => {
     await expect(parse([...base, '--drain-timeout-ms', '-1'])).rejects.toThrow(/--drain-timeout-ms/);
     await expect(parse([...base, '--tpm-tcti', ''])).rejects.toThrow(/--tpm-tcti/);
     await expect(parse([...base, '--no-such-flag'])).rejects.toThrow(/unknown option/);
+  });
+
+  it('listens on a Unix socket, optionally for a group', async () => {
+    const base = ['--client-cert', cert, '--ca-cert', ca, '--pin-file', pin];
+    expect((await parse([...base, '--listen', 'unix:/run/agent/proxy.sock'])).run?.listen).toEqual({
+      kind: 'unix',
+      path: '/run/agent/proxy.sock',
+      gid: undefined,
+    });
+    const grouped = await parse([...base, '--listen', 'unix:/run/p.sock', '--socket-group', 'nogroup']);
+    expect(grouped.run?.listen).toEqual({ kind: 'unix', path: '/run/p.sock', gid: 65534 });
+    await expect(parse([...base, '--listen', 'unix:relative.sock'])).rejects.toThrow(/unix:\/absolute\/path/);
+    await expect(
+      parse([...base, '--listen', 'unix:/run/p.sock', '--socket-group', 'no-such-group-4711']),
+    ).rejects.toThrow(/--socket-group "no-such-group-4711": no such group/);
+    await expect(parse([...base, '--socket-group', 'nogroup'])).rejects.toThrow(
+      /--socket-group needs --listen unix:/,
+    );
+  });
+
+  it('refuses a non-loopback listen address unless --allow-non-loopback', async () => {
+    const base = ['--client-cert', cert, '--ca-cert', ca, '--pin-file', pin];
+    for (const listen of ['0.0.0.0:3128', '[::]:3128', '10.1.2.3:3128', 'sidecar.example:3128']) {
+      await expect(parse([...base, '--listen', listen]), listen).rejects.toThrow(
+        new RegExp(
+          `--listen ${listen.replace(/[[\].]/g, '\\$&')} is not a loopback address.*--allow-non-loopback`,
+        ),
+      );
+    }
+    const allowed = await parse([...base, '--listen', '0.0.0.0:3128', '--allow-non-loopback']);
+    expect(allowed.run?.listen).toEqual({ kind: 'tcp', host: '0.0.0.0', port: 3128 });
+  });
+
+  it('reads the proxy token from a private file only', async () => {
+    const base = ['--client-cert', cert, '--ca-cert', ca, '--pin-file', pin];
+    const good = path.join(dir, 'token');
+    await writeFile(good, 'a'.repeat(32) + '\n', { mode: 0o600 });
+    expect((await parse([...base, '--proxy-token-file', good])).run?.proxyToken).toBe('a'.repeat(32));
+    const open = path.join(dir, 'token-0644');
+    await writeFile(open, 'b'.repeat(32), { mode: 0o644 });
+    await expect(parse([...base, '--proxy-token-file', open])).rejects.toThrow(
+      `--proxy-token-file ${open} has mode 0644`,
+    );
+    const short = path.join(dir, 'token-short');
+    await writeFile(short, 'short', { mode: 0o600 });
+    await expect(parse([...base, '--proxy-token-file', short])).rejects.toThrow(
+      /16\.\.1024 characters, got 5/,
+    );
+    const spaced = path.join(dir, 'token-spaced');
+    await writeFile(spaced, 'c'.repeat(16) + ' d', { mode: 0o600 });
+    await expect(parse([...base, '--proxy-token-file', spaced])).rejects.toThrow(/printable ASCII/);
+    await expect(parse([...base, '--proxy-token-file', path.join(dir, 'none')])).rejects.toThrow(
+      /--proxy-token-file .*none: ENOENT/,
+    );
   });
 
   it('parses the provision subcommand on its own flags', async () => {

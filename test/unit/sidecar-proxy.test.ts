@@ -282,8 +282,7 @@ describe('sidecar proxy over an HTTP/2 CONNECT gateway', () => {
       connectTimeoutMs: 3000,
     });
     const proxy = new ProxyServer({
-      host: '127.0.0.1',
-      port: 0,
+      listen: { kind: 'tcp', host: '127.0.0.1', port: 0 },
       gateway,
       tracing: noTracing,
       logger: silent,
@@ -293,7 +292,7 @@ describe('sidecar proxy over an HTTP/2 CONNECT gateway', () => {
       await proxy.drain(0);
       gateway.destroy();
     });
-    return { proxy, gateway, port: address.port };
+    return { proxy, gateway, port: Number(address.slice(address.lastIndexOf(':') + 1)) };
   }
 
   async function startGw(port = 0) {
