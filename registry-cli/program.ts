@@ -63,7 +63,8 @@ export function buildProgram(env: Env, io: Io, setExit: (code: ExitCode) => void
     )
     .option(
       '--replace',
-      'register the TPM key (creating it if missing) even if KEY_ID is registered with a different public key',
+      'register the TPM key (creating it if missing) even if KEY_ID is registered with a different public key; ' +
+        "revokes the old key's scopes",
     )
     .option('--public-key-out <file>', 'also write the public key (PEM SubjectPublicKeyInfo) to <file>')
     .addHelpText('after', ENVIRONMENT_HELP)
@@ -116,7 +117,8 @@ export function buildProgram(env: Env, io: Io, setExit: (code: ExitCode) => void
     .argument(
       '[PERMISSION_ID]',
       'id of the row (default perm-<uuid>, a new row: other active rows for the same identity, key and ' +
-        'destination stay in force, a note names them); an active id is renewed',
+        'destination stay in force, a note names them); an active id is renewed: a new signed row under a ' +
+        'new id replaces it, and it is revoked',
     )
     .option('--json', 'print the written row as JSON')
     .addHelpText('after', ENVIRONMENT_HELP)

@@ -124,7 +124,10 @@ export async function refreshSigningKey(
   };
 }
 
-/** --replace: a different key under the same id. What the old key signed stops verifying. */
+/**
+ * --replace: a different key under the same id. What the old key signed stops verifying, and the
+ * caller revokes the old key's scopes (revokeScopes): they were delegated to the old key.
+ */
 export async function replaceSigningKey(
   db: pg.ClientBase,
   keyId: string,
@@ -210,6 +213,17 @@ export async function upsertScope(
   return { scope: scopeRow(inserted.rows[0]!), action: 'created' };
 }
 
+/** Revoke every active scope row of a key; the rows as revoked, by destination. */
+export async function revokeScopes(db: pg.ClientBase, keyId: string): Promise<ScopeRow[]> {
+  const r = await db.query<ScopeRecord>(
+    `UPDATE principal_key_permissions s SET revoked_at = now(), updated_at = now()
+     WHERE s.signing_key_id = $1 AND s.revoked_at IS NULL
+     RETURNING ${SCOPE_COLUMNS('s')}`,
+    [keyId],
+  );
+  return r.rows.map(scopeRow).sort((a, b) => a.destination.localeCompare(b.destination));
+}
+
 /** Active scope rows of a key, the one covering [notBefore, notAfter] first for each destination. */
 export async function activeScopes(
   db: pg.ClientBase,
@@ -280,26 +294,15 @@ export async function lockPermission(
 export type SignedPermission = Omit<PermissionRow, 'revokedAt'>;
 
 /**
- * Insert a signed permission, or renew the active row with the same id and the same key, subject and
- * destination (new window and signature). Returns undefined when the id names something else: a
- * revoked row (kept as history) or a different grant.
+ * Insert a signed permission; false when the id is taken. A written row never changes (the registry
+ * refuses it, docs/contract.md "A revocation is final"): a renewal is a new row, see revokePermission.
  */
-export async function upsertPermission(
-  db: pg.ClientBase,
-  p: SignedPermission,
-): Promise<'created' | 'renewed' | undefined> {
-  const r = await db.query<{ inserted: boolean }>(
-    `INSERT INTO permission_registry AS p (permission_id, signing_key_id, subject_identity,
+export async function insertPermission(db: pg.ClientBase, p: SignedPermission): Promise<boolean> {
+  const r = await db.query(
+    `INSERT INTO permission_registry (permission_id, signing_key_id, subject_identity,
        subject_public_key_spki_der, destination, not_before, not_after, signature)
      VALUES ($1, $2, $3, $4, $5, $6::timestamptz, $7::timestamptz, $8)
-     ON CONFLICT (permission_id) DO UPDATE
-     SET not_before = EXCLUDED.not_before, not_after = EXCLUDED.not_after, signature = EXCLUDED.signature,
-         updated_at = now()
-     WHERE p.revoked_at IS NULL AND p.signing_key_id = EXCLUDED.signing_key_id
-       AND p.subject_identity = EXCLUDED.subject_identity
-       AND p.subject_public_key_spki_der = EXCLUDED.subject_public_key_spki_der
-       AND p.destination = EXCLUDED.destination
-     RETURNING (xmax = 0) AS inserted`,
+     ON CONFLICT (permission_id) DO NOTHING`,
     [
       p.permissionId,
       p.signingKeyId,
@@ -311,9 +314,18 @@ export async function upsertPermission(
       p.signature,
     ],
   );
-  const row = r.rows[0];
-  if (row === undefined) return undefined;
-  return row.inserted ? 'created' : 'renewed';
+  return r.rowCount === 1;
+}
+
+/** Revoke one active permission by id; the revocation time, or undefined when it was not active. */
+export async function revokePermission(db: pg.ClientBase, permissionId: string): Promise<string | undefined> {
+  const r = await db.query<{ revoked_at: string }>(
+    `UPDATE permission_registry SET revoked_at = now(), updated_at = now()
+     WHERE permission_id = $1 AND revoked_at IS NULL
+     RETURNING ${tsText('revoked_at')} AS revoked_at`,
+    [permissionId],
+  );
+  return r.rows[0]?.revoked_at;
 }
 
 /**

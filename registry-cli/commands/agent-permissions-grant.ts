@@ -3,6 +3,9 @@
  * key in the TPM signs one permission row and the row is written, all in one transaction that is
  * committed only when the gateway's own policy code, run against the row as written, allows it. A new row
  * does not replace other active rows for the same identity, key and destination; a note names them.
+ * Passing the PERMISSION_ID of an active row renews it: a written row never changes (docs/contract.md
+ * "A revocation is final"), so the renewal is a new signed row under a new id and the old row is revoked
+ * in the same transaction.
  */
 import { randomUUID } from 'node:crypto';
 import { normalizeDestination } from '../../core/destination.js';
@@ -20,12 +23,13 @@ import type { CommandContext } from '../io.js';
 import {
   activeScopes,
   grantWindow,
+  insertPermission,
   lockPermission,
   lockSigningKey,
   otherActivePermissions,
   type PermissionRecord,
+  revokePermission,
   type SignedPermission,
-  upsertPermission,
 } from '../registry-writes.js';
 import { verifySignature } from '../verify.js';
 import { assertSignerUsable } from './signer-state.js';
@@ -44,7 +48,7 @@ export type GrantOptions = {
 export async function grantPermission(ctx: CommandContext, opts: GrantOptions): Promise<ExitCode> {
   const keyId = checkKeyId(opts.keyId);
   const subjectIdentity = checkField('SUBJECT_IDENTITY', opts.subjectIdentity);
-  const permissionId = checkField('PERMISSION_ID', opts.permissionId ?? `perm-${randomUUID()}`);
+  const requestedId = checkField('PERMISSION_ID', opts.permissionId ?? `perm-${randomUUID()}`);
   let destination: string;
   let subjectSpkiDer: Buffer;
   try {
@@ -89,10 +93,10 @@ export async function grantPermission(ctx: CommandContext, opts: GrantOptions): 
         );
       }
 
-      const previous = await lockPermission(db, permissionId);
+      const previous = await lockPermission(db, requestedId);
       if (previous?.revokedAt != null) {
         throw new Refusal(
-          `permission ${permissionId} was revoked at ${previous.revokedAt}; revoked rows are kept as history, ` +
+          `permission ${requestedId} was revoked at ${previous.revokedAt}; revoked rows are kept as history, ` +
             'choose another PERMISSION_ID',
         );
       }
@@ -104,19 +108,20 @@ export async function grantPermission(ctx: CommandContext, opts: GrantOptions): 
           previous.destination !== destination)
       ) {
         throw new Refusal(
-          `permission ${permissionId} already grants ${previous.subjectIdentity} -> ${previous.destination} ` +
+          `permission ${requestedId} already grants ${previous.subjectIdentity} -> ${previous.destination} ` +
             `(signed by ${previous.signingKeyId}); an id can only be renewed for the same key, identity, ` +
             'public key and destination: choose another PERMISSION_ID',
         );
       }
 
+      const permissionId = previous === undefined ? requestedId : `perm-${randomUUID()}`;
       // Rows this grant does not replace: the admin should know they keep allowing access.
       const others = await otherActivePermissions(
         db,
         subjectIdentity,
         subjectSpkiDer,
         destination,
-        permissionId,
+        requestedId,
       );
 
       const message = canonicalPermissionBytes({
@@ -152,10 +157,12 @@ export async function grantPermission(ctx: CommandContext, opts: GrantOptions): 
         notAfter: window.notAfter,
         signature,
       };
-      const action = await upsertPermission(db, row);
-      if (action === undefined) {
-        throw new Refusal(`permission ${permissionId} was changed concurrently; nothing was written`);
+      if (!(await insertPermission(db, row))) {
+        throw new Refusal(`permission ${permissionId} was written concurrently; nothing was written`);
       }
+      // The lock taken by lockPermission keeps the renewed row active until this revocation.
+      const renewedRevokedAt = previous === undefined ? undefined : await revokePermission(db, requestedId);
+      const action = previous === undefined ? 'created' : 'renewed';
 
       // The gateway's own query and policy, against the row as written, before it becomes visible.
       const request = { identity: subjectIdentity, spkiDer: subjectSpkiDer, destination };
@@ -175,7 +182,15 @@ export async function grantPermission(ctx: CommandContext, opts: GrantOptions): 
           `the gateway would not honour permission ${permissionId} (${why}); nothing was written`,
         );
       }
-      return { row, action, validUntil: verdict.validUntil, keyNotAfter: key.notAfter, others };
+      return {
+        row,
+        action,
+        renewed:
+          previous === undefined ? undefined : { permissionId: requestedId, revokedAt: renewedRevokedAt },
+        validUntil: verdict.validUntil,
+        keyNotAfter: key.notAfter,
+        others,
+      };
     }),
   );
 
@@ -185,6 +200,7 @@ export async function grantPermission(ctx: CommandContext, opts: GrantOptions): 
       JSON.stringify({
         permission_id: row.permissionId,
         action: outcome.action,
+        renews: outcome.renewed?.permissionId ?? null,
         signing_key_id: row.signingKeyId,
         subject_identity: row.subjectIdentity,
         subject_public_key_spki_der: row.subjectSpkiDer.toString('hex'),
@@ -199,12 +215,19 @@ export async function grantPermission(ctx: CommandContext, opts: GrantOptions): 
       }),
     );
   } else {
+    const as = outcome.renewed === undefined ? '' : `${outcome.renewed.permissionId} as `;
     ctx.io.out(
-      `${outcome.action} permission ${row.permissionId}: ${row.subjectIdentity} -> ${row.destination}, signed by ${row.signingKeyId}`,
+      `${outcome.action} permission ${as}${row.permissionId}: ${row.subjectIdentity} -> ${row.destination}, signed by ${row.signingKeyId}`,
     );
     ctx.io.out(`  agent public key sha256: ${spkiFingerprint(row.subjectSpkiDer)}`);
     ctx.io.out(`  valid: ${row.notBefore} .. ${row.notAfter}`);
     ctx.io.out("  verified with the gateway's policy: allowed");
+    if (outcome.renewed !== undefined) {
+      ctx.io.out(
+        `  ${outcome.renewed.permissionId} revoked at ${outcome.renewed.revokedAt}: a signed row never changes, ` +
+          'a renewal is a new signed row',
+      );
+    }
   }
   if (outcome.others.length > 0) ctx.io.err(otherRowsNote(row, outcome.others));
   if (parseTimestamp(outcome.keyNotAfter) < parseTimestamp(row.notAfter)) {
@@ -232,6 +255,6 @@ function otherRowsNote(row: SignedPermission, others: readonly PermissionRecord[
     `note: ${row.subjectIdentity} -> ${row.destination} with this agent key already has ` +
     `${one ? 'an active permission' : `${others.length} active permissions`}: ${list}; ` +
     `${one ? 'it stays' : 'they stay'} in force next to ${row.permissionId}, the gateway allows while any is valid.` +
-    `${outlasts} To change a window, renew a row by passing its PERMISSION_ID instead of adding rows.`
+    `${outlasts} To change a window, renew a row by passing its PERMISSION_ID (it is revoked and replaced by the new row) instead of adding rows.`
   );
 }

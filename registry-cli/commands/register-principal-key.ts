@@ -3,8 +3,9 @@
  * in the TPM token (creating token and key when missing) and that principal_signing_keys holds its SPKI.
  * Idempotent: a second run finds the same key and only renews the validity window, which never shrinks:
  * not_after = greatest(existing, now + VALID_DAYS). A different key already registered under KEY_ID is
- * replaced only with --replace, and while KEY_ID is registered nothing is created in the TPM without it:
- * the registry is read before the token is touched.
+ * replaced only with --replace, which in the same transaction revokes the scopes delegated to the old
+ * key; while KEY_ID is registered nothing is created in the TPM without it: the registry is read before
+ * the token is touched.
  */
 import { writeFileSync } from 'node:fs';
 import { ensureKey, findKey, signerOptionsFromEnv } from '../../core/pkcs11-signer.js';
@@ -21,6 +22,8 @@ import {
   lockSigningKey,
   refreshSigningKey,
   replaceSigningKey,
+  revokeScopes,
+  type ScopeRow,
   type SigningKeyRefresh,
   type SigningKeyRow,
 } from '../registry-writes.js';
@@ -82,6 +85,7 @@ export async function registerPrincipalKey(ctx: CommandContext, opts: RegisterOp
       let row: SigningKeyRow;
       let action: 'registered' | 'refreshed' | 'replaced';
       let refresh: SigningKeyRefresh | undefined;
+      let revokedScopes: ScopeRow[] = [];
       if (existing === undefined) {
         row = await insertSigningKey(db, keyId, spkiDer, opts.validDays);
         action = 'registered';
@@ -97,9 +101,11 @@ export async function registerPrincipalKey(ctx: CommandContext, opts: RegisterOp
         );
       } else {
         row = await replaceSigningKey(db, keyId, spkiDer, opts.validDays);
+        // The old key's scopes were delegated to that key, not to whoever holds the id next.
+        revokedScopes = await revokeScopes(db, keyId);
         action = 'replaced';
       }
-      return { row, action, created, refresh };
+      return { row, action, created, refresh, revokedScopes };
     }),
   );
 
@@ -117,6 +123,16 @@ export async function registerPrincipalKey(ctx: CommandContext, opts: RegisterOp
   );
   ctx.io.out(`  public key sha256: ${spkiFingerprint(result.row.spkiDer)}`);
   ctx.io.out(`  valid: ${result.row.notBefore} .. ${result.row.notAfter}`);
+  if (result.action === 'replaced') {
+    const scopes = result.revokedScopes;
+    ctx.io.out(
+      scopes.length === 0
+        ? '  the old key had no active scope; nothing else was revoked'
+        : `  revoked the ${scopes.length} scope${scopes.length === 1 ? '' : 's'} delegated to the old key: ` +
+            `${[...new Set(scopes.map((s) => s.destination))].join(', ')}; ` +
+            `delegate again with grant-principal-scope.sh ${keyId} DEST...`,
+    );
+  }
   if (result.refresh !== undefined) ctx.io.err(refreshNote(result.refresh, opts.validDays));
   return EXIT_OK;
 }

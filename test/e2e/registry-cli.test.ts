@@ -156,6 +156,8 @@ afterAll(async () => {
 
 describe('registry CLI end to end', () => {
   let alphaPermission: string;
+  /** agent-beta's active row: each renewal is a new row under a new id. */
+  let betaPermission: string;
 
   it('refuses to work on a database without the registry schema (exit 2, says to migrate)', async () => {
     const r = await expectExit(2, ['agent-permissions', 'list']);
@@ -309,6 +311,53 @@ describe('registry CLI end to end', () => {
       ])
     ).rows[0].public_key_spki_der as Buffer;
     expect(now.equals(tpmKey)).toBe(true);
+  });
+
+  it('--replace revokes the scopes delegated to the old key, in the same transaction', async () => {
+    await expectExit(0, ['register-principal-key', 'org-erin']);
+    await expectExit(0, ['grant-principal-scope', 'org-erin', 'docstore', 'api.example.com']);
+    // As if the TPM had been reset: the registered key is not the one in the token any more.
+    const stranger = generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).publicKey.export({
+      type: 'spki',
+      format: 'der',
+    });
+    await db.query('UPDATE principal_signing_keys SET public_key_spki_der = $1 WHERE key_id = $2', [
+      stranger,
+      'org-erin',
+    ]);
+    const replaced = await expectExit(0, ['register-principal-key', 'org-erin', '--replace']);
+    expect(replaced.stdout).toMatch(/^replaced principal key org-erin/);
+    expect(replaced.stdout).toContain(
+      '  revoked the 2 scopes delegated to the old key: api.example.com:443, docstore:443; ' +
+        'delegate again with grant-principal-scope.sh org-erin DEST...',
+    );
+    for (const destination of ['docstore:443', 'api.example.com:443']) {
+      const rows = await scopeRows('org-erin', destination);
+      expect(rows).toHaveLength(1);
+      expect(rows[0]!.revoked, destination).not.toBeNull();
+    }
+    // The new key signs nothing until a destination is delegated to it again.
+    const refused = await expectExit(1, [
+      'agent-permissions',
+      'grant',
+      'org-erin',
+      'agent-alpha',
+      agentPem,
+      'docstore',
+    ]);
+    expect(refused.stderr).toMatch(/outside the scope of principal key org-erin \(active scope: none\)/);
+    await expectExit(0, ['grant-principal-scope', 'org-erin', 'docstore']);
+    expect(await scopeRows('org-erin', 'docstore:443')).toHaveLength(2);
+    // A replacement with no scope left to revoke says so.
+    await db.query('UPDATE principal_signing_keys SET public_key_spki_der = $1 WHERE key_id = $2', [
+      stranger,
+      'org-erin',
+    ]);
+    await db.query(
+      "UPDATE principal_key_permissions SET revoked_at = now() WHERE signing_key_id = 'org-erin' AND revoked_at IS NULL",
+    );
+    const again = await expectExit(0, ['register-principal-key', 'org-erin', '--replace']);
+    expect(again.stdout).toContain('  the old key had no active scope; nothing else was revoked');
   });
 
   it('a registered KEY_ID whose key is not in the TPM is refused before anything is created there', async () => {
@@ -502,7 +551,7 @@ describe('registry CLI end to end', () => {
     await expectExit(0, ['agent-permissions', 'check', 'agent-alpha', agentPem, 'docstore']);
   });
 
-  it('grant accepts the agent key as a certificate file and as hex, and renews an id in place', async () => {
+  it('grant accepts the agent key as a certificate file and as hex, and renews an id with a new signed row', async () => {
     const cert = await expectExit(0, [
       'agent-permissions',
       'grant',
@@ -530,18 +579,33 @@ describe('registry CLI end to end', () => {
       '7',
       'perm-beta-1',
     ]);
-    expect(renewed.stdout).toMatch(/renewed permission perm-beta-1/);
-    expect((await db.query('SELECT count(*)::int AS n FROM permission_registry')).rows[0].n).toBe(2);
+    // A signed row never changes (migrations/0005): the renewal is a new row, the old one is revoked.
+    const renewal =
+      /renewed permission perm-beta-1 as (perm-[0-9a-f-]{36}): agent-beta -> messaging:8443/.exec(
+        renewed.stdout,
+      );
+    expect(renewal, renewed.stdout).not.toBeNull();
+    betaPermission = renewal![1]!;
+    expect(renewed.stdout).toMatch(/perm-beta-1 revoked at \S+: a signed row never changes/);
+    const rows = await db.query<{ id: string; revoked: boolean }>(
+      `SELECT permission_id AS id, revoked_at IS NOT NULL AS revoked FROM permission_registry
+       WHERE subject_identity = 'agent-beta' ORDER BY permission_id = 'perm-beta-1' DESC`,
+    );
+    expect(rows.rows).toEqual([
+      { id: 'perm-beta-1', revoked: true },
+      { id: betaPermission, revoked: false },
+    ]);
     await expectExit(0, ['agent-permissions', 'check', 'agent-beta', betaCertPem, 'messaging:8443']);
   });
 
   it('a grant next to an active row for the same identity, key and destination names that row', async () => {
     const existing = (
       await db.query<{ na: string }>(
-        `SELECT ${ts('not_after')} AS na FROM permission_registry WHERE permission_id = 'perm-beta-1'`,
+        `SELECT ${ts('not_after')} AS na FROM permission_registry WHERE permission_id = $1`,
+        [betaPermission],
       )
     ).rows[0]!.na;
-    // Shorter than perm-beta-1 (7 days): the older row keeps allowing access after the new one ends.
+    // Shorter than the renewed row (7 days): the older row keeps allowing access after the new one ends.
     const shorter = await expectExit(0, [
       'agent-permissions',
       'grant',
@@ -555,12 +619,14 @@ describe('registry CLI end to end', () => {
     expect(newId).toBeDefined();
     expect(shorter.stderr).toContain(
       `note: agent-beta -> messaging:8443 with this agent key already has an active permission: ` +
-        `perm-beta-1 (not_after ${existing}); it stays in force next to ${newId}`,
+        `${betaPermission} (not_after ${existing}); it stays in force next to ${newId}`,
     );
-    expect(shorter.stderr).toContain(`perm-beta-1 ends later: it keeps allowing access until ${existing}`);
+    expect(shorter.stderr).toContain(
+      `${betaPermission} ends later: it keeps allowing access until ${existing}`,
+    );
     expect(shorter.stderr).toMatch(/renew a row by passing its PERMISSION_ID/);
 
-    // Renewing perm-beta-1 by id names the other row, not itself; --json lists it too.
+    // Renewing that row by id names the other row, not itself; --json lists it too.
     const renewed = await expectExit(0, [
       'agent-permissions',
       'grant',
@@ -569,11 +635,19 @@ describe('registry CLI end to end', () => {
       betaCertPem,
       'messaging:8443',
       '7',
-      'perm-beta-1',
+      betaPermission,
       '--json',
     ]);
-    const json = JSON.parse(renewed.stdout) as { action: string; other_active_permissions: unknown[] };
+    const json = JSON.parse(renewed.stdout) as {
+      permission_id: string;
+      action: string;
+      renews: string;
+      other_active_permissions: unknown[];
+    };
     expect(json.action).toBe('renewed');
+    expect(json.renews).toBe(betaPermission);
+    expect(json.permission_id).not.toBe(betaPermission);
+    betaPermission = json.permission_id;
     expect(json.other_active_permissions).toEqual([{ permission_id: newId, not_after: expect.any(String) }]);
     expect(renewed.stderr).toMatch(new RegExp(`already has an active permission: ${newId} \\(not_after `));
     expect(renewed.stderr).not.toMatch(/ends later/);
@@ -591,7 +665,8 @@ describe('registry CLI end to end', () => {
     expect(other.stderr).not.toMatch(/already has/);
     await db.query(
       `UPDATE permission_registry SET revoked_at = now()
-       WHERE subject_identity = 'agent-beta' AND permission_id <> 'perm-beta-1'`,
+       WHERE subject_identity = 'agent-beta' AND permission_id <> $1 AND revoked_at IS NULL`,
+      [betaPermission],
     );
   });
 
@@ -648,8 +723,8 @@ describe('registry CLI end to end', () => {
       ['an RSA agent key', () => ['org-alice', 'agent-alpha', rsa.toString('hex'), 'docstore'], /P-256/],
       [
         'an id that names another grant',
-        () => ['org-alice', 'agent-alpha', spki(), 'messaging:8443', '5', 'perm-beta-1'],
-        /perm-beta-1 already grants agent-beta/,
+        () => ['org-alice', 'agent-alpha', spki(), 'messaging:8443', '5', betaPermission],
+        /perm-[0-9a-f-]{36} already grants agent-beta/,
       ],
     ])('%s', async (_name, args, message) => {
       const before = await snapshot();
@@ -895,10 +970,12 @@ describe('registry CLI end to end', () => {
     const list = JSON.parse(r.stdout) as { permissions: { permission_id: string; state: string }[] };
     const states = Object.fromEntries(list.permissions.map((p) => [p.permission_id, p.state]));
     expect(states[alphaPermission]).toBe('revoked');
-    expect(states['perm-beta-1']).toBe('active');
+    expect(states['perm-beta-1']).toBe('revoked');
+    expect(states[betaPermission]).toBe('active');
     const beta = await expectExit(0, ['agent-permissions', 'list', '--identity', 'agent-beta']);
     expect(beta.stdout.split('\n')[0]).toMatch(/^IDENTITY\s+DESTINATION\s+STATE/);
-    expect(beta.stdout).toMatch(/agent-beta\s+messaging:8443\s+active\s+perm-beta-1/);
+    expect(beta.stdout).toContain(betaPermission);
+    expect(beta.stdout).toMatch(/agent-beta\s+messaging:8443\s+active\s+perm-/);
     expect(beta.stdout).not.toMatch(/agent-alpha/);
   });
 });
