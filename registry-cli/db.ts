@@ -8,7 +8,11 @@ import { latestKnownVersion } from '../core/migrate.js';
 import { fetchSchemaVersion, tsText } from '../core/registry-queries.js';
 import { type Micros, parseTimestamp } from '../core/timestamp.js';
 import type { DatabaseTarget } from './env.js';
-import { CliError, EnvironmentError } from './errors.js';
+import { CliError, EnvironmentError, Refusal } from './errors.js';
+
+// SQLSTATE restrict_violation: the registry's own refusal (migrations/0005, docs/contract.md "A
+// revocation is final"); the transaction rolled back, so the registry is unchanged.
+const REGISTRY_REFUSED = '23001';
 
 const CONNECT_TIMEOUT_MS = 10_000;
 // An admin command waits on row locks at most this long (e.g. a concurrent grant for the same key).
@@ -112,9 +116,15 @@ async function query<T>(target: DatabaseTarget, fn: () => Promise<T>): Promise<T
   }
 }
 
-/** Errors from pg become environment errors that name the database; the CLI's own errors pass. */
+/**
+ * Errors from pg become environment errors that name the database, except the registry's own
+ * refusals, which are refusals; the CLI's own errors pass.
+ */
 export function asDatabaseError(target: DatabaseTarget, err: unknown): unknown {
   if (err instanceof CliError) return err;
+  if (err instanceof pg.DatabaseError && err.code === REGISTRY_REFUSED) {
+    return new Refusal(`${err.message}; nothing was written`, { cause: err });
+  }
   if (err instanceof pg.DatabaseError) {
     return new EnvironmentError(
       `database ${target.display} (${target.source}) failed: ${err.message}${err.code ? ` [${err.code}]` : ''}`,

@@ -7,6 +7,9 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { REGISTRY_CHANGE_CHANNEL } from '../../core/registry-queries.js';
 import { createMigratedDatabase, dropDatabase } from '../../dev-support/postgres.js';
+import { withRegistry } from '../../registry-cli/db.js';
+import { databaseFromEnv } from '../../registry-cli/env.js';
+import { EXIT_REFUSED, Refusal } from '../../registry-cli/errors.js';
 import {
   DAY,
   insertPermission,
@@ -243,6 +246,34 @@ describe('a revocation is final, as the admin role', () => {
       s.permissionId,
     ]);
     expect(await revokedAt('permission_registry', 'permission_id', s.permissionId)).not.toBeNull();
+  });
+});
+
+describe('the registry CLI reports the registry refusing', () => {
+  it('as a refusal (exit 1) that quotes the registry, with the transaction rolled back', async () => {
+    const s = await seed('cli');
+    const u = new URL(url);
+    u.username = adminRole;
+    const target = databaseFromEnv({ AGENT_GATEWAY_DATABASE_URL: u.toString() });
+    const err = await withRegistry(target, (registry) =>
+      registry.transaction(async (db) => {
+        await db.query('UPDATE permission_registry SET revoked_at = now() WHERE permission_id = $1', [
+          s.permissionId,
+        ]);
+        await db.query(`UPDATE permission_registry SET revoked_at = NULL WHERE permission_id = $1`, [
+          s.permissionId,
+        ]);
+      }),
+    ).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(Refusal);
+    expect((err as Refusal).exitCode).toBe(EXIT_REFUSED);
+    expect((err as Refusal).message).toMatch(
+      /^agent_gateway registry refused: clearing revoked_at of permission_registry perm-cli .*; nothing was written$/,
+    );
+    expect(await revokedAt('permission_registry', 'permission_id', s.permissionId)).toBeNull();
   });
 });
 
