@@ -5,7 +5,7 @@
 #   docker run --rm agent-gateway:local --help
 # compose.yaml uses it for the gateway, the migrations one-shot and the docstore/messaging mocks.
 
-FROM node:20-bookworm-slim AS build
+FROM node:24-bookworm-slim AS build
 WORKDIR /app
 # pkcs11js (registry CLI) is a native addon: node-gyp needs a compiler when no prebuilt binary fits.
 RUN apt-get update \
@@ -23,7 +23,7 @@ COPY demo/ demo/
 COPY dev-support/ dev-support/
 RUN npm run build && npm prune --omit=dev --no-audit --no-fund
 
-FROM node:20-bookworm-slim
+FROM node:24-bookworm-slim
 ENV NODE_ENV=production
 WORKDIR /app
 RUN groupadd --system --gid 10001 agentgw \

