@@ -137,11 +137,15 @@ export async function grant(databaseUrl: string, g: GrantSpec): Promise<string> 
   return permissionId;
 }
 
-/** Revoke a permission row (revoked_at = now()), as `agent-permissions.sh delete` does. */
+/**
+ * Revoke a permission row (revoked_at = now()), as `agent-permissions.sh delete` does. A revoked row is
+ * left alone: the registry refuses moving revoked_at later (docs/contract.md "A revocation is final").
+ */
 export async function revokePermission(databaseUrl: string, permissionId: string): Promise<void> {
   await withClient(databaseUrl, (c) =>
     c.query(
-      'UPDATE permission_registry SET revoked_at = now(), updated_at = now() WHERE permission_id = $1',
+      `UPDATE permission_registry SET revoked_at = now(), updated_at = now()
+       WHERE permission_id = $1 AND revoked_at IS NULL`,
       [permissionId],
     ),
   );
