@@ -6,18 +6,20 @@
 // - startPostgres({ externalUrl }): an existing server instead (TEST_DATABASE_URL, BENCH_DATABASE_URL), as an
 //   "external" handle: stop()/start() refuse, destroy() does nothing.
 // - createDatabase(adminUrl, name): a fresh database per test file (or bench run), so runs never collide;
-//   createMigratedDatabase(adminUrl, name): the same with the migrations applied.
+//   createMigratedDatabase(adminUrl, name): the same with the migrations applied;
+//   createDatabaseAtVersion(adminUrl, name, version): migrations 1..version only, a registry as an older
+//   build (or the original system) left it.
 // - applyMigrations(url): the project's migration runner (core/migrate.ts), as production applies it.
 //
 // As root, initdb/pg_ctl run as the `postgres` OS user (runuser), which owns the temp dir.
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chownSync, existsSync, readdirSync, rmSync } from 'node:fs';
+import { chownSync, copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { appendFile, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
-import { migrate } from '../core/migrate.js';
+import { listMigrations, migrate } from '../core/migrate.js';
 import { freePort } from './ports.js';
 import { reapOnExit } from './reap-on-exit.js';
 import { runCommand } from './run-command.js';
@@ -285,4 +287,21 @@ export async function dropDatabase(adminUrl: string, databaseUrl: string): Promi
 /** Apply every migrations/NNNN_*.sql not applied yet; returns the applied migration names. */
 export function applyMigrations(url: string): Promise<string[]> {
   return migrate(url);
+}
+
+/** A fresh database (see createDatabase) with migrations 1..version applied, through the same runner. */
+export async function createDatabaseAtVersion(
+  adminUrl: string,
+  name: string,
+  version: number,
+): Promise<string> {
+  const url = await createDatabase(adminUrl, name);
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'agw-mig-'));
+  try {
+    for (const m of listMigrations().slice(0, version)) copyFileSync(m.path, path.join(dir, m.name));
+    await migrate(url, dir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return url;
 }

@@ -1,15 +1,18 @@
 // The registry as PostgreSQL holds it: migrations, roles, NOTIFY payloads, microsecond timestamps, and
 // the gateway's startup schema gate. Real PostgreSQL (shared cluster, own database).
-import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { latestKnownVersion, listMigrations, migrate } from '../../core/migrate.js';
 import { decide } from '../../core/policy.js';
 import { fetchActiveCandidates } from '../../core/registry-queries.js';
 import { parseTimestamp } from '../../core/timestamp.js';
-import { applyMigrations, createDatabase, dropDatabase } from '../../dev-support/postgres.js';
+import {
+  applyMigrations,
+  createDatabase,
+  createDatabaseAtVersion,
+  dropDatabase,
+} from '../../dev-support/postgres.js';
 import { cachingVerifier } from '../../gateway/authorizer.js';
 import { Registry, RegistrySchemaError } from '../../gateway/registry.js';
 import {
@@ -173,15 +176,9 @@ describe('roles', () => {
 
 /** A database migrated only up to `version`: a registry as an older build left it. */
 async function dbAtVersion(name: string, version: number): Promise<string> {
-  const dir = mkdtempSync(join(tmpdir(), 'agw-mig-'));
-  try {
-    for (const m of listMigrations().slice(0, version)) copyFileSync(m.path, join(dir, m.name));
-    const url = await freshDb(name, false);
-    await migrate(url, dir);
-    return url;
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  const url = await createDatabaseAtVersion(adminUrl, name, version);
+  dbs.push(url);
+  return url;
 }
 
 describe('change notifications', () => {
