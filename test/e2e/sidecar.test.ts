@@ -5,59 +5,33 @@
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { readFile, rm, writeFile } from 'node:fs/promises';
-import https from 'node:https';
-import net from 'node:net';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { createCarrier, createPrincipalKey, createTestCa, type PrincipalKey } from '../../dev-support/pki.js';
+import { createCarrier, createPrincipalKey, type PrincipalKey } from '../../dev-support/pki.js';
 import { freePort } from '../../dev-support/ports.js';
 import { createMigratedDatabase, dropDatabase } from '../../dev-support/postgres.js';
 import { grant } from '../../dev-support/registry-seed.js';
-import { repoRoot } from '../../dev-support/repo-root.js';
 import { runCommand } from '../../dev-support/run-command.js';
-import { startSwtpm, type TpmHandle } from '../../dev-support/swtpm.js';
+import type { TpmHandle } from '../../dev-support/swtpm.js';
 import { GATEWAY_MAIN, type GatewayProcess, makeTempDir, startGatewayProcess } from '../support/gateway.js';
 import { type ManagedProcess, spawnNode } from '../support/processes.js';
+import {
+  curl,
+  type Destination,
+  rawConnect,
+  SIDECAR_HANDLE,
+  SIDECAR_MAIN,
+  SIDECAR_TOKEN,
+  type SidecarKey,
+  startHttpsDestination,
+  startSidecarTpm,
+  waitFor,
+} from '../support/sidecar.js';
 
-const SIDECAR_MAIN = path.join(repoRoot, 'dist', 'sidecar', 'main.js');
 const IDENTITY = 'agent-sidecar-e2e';
-const HANDLE = '0x81010004';
-const TCTI = 'tabrmd:bus_type=session';
-const TOKEN = 'sidecar-e2e';
-
-type Destination = { port: number; caPath: string; close(): Promise<void> };
-
-/** HTTPS destination with its own CA: GET /hello, GET /slow?ms=N. */
-async function startHttpsDestination(dir: string): Promise<Destination> {
-  const ca = await createTestCa('sidecar e2e destination CA');
-  const pair = await ca.serverCert();
-  const caPath = path.join(dir, 'destination-ca.pem');
-  await writeFile(caPath, ca.certPem);
-  const server = https.createServer({ key: pair.keyPem, cert: pair.certPem }, (req, res) => {
-    const url = new URL(req.url ?? '/', 'https://localhost');
-    if (url.pathname === '/hello') {
-      res.end('hello through the TPM-authenticated tunnel\n');
-    } else if (url.pathname === '/slow') {
-      setTimeout(() => res.end('slow done\n'), Number(url.searchParams.get('ms') ?? '1000'));
-    } else {
-      res.statusCode = 404;
-      res.end('not found\n');
-    }
-  });
-  const port = await new Promise<number>((resolve) =>
-    server.listen(0, '127.0.0.1', () => resolve((server.address() as net.AddressInfo).port)),
-  );
-  return {
-    port,
-    caPath,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  };
-}
+const HANDLE = SIDECAR_HANDLE;
+const TOKEN = SIDECAR_TOKEN;
 
 type OtlpReceiver = { port: number; requests: Buffer[]; close(): Promise<void> };
 
@@ -96,45 +70,6 @@ async function startOtlpReceiver(): Promise<OtlpReceiver> {
   return { port, requests, close: () => new Promise<void>((r) => server.tryShutdown(() => r())) };
 }
 
-async function curl(args: string[], timeoutMs = 30_000) {
-  // A clean environment: NO_PROXY or *_proxy variables of the host must not change what curl does.
-  return runCommand('curl', ['-sS', '--max-time', String(timeoutMs / 1000), ...args], {
-    env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin' },
-    timeoutMs: timeoutMs + 5000,
-  });
-}
-
-/** Raw CONNECT to the proxy; returns status line code and body of a non-200 answer. */
-function rawConnect(port: number, authority: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: '127.0.0.1', port });
-    let text = '';
-    socket.on('data', (d: Buffer) => {
-      text += d.toString('latin1');
-    });
-    socket.once('end', () => {
-      const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1]);
-      resolve({ status, body: text.slice(text.indexOf('\r\n\r\n') + 4) });
-    });
-    socket.once('error', reject);
-    socket.write(`CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n\r\n`);
-  });
-}
-
-async function waitFor<T>(
-  what: string,
-  fn: () => T | undefined | Promise<T | undefined>,
-  timeoutMs = 15_000,
-) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 function established(port: number): Promise<number> {
   return runCommand('ss', ['-Htn', 'state', 'established', `( sport = :${port} )`]).then(
     (r) => r.stdout.split('\n').filter((l) => l.trim() !== '').length,
@@ -144,6 +79,7 @@ function established(port: number): Promise<number> {
 describe.sequential('sidecar with a TPM key, end to end', () => {
   const adminUrl = inject('pgAdminUrl');
   let dir: string;
+  let key: SidecarKey;
   let tpm: TpmHandle;
   let dbUrl: string;
   let gw: GatewayProcess;
@@ -152,9 +88,6 @@ describe.sequential('sidecar with a TPM key, end to end', () => {
   let otlp: OtlpReceiver;
   let principal: PrincipalKey;
   let spkiDer: Buffer;
-  let pinFile: string;
-  let soPinFile: string;
-  let carrierPath: string;
   let sidecar: ManagedProcess | undefined;
   let sidecarPort: number;
   const tracingEnv = () => ({
@@ -163,26 +96,13 @@ describe.sequential('sidecar with a TPM key, end to end', () => {
   });
 
   function sidecarArgs(overrides: Record<string, string> = {}): string[] {
-    const flags: Record<string, string> = {
-      '--listen': `127.0.0.1:${sidecarPort}`,
-      '--gateway': `127.0.0.1:${gw.port}`,
-      '--gateway-name': 'localhost',
-      '--ca-cert': path.join(dir, 'gateway-ca.pem'),
-      '--client-cert': carrierPath,
-      '--tpm-tcti': TCTI,
-      '--tpm-key-handle': HANDLE,
-      '--pkcs11-store': tpm.env.TPM2_PKCS11_STORE,
-      '--pkcs11-token': TOKEN,
-      '--pin-file': pinFile,
-      '--drain-timeout-ms': '10000',
-      ...overrides,
-    };
-    return Object.entries(flags).flat();
+    return key.runArgs(
+      { port: gw.port, caPath: path.join(dir, 'gateway-ca.pem') },
+      { '--listen': `127.0.0.1:${sidecarPort}`, ...overrides },
+    );
   }
 
-  function spawnSidecar(args: string[], env: Record<string, string | undefined> = {}): ManagedProcess {
-    return spawnNode(SIDECAR_MAIN, args, { name: 'sidecar', env: { ...tpm.env, ...env } });
-  }
+  const spawnSidecar = (args: string[], env: Record<string, string | undefined> = {}) => key.spawn(args, env);
 
   async function startSidecar(
     env: Record<string, string | undefined> = tracingEnv(),
@@ -193,35 +113,7 @@ describe.sequential('sidecar with a TPM key, end to end', () => {
     return proc;
   }
 
-  async function provision(extra: string[] = []) {
-    return runCommand(
-      process.execPath,
-      [
-        SIDECAR_MAIN,
-        'provision',
-        '--tpm-tcti',
-        TCTI,
-        '--tpm-key-handle',
-        HANDLE,
-        '--pkcs11-store',
-        tpm.env.TPM2_PKCS11_STORE,
-        '--pkcs11-token',
-        TOKEN,
-        '--pin-file',
-        pinFile,
-        '--so-pin-file',
-        soPinFile,
-        '--identity',
-        IDENTITY,
-        '--out-cert',
-        carrierPath,
-        '--out-spki',
-        path.join(dir, 'spki.der'),
-        ...extra,
-      ],
-      { env: { ...process.env, ...tpm.env }, timeoutMs: 120_000 },
-    );
-  }
+  const provision = () => key.provision();
 
   /** curl through the sidecar, printing only the status of the proxy's CONNECT answer. */
   const curlConnectStatus = (url: string) =>
@@ -252,20 +144,16 @@ describe.sequential('sidecar with a TPM key, end to end', () => {
       if (!existsSync(f)) throw new Error(`${f} missing: run \`npm run build\` first`);
     }
     dir = await makeTempDir('agw-sidecar-e2e-');
-    [tpm, otlp, destination] = await Promise.all([
-      startSwtpm(),
+    [key, otlp, destination] = await Promise.all([
+      startSidecarTpm(dir, IDENTITY),
       startOtlpReceiver(),
       startHttpsDestination(dir),
     ]);
-    pinFile = path.join(dir, 'user.pin');
-    soPinFile = path.join(dir, 'so.pin');
-    await writeFile(pinFile, 'user-pin-4711', { mode: 0o600 });
-    await writeFile(soPinFile, 'so-pin-0815', { mode: 0o600 });
-    carrierPath = path.join(dir, 'carrier.pem');
+    tpm = key.tpm;
 
     const made = await provision();
     expect(made.code, made.stderr + made.stdout).toBe(0);
-    spkiDer = await readFile(path.join(dir, 'spki.der'));
+    spkiDer = await readFile(key.spkiPath);
 
     dbUrl = await createMigratedDatabase(adminUrl, 'sidecar_e2e');
     principal = createPrincipalKey();
@@ -403,7 +291,7 @@ describe.sequential('sidecar with a TPM key, end to end', () => {
     expect(r.code).toBe(56);
     expect(r.stdout).toBe('403');
     const raw = await rawConnect(sidecarPort, `localhost:${other}`);
-    expect(raw).toEqual({ status: 403, body: 'gateway denied request' });
+    expect(raw).toMatchObject({ status: 403, body: 'gateway denied request' });
     expect((await gw.waitForLogs('CONNECT denied')).at(-1)?.['source_identity']).toBe(IDENTITY);
   });
 
@@ -474,7 +362,7 @@ describe.sequential('sidecar with a TPM key, end to end', () => {
   it('answers 502 "gateway unreachable" while the gateway is down and recovers when it returns', async () => {
     expect(await gw.stop()).toBe(0);
     const down = await rawConnect(sidecarPort, `localhost:${destination.port}`);
-    expect(down).toEqual({ status: 502, body: 'gateway unreachable' });
+    expect(down).toMatchObject({ status: 502, body: 'gateway unreachable' });
     const viaCurl = await curlConnectStatus(`https://localhost:${destination.port}/hello`);
     expect(viaCurl.stdout).toBe('502');
 
@@ -515,7 +403,7 @@ describe.sequential('sidecar with a TPM key, end to end', () => {
     const again = await provision();
     expect(again.code, again.stderr).toBe(0);
     expect(again.stdout).toContain('reusing the persistent TPM key');
-    expect((await readFile(path.join(dir, 'spki.der'))).equals(spkiDer)).toBe(true);
+    expect((await readFile(key.spkiPath)).equals(spkiDer)).toBe(true);
     const proc = await startSidecar({});
     const hash = `sha256:${createHash('sha256').update(spkiDer).digest('hex')}`;
     expect(proc.lines.find((l) => l.json?.['msg'] === 'sidecar listening')?.json?.['spki_sha256']).toBe(hash);
@@ -523,9 +411,9 @@ describe.sequential('sidecar with a TPM key, end to end', () => {
     expect(r.code, r.stderr).toBe(0);
   });
 
-  it('warns when listening on a non-loopback address', async () => {
+  it('warns when listening on a non-loopback address it was allowed', async () => {
     const port = await freePort();
-    const proc = spawnSidecar(sidecarArgs({ '--listen': `0.0.0.0:${port}` }));
+    const proc = spawnSidecar(sidecarArgs({ '--listen': `0.0.0.0:${port}`, '--allow-non-loopback': '' }));
     const warn = await proc.waitForLog((l) => l.json?.['level'] === 'warn', 30_000);
     expect(String(warn.json?.['msg'])).toContain('non-loopback');
     await proc.waitForLog((l) => l.json?.['msg'] === 'sidecar listening', 30_000);
