@@ -23,6 +23,7 @@ export type TunnelEndReason =
   | 'idle_timeout'
   | 'revoked'
   | 'expired'
+  | 'registry_unavailable'
   | 'draining'
   | 'session_closed';
 
@@ -46,7 +47,20 @@ const resetByGateway = new WeakSet<ServerHttp2Stream>();
 /** RST_STREAM sent by the gateway (not the client); see isGatewayReset. */
 export function gatewayReset(stream: ServerHttp2Stream, code: number): void {
   resetByGateway.add(stream);
-  if (!stream.closed && !stream.destroyed) stream.close(code);
+  if (stream.closed || stream.destroyed) return;
+  // node's close() first ends our writable side if it is still open, and with nothing queued that end
+  // goes out as an empty DATA frame with END_STREAM ahead of the RST_STREAM: the client reads a clean
+  // end of the destination's bytes (a FIN that never happened) before the reset (docs/contract.md,
+  // "Tunnel end"). A reset needs no orderly end of our side, so that end does nothing here. Only for
+  // error codes: after RST_STREAM(non-zero) node destroys the stream itself, not waiting for the end.
+  if (code !== NGHTTP2_NO_ERROR && !stream.writableEnded) {
+    (stream as unknown as { _final: (cb: () => void) => void })._final = endWithoutEndStream;
+  }
+  stream.close(code);
+}
+
+function endWithoutEndStream(done: () => void): void {
+  done();
 }
 
 export function isGatewayReset(stream: ServerHttp2Stream): boolean {
@@ -226,10 +240,26 @@ function onStreamDrain(this: ServerHttp2Stream): void {
   tunnelOf(this)?.socket.resume();
 }
 
+const NOTHING = Buffer.alloc(0);
+
 function onSocketEnd(this: Socket): void {
-  // Destination FIN: END_STREAM to the client, whose side stays open until it ends too.
+  // Destination FIN: END_STREAM to the client, whose side stays open until it ends too. But 'end' is
+  // not always a FIN: when a reset arrives right behind data, libuv reads the data, sees the hang-up
+  // and reports end of stream without ever reading the ECONNRESET. A zero-length write asks the kernel:
+  // it succeeds on a half-closed connection and fails with the pending ECONNRESET on a reset one, and
+  // that error ends the tunnel with RST_STREAM(CONNECT_ERROR) in onSocketError. Once our own FIN has
+  // gone out nothing can be written, and a late reset then still reads as a clean end.
   const t = tunnelOf(this);
-  if (t !== undefined && !t.stream.destroyed && !t.stream.closed && !t.stream.writableEnded) t.stream.end();
+  if (t === undefined) return;
+  if (this.writableEnded || this.destroyed) return endStreamAfterFin(t);
+  this.write(NOTHING, (err) => {
+    if (err === undefined || err === null) endStreamAfterFin(t);
+  });
+}
+
+function endStreamAfterFin(t: Tunnel): void {
+  const stream = t.stream;
+  if (!t.closed && !stream.destroyed && !stream.closed && !stream.writableEnded) stream.end();
 }
 
 // ---- errors and closing --------------------------------------------------------------------------

@@ -6,7 +6,6 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http2, { constants } from 'node:http2';
 import net from 'node:net';
-import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Carrier, createCarrier, createPrincipalKey, createTestCa } from '../../dev-support/pki.js';
 import { createMigratedDatabase, type PgHandle, startPostgres } from '../../dev-support/postgres.js';
@@ -22,6 +21,7 @@ import {
   startGatewayProcess,
   type TunnelResult,
 } from '../support/gateway.js';
+import { frame, hpackLiteral, rawH2 } from '../support/raw-h2.js';
 import { patternBlock, startEchoServer, type Upstream } from '../support/upstreams.js';
 
 const MiB = 1024 * 1024;
@@ -59,106 +59,6 @@ async function goodTransfer(
   } finally {
     await closeSession(session);
   }
-}
-
-// ---- a raw HTTP/2 client over mTLS, for frames node:http2 will not send --------------------------------
-
-type RawH2 = {
-  readonly socket: tls.TLSSocket;
-  /** Resolves when the server has closed the connection (or it errored). */
-  readonly gone: Promise<void>;
-  /** GOAWAY error codes received so far. */
-  readonly goaways: number[];
-  /** Streams reset by the server: [streamId, code]. */
-  readonly resets: [number, number][];
-  /** Write, honouring backpressure; false once the socket is gone. */
-  write(b: Buffer): Promise<boolean>;
-};
-
-function frame(type: number, flags: number, streamId: number, payload: Buffer = Buffer.alloc(0)): Buffer {
-  const h = Buffer.alloc(9);
-  h.writeUIntBE(payload.length, 0, 3);
-  h[3] = type;
-  h[4] = flags;
-  h.writeUInt32BE(streamId & 0x7fffffff, 5);
-  return Buffer.concat([h, payload]);
-}
-
-const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
-
-function rawH2(port: number, ca: string, carrier: Carrier, readFrames = true): Promise<RawH2> {
-  return new Promise((resolve, reject) => {
-    const socket = tls.connect({
-      host: '127.0.0.1',
-      port,
-      servername: 'localhost',
-      ca,
-      cert: carrier.certPem,
-      key: carrier.keyPem,
-      ALPNProtocols: ['h2'],
-    });
-    const goaways: number[] = [];
-    const resets: [number, number][] = [];
-    let buf = Buffer.alloc(0);
-    let isGone = false;
-    const gone = new Promise<void>((res) => {
-      socket.once('close', () => {
-        isGone = true;
-        res();
-      });
-    });
-    socket.on('error', () => {});
-    if (readFrames) {
-      socket.on('data', (c: Buffer) => {
-        buf = Buffer.concat([buf, c]);
-        while (buf.length >= 9) {
-          const len = buf.readUIntBE(0, 3);
-          if (buf.length < 9 + len) break;
-          const type = buf[3];
-          const sid = buf.readUInt32BE(5) & 0x7fffffff;
-          const p = buf.subarray(9, 9 + len);
-          if (type === 0x7 && p.length >= 8) goaways.push(p.readUInt32BE(4));
-          if (type === 0x3 && p.length >= 4) resets.push([sid, p.readUInt32BE(0)]);
-          buf = buf.subarray(9 + len);
-        }
-      });
-    }
-    socket.once('secureConnect', () => {
-      socket.write(Buffer.concat([PREFACE, frame(0x4, 0, 0)]));
-      resolve({
-        socket,
-        gone,
-        goaways,
-        resets,
-        write: (b) =>
-          new Promise<boolean>((res) => {
-            if (isGone || socket.destroyed) return res(false);
-            if (socket.write(b)) return res(true);
-            const onDrain = () => {
-              socket.off('close', onClose);
-              res(true);
-            };
-            const onClose = () => {
-              socket.off('drain', onDrain);
-              res(false);
-            };
-            socket.once('drain', onDrain);
-            socket.once('close', onClose);
-          }),
-      });
-    });
-    socket.once('error', reject);
-  });
-}
-
-/** HPACK literal header field without indexing, new name (RFC 7541 §6.2.2); lengths < 127 only. */
-function hpackLiteral(name: string, value: string): Buffer {
-  return Buffer.concat([
-    Buffer.from([0x00, name.length]),
-    Buffer.from(name),
-    Buffer.from([value.length]),
-    Buffer.from(value),
-  ]);
 }
 
 describe('gateway abuse resistance (issue #7)', () => {

@@ -59,6 +59,40 @@ export function startResetServer(): Promise<Upstream> {
   return serve((socket) => socket.once('data', () => socket.resetAndDestroy()));
 }
 
+export type ResetOnCue = Upstream & {
+  /**
+   * Reset (TCP RST) the oldest accepted connection not yet reset, waiting for its accept if needed;
+   * with `first`, write those bytes just before, so the RST follows them on the wire. Nothing the
+   * connection sent is read.
+   */
+  reset(first?: Buffer): Promise<void>;
+};
+
+/** Accepts and holds each connection until the test resets it: a reset at a moment the test chooses. */
+export async function startResetOnCueServer(): Promise<ResetOnCue> {
+  const waiting: net.Socket[] = [];
+  const wanted: ((s: net.Socket) => void)[] = [];
+  const upstream = await serve((socket) => {
+    const take = wanted.shift();
+    if (take !== undefined) take(socket);
+    else waiting.push(socket);
+  });
+  const next = () =>
+    new Promise<net.Socket>((resolve) => {
+      const s = waiting.shift();
+      if (s !== undefined) resolve(s);
+      else wanted.push(resolve);
+    });
+  return {
+    ...upstream,
+    async reset(first) {
+      const socket = await next();
+      if (first !== undefined) socket.write(first);
+      socket.resetAndDestroy();
+    },
+  };
+}
+
 /**
  * Reads until the client's FIN, then answers `received <n> bytes <sha256>` and ends: proves that
  * END_STREAM became a FIN while the way back stayed open.
