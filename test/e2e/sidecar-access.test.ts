@@ -218,7 +218,7 @@ describe.sequential('the sidecar serves only its agent', () => {
     expect(proc.lines.some((l) => l.json?.['msg'] === 'gateway connection established')).toBe(false);
     expect(
       proc.lines.filter((l) => l.json?.['msg'] === 'refused CONNECT without the proxy credential'),
-    ).toHaveLength(3);
+    ).toHaveLength(4);
   });
 
   it('on TCP with the right token (curl: credentials in the proxy URL) the tunnel works end to end', async () => {
