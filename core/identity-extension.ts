@@ -22,6 +22,13 @@ export type IdentityResult =
 
 const OID_PATTERN = /^[0-2](\.(0|[1-9]\d*))+$/;
 
+/**
+ * Longest identity accepted, in UTF-8 bytes. Anyone can put any identity in a certificate, and the
+ * identity is a map key, a log field and a registry query parameter: unbounded, one certificate would
+ * cost every one of those (docs/contract.md "Identity").
+ */
+export const MAX_IDENTITY_BYTES = 256;
+
 export function isValidOid(oid: string): boolean {
   return OID_PATTERN.test(oid);
 }
@@ -77,6 +84,9 @@ function decodeUtf8StringExact(value: ArrayBuffer): string | { error: string } {
   }
   if (parsed.result.idBlock.isConstructed) return { error: 'constructed UTF8String is not DER' };
   const bytes = parsed.result.valueBlock.valueHexView;
+  if (bytes.byteLength > MAX_IDENTITY_BYTES) {
+    return { error: `identity is ${bytes.byteLength} bytes, longer than ${MAX_IDENTITY_BYTES}` };
+  }
   let text: string;
   try {
     text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);

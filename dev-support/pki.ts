@@ -122,6 +122,8 @@ export type CarrierOptions = {
    * 'not_utf8string': the extension holds a PrintableString instead.
    */
   readonly extension?: 'ok' | 'missing' | 'not_utf8string';
+  /** Subject (and issuer) CN; default the identity, which a huge identity would put in the certificate thrice. */
+  readonly commonName?: string;
 };
 
 function carrierExtensions(identity: string, opts: CarrierOptions = {}): x509.Extension[] {
@@ -144,7 +146,7 @@ export async function createCarrier(identity: string, opts: CarrierOptions = {})
   const keys = await generate();
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: serial(),
-    name: `CN=${identity}`,
+    name: `CN=${opts.commonName ?? identity}`,
     keys,
     signingAlgorithm: ALG,
     ...validity(),

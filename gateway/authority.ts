@@ -15,6 +15,7 @@ export type DenyReason =
   | 'registry_unavailable'
   | 'destination_address_denied'
   | 'rate_limited'
+  | 'address_rate_limited'
   | 'identity_tunnel_limit'
   | 'tunnel_limit'
   | 'draining';
@@ -60,12 +61,13 @@ export interface TunnelTracker {
 
 export type LimitRejection = {
   readonly status: 429 | 503;
-  readonly reason: 'rate_limited' | 'identity_tunnel_limit' | 'tunnel_limit';
+  readonly reason: 'rate_limited' | 'address_rate_limited' | 'identity_tunnel_limit' | 'tunnel_limit';
 };
 
+/** Per-client limits count by the proven key (identity + SPKI), never by the claimed identity alone. */
 export interface TunnelLimits {
   /** Rate check at CONNECT time (before authorization, so floods cost no registry query). */
-  admitConnect(identity: string): LimitRejection | undefined;
+  admitConnect(peer: PeerIdentity): LimitRejection | undefined;
   /** Reserve a tunnel slot; the release function is idempotent. */
-  acquireTunnel(identity: string): { readonly release: () => void } | LimitRejection;
+  acquireTunnel(peer: PeerIdentity): { readonly release: () => void } | LimitRejection;
 }

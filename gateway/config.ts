@@ -26,6 +26,8 @@ export type GatewayConfig = {
     readonly sessionIdleTimeoutMs: number;
     /** SIGTERM: how long open tunnels may keep running before they are cut. */
     readonly drainTimeoutMs: number;
+    /** A connection with no allowed CONNECT this long after its handshake gets GOAWAY; 0 = never. */
+    readonly unprovenConnectionTimeoutMs: number;
   };
   readonly http2: {
     readonly maxConcurrentStreams: number;
@@ -43,6 +45,13 @@ export type GatewayConfig = {
     /** CONNECTs per second per identity (token bucket refill); 0 = unlimited. */
     readonly connectRatePerIdentity: number;
     readonly connectBurstPerIdentity: number;
+    /** TCP connections from one address (IPv6: one /64), per process. */
+    readonly maxConnectionsPerAddress: number;
+    /** Connections from one address that have not yet had an allowed CONNECT, per process. */
+    readonly maxUnprovenConnectionsPerAddress: number;
+    /** Denied CONNECTs per second per address on unproven connections (token bucket); 0 = unlimited. */
+    readonly deniedConnectRatePerAddress: number;
+    readonly deniedConnectBurstPerAddress: number;
   };
   readonly upstream: {
     readonly connectTimeoutMs: number;
@@ -150,6 +159,7 @@ export function parseConfig(raw: Raw, path: string, env: NodeJS.ProcessEnv = pro
     'handshake_timeout_ms',
     'session_idle_timeout_ms',
     'drain_timeout_ms',
+    'unproven_connection_timeout_ms',
   ]);
   const h = r.section('http2', false);
   h.only([
@@ -167,6 +177,10 @@ export function parseConfig(raw: Raw, path: string, env: NodeJS.ProcessEnv = pro
     'max_tunnels_per_identity',
     'connect_rate_per_identity',
     'connect_burst_per_identity',
+    'max_connections_per_address',
+    'max_unproven_connections_per_address',
+    'denied_connect_rate_per_address',
+    'denied_connect_burst_per_address',
   ]);
   const u = r.section('upstream', false);
   u.only(['connect_timeout_ms', 'tunnel_idle_timeout_ms', 'deny_cidrs', 'allow_cidrs', 'overrides']);
@@ -216,6 +230,7 @@ export function parseConfig(raw: Raw, path: string, env: NodeJS.ProcessEnv = pro
       handshakeTimeoutMs: s.int('handshake_timeout_ms', 10_000, 100, 600_000),
       sessionIdleTimeoutMs: s.int('session_idle_timeout_ms', 300_000, 0, 86_400_000),
       drainTimeoutMs: s.int('drain_timeout_ms', 30_000, 0, 86_400_000),
+      unprovenConnectionTimeoutMs: s.int('unproven_connection_timeout_ms', 10_000, 0, 86_400_000),
     },
     http2: {
       maxConcurrentStreams: h.int('max_concurrent_streams', 1000, 1, 100_000),
@@ -231,6 +246,10 @@ export function parseConfig(raw: Raw, path: string, env: NodeJS.ProcessEnv = pro
       maxTunnelsPerIdentity: l.int('max_tunnels_per_identity', 1_000, 1, 10_000_000),
       connectRatePerIdentity: l.int('connect_rate_per_identity', 200, 0, 1_000_000),
       connectBurstPerIdentity: l.int('connect_burst_per_identity', 400, 1, 10_000_000),
+      maxConnectionsPerAddress: l.int('max_connections_per_address', 1_000, 1, 1_000_000),
+      maxUnprovenConnectionsPerAddress: l.int('max_unproven_connections_per_address', 64, 1, 1_000_000),
+      deniedConnectRatePerAddress: l.int('denied_connect_rate_per_address', 20, 0, 1_000_000),
+      deniedConnectBurstPerAddress: l.int('denied_connect_burst_per_address', 200, 1, 10_000_000),
     },
     upstream: {
       connectTimeoutMs: u.int('connect_timeout_ms', 10_000, 1, 600_000),

@@ -15,10 +15,11 @@ import type { Socket } from 'node:net';
 import { type Span, SpanStatusCode, type Tracer } from '@opentelemetry/api';
 import { type Destination, InvalidDestinationError, normalizeDestination } from '../core/destination.js';
 import type { IdentityResult, PeerIdentity } from '../core/identity-extension.js';
+import type { AddressBudget } from './address-limits.js';
 import type { Authorizer, DenyReason, Grant, LiveTunnel, TunnelLimits, TunnelTracker } from './authority.js';
 import type { ByteTotals, GatewayMetrics, OpenTunnelBytes } from './metrics.js';
 import type { Logger } from './telemetry.js';
-import { startConnectSpan, traceIdOf } from './telemetry.js';
+import { boundedLogValue, startConnectSpan, traceIdOf } from './telemetry.js';
 import { gatewayReset, Tunnel, type TunnelEndReason, type TunnelOwner } from './tunnel.js';
 import type { DialFailureReason, UpstreamDialer } from './upstream-dialer.js';
 
@@ -31,6 +32,8 @@ export type ConnectHandlerDeps = {
   readonly authorizer: Authorizer;
   readonly tracker: TunnelTracker;
   readonly limits: TunnelLimits;
+  /** Registry lookups a source address may cause before any of its connections is proven. */
+  readonly addressBudget: AddressBudget;
   readonly dialer: UpstreamDialer;
   readonly metrics: GatewayMetrics;
   readonly logger: Logger;
@@ -45,7 +48,20 @@ export type StreamOrigin = {
   readonly identity: IdentityResult;
   /** `ip:port` of the client's TCP connection. */
   readonly peerAddr: string;
+  /** The source address as per-address budgets count it (address-limits.ts addressKey). */
+  readonly addressKey: string;
+  readonly connection: ConnectionProof;
 };
+
+/**
+ * Whether the connection has had an allowed CONNECT: then it holds a granted key and its CONNECTs no
+ * longer draw on the per-address budget, so a flood from the same address cannot lock it out.
+ */
+export interface ConnectionProof {
+  readonly proven: boolean;
+  /** The first allowed CONNECT on this connection; idempotent. */
+  markProven(): void;
+}
 
 /** A "CONNECT allowed" line not yet written (see ConnectHandler.logAllowed). */
 type AllowedLine = {
@@ -124,10 +140,11 @@ export class ConnectHandler implements OpenTunnelBytes {
     const { deps } = this;
     const span = startConnectSpan(deps.tracer, headers, origin.peerAddr);
     const authority = headers[':authority'] ?? '';
+    // Client-supplied values are capped here, once, for every line built from these fields.
     const fields: DecisionFields = {
-      source_identity: origin.identity.ok ? origin.identity.peer.identity : null,
+      source_identity: origin.identity.ok ? boundedLogValue(origin.identity.peer.identity) : null,
       source_peer_addr: origin.peerAddr,
-      dest_authority: authority,
+      dest_authority: boundedLogValue(authority),
     };
     const traceId = traceIdOf(span);
     if (traceId !== undefined) fields.trace_id = traceId;
@@ -157,19 +174,35 @@ export class ConnectHandler implements OpenTunnelBytes {
     if (!origin.identity.ok) return deny(403, origin.identity.reason, origin.identity.detail);
     const peer: PeerIdentity = origin.identity.peer;
 
-    // Limits also count their own rejections (limitRejections).
-    const limited = deps.limits.admitConnect(peer.identity);
-    if (limited !== undefined) return deny(limited.status, limited.reason, 'CONNECT rate limit');
+    // Limits also count their own rejections (limitRejections). A connection that has not proven a
+    // granted key draws on its address's budget first, so keys minted per connection cannot make an
+    // unbounded number of registry lookups; the token comes back if the CONNECT is allowed.
+    const connection = origin.connection;
+    const charged = !connection.proven;
+    if (charged) {
+      const spent = deps.addressBudget.takeLookup(origin.addressKey);
+      if (spent !== undefined)
+        return deny(spent.status, spent.reason, 'too many denied CONNECTs from this address');
+    }
+    const limited = deps.limits.admitConnect(peer);
+    if (limited !== undefined) {
+      if (charged) deps.addressBudget.refundLookup(origin.addressKey);
+      return deny(limited.status, limited.reason, 'CONNECT rate limit');
+    }
 
     // Awaited only when pending: a cached decision (and a literal address below) continues in this turn
     // instead of queueing behind whatever else is in the microtask queue.
     const answer = deps.authorizer.authorize(peer, destination);
     const decision = answer instanceof Promise ? await answer : answer;
+    if (decision.allow) {
+      if (charged) deps.addressBudget.refundLookup(origin.addressKey);
+      connection.markProven();
+    }
     if (!decision.allow) return deny(403, decision.reason, decision.detail);
     if (isGone(stream)) return this.abandoned(span, fields, 'client went away during authorization');
     const grant = decision.grant;
 
-    const slot = deps.limits.acquireTunnel(peer.identity);
+    const slot = deps.limits.acquireTunnel(peer);
     if ('status' in slot) return deny(slot.status, slot.reason, 'open tunnel limit reached');
     let handedOver = false;
     try {
@@ -223,7 +256,13 @@ export class ConnectHandler implements OpenTunnelBytes {
   ): void {
     this.deps.metrics.connectDecisions.inc({ result: 'deny', reason });
     this.deps.logger.info(
-      { ...fields, policy_decision: 'deny', deny_reason: reason, deny_detail: detail, status },
+      {
+        ...fields,
+        policy_decision: 'deny',
+        deny_reason: reason,
+        deny_detail: boundedLogValue(detail),
+        status,
+      },
       'CONNECT denied',
     );
     span.setAttribute('agent_gateway.deny_reason', reason);
@@ -260,7 +299,7 @@ export class ConnectHandler implements OpenTunnelBytes {
     this.logAllowed(allowed);
     this.deps.metrics.upstreamConnectFailures.inc({ reason });
     this.deps.logger.warn(
-      { ...allowed.fields, dial_error: reason, detail, status: 502 },
+      { ...allowed.fields, dial_error: reason, detail: boundedLogValue(detail), status: 502 },
       'upstream connect failed',
     );
     this.finish(stream, span, 502, reason);

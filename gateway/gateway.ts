@@ -6,6 +6,7 @@
 import type { AddressInfo } from 'node:net';
 import { latestKnownVersion } from '../core/migrate.js';
 import { AddressGuard } from './address-guard.js';
+import { AddressLimits } from './address-limits.js';
 import { type AdminServer, startAdminServer } from './admin-server.js';
 import { RegistryAuthorizer } from './authorizer.js';
 import type { GatewayConfig } from './config.js';
@@ -93,10 +94,12 @@ export async function startGateway(
     await revocation.start();
 
     let server: GatewayServer | undefined;
+    const addressLimits = new AddressLimits({ ...config.limits, metrics });
     const handler = new ConnectHandler({
       authorizer,
       tracker: revocation,
       limits: limitsFromConfig(config.limits, metrics),
+      addressBudget: addressLimits,
       dialer: new UpstreamDialer({
         guard: new AddressGuard(config.upstream.denyCidrs, config.upstream.allowCidrs),
         overrides: config.upstream.overrides,
@@ -114,6 +117,7 @@ export async function startGateway(
         handler,
         metrics,
         logger,
+        addressLimits,
         maxConnections: options.maxConnections,
       });
     } catch (err) {

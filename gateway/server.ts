@@ -16,8 +16,9 @@ import http2, {
 } from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
+import { type AddressLimits, addressKey } from './address-limits.js';
 import type { GatewayConfig } from './config.js';
-import type { ConnectHandler, StreamOrigin } from './connect-handler.js';
+import type { ConnectHandler, ConnectionProof, StreamOrigin } from './connect-handler.js';
 import type { GatewayMetrics } from './metrics.js';
 import type { Logger } from './telemetry.js';
 import { sessionIdentity } from './tls-identity.js';
@@ -34,6 +35,11 @@ const FORCED_CLOSE_WAIT_MS = 2_000;
  * RST, which can discard the GOAWAY before the client reads it: the client saw a reset, not why.
  */
 const GOAWAY_LINGER_MS = 1_000;
+/**
+ * After a graceful GOAWAY to a connection that has proven nothing (bad certificate, unproven deadline):
+ * its streams are only CONNECTs awaiting an answer, so anything still open this much later is stuck.
+ */
+const UNPROVEN_CLOSE_GRACE_MS = 5_000;
 
 export type TlsMaterial = {
   readonly cert: Buffer;
@@ -80,24 +86,32 @@ export type GatewayServerDeps = {
   readonly handler: ConnectHandler;
   readonly metrics: GatewayMetrics;
   readonly logger: Logger;
+  /** Per-source-address limits, shared with the connect handler's lookup budget. */
+  readonly addressLimits: AddressLimits;
   /** Share of limits.max_connections this process enforces (the limit is split across workers). */
   readonly maxConnections?: number;
 };
 
 /** What the gateway keeps per HTTP/2 connection. One object, no per-stream closures. */
-class Connection {
+class Connection implements ConnectionProof {
   openStreams = 0;
   resets = 0;
   resetWindowStart = 0;
   /** Over the reset budget: GOAWAY sent, the connection ends after GOAWAY_LINGER_MS. */
   goingAway = false;
   idleTimer: NodeJS.Timeout | undefined;
+  /** Has had an allowed CONNECT (connect-handler.ts ConnectionProof). */
+  proven = false;
+  /** Holds one of its address's max_unproven_connections_per_address slots. */
+  holdsUnprovenSlot = false;
+  unprovenTimer: NodeJS.Timeout | undefined;
   private identified: StreamOrigin | undefined;
 
   constructor(
     readonly owner: GatewayServer,
     readonly session: ServerHttp2Session,
     readonly peerAddr: string,
+    readonly addressKey: string,
     private readonly oid: string,
   ) {}
 
@@ -106,13 +120,27 @@ class Connection {
    * tunnel never costs a certificate parse.
    */
   get origin(): StreamOrigin {
-    this.identified ??= { identity: sessionIdentity(this.session, this.oid), peerAddr: this.peerAddr };
+    this.identified ??= {
+      identity: sessionIdentity(this.session, this.oid),
+      peerAddr: this.peerAddr,
+      addressKey: this.addressKey,
+      connection: this,
+    };
     return this.identified;
+  }
+
+  markProven(): void {
+    if (this.proven) return;
+    this.proven = true;
+    this.owner.connectionProven(this);
   }
 }
 
 const CONNECTION = Symbol('agent_gateway.connection');
 type Carrier = { [CONNECTION]?: Connection };
+/** On an accepted TCP socket: the address its max_connections_per_address slot is counted under. */
+const ADDRESS_SLOT = Symbol('agent_gateway.address_slot');
+type SlotCarrier = Socket & { [ADDRESS_SLOT]?: { readonly owner: GatewayServer; readonly address: string } };
 
 export class GatewayServer {
   private readonly server: Http2SecureServer;
@@ -255,17 +283,33 @@ export class GatewayServer {
 
   // ---- listeners (arrow properties: one closure per server, none per connection) -----------------
 
-  private readonly onConnection = (socket: Socket): void => {
+  private readonly onConnection = (socket: SlotCarrier): void => {
+    const address = addressKey(socket.remoteAddress);
+    if (!this.deps.addressLimits.openConnection(address)) {
+      // Before TLS: a refused connection costs no handshake. Debug only: a flood would flood the log.
+      this.deps.logger.debug(
+        {
+          source_peer_addr: peerAddrOf(socket),
+          max_connections_per_address: this.deps.config.limits.maxConnectionsPerAddress,
+        },
+        'connection refused: max_connections_per_address reached',
+      );
+      socket.destroy();
+      return;
+    }
+    socket[ADDRESS_SLOT] = { owner: this, address };
     // Tunnels carry interactive TLS records; Nagle would hold back their small writes.
     socket.setNoDelay(true);
     this.deps.metrics.connectionsTotal.inc();
     this.deps.metrics.connectionsOpen.inc();
-    socket.once('close', this.onSocketClose);
+    socket.once('close', onSocketClose);
   };
 
-  private readonly onSocketClose = (): void => {
+  /** @internal */
+  socketClosed(address: string): void {
+    this.deps.addressLimits.closeConnection(address);
     this.deps.metrics.connectionsOpen.dec();
-  };
+  }
 
   private readonly onDrop = (): void => {
     this.deps.logger.warn(
@@ -283,9 +327,31 @@ export class GatewayServer {
 
   private readonly onSession = (session: ServerHttp2Session): void => {
     const { config } = this.deps;
-    const c = new Connection(this, session, peerAddrOf(session.socket), config.policy.clientExtOid);
+    const address = addressKey(session.socket.remoteAddress);
+    const c = new Connection(this, session, peerAddrOf(session.socket), address, config.policy.clientExtOid);
     (session as Carrier)[CONNECTION] = c;
     this.connections.add(c);
+    if (!this.deps.addressLimits.openUnproven(address)) {
+      this.deps.logger.debug(
+        {
+          source_peer_addr: c.peerAddr,
+          max_unproven_connections_per_address: config.limits.maxUnprovenConnectionsPerAddress,
+        },
+        'connection refused: max_unproven_connections_per_address reached',
+      );
+      // The reset budget's way out: ENHANCE_YOUR_CALM says why, and the close follows shortly.
+      c.goingAway = true;
+      session.on('error', this.onSessionError);
+      session.once('close', onSessionClose);
+      session.goaway(NGHTTP2_ENHANCE_YOUR_CALM, 0);
+      setTimeout(endAfterGoaway, GOAWAY_LINGER_MS, session, 'too many unproven connections').unref();
+      return;
+    }
+    c.holdsUnprovenSlot = true;
+    if (config.server.unprovenConnectionTimeoutMs > 0) {
+      c.unprovenTimer = setTimeout(onUnprovenTimer, config.server.unprovenConnectionTimeoutMs, c);
+      c.unprovenTimer.unref();
+    }
     // Both windows, or the 64 KiB default of the other caps throughput (notes/node-http2-tunnels.md).
     session.setLocalWindowSize(config.http2.connectionWindowBytes);
     session.on('error', this.onSessionError);
@@ -330,13 +396,48 @@ export class GatewayServer {
       gatewayReset(stream, NGHTTP2_ENHANCE_YOUR_CALM);
       return;
     }
-    this.deps.handler.handle(stream, headers, c.origin);
+    const origin = c.origin;
+    this.deps.handler.handle(stream, headers, origin);
+    // No later stream on this connection can succeed: its certificate does not identify anyone.
+    if (!origin.identity.ok) this.closeUnproven(c, `client certificate: ${origin.identity.reason}`);
   };
 
   /** @internal */
   connectionClosed(c: Connection): void {
     if (c.idleTimer !== undefined) clearTimeout(c.idleTimer);
+    this.releaseUnproven(c);
     this.connections.delete(c);
+  }
+
+  /** @internal The connection's first allowed CONNECT: it no longer counts as unproven. */
+  connectionProven(c: Connection): void {
+    this.releaseUnproven(c);
+  }
+
+  private releaseUnproven(c: Connection): void {
+    if (c.unprovenTimer !== undefined) clearTimeout(c.unprovenTimer);
+    c.unprovenTimer = undefined;
+    if (!c.holdsUnprovenSlot) return;
+    c.holdsUnprovenSlot = false;
+    this.deps.addressLimits.closeUnproven(c.addressKey);
+  }
+
+  /** @internal server.unproven_connection_timeout_ms passed without an allowed CONNECT. */
+  unprovenTimedOut(c: Connection): void {
+    this.deps.addressLimits.count('unproven_connection_timeout');
+    this.closeUnproven(c, 'no allowed CONNECT within server.unproven_connection_timeout_ms');
+  }
+
+  /**
+   * GOAWAY(NO_ERROR) to a connection that cannot or did not prove anything: it keeps no slot for long,
+   * and a client that reconnects gets a fresh start. Streams in flight still get their answer.
+   */
+  private closeUnproven(c: Connection, why: string): void {
+    if (c.goingAway || c.session.closed || c.session.destroyed) return;
+    c.goingAway = true;
+    this.deps.logger.debug({ source_peer_addr: c.peerAddr, why }, 'closing connection (GOAWAY)');
+    c.session.close();
+    setTimeout(endAfterGoaway, UNPROVEN_CLOSE_GRACE_MS, c.session, why).unref();
   }
 
   /** @internal */
@@ -373,9 +474,20 @@ export class GatewayServer {
   }
 }
 
-function endAfterGoaway(session: ServerHttp2Session): void {
+function endAfterGoaway(session: ServerHttp2Session, why = 'too many stream resets'): void {
   // destroy(undefined, code) would send NO_ERROR: node defaults a missing error to code 0.
-  if (!session.destroyed) session.destroy(new Error('too many stream resets'), NGHTTP2_ENHANCE_YOUR_CALM);
+  if (!session.destroyed) session.destroy(new Error(why), NGHTTP2_ENHANCE_YOUR_CALM);
+}
+
+function onUnprovenTimer(c: Connection): void {
+  c.unprovenTimer = undefined;
+  if (c.proven) return;
+  c.owner.unprovenTimedOut(c);
+}
+
+function onSocketClose(this: SlotCarrier): void {
+  const slot = this[ADDRESS_SLOT];
+  if (slot !== undefined) slot.owner.socketClosed(slot.address);
 }
 
 function onSessionClose(this: ServerHttp2Session & Carrier): void {

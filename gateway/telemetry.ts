@@ -3,6 +3,8 @@
  * OTLP/gRPC and only exist when observability.otlp_endpoint is set, so the OpenTelemetry SDK (and gRPC)
  * is loaded on demand rather than paid for by every gateway.
  */
+
+import { createHash } from 'node:crypto';
 import {
   defaultTextMapGetter,
   isSpanContextValid,
@@ -79,6 +81,28 @@ function flushDestination(destination: ReturnType<typeof pino.destination>): voi
   try {
     destination.flush();
   } catch {}
+}
+
+/**
+ * Longest client-supplied value written into a log field, in JSON-encoded bytes. Identities, :authority
+ * and the details quoting them come from whoever connects; uncapped, one request could write a 16 KiB
+ * line, and a line over LOG_MAX_WRITE_BYTES may interleave with other workers' lines. With every such
+ * field capped here, a decision line stays well under 4 KiB (docs/contract.md "Admission limits").
+ */
+export const LOG_FIELD_MAX_BYTES = 512;
+/** Characters kept from an over-long value: even all escaped as \uXXXX, 6 bytes each, they fit. */
+const LOG_FIELD_KEEP_CHARS = 64;
+
+/**
+ * A client-supplied string as it may appear in a log field: unchanged when short; otherwise its first
+ * characters, its length and a SHA-256 prefix, enough to tell values apart and to grep for repeats.
+ */
+export function boundedLogValue(value: string): string {
+  // Fast path: even if every character were escaped to 6 bytes it would fit.
+  if (value.length * 6 <= LOG_FIELD_MAX_BYTES) return value;
+  if (Buffer.byteLength(JSON.stringify(value)) <= LOG_FIELD_MAX_BYTES) return value;
+  const digest = createHash('sha256').update(value).digest('hex').slice(0, 16);
+  return `${value.slice(0, LOG_FIELD_KEEP_CHARS)}…[${value.length} chars, sha256 ${digest}…]`;
 }
 
 export async function startTelemetry(observability: GatewayConfig['observability']): Promise<Telemetry> {

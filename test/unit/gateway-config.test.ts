@@ -48,6 +48,7 @@ describe('gateway config: an original-style file', () => {
       tlsKeyPath: 'certs/server-key.pem',
       handshakeTimeoutMs: 10_000,
       sessionIdleTimeoutMs: 300_000,
+      unprovenConnectionTimeoutMs: 10_000,
       drainTimeoutMs: 30_000,
     });
     expect(c.server.workers).toBe(os.availableParallelism());
@@ -65,6 +66,10 @@ describe('gateway config: an original-style file', () => {
       maxTunnelsPerIdentity: 1_000,
       connectRatePerIdentity: 200,
       connectBurstPerIdentity: 400,
+      maxConnectionsPerAddress: 1_000,
+      maxUnprovenConnectionsPerAddress: 64,
+      deniedConnectRatePerAddress: 20,
+      deniedConnectBurstPerAddress: 200,
     });
     expect(c.upstream.connectTimeoutMs).toBe(10_000);
     expect(c.upstream.tunnelIdleTimeoutMs).toBe(3_600_000);

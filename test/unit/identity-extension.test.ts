@@ -113,6 +113,12 @@ const ROWS: readonly Row[] = [
     () => [raw(Buffer.from([0x0c, 0x00]))],
     { reason: 'invalid_identity_extension', detail: /empty/ },
   ],
+  ['identity of exactly 256 bytes', () => [identityExtension('ß'.repeat(128))], 'ß'.repeat(128)],
+  [
+    'identity over 256 bytes (257 in UTF-8)',
+    () => [identityExtension(`${'ß'.repeat(128)}a`)],
+    { reason: 'invalid_identity_extension', detail: /257 bytes, longer than 256/ },
+  ],
   ['empty extension value', () => [raw(Buffer.alloc(0))], { reason: 'invalid_identity_extension' }],
   ['bare text, not DER', () => [raw(Buffer.from('agent-alpha'))], { reason: 'invalid_identity_extension' }],
   [

@@ -1,8 +1,22 @@
-// Admission limits with a fake clock: token bucket per identity, tunnel slots total and per identity.
+// Admission limits with a fake clock: token bucket per proven key (identity + SPKI), tunnel slots total
+// and per proven key.
 import { describe, expect, it } from 'vitest';
+import type { PeerIdentity } from '../../core/identity-extension.js';
 import type { LimitRejection } from '../../gateway/authority.js';
 import { GatewayLimits } from '../../gateway/limits.js';
 import { createGatewayMetrics } from '../../gateway/metrics.js';
+
+const peers = new Map<string, PeerIdentity>();
+/** The same object for the same (identity, key), as tls-identity.ts hands out per certificate. */
+function peer(identity: string, key = 'key-1'): PeerIdentity {
+  const k = `${identity}|${key}`;
+  let p = peers.get(k);
+  if (p === undefined) {
+    p = { identity, spkiDer: Buffer.from(key) };
+    peers.set(k, p);
+  }
+  return p;
+}
 
 function setup(overrides: Partial<ConstructorParameters<typeof GatewayLimits>[0]> = {}) {
   let now = 0;
@@ -46,7 +60,7 @@ describe('connect rate (token bucket)', () => {
     const { limits, metrics, advance } = setup();
     SCRIPT.forEach(([ms, id, admitted], i) => {
       advance(ms);
-      const r = limits.admitConnect(id);
+      const r = limits.admitConnect(peer(id));
       expect(r === undefined, `step ${i}`).toBe(admitted);
       if (r !== undefined) expect(r).toEqual({ status: 429, reason: 'rate_limited' });
     });
@@ -55,45 +69,71 @@ describe('connect rate (token bucket)', () => {
 
   it('rate 0 means unlimited and keeps no state', () => {
     const { limits } = setup({ connectRatePerIdentity: 0 });
-    for (let i = 0; i < 10_000; i++) expect(limits.admitConnect('a')).toBeUndefined();
+    for (let i = 0; i < 10_000; i++) expect(limits.admitConnect(peer('a'))).toBeUndefined();
     expect(limits.stats().rateBuckets).toBe(0);
   });
 
   it('forgets refilled buckets and stays bounded under identity churn', () => {
     const { limits, advance } = setup({ maxBuckets: 5000 });
     for (let i = 0; i < 20_000; i++) {
-      limits.admitConnect(`id-${i}`);
+      limits.admitConnect(peer(`id-${i}`));
       advance(1);
     }
     expect(limits.stats().rateBuckets).toBeLessThanOrEqual(5000);
     advance(60_000);
-    limits.admitConnect('trigger-sweep');
-    expect(limits.stats().rateBuckets).toBeLessThanOrEqual(2);
+    limits.admitConnect(peer('after-a-minute'));
+    expect(limits.stats().rateBuckets).toBe(1);
   });
 
   it('an evicted bucket does not grant more than a fresh burst', () => {
     const { limits } = setup({ maxBuckets: 2, connectBurstPerIdentity: 2 });
-    expect(limits.admitConnect('a')).toBeUndefined();
-    expect(limits.admitConnect('a')).toBeUndefined();
-    expect(limits.admitConnect('a')).toBeDefined();
+    expect(limits.admitConnect(peer('a'))).toBeUndefined();
+    expect(limits.admitConnect(peer('a'))).toBeUndefined();
+    expect(limits.admitConnect(peer('a'))).toBeDefined();
+  });
+});
+
+describe('keyed by the proven key, not the claimed identity', () => {
+  it('another key claiming the same identity spends its own bucket', () => {
+    const { limits } = setup();
+    for (let i = 0; i < 3; i++) expect(limits.admitConnect(peer('agent', 'attacker-key'))).toBeUndefined();
+    for (let i = 0; i < 100; i++) expect(limits.admitConnect(peer('agent', 'attacker-key'))).toBeDefined();
+    expect(limits.admitConnect(peer('agent', 'real-key'))).toBeUndefined();
+  });
+
+  it('the same key claiming another identity is another client as well', () => {
+    const { limits } = setup({ connectBurstPerIdentity: 1 });
+    expect(limits.admitConnect(peer('a', 'k'))).toBeUndefined();
+    expect(limits.admitConnect(peer('a', 'k'))).toBeDefined();
+    expect(limits.admitConnect(peer('b', 'k'))).toBeUndefined();
+  });
+
+  it('open tunnels per identity are counted per key', () => {
+    const { limits } = setup({ maxTunnelsPerIdentity: 1 });
+    expect(isRejection(limits.acquireTunnel(peer('agent', 'attacker-key')))).toBe(false);
+    expect(limits.acquireTunnel(peer('agent', 'attacker-key'))).toEqual({
+      status: 429,
+      reason: 'identity_tunnel_limit',
+    });
+    expect(isRejection(limits.acquireTunnel(peer('agent', 'real-key')))).toBe(false);
   });
 });
 
 describe('tunnel slots', () => {
   it('enforces total and per-identity limits; release is idempotent', async () => {
     const { limits, metrics } = setup({ maxTunnels: 3, maxTunnelsPerIdentity: 2 });
-    const a1 = limits.acquireTunnel('a');
-    const a2 = limits.acquireTunnel('a');
+    const a1 = limits.acquireTunnel(peer('a'));
+    const a2 = limits.acquireTunnel(peer('a'));
     expect(isRejection(a1) || isRejection(a2)).toBe(false);
-    expect(limits.acquireTunnel('a')).toEqual({ status: 429, reason: 'identity_tunnel_limit' });
-    const b1 = limits.acquireTunnel('b');
+    expect(limits.acquireTunnel(peer('a'))).toEqual({ status: 429, reason: 'identity_tunnel_limit' });
+    const b1 = limits.acquireTunnel(peer('b'));
     expect(isRejection(b1)).toBe(false);
-    expect(limits.acquireTunnel('c')).toEqual({ status: 503, reason: 'tunnel_limit' });
+    expect(limits.acquireTunnel(peer('c'))).toEqual({ status: 503, reason: 'tunnel_limit' });
     if (isRejection(a1) || isRejection(b1)) throw new Error('unreachable');
     a1.release();
     a1.release();
     expect(limits.stats()).toMatchObject({ tunnels: 2, identitiesWithTunnels: 2 });
-    expect(isRejection(limits.acquireTunnel('c'))).toBe(false);
+    expect(isRejection(limits.acquireTunnel(peer('c')))).toBe(false);
     b1.release();
     expect(limits.stats()).toMatchObject({ tunnels: 2, identitiesWithTunnels: 2 });
     expect(await rejections(metrics, 'identity_tunnel_limit')).toBe(1);
