@@ -13,6 +13,7 @@ export type DenyReason =
   | PolicyDenyReason
   | 'invalid_authority'
   | 'registry_unavailable'
+  | 'registry_busy'
   | 'destination_address_denied'
   | 'rate_limited'
   | 'address_rate_limited'

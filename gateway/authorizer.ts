@@ -1,20 +1,22 @@
 /**
- * CONNECT-time authorization: registry candidates + the pure policy decision, behind a cache of
- * verified allows.
+ * CONNECT-time authorization: registry candidates + the pure policy decision, behind two caches: verified
+ * allows, and briefly, denials.
  *
- * The cache only ever holds allows, and only while the registry change listener is up, because a
- * notification is the only way to learn that a cached allow became a deny. Staleness is bounded three
- * ways: entries are dropped by any notification touching their rows, they age out after
- * decisionCacheTtlMs, and never outlive the grant's validUntil.
+ * Both caches are used only while the registry change listener is up, because a notification is the
+ * only way to learn that a cached answer changed. Allows are dropped by any notification touching their
+ * rows, age out after cacheTtlMs, and never outlive the grant's validUntil. Denials are dropped by any
+ * notification at all (a new grant can turn any denial into an allow) and age out after denialTtlMs: they
+ * exist so that a client repeating a refused CONNECT costs no registry query.
  *
- * Race safety: a lookup whose query started before an invalidation may carry a pre-revocation snapshot,
- * so it must not populate the cache. Every invalidation bumps `generation`; a lookup captures it before
+ * Race safety: a lookup whose query started before an invalidation may carry a pre-change snapshot, so
+ * it must not populate either cache. Every invalidation bumps `generation`; a lookup captures it before
  * querying and inserts only if it is unchanged when the answer arrives. The same generation numbers,
  * with a short log of recent changes, let live revocation spot a tunnel whose grant was decided before a
  * change that it only got to track after that change was processed.
  */
 import type { KeyObject } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
+import { LRUCache } from 'lru-cache';
 import type { Destination } from '../core/destination.js';
 import { p256PublicKey, verifyDerSignature } from '../core/ecdsa.js';
 import type { PeerIdentity } from '../core/identity-extension.js';
@@ -28,11 +30,17 @@ import {
 import { type Micros, nowMicros } from '../core/timestamp.js';
 import type { AuthorizeResult, Authorizer, Grant } from './authority.js';
 import type { GatewayMetrics } from './metrics.js';
-import { type AuthorityLogger, errorText, RegistryUnavailableError, silentLogger } from './registry.js';
 import { changeTouchesGrant, EVERYTHING, type RegistryChange } from './registry-changes.js';
+import {
+  type AuthorityLogger,
+  errorText,
+  RegistryUnavailableError,
+  silentLogger,
+} from './registry-errors.js';
+import type { LaneName } from './registry-lane.js';
 
 export type CandidateSource = {
-  activeCandidates(request: AccessRequest, now: Micros): Promise<Candidate[]>;
+  activeCandidates(request: AccessRequest, now: Micros, lane?: LaneName): Promise<Candidate[]>;
 };
 
 export type AuthorizerOptions = {
@@ -40,6 +48,8 @@ export type AuthorizerOptions = {
   /** 0 disables the cache. */
   readonly cacheMaxEntries: number;
   readonly cacheTtlMs: number;
+  /** How long a policy denial is remembered (same entry cap as allows); 0 = not at all. */
+  readonly denialTtlMs?: number | undefined;
   readonly metrics?: GatewayMetrics | undefined;
   readonly logger?: AuthorityLogger | undefined;
   /** Injectable clock for tests. */
@@ -54,9 +64,10 @@ export type AuthorizerOptions = {
 export type Evaluation =
   | { readonly kind: 'allow'; readonly grant: Grant }
   | { readonly kind: 'deny'; readonly reason: PolicyDenyReason; readonly detail: string }
-  | { readonly kind: 'unavailable'; readonly detail: string };
+  | { readonly kind: 'unavailable'; readonly detail: string; readonly busy?: boolean };
 
 type CacheEntry = { readonly grant: Grant; readonly expiresAt: Micros };
+type DenialEntry = { readonly reason: PolicyDenyReason; readonly detail: string; readonly expiresAt: Micros };
 
 export class RegistryAuthorizer implements Authorizer {
   private readonly registry: CandidateSource;
@@ -65,7 +76,9 @@ export class RegistryAuthorizer implements Authorizer {
   private readonly now: () => Micros;
   private readonly cacheMax: number;
   private readonly cacheTtlMicros: Micros;
-  private readonly cache = new Map<string, CacheEntry>();
+  private readonly cache: LRUCache<string, CacheEntry>;
+  private readonly denials: LRUCache<string, DenialEntry>;
+  private readonly denialTtlMicros: Micros;
   private readonly verifier: SignatureVerifier;
   private readonly allowSeconds: { observe(seconds: number): void } | undefined;
   private readonly denySeconds: { observe(seconds: number): void } | undefined;
@@ -88,6 +101,10 @@ export class RegistryAuthorizer implements Authorizer {
     this.now = opts.now ?? nowMicros;
     this.cacheMax = opts.cacheMaxEntries;
     this.cacheTtlMicros = BigInt(opts.cacheTtlMs) * 1000n;
+    this.denialTtlMicros = BigInt(opts.denialTtlMs ?? 0) * 1000n;
+    const max = Math.max(1, opts.cacheMaxEntries);
+    this.cache = new LRUCache({ max });
+    this.denials = new LRUCache({ max });
     this.changeLogSize = opts.changeLogSize ?? 4096;
     this.verifier = cachingVerifier(opts.keyCacheMaxEntries ?? 1024);
     // Bound once: resolving a labelled series hashes the label object on every call.
@@ -103,7 +120,7 @@ export class RegistryAuthorizer implements Authorizer {
     const started = performance.now();
     const now = this.now();
     const key = this.cacheUsable() ? this.cacheKey(peer, destination.normalized) : undefined;
-    const hit = key === undefined ? undefined : this.cachedAllow(key, now);
+    const hit = key === undefined ? undefined : (this.cachedAllow(key, now) ?? this.cachedDenial(key, now));
     if (hit !== undefined) return this.observed(hit, started);
     return this.lookup(peer, destination, key, now).then((result) => this.observed(result, started));
   }
@@ -118,14 +135,26 @@ export class RegistryAuthorizer implements Authorizer {
   private cachedAllow(key: string, now: Micros): AuthorizeResult | undefined {
     const entry = this.cache.get(key);
     if (entry === undefined) return undefined;
-    this.cache.delete(key);
-    if (entry.expiresAt <= now || entry.grant.validUntil <= now) return undefined;
-    this.cache.set(key, entry); // most recently used goes last
+    if (entry.expiresAt <= now || entry.grant.validUntil <= now) {
+      this.cache.delete(key);
+      return undefined;
+    }
     this.metrics?.decisionCacheHits.inc();
     // A fresh object per hit: its generation is now, since any later change would have evicted it.
     const grant: Grant = { ...entry.grant };
     this.grantGeneration.set(grant, this.generation);
     return { allow: true, grant, cached: true };
+  }
+
+  private cachedDenial(key: string, now: Micros): AuthorizeResult | undefined {
+    const entry = this.denials.get(key);
+    if (entry === undefined) return undefined;
+    if (entry.expiresAt <= now) {
+      this.denials.delete(key);
+      return undefined;
+    }
+    this.metrics?.denialCacheHits.inc();
+    return { allow: false, reason: entry.reason, detail: entry.detail };
   }
 
   private async lookup(
@@ -147,17 +176,25 @@ export class RegistryAuthorizer implements Authorizer {
       case 'allow': {
         const grant = evaluation.grant;
         this.grantGeneration.set(grant, gen);
-        if (key !== undefined && gen === this.generation && this.cacheUsable()) {
+        if (key !== undefined && gen === this.generation && this.cacheTtlMicros > 0n && this.cacheUsable()) {
           const ttlEnd = now + this.cacheTtlMicros;
           // biome-ignore lint/complexity/useMathMinMax: Math.min does not take bigint.
-          this.insert(key, { grant, expiresAt: ttlEnd < grant.validUntil ? ttlEnd : grant.validUntil });
+          this.cache.set(key, { grant, expiresAt: ttlEnd < grant.validUntil ? ttlEnd : grant.validUntil });
         }
         return { allow: true, grant, cached: false };
       }
       case 'deny':
+        if (key !== undefined && gen === this.generation && this.denialTtlMicros > 0n && this.cacheUsable()) {
+          const { reason, detail } = evaluation;
+          this.denials.set(key, { reason, detail, expiresAt: now + this.denialTtlMicros });
+        }
         return { allow: false, reason: evaluation.reason, detail: evaluation.detail };
       case 'unavailable':
-        return { allow: false, reason: 'registry_unavailable', detail: evaluation.detail };
+        return {
+          allow: false,
+          reason: evaluation.busy === true ? 'registry_busy' : 'registry_unavailable',
+          detail: evaluation.detail,
+        };
     }
   }
 
@@ -172,18 +209,22 @@ export class RegistryAuthorizer implements Authorizer {
   }
 
   /**
-   * The decision exactly as at CONNECT time, without the cache: live revocation re-checks tunnels with
-   * this. Never rejects.
+   * The decision exactly as at CONNECT time, without the caches, asked on `lane`. Never rejects.
    */
-  async evaluate(request: AccessRequest, now: Micros = this.now()): Promise<Evaluation> {
+  async evaluate(
+    request: AccessRequest,
+    now: Micros = this.now(),
+    lane: LaneName = 'lookup',
+  ): Promise<Evaluation> {
     let candidates: Candidate[];
     try {
-      candidates = await this.registry.activeCandidates(request, now);
+      candidates = await this.registry.activeCandidates(request, now, lane);
     } catch (err) {
       if (!(err instanceof RegistryUnavailableError)) {
         this.logger.error({ err: errorText(err) }, 'unexpected registry failure');
       }
-      return { kind: 'unavailable', detail: errorText(err) };
+      const busy = err instanceof RegistryUnavailableError && err.kind === 'busy';
+      return { kind: 'unavailable', detail: errorText(err), busy };
     }
     try {
       const decision = decide(request, candidates, now, this.verifier);
@@ -208,16 +249,24 @@ export class RegistryAuthorizer implements Authorizer {
     }
   }
 
+  /** Live revocation's re-check: the uncached decision on the recheck lane, never behind lookups. */
+  recheck(request: AccessRequest, now: Micros): Promise<Evaluation> {
+    return this.evaluate(request, now, 'recheck');
+  }
+
   /** Called for every registry notification, as soon as it arrives (before any coalescing). */
   onRegistryChange(change: RegistryChange): void {
     this.bump(change);
+    this.denials.clear();
     if (change.table === '*') {
       this.cache.clear();
       return;
     }
-    for (const [key, entry] of this.cache) {
-      if (changeTouchesGrant(change, entry.grant)) this.cache.delete(key);
+    const touched: string[] = [];
+    for (const [key, entry] of this.cache.entries()) {
+      if (changeTouchesGrant(change, entry.grant)) touched.push(key);
     }
+    for (const key of touched) this.cache.delete(key);
   }
 
   /**
@@ -230,6 +279,7 @@ export class RegistryAuthorizer implements Authorizer {
     this.listenerUp = up;
     this.bump(EVERYTHING);
     this.cache.clear();
+    this.denials.clear();
   }
 
   /**
@@ -264,17 +314,7 @@ export class RegistryAuthorizer implements Authorizer {
   }
 
   private cacheUsable(): boolean {
-    return this.cacheMax > 0 && this.cacheTtlMicros > 0n && this.listenerUp;
-  }
-
-  private insert(key: string, entry: CacheEntry): void {
-    this.cache.delete(key);
-    this.cache.set(key, entry);
-    while (this.cache.size > this.cacheMax) {
-      const oldest = this.cache.keys().next();
-      if (oldest.done) break;
-      this.cache.delete(oldest.value);
-    }
+    return this.cacheMax > 0 && this.listenerUp && (this.cacheTtlMicros > 0n || this.denialTtlMicros > 0n);
   }
 
   private bump(change: RegistryChange): void {
@@ -291,24 +331,20 @@ export class RegistryAuthorizer implements Authorizer {
  * signature under it fails.
  */
 export function cachingVerifier(maxEntries: number): SignatureVerifier {
-  const keys = new Map<string, KeyObject | null>();
+  const keys = new LRUCache<string, { key: KeyObject | null }>({ max: Math.max(1, maxEntries) });
   return (spkiDer, message, signatureDer) => {
     const id = spkiDer.toString('base64');
-    let key = keys.get(id);
-    if (key === undefined) {
+    let slot = keys.get(id);
+    if (slot === undefined) {
+      let key: KeyObject | null;
       try {
         key = p256PublicKey(spkiDer);
       } catch {
         key = null;
       }
-      if (keys.size >= maxEntries) {
-        const oldest = keys.keys().next();
-        if (!oldest.done) keys.delete(oldest.value);
-      }
-    } else {
-      keys.delete(id);
+      slot = { key };
+      keys.set(id, slot);
     }
-    keys.set(id, key);
-    return key !== null && verifyDerSignature(key, message, signatureDer);
+    return slot.key !== null && verifyDerSignature(slot.key, message, signatureDer);
   };
 }

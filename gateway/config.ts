@@ -78,11 +78,21 @@ export type GatewayConfig = {
     readonly connectTimeoutMs: number;
     readonly poolAcquireTimeoutMs: number;
     readonly queryTimeoutMs: number;
+    /** Lookups (CONNECT cache misses) waiting for or holding a connection; beyond it 503 registry_busy. */
+    readonly maxLookupsInFlight: number;
+    /** Connections of the recheck lane: live-tunnel re-checks never queue behind lookups. */
+    readonly recheckConnections: number;
     /** While the LISTEN connection is down, open tunnels are re-checked this often. */
     readonly revocationRecheckIntervalMs: number;
+    /** Every open tunnel re-checked this often whether or not notifications flow; 0 = off. */
+    readonly revocationFullRecheckIntervalMs: number;
+    /** A tunnel whose re-checks cannot reach the registry for this long ends; 0 = never. */
+    readonly recheckUnavailableGraceMs: number;
     /** Verified-decision cache (invalidated by registry notifications); 0 entries = off. */
     readonly decisionCacheMaxEntries: number;
     readonly decisionCacheTtlMs: number;
+    /** Policy denials remembered this long (dropped by any registry change); 0 = off. */
+    readonly denialCacheTtlMs: number;
   };
 };
 
@@ -198,8 +208,13 @@ export function parseConfig(raw: Raw, path: string, env: NodeJS.ProcessEnv = pro
     'pool_acquire_timeout_ms',
     'query_timeout_ms',
     'revocation_recheck_interval_ms',
+    'revocation_full_recheck_interval_ms',
+    'recheck_unavailable_grace_ms',
+    'max_lookups_in_flight',
+    'recheck_connections',
     'decision_cache_max_entries',
     'decision_cache_ttl_ms',
+    'denial_cache_ttl_ms',
   ]);
 
   const streamWindowBytes = h.int('stream_window_bytes', 4 * 1024 * 1024, 65_535, 2 ** 31 - 1);
@@ -217,6 +232,24 @@ export function parseConfig(raw: Raw, path: string, env: NodeJS.ProcessEnv = pro
       path,
       'http2.max_session_memory_mb',
       'must exceed twice http2.connection_window_bytes, or a slow upstream gets the whole connection GOAWAYed',
+    );
+  }
+
+  const fullRecheckIntervalMs = p.int('revocation_full_recheck_interval_ms', 30_000, 0, 86_400_000);
+  if (fullRecheckIntervalMs > 0 && fullRecheckIntervalMs < 1000) {
+    throw new ConfigError(
+      path,
+      'policy.revocation_full_recheck_interval_ms',
+      `must be 0 (off) or at least 1000, got ${fullRecheckIntervalMs}`,
+    );
+  }
+  const decisionCacheTtlMs = p.int('decision_cache_ttl_ms', 30_000, 0, 86_400_000);
+  if (fullRecheckIntervalMs > 0 && decisionCacheTtlMs > fullRecheckIntervalMs) {
+    // A cached allow is a decision nobody re-asked: it must not outlive the bound on lost notifications.
+    throw new ConfigError(
+      path,
+      'policy.decision_cache_ttl_ms',
+      `must not exceed policy.revocation_full_recheck_interval_ms (${fullRecheckIntervalMs}), got ${decisionCacheTtlMs}`,
     );
   }
 
@@ -271,9 +304,14 @@ export function parseConfig(raw: Raw, path: string, env: NodeJS.ProcessEnv = pro
       connectTimeoutMs: p.int('connect_timeout_ms', 5000, 1, 600_000),
       poolAcquireTimeoutMs: p.int('pool_acquire_timeout_ms', 1000, 1, 600_000),
       queryTimeoutMs: p.int('query_timeout_ms', 500, 1, 600_000),
+      maxLookupsInFlight: p.int('max_lookups_in_flight', 32, 1, 100_000),
+      recheckConnections: p.int('recheck_connections', 2, 1, 100),
       revocationRecheckIntervalMs: p.int('revocation_recheck_interval_ms', 2000, 100, 3_600_000),
+      revocationFullRecheckIntervalMs: fullRecheckIntervalMs,
+      recheckUnavailableGraceMs: p.int('recheck_unavailable_grace_ms', 60_000, 0, 7 * 86_400_000),
       decisionCacheMaxEntries: p.int('decision_cache_max_entries', 10_000, 0, 10_000_000),
-      decisionCacheTtlMs: p.int('decision_cache_ttl_ms', 30_000, 0, 86_400_000),
+      decisionCacheTtlMs,
+      denialCacheTtlMs: p.int('denial_cache_ttl_ms', 2_000, 0, 60_000),
     },
   };
 }

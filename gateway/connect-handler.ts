@@ -198,7 +198,9 @@ export class ConnectHandler implements OpenTunnelBytes {
       if (charged) deps.addressBudget.refundLookup(origin.addressKey);
       connection.markProven();
     }
-    if (!decision.allow) return deny(403, decision.reason, decision.detail);
+    // registry_busy is the gateway's capacity, not the caller's fault: 503, like tunnel_limit.
+    if (!decision.allow)
+      return deny(decision.reason === 'registry_busy' ? 503 : 403, decision.reason, decision.detail);
     if (isGone(stream)) return this.abandoned(span, fields, 'client went away during authorization');
     const grant = decision.grant;
 
@@ -375,8 +377,9 @@ class ActiveTunnel implements LiveTunnel, TunnelOwner {
   }
 
   revoke(reason: DenyReason | 'expired', detail: string): void {
-    const end: TunnelEndReason = reason === 'expired' ? 'expired' : 'revoked';
-    this.tunnel?.reset(end, reason === 'expired' ? detail : `${reason}: ${detail}`);
+    const end: TunnelEndReason =
+      reason === 'expired' || reason === 'registry_unavailable' ? reason : 'revoked';
+    this.tunnel?.reset(end, end === 'revoked' ? `${reason}: ${detail}` : detail);
   }
 
   /** Scrape time, while open: the bytes moved so far. */

@@ -59,6 +59,8 @@ export async function startGateway(
   const registry = new Registry({
     databaseUrl: config.policy.databaseUrl,
     maxConnections: config.policy.maxConnections,
+    maxLookupsInFlight: config.policy.maxLookupsInFlight,
+    recheckConnections: config.policy.recheckConnections,
     connectTimeoutMs: config.policy.connectTimeoutMs,
     poolAcquireTimeoutMs: config.policy.poolAcquireTimeoutMs,
     queryTimeoutMs: config.policy.queryTimeoutMs,
@@ -79,6 +81,7 @@ export async function startGateway(
       registry,
       cacheMaxEntries: config.policy.decisionCacheMaxEntries,
       cacheTtlMs: config.policy.decisionCacheTtlMs,
+      denialTtlMs: config.policy.denialCacheTtlMs,
       metrics,
       logger,
     });
@@ -87,6 +90,10 @@ export async function startGateway(
       clientConfig: registry.clientConfig('agent_gateway_listen'),
       notifications: schema.notifications,
       recheckIntervalMs: config.policy.revocationRecheckIntervalMs,
+      fullRecheckIntervalMs: config.policy.revocationFullRecheckIntervalMs,
+      unavailableGraceMs: config.policy.recheckUnavailableGraceMs,
+      recheckConcurrency: config.policy.recheckConnections,
+      heartbeatTimeoutMs: config.policy.queryTimeoutMs + 1000,
       metrics,
       logger,
     });

@@ -1,39 +1,40 @@
 /**
- * Live revocation: open tunnels are re-checked when the registry rows behind them change, and ended
- * when the grant expires, so revoking a permission, a signer or a scope closes tunnels as well as
- * refusing new CONNECTs.
+ * Live revocation: open tunnels are re-checked when the registry rows behind them change, on a fixed
+ * full re-check interval, and when their grant expires, so revoking a permission, a signer or a scope
+ * closes tunnels as well as refusing new CONNECTs (README "Revocation: the guarantee").
  *
- * - A dedicated connection (never a pool client: LISTEN is per session) listens on the registry change
- *   channel. Each notification invalidates the decision cache at once, marks the tunnels indexed under
- *   the touched rows, and a few milliseconds later one batch re-check runs: a bulk revoke of 1000 rows
- *   is one batch, and tunnels sharing (identity, key, destination) share one query.
- * - A re-check is the CONNECT decision itself (RegistryAuthorizer.evaluate, uncached). Still allowed:
- *   the tunnel keeps running under the grant found now, which may be another row. Denied: revoke().
- * - Re-check failure policy: when the registry cannot answer, the tunnel keeps running and is retried
- *   every recheckIntervalMs. Cutting every tunnel during a database blip would turn a registry hiccup
- *   into an outage, and a revoke committed during the blip is still found by the retry. Expiry is the
- *   exception: a tunnel past its validUntil ends whether or not the registry answers.
- * - Expiry: one timer for the earliest validUntil over all tunnels (a min-heap), never one per tunnel.
- *   At expiry the tunnel is re-checked so a renewed grant keeps it open; otherwise it ends as 'expired'.
- * - Listener down: reconnect with exponential backoff; meanwhile every tunnel is re-checked every
- *   recheckIntervalMs and the decision cache is bypassed. On reconnect, everything is re-checked once,
- *   because notifications sent while down are lost.
+ * - Notifications (registry-listener.ts) invalidate the decision caches at once and mark the tunnels
+ *   indexed under the touched rows (tunnel-index.ts); a few milliseconds later one batch re-check runs,
+ *   and tunnels sharing (identity, key, destination) share one query.
+ * - A re-check is the CONNECT decision itself, uncached, on the registry's recheck lane: it never waits
+ *   behind CONNECT lookups, however many unauthenticated clients are asking. Still allowed: the tunnel
+ *   keeps running under the grant found now, which may be another row. Denied: it ends.
+ * - Nothing depends on a notification arriving: every tunnel is re-checked every fullRecheckIntervalMs
+ *   whether or not the listener is up (a trigger disabled, a write that fires none, a connection that
+ *   died silently), and every recheckIntervalMs while the listener is down.
+ * - Registry unreachable: the tunnel keeps running and is retried every recheckIntervalMs, because a
+ *   database blip must not cut every agent; but once its re-checks have failed for longer than
+ *   unavailableGraceMs it ends (registry_unavailable), because authorization that cannot be confirmed
+ *   must not last forever. A tunnel past its validUntil always ends (expiry-queue.ts).
  * - Re-checks run one batch at a time; a tunnel marked again while its batch runs is checked again
  *   afterwards, so the final verdict always comes from a query that started after the last change.
  */
-import pg from 'pg';
+import type pg from 'pg';
 import type { AccessRequest } from '../core/policy.js';
-import { REGISTRY_CHANGE_CHANNEL } from '../core/registry-queries.js';
 import { formatTimestamp, type Micros, nowMicros } from '../core/timestamp.js';
 import type { DenyReason, Grant, LiveTunnel, TunnelTracker } from './authority.js';
 import type { Evaluation } from './authorizer.js';
+import { ExpiryQueue } from './expiry-queue.js';
 import type { GatewayMetrics } from './metrics.js';
-import { type AuthorityLogger, errorText, silentLogger } from './registry.js';
-import { parseRegistryChange, type RegistryChange } from './registry-changes.js';
+import type { RegistryChange } from './registry-changes.js';
+import { type AuthorityLogger, errorText, silentLogger } from './registry-errors.js';
+import { RegistryListener } from './registry-listener.js';
+import { TunnelIndex } from './tunnel-index.js';
 
 /** What live revocation needs from the authorizer (RegistryAuthorizer implements it). */
 export type RecheckAuthority = {
-  evaluate(request: AccessRequest, now?: Micros): Promise<Evaluation>;
+  /** The uncached decision, asked on the recheck lane. Never rejects. */
+  recheck(request: AccessRequest, now: Micros): Promise<Evaluation>;
   onRegistryChange(change: RegistryChange): void;
   setListenerUp(up: boolean): void;
   grantMayBeStale(grant: Grant): boolean;
@@ -47,7 +48,12 @@ export type LiveRevocationOptions = {
   readonly clientConfig: pg.ClientConfig;
   /** False when the registry schema predates the NOTIFY triggers: poll only. */
   readonly notifications: boolean;
+  /** Polling while the listener is down, and the retry interval after an unreachable registry. */
   readonly recheckIntervalMs: number;
+  /** Every tunnel re-checked this often, listener or not; 0 or unset = off (config.ts has the default). */
+  readonly fullRecheckIntervalMs?: number | undefined;
+  /** Re-checks failing to reach the registry for this long end the tunnel; 0 or unset = never. */
+  readonly unavailableGraceMs?: number | undefined;
   readonly metrics?: GatewayMetrics | undefined;
   readonly logger?: AuthorityLogger | undefined;
   readonly now?: (() => Micros) | undefined;
@@ -55,9 +61,9 @@ export type LiveRevocationOptions = {
   readonly coalesceMs?: number | undefined;
   readonly reconnectInitialMs?: number | undefined;
   readonly reconnectMaxMs?: number | undefined;
-  /** A query on the LISTEN session this often, so a silently dead connection is noticed. */
   readonly heartbeatIntervalMs?: number | undefined;
-  /** Re-check queries in flight at once; the rest of the pool stays free for CONNECTs. */
+  readonly heartbeatTimeoutMs?: number | undefined;
+  /** Re-check queries in flight at once (the recheck lane's size). */
   readonly recheckConcurrency?: number | undefined;
 };
 
@@ -75,15 +81,10 @@ type Entry = {
   readonly tunnel: LiveTunnel;
   /** The grant this entry is indexed under (kept in step with tunnel.grant). */
   grant: Grant;
-  /** Bumped whenever a newer expiry is scheduled, so stale heap items are skipped. */
-  expiryVersion: number;
   done: boolean;
+  /** When a re-check of this tunnel first failed to reach the registry, since its last answer. */
+  unavailableSince: Micros | undefined;
 };
-
-type HeapItem = { readonly at: Micros; readonly entry: Entry; readonly version: number };
-
-/** setTimeout's ceiling is ~24.8 days; waking up every so often also absorbs wall-clock jumps. */
-const MAX_TIMER_MS = 30_000;
 
 export class LiveRevocation implements TunnelTracker {
   private readonly authority: RecheckAuthority;
@@ -91,15 +92,13 @@ export class LiveRevocation implements TunnelTracker {
   private readonly logger: AuthorityLogger;
   private readonly now: () => Micros;
   private readonly coalesceMs: number;
-  private readonly reconnectInitialMs: number;
-  private readonly reconnectMaxMs: number;
-  private readonly heartbeatIntervalMs: number;
   private readonly concurrency: number;
+  private readonly graceMs: number;
+  private readonly graceMicros: Micros;
 
-  private readonly entries = new Set<Entry>();
-  private readonly byPermission = new Map<string, Set<Entry>>();
-  private readonly bySigner = new Map<string, Set<Entry>>();
-  private readonly byScope = new Map<string, Set<Entry>>();
+  private readonly index = new TunnelIndex<Entry>();
+  private readonly expiry: ExpiryQueue<Entry>;
+  private readonly listener: RegistryListener | undefined;
 
   private pendingAll = false;
   private readonly pending = new Set<Entry>();
@@ -108,16 +107,7 @@ export class LiveRevocation implements TunnelTracker {
   private flushTimer: NodeJS.Timeout | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
   private pollTimer: NodeJS.Timeout | undefined;
-
-  private heap: HeapItem[] = [];
-  private expiryTimer: NodeJS.Timeout | undefined;
-  private armedAt: Micros | undefined;
-
-  private client: pg.Client | undefined;
-  private listenerUp = false;
-  private backoffMs: number;
-  private reconnectTimer: NodeJS.Timeout | undefined;
-  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private fullTimer: NodeJS.Timeout | undefined;
   private lastError: string | undefined;
   private closed = false;
   private started = false;
@@ -128,12 +118,24 @@ export class LiveRevocation implements TunnelTracker {
     this.logger = opts.logger ?? silentLogger;
     this.now = opts.now ?? nowMicros;
     this.coalesceMs = opts.coalesceMs ?? 5;
-    this.reconnectInitialMs = opts.reconnectInitialMs ?? 100;
-    this.reconnectMaxMs = opts.reconnectMaxMs ?? 3000;
-    this.heartbeatIntervalMs = opts.heartbeatIntervalMs ?? 10_000;
     this.concurrency = Math.max(1, opts.recheckConcurrency ?? 2);
-    this.backoffMs = this.reconnectInitialMs;
-    this.metrics?.registryListenerUp.set(0);
+    this.graceMs = opts.unavailableGraceMs ?? 0;
+    this.graceMicros = BigInt(this.graceMs) * 1000n;
+    this.expiry = new ExpiryQueue<Entry>((due) => void this.recheck(due, 'expiry'), this.now);
+    this.listener = opts.notifications
+      ? new RegistryListener({
+          clientConfig: opts.clientConfig,
+          onChange: (change) => this.handleChange(change),
+          onState: (up) => this.listenerState(up),
+          heartbeatIntervalMs: opts.heartbeatIntervalMs,
+          heartbeatTimeoutMs: opts.heartbeatTimeoutMs,
+          reconnectInitialMs: opts.reconnectInitialMs,
+          reconnectMaxMs: opts.reconnectMaxMs,
+          metrics: opts.metrics,
+          logger: this.logger,
+        })
+      : undefined;
+    if (this.listener === undefined) this.metrics?.registryListenerUp.set(0);
   }
 
   /**
@@ -143,24 +145,27 @@ export class LiveRevocation implements TunnelTracker {
   async start(): Promise<void> {
     if (this.started) return;
     this.started = true;
-    if (!this.opts.notifications) {
+    const full = this.opts.fullRecheckIntervalMs ?? 0;
+    if (full > 0) {
+      this.fullTimer = setInterval(() => this.recheckEverything(), full);
+      this.fullTimer.unref();
+    }
+    this.startPolling(); // until the listener is up
+    if (this.listener === undefined) {
       this.logger.warn(
         { interval_ms: this.opts.recheckIntervalMs },
         'live revocation is polling: the registry schema has no change notifications',
       );
-      this.startPolling();
       return;
     }
-    this.startPolling(); // until the listener is up
-    await this.connectListener();
+    await this.listener.start();
   }
 
   track(tunnel: LiveTunnel): () => void {
-    const entry: Entry = { tunnel, grant: tunnel.grant, expiryVersion: 0, done: false };
+    const entry: Entry = { tunnel, grant: tunnel.grant, done: false, unavailableSince: undefined };
     if (this.closed) return () => {};
-    this.entries.add(entry);
-    this.index(entry);
-    this.scheduleExpiry(entry);
+    this.index.add(entry);
+    this.expiry.schedule(entry, entry.grant.validUntil);
     // The grant may come from a query that ran before a change we have already processed (the CONNECT
     // was still dialling when the notification arrived): re-check it now rather than never.
     if (this.authority.grantMayBeStale(tunnel.grant)) this.mark(entry);
@@ -168,13 +173,14 @@ export class LiveRevocation implements TunnelTracker {
   }
 
   state(): RevocationState {
+    const listenerUp = this.listener?.up ?? false;
     return {
-      mode: this.closed ? 'closed' : this.listenerUp ? 'listening' : 'polling',
-      listenerUp: this.listenerUp,
+      mode: this.closed ? 'closed' : listenerUp ? 'listening' : 'polling',
+      listenerUp,
       notifications: this.opts.notifications,
-      openTunnels: this.entries.size,
-      pendingRechecks: this.pendingAll ? this.entries.size : this.pending.size + this.retry.size,
-      lastError: this.lastError,
+      openTunnels: this.index.size,
+      pendingRechecks: this.pendingAll ? this.index.size : this.pending.size + this.retry.size,
+      lastError: this.lastError ?? this.listener?.lastError,
     };
   }
 
@@ -187,70 +193,13 @@ export class LiveRevocation implements TunnelTracker {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    for (const t of [
-      this.flushTimer,
-      this.retryTimer,
-      this.pollTimer,
-      this.expiryTimer,
-      this.reconnectTimer,
-    ]) {
-      clearTimeout(t);
-    }
+    for (const t of [this.flushTimer, this.retryTimer]) clearTimeout(t);
     clearInterval(this.pollTimer);
-    clearInterval(this.heartbeatTimer);
-    const client = this.client;
-    this.client = undefined;
-    this.setUp(false);
-    if (client !== undefined) await endQuietly(client);
+    clearInterval(this.fullTimer);
+    this.expiry.close();
+    await this.listener?.close();
     await this.running;
   }
-
-  // ---- tunnel index --------------------------------------------------------------------------------
-
-  private index(entry: Entry): void {
-    const g = entry.grant;
-    addTo(this.byPermission, g.permissionId, entry);
-    addTo(this.bySigner, g.signingKeyId, entry);
-    addTo(this.byScope, scopeKey(g.signingKeyId, g.destination), entry);
-  }
-
-  private unindex(entry: Entry): void {
-    const g = entry.grant;
-    removeFrom(this.byPermission, g.permissionId, entry);
-    removeFrom(this.bySigner, g.signingKeyId, entry);
-    removeFrom(this.byScope, scopeKey(g.signingKeyId, g.destination), entry);
-  }
-
-  private untrack(entry: Entry): void {
-    if (entry.done) return;
-    entry.done = true;
-    this.entries.delete(entry);
-    this.unindex(entry);
-    this.pending.delete(entry);
-    this.retry.delete(entry);
-    if (this.heap.length > 2 * this.entries.size + 1024) this.compactHeap();
-  }
-
-  private affected(change: RegistryChange): Iterable<Entry> {
-    switch (change.table) {
-      case 'permission_registry':
-        return change.permissionId === undefined
-          ? this.entries
-          : (this.byPermission.get(change.permissionId) ?? []);
-      case 'principal_signing_keys':
-        return change.signingKeyId === undefined
-          ? this.entries
-          : (this.bySigner.get(change.signingKeyId) ?? []);
-      case 'principal_key_permissions':
-        if (change.signingKeyId === undefined) return this.entries;
-        if (change.destination === undefined) return this.bySigner.get(change.signingKeyId) ?? [];
-        return this.byScope.get(scopeKey(change.signingKeyId, change.destination)) ?? [];
-      default:
-        return this.entries;
-    }
-  }
-
-  // ---- notifications and batching ------------------------------------------------------------------
 
   /** Exposed for tests and for callers that learn of a change another way. */
   handleChange(change: RegistryChange): void {
@@ -261,11 +210,50 @@ export class LiveRevocation implements TunnelTracker {
       return;
     }
     let any = false;
-    for (const entry of this.affected(change)) {
+    for (const entry of this.index.affected(change)) {
       this.pending.add(entry);
       any = true;
     }
     if (any) this.scheduleFlush();
+  }
+
+  // ---- listener state and timers ------------------------------------------------------------------
+
+  private listenerState(up: boolean): void {
+    this.authority.setListenerUp(up);
+    if (!up) {
+      this.startPolling();
+      return;
+    }
+    this.stopPolling();
+    // Changes made while we were not listening were never announced to us.
+    if (this.index.size > 0) this.recheckEverything();
+  }
+
+  private recheckEverything(): void {
+    if (this.index.size === 0 || this.closed) return;
+    this.pendingAll = true;
+    void this.flush();
+  }
+
+  private startPolling(): void {
+    if (this.pollTimer !== undefined || this.closed) return;
+    this.pollTimer = setInterval(() => this.recheckEverything(), this.opts.recheckIntervalMs);
+    this.pollTimer.unref();
+  }
+
+  private stopPolling(): void {
+    clearInterval(this.pollTimer);
+    this.pollTimer = undefined;
+  }
+
+  private untrack(entry: Entry): void {
+    if (entry.done) return;
+    entry.done = true;
+    this.index.remove(entry);
+    this.pending.delete(entry);
+    this.retry.delete(entry);
+    this.expiry.compactIfSparse(this.index.size);
   }
 
   private mark(entry: Entry): void {
@@ -281,6 +269,19 @@ export class LiveRevocation implements TunnelTracker {
     }, this.coalesceMs);
     this.flushTimer.unref();
   }
+
+  private scheduleRetry(): void {
+    if (this.retryTimer !== undefined || this.closed) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      for (const entry of this.retry) this.pending.add(entry);
+      this.retry.clear();
+      void this.flush();
+    }, this.opts.recheckIntervalMs);
+    this.retryTimer.unref();
+  }
+
+  // ---- re-check ------------------------------------------------------------------------------------
 
   private flush(): Promise<void> {
     if (this.running === undefined) {
@@ -300,7 +301,7 @@ export class LiveRevocation implements TunnelTracker {
         this.pendingAll = false;
         this.pending.clear();
         this.retry.clear();
-        batch = [...this.entries];
+        batch = [...this.index.entries()];
       } else {
         batch = [...this.pending];
         this.pending.clear();
@@ -308,8 +309,6 @@ export class LiveRevocation implements TunnelTracker {
       await this.recheck(batch, 'change');
     }
   }
-
-  // ---- re-check ------------------------------------------------------------------------------------
 
   /**
    * Re-decide `batch`, one query per distinct (identity, key, destination). In 'expiry' mode the
@@ -343,10 +342,16 @@ export class LiveRevocation implements TunnelTracker {
       this.lastError = lastDetail;
       // One line per batch, not per tunnel: during an outage every poll would otherwise flood the log.
       this.logger.warn(
-        { tunnels: unavailable, mode, err: lastDetail, retry_in_ms: this.opts.recheckIntervalMs },
+        {
+          tunnels: unavailable,
+          mode,
+          err: lastDetail,
+          retry_in_ms: this.opts.recheckIntervalMs,
+          grace_ms: this.graceMs,
+        },
         mode === 'expiry'
           ? 'registry unavailable at grant expiry: tunnels ended'
-          : 'tunnel re-check could not reach the registry: tunnels keep running and are retried',
+          : 'tunnel re-check could not reach the registry: tunnels keep running within the grace period and are retried',
       );
     }
   }
@@ -360,7 +365,7 @@ export class LiveRevocation implements TunnelTracker {
     const request: AccessRequest = { identity: g.identity, spkiDer: g.spkiDer, destination: g.destination };
     const generation = this.authority.currentGeneration();
     const now = this.now();
-    const result = await this.authority.evaluate(request, now);
+    const result = await this.authority.recheck(request, now);
     for (const entry of group) {
       if (entry.done) continue;
       if (result.kind === 'allow') {
@@ -378,15 +383,30 @@ export class LiveRevocation implements TunnelTracker {
       } else if (result.kind === 'deny') {
         this.revoke(entry, result.reason, result.detail);
       } else {
-        this.retry.add(entry);
-        this.scheduleRetry();
+        this.unconfirmed(entry, now, result.detail);
       }
     }
     return result.kind === 'unavailable' ? result.detail : undefined;
   }
 
+  /** A re-check that could not reach the registry: retry, or end the tunnel once past the grace. */
+  private unconfirmed(entry: Entry, now: Micros, detail: string): void {
+    entry.unavailableSince ??= now;
+    if (this.graceMicros > 0n && now - entry.unavailableSince >= this.graceMicros) {
+      this.revoke(
+        entry,
+        'registry_unavailable',
+        `authorization not confirmed for ${this.graceMs} ms (policy.recheck_unavailable_grace_ms): ${detail}`,
+      );
+      return;
+    }
+    this.retry.add(entry);
+    this.scheduleRetry();
+  }
+
   private regrant(entry: Entry, grant: Grant, generation: number): void {
     this.retry.delete(entry);
+    entry.unavailableSince = undefined;
     const previous = entry.grant;
     this.authority.adoptGrant(grant, generation);
     entry.tunnel.grant = grant;
@@ -404,10 +424,10 @@ export class LiveRevocation implements TunnelTracker {
         'tunnel now authorized by another permission row',
       );
     }
-    this.unindex(entry);
+    this.index.remove(entry);
     entry.grant = grant;
-    this.index(entry);
-    if (grant.validUntil !== previous.validUntil) this.scheduleExpiry(entry);
+    this.index.add(entry);
+    if (grant.validUntil !== previous.validUntil) this.expiry.schedule(entry, grant.validUntil);
   }
 
   private revoke(entry: Entry, reason: DenyReason | 'expired', detail: string): void {
@@ -430,232 +450,8 @@ export class LiveRevocation implements TunnelTracker {
       this.logger.error({ tunnel_id: entry.tunnel.id, err: errorText(err) }, 'tunnel revoke() threw');
     }
   }
-
-  private scheduleRetry(): void {
-    if (this.retryTimer !== undefined || this.closed) return;
-    this.retryTimer = setTimeout(() => {
-      this.retryTimer = undefined;
-      for (const entry of this.retry) this.pending.add(entry);
-      this.retry.clear();
-      void this.flush();
-    }, this.opts.recheckIntervalMs);
-    this.retryTimer.unref();
-  }
-
-  private startPolling(): void {
-    if (this.pollTimer !== undefined || this.closed) return;
-    this.pollTimer = setInterval(() => {
-      if (this.entries.size === 0) return;
-      this.pendingAll = true;
-      void this.flush();
-    }, this.opts.recheckIntervalMs);
-    this.pollTimer.unref();
-  }
-
-  private stopPolling(): void {
-    clearInterval(this.pollTimer);
-    this.pollTimer = undefined;
-  }
-
-  // ---- expiry --------------------------------------------------------------------------------------
-
-  private scheduleExpiry(entry: Entry): void {
-    entry.expiryVersion++;
-    heapPush(this.heap, { at: entry.grant.validUntil, entry, version: entry.expiryVersion });
-    this.armExpiry();
-  }
-
-  private armExpiry(): void {
-    while (this.heap.length > 0 && isStale(this.heap[0]!)) heapPop(this.heap);
-    const top = this.heap[0];
-    if (top === undefined || this.closed) {
-      clearTimeout(this.expiryTimer);
-      this.expiryTimer = undefined;
-      this.armedAt = undefined;
-      return;
-    }
-    if (this.armedAt !== undefined && this.armedAt <= top.at && this.expiryTimer !== undefined) return;
-    clearTimeout(this.expiryTimer);
-    this.armedAt = top.at;
-    const delayMs = Number((top.at - this.now()) / 1000n) + 1;
-    this.expiryTimer = setTimeout(() => this.onExpiryTimer(), Math.min(MAX_TIMER_MS, Math.max(0, delayMs)));
-    this.expiryTimer.unref();
-  }
-
-  private onExpiryTimer(): void {
-    this.expiryTimer = undefined;
-    this.armedAt = undefined;
-    const now = this.now();
-    const due: Entry[] = [];
-    while (this.heap.length > 0 && this.heap[0]!.at <= now) {
-      const item = heapPop(this.heap)!;
-      if (!isStale(item)) due.push(item.entry);
-    }
-    this.armExpiry();
-    if (due.length > 0) {
-      // Not serialized behind change batches: an expired tunnel must not wait for a slow batch.
-      void this.recheck(due, 'expiry');
-    }
-  }
-
-  private compactHeap(): void {
-    const live = this.heap.filter((item) => !isStale(item));
-    this.heap = [];
-    for (const item of live) heapPush(this.heap, item);
-  }
-
-  // ---- LISTEN session ------------------------------------------------------------------------------
-
-  private async connectListener(): Promise<void> {
-    if (this.closed) return;
-    const client = new pg.Client(this.opts.clientConfig);
-    this.client = client;
-    client.on('error', (err) => this.listenerLost(client, err));
-    client.on('end', () => this.listenerLost(client, new Error('LISTEN connection ended')));
-    client.on('notification', (msg) => {
-      if (client !== this.client || msg.channel !== REGISTRY_CHANGE_CHANNEL) return;
-      this.handleChange(parseRegistryChange(msg.payload));
-    });
-    try {
-      await client.connect();
-      await client.query(`LISTEN ${REGISTRY_CHANGE_CHANNEL}`);
-    } catch (err) {
-      this.listenerLost(client, err);
-      return;
-    }
-    if (client !== this.client || this.closed) {
-      await endQuietly(client);
-      return;
-    }
-    this.backoffMs = this.reconnectInitialMs;
-    this.lastError = undefined;
-    this.setUp(true);
-    this.stopPolling();
-    this.heartbeatTimer = setInterval(() => this.heartbeat(client), this.heartbeatIntervalMs);
-    this.heartbeatTimer.unref();
-    this.logger.info({ channel: REGISTRY_CHANGE_CHANNEL }, 'registry change listener up');
-    // Changes made while we were not listening were never announced to us.
-    if (this.entries.size > 0) {
-      this.pendingAll = true;
-      void this.flush();
-    }
-  }
-
-  private heartbeat(client: pg.Client): void {
-    if (client !== this.client) return;
-    client.query('SELECT 1').catch((err: unknown) => this.listenerLost(client, err));
-  }
-
-  private listenerLost(client: pg.Client, err: unknown): void {
-    if (client !== this.client) return;
-    this.client = undefined;
-    clearInterval(this.heartbeatTimer);
-    this.heartbeatTimer = undefined;
-    const wasUp = this.listenerUp;
-    this.setUp(false);
-    this.lastError = errorText(err);
-    void endQuietly(client);
-    if (this.closed) return;
-    this.metrics?.registryErrors.inc({ kind: 'listener' });
-    this.logger.warn(
-      {
-        err: this.lastError,
-        was_up: wasUp,
-        retry_in_ms: this.backoffMs,
-        poll_interval_ms: this.opts.recheckIntervalMs,
-      },
-      'registry change listener down: re-checking tunnels by polling until it reconnects',
-    );
-    this.startPolling();
-    const delay = this.backoffMs;
-    this.backoffMs = Math.min(this.reconnectMaxMs, this.backoffMs * 2);
-    this.reconnectTimer = setTimeout(
-      () => {
-        this.reconnectTimer = undefined;
-        void this.connectListener();
-      },
-      // Jitter so a fleet of gateways does not reconnect in lockstep after a database restart.
-      delay * (0.8 + Math.random() * 0.4),
-    );
-    this.reconnectTimer.unref();
-  }
-
-  private setUp(up: boolean): void {
-    this.listenerUp = up;
-    this.metrics?.registryListenerUp.set(up ? 1 : 0);
-    this.authority.setListenerUp(up);
-  }
-}
-
-function isStale(item: HeapItem): boolean {
-  return item.entry.done || item.version !== item.entry.expiryVersion;
-}
-
-function scopeKey(signingKeyId: string, destination: string): string {
-  return JSON.stringify([signingKeyId, destination]);
 }
 
 function requestKey(g: Grant): string {
   return JSON.stringify([g.identity, g.spkiDer.toString('base64'), g.destination]);
-}
-
-function addTo(map: Map<string, Set<Entry>>, key: string, entry: Entry): void {
-  const set = map.get(key);
-  if (set === undefined) map.set(key, new Set([entry]));
-  else set.add(entry);
-}
-
-function removeFrom(map: Map<string, Set<Entry>>, key: string, entry: Entry): void {
-  const set = map.get(key);
-  if (set === undefined) return;
-  set.delete(entry);
-  if (set.size === 0) map.delete(key);
-}
-
-async function endQuietly(client: pg.Client): Promise<void> {
-  client.removeAllListeners('notification');
-  client.removeAllListeners('end');
-  client.removeAllListeners('error');
-  client.on('error', () => {});
-  try {
-    await client.end();
-  } catch {
-    // already gone
-  }
-}
-
-// Binary min-heap on `at`.
-function heapPush(heap: HeapItem[], item: HeapItem): void {
-  heap.push(item);
-  let i = heap.length - 1;
-  while (i > 0) {
-    const parent = (i - 1) >> 1;
-    if (heap[parent]!.at <= item.at) break;
-    heap[i] = heap[parent]!;
-    i = parent;
-  }
-  heap[i] = item;
-}
-
-function heapPop(heap: HeapItem[]): HeapItem | undefined {
-  const top = heap[0];
-  const last = heap.pop();
-  if (top === undefined || last === undefined || heap.length === 0) return top;
-  let i = 0;
-  for (;;) {
-    const l = 2 * i + 1;
-    const r = l + 1;
-    let m = i;
-    let mAt = last.at;
-    if (l < heap.length && heap[l]!.at < mAt) {
-      m = l;
-      mAt = heap[l]!.at;
-    }
-    if (r < heap.length && heap[r]!.at < mAt) m = r;
-    if (m === i) break;
-    heap[i] = heap[m]!;
-    i = m;
-  }
-  heap[i] = last;
-  return top;
 }

@@ -67,8 +67,14 @@ export function createGatewayMetrics(opts: { defaultMetrics?: boolean; prefix?: 
     }),
     registryErrors: new Counter<'kind'>({
       name: 'agent_gateway_registry_errors_total',
-      help: 'Registry failures (acquire_timeout, query_timeout, connect, query, listener)',
+      help: 'Registry failures (acquire_timeout, query_timeout, connect, query, listener, busy)',
       labelNames: ['kind'],
+      registers,
+    }),
+    registryInFlight: new Gauge<'lane'>({
+      name: 'agent_gateway_registry_in_flight',
+      help: 'Registry requests waiting for or holding a connection, by lane (lookup, recheck)',
+      labelNames: ['lane'],
       registers,
     }),
     tunnelBytes: tunnelBytes(registers),
@@ -103,6 +109,11 @@ export function createGatewayMetrics(opts: { defaultMetrics?: boolean; prefix?: 
     decisionCacheMisses: new Counter({
       name: 'agent_gateway_decision_cache_misses_total',
       help: 'CONNECT decisions that needed a registry lookup (including while the cache is bypassed)',
+      registers,
+    }),
+    denialCacheHits: new Counter({
+      name: 'agent_gateway_denial_cache_hits_total',
+      help: 'CONNECT denials served from the short denial cache (no registry lookup)',
       registers,
     }),
   };

@@ -1,30 +1,30 @@
 /**
- * The gateway's read-only view of the registry: a bounded pg pool, the schema check at startup, the
- * candidate query and a readiness ping. Every failure surfaces as RegistryUnavailableError so callers
- * have exactly one thing to fail closed on; nothing here retries, because the next CONNECT is the retry
- * and a dead connection is dropped from the pool so that retry gets a fresh one.
+ * The gateway's read-only registry client, in lanes (registry-lane.ts): `lookup` for CONNECT cache
+ * misses (capped in flight, a fast 'busy' beyond the cap), `recheck` for live-tunnel re-checks on its
+ * own connections, and the dedicated listen connection (registry-listener.ts) built from clientConfig().
+ * Also the schema check at startup and a readiness ping. Every failure surfaces as
+ * RegistryUnavailableError so callers have exactly one thing to fail closed on; nothing here retries,
+ * because the next CONNECT is the retry and a dead connection is dropped from the pool.
  */
-import pg from 'pg';
+import type pg from 'pg';
 import type { AccessRequest, Candidate } from '../core/policy.js';
 import { fetchActiveCandidates, fetchSchemaVersion, type Queryable } from '../core/registry-queries.js';
 import type { Micros } from '../core/timestamp.js';
 import type { GatewayMetrics } from './metrics.js';
+import { type AuthorityLogger, errorText, silentLogger } from './registry-errors.js';
+import { type LaneName, RegistryLane } from './registry-lane.js';
+
+export {
+  type AuthorityLogger,
+  errorText,
+  type RegistryErrorKind,
+  RegistryUnavailableError,
+  silentLogger,
+} from './registry-errors.js';
+export type { LaneName } from './registry-lane.js';
 
 /** First schema version with the NOTIFY triggers live revocation listens to (migrations/0003). */
 export const NOTIFY_SCHEMA_VERSION = 3;
-
-export type RegistryErrorKind = 'acquire_timeout' | 'connect' | 'query_timeout' | 'query' | 'closed';
-
-export class RegistryUnavailableError extends Error {
-  constructor(
-    readonly kind: RegistryErrorKind,
-    message: string,
-    options?: { cause?: unknown },
-  ) {
-    super(`registry unavailable (${kind}): ${message}`, options);
-    this.name = 'RegistryUnavailableError';
-  }
-}
 
 /** The registry is reachable but not one this build can serve from: startup must stop. */
 export class RegistrySchemaError extends Error {
@@ -34,19 +34,14 @@ export class RegistrySchemaError extends Error {
   }
 }
 
-/** pino-compatible subset, so tests can pass a stub and main.ts its pino logger. */
-export type AuthorityLogger = {
-  info(obj: object, msg: string): void;
-  warn(obj: object, msg: string): void;
-  error(obj: object, msg: string): void;
-  debug(obj: object, msg: string): void;
-};
-
-export const silentLogger: AuthorityLogger = { info() {}, warn() {}, error() {}, debug() {} };
-
 export type RegistryOptions = {
   readonly databaseUrl: string;
+  /** Connections of the lookup lane. */
   readonly maxConnections: number;
+  /** Lookups waiting for or holding a connection; beyond it a lookup fails at once ('busy'). */
+  readonly maxLookupsInFlight?: number | undefined;
+  /** Connections of the recheck lane (live-tunnel re-checks). */
+  readonly recheckConnections?: number | undefined;
   readonly connectTimeoutMs: number;
   readonly poolAcquireTimeoutMs: number;
   readonly queryTimeoutMs: number;
@@ -68,28 +63,37 @@ export type PingResult =
   | { readonly ok: false; readonly error: string };
 
 export class Registry {
-  private readonly pool: pg.Pool;
   private readonly logger: AuthorityLogger;
+  private readonly lanes: Record<LaneName, RegistryLane>;
   private closed = false;
 
   constructor(private readonly opts: RegistryOptions) {
     this.logger = opts.logger ?? silentLogger;
-    this.pool = new pg.Pool({
-      ...this.clientConfig(opts.applicationName ?? 'agent_gateway'),
-      max: opts.maxConnections,
-      // Registry clients are cheap to keep and expensive to open during a CONNECT burst.
-      idleTimeoutMillis: 60_000,
-    });
-    // An idle client whose backend dies (restart, pg_terminate_backend) emits here; the pool has already
-    // dropped it. Without a listener this event would crash the process.
-    this.pool.on('error', (err) => {
-      this.opts.metrics?.registryErrors.inc({ kind: 'connect' });
-      this.logger.warn({ err: errorText(err) }, 'registry connection lost (idle client dropped)');
-    });
+    const app = opts.applicationName ?? 'agent_gateway';
+    const common = {
+      acquireTimeoutMs: opts.poolAcquireTimeoutMs,
+      metrics: opts.metrics,
+      logger: this.logger,
+    };
+    this.lanes = {
+      lookup: new RegistryLane({
+        ...common,
+        name: 'lookup',
+        clientConfig: this.clientConfig(app),
+        maxConnections: opts.maxConnections,
+        maxInFlight: opts.maxLookupsInFlight,
+      }),
+      recheck: new RegistryLane({
+        ...common,
+        name: 'recheck',
+        clientConfig: this.clientConfig(`${app}_recheck`),
+        maxConnections: opts.recheckConnections ?? 2,
+      }),
+    };
   }
 
   /**
-   * Connection settings shared by the pool and the dedicated LISTEN client. statement_timeout makes the
+   * Connection settings shared by the lanes and the dedicated LISTEN client. statement_timeout makes the
    * server abandon a slow query; query_timeout makes the client stop waiting even when the server or the
    * network never answers. The server side is a little longer so a healthy-but-slow query is reported
    * by the client timer with a clear kind, not as a server cancellation.
@@ -110,79 +114,18 @@ export class Registry {
     return this.opts.databaseUrl;
   }
 
-  /**
-   * Borrow a client for `fn`, bounded twice: pg's connectionTimeoutMillis bounds opening a connection,
-   * and this wrapper bounds the whole wait for a client (a pool exhausted by slow queries would
-   * otherwise queue CONNECTs without limit). A client that arrives after we gave up is returned to the
-   * pool untouched. A client whose query failed is destroyed, since after a timeout its protocol state
-   * is unknown.
-   */
-  async withClient<T>(queryName: string, fn: (client: Queryable) => Promise<T>): Promise<T> {
-    if (this.closed) throw new RegistryUnavailableError('closed', 'registry is shut down');
-    const timer = this.opts.metrics?.registryQuerySeconds.startTimer({ query: queryName });
-    try {
-      const client = await this.acquire();
-      // A backend that dies while we hold the client emits 'error' on it; the pool only listens while idle.
-      const onError = (err: Error) =>
-        this.logger.debug({ err: errorText(err) }, 'registry client error while in use');
-      client.on('error', onError);
-      let failure: Error | undefined;
-      try {
-        return await fn(client);
-      } catch (err) {
-        failure = err instanceof Error ? err : new Error(String(err));
-        throw classifyQueryError(err);
-      } finally {
-        client.off('error', onError);
-        client.release(failure);
-      }
-    } catch (err) {
-      const typed =
-        err instanceof RegistryUnavailableError
-          ? err
-          : new RegistryUnavailableError('query', errorText(err), { cause: err });
-      this.opts.metrics?.registryErrors.inc({ kind: typed.kind });
-      throw typed;
-    } finally {
-      timer?.();
-    }
-  }
-
-  private acquire(): Promise<pg.PoolClient> {
-    return new Promise((resolve, reject) => {
-      let settled = false;
-      const timer = setTimeout(() => {
-        settled = true;
-        reject(
-          new RegistryUnavailableError(
-            'acquire_timeout',
-            `no registry connection free within ${this.opts.poolAcquireTimeoutMs} ms (pool max ${this.opts.maxConnections})`,
-          ),
-        );
-      }, this.opts.poolAcquireTimeoutMs);
-      this.pool.connect().then(
-        (client) => {
-          clearTimeout(timer);
-          if (settled) client.release();
-          else resolve(client);
-        },
-        (err: unknown) => {
-          clearTimeout(timer);
-          if (settled) return;
-          settled = true;
-          // pg-pool reuses connectionTimeoutMillis for its own wait queue and reports it in these words.
-          const kind = /timeout exceeded when trying to connect/i.test(errorText(err))
-            ? 'acquire_timeout'
-            : 'connect';
-          reject(new RegistryUnavailableError(kind, errorText(err), { cause: err }));
-        },
-      );
-    });
+  /** Borrow a client of `lane` for `fn` (RegistryLane.withClient). */
+  withClient<T>(
+    queryName: string,
+    fn: (client: Queryable) => Promise<T>,
+    lane: LaneName = 'lookup',
+  ): Promise<T> {
+    return this.lanes[lane].withClient(queryName, fn);
   }
 
   /** Active candidates for one request, newest not_after first (a named, prepared statement). */
-  activeCandidates(request: AccessRequest, now: Micros): Promise<Candidate[]> {
-    return this.withClient('active_candidates', (c) => fetchActiveCandidates(c, request, now));
+  activeCandidates(request: AccessRequest, now: Micros, lane: LaneName = 'lookup'): Promise<Candidate[]> {
+    return this.lanes[lane].withClient('active_candidates', (c) => fetchActiveCandidates(c, request, now));
   }
 
   /**
@@ -190,7 +133,7 @@ export class Registry {
    * serve from, RegistryUnavailableError when the database cannot be reached.
    */
   async checkSchema(): Promise<SchemaStatus> {
-    const version = await this.withClient('schema_version', (c) => fetchSchemaVersion(c));
+    const version = await this.lanes.lookup.withClient('schema_version', (c) => fetchSchemaVersion(c));
     const latest = this.opts.latestKnownVersion;
     if (version === 0) {
       throw new RegistrySchemaError(
@@ -212,10 +155,13 @@ export class Registry {
     return { version, notifications };
   }
 
-  /** For /readyz: a round trip plus a schema version this build still accepts. Never throws. */
+  /**
+   * For /readyz: a round trip plus a schema version this build still accepts. Never throws. On the
+   * recheck lane, so a CONNECT flood that fills the lookup lane does not also fail readiness.
+   */
   async ping(): Promise<PingResult> {
     try {
-      const version = await this.withClient('ping', async (c) => {
+      const version = await this.lanes.recheck.withClient('ping', async (c) => {
         await c.query('SELECT 1');
         return fetchSchemaVersion(c);
       });
@@ -228,39 +174,15 @@ export class Registry {
     }
   }
 
-  /** Pool occupancy, for diagnostics. */
+  /** Lookup-lane occupancy, for diagnostics. */
   poolStats(): { total: number; idle: number; waiting: number } {
-    return { total: this.pool.totalCount, idle: this.pool.idleCount, waiting: this.pool.waitingCount };
+    const { total, idle, waiting } = this.lanes.lookup.stats();
+    return { total, idle, waiting };
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.pool.end();
+    await Promise.all([this.lanes.lookup.close(), this.lanes.recheck.close()]);
   }
-}
-
-function classifyQueryError(err: unknown): RegistryUnavailableError {
-  if (err instanceof RegistryUnavailableError) return err;
-  const text = errorText(err);
-  // 57014 = query_canceled (statement_timeout); the client-side timer says "Query read timeout".
-  const code = (err as { code?: unknown } | null)?.code;
-  if (code === '57014' || /Query read timeout/i.test(text)) {
-    return new RegistryUnavailableError('query_timeout', text, { cause: err });
-  }
-  if (/Connection terminated|ECONNRESET|ECONNREFUSED|EPIPE|not queryable/i.test(text) || code === '57P01') {
-    return new RegistryUnavailableError('connect', text, { cause: err });
-  }
-  return new RegistryUnavailableError('query', text, { cause: err });
-}
-
-export function errorText(err: unknown): string {
-  if (err instanceof Error) {
-    // AggregateError (e.g. ECONNREFUSED on both ::1 and 127.0.0.1) has an empty message.
-    if (err.message === '' && err instanceof AggregateError) {
-      return err.errors.map((e) => errorText(e)).join('; ') || err.name;
-    }
-    return err.message || err.name;
-  }
-  return String(err);
 }

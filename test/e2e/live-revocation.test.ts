@@ -1,7 +1,7 @@
 // Live revocation through the real gateway process: tunnels moving bytes are reset within a second of a
 // revoking COMMIT, only the tunnels that row authorized, and a re-grant lets the agent back in.
 import { request } from 'node:http';
-import type { ClientHttp2Session, ClientHttp2Stream } from 'node:http2';
+import type { ClientHttp2Session } from 'node:http2';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
@@ -16,40 +16,8 @@ import {
   openTunnel,
   startGatewayProcess,
 } from '../support/gateway.js';
+import { Pump } from '../support/pump.js';
 import { startEchoServer, type Upstream } from '../support/upstreams.js';
-
-/** Keeps bytes flowing through an echo tunnel and counts what comes back. */
-class Pump {
-  received = 0;
-  closedAt: number | undefined;
-  rstCode: number | undefined;
-  private timer: NodeJS.Timeout;
-  constructor(readonly stream: ClientHttp2Stream) {
-    stream.on('data', (c: Buffer) => {
-      this.received += c.length;
-    });
-    stream.on('close', () => {
-      this.closedAt = Date.now();
-      this.rstCode = stream.rstCode;
-      clearInterval(this.timer);
-    });
-    stream.on('error', () => {});
-    stream.resume();
-    this.timer = setInterval(() => {
-      if (!stream.destroyed && !stream.closed) stream.write(Buffer.alloc(1024, 0x61));
-    }, 10);
-  }
-  /** Bytes received grow over the next `ms`. */
-  async flowing(ms = 300): Promise<boolean> {
-    const before = this.received;
-    await sleep(ms);
-    return this.received > before;
-  }
-  stop(): void {
-    clearInterval(this.timer);
-    this.stream.end();
-  }
-}
 
 function httpGet(port: number, path: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {

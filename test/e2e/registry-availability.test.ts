@@ -212,6 +212,44 @@ describe('bounded waits (shared cluster)', () => {
     }
   });
 
+  it('lanes: lookups beyond the in-flight cap fail at once as busy, and re-checks never wait behind them', async () => {
+    const registry = new Registry(
+      options(url, {
+        maxConnections: 1,
+        maxLookupsInFlight: 3,
+        poolAcquireTimeoutMs: 5000,
+        queryTimeoutMs: 5000,
+      }),
+    );
+    const request = { identity: 'a', spkiDer: Buffer.from('x'), destination: 'a:443' };
+    try {
+      // Three lookups fill the lookup lane: one holds its only connection, two wait for it.
+      let release!: () => void;
+      const gate = new Promise<void>((r) => {
+        release = r;
+      });
+      const held = [1, 2, 3].map(() =>
+        registry.withClient('hold', async (c) => {
+          await c.query('SELECT 1');
+          await gate;
+        }),
+      );
+      await sleep(100);
+      const started = Date.now();
+      const busy = await registry.activeCandidates(request, nowTruncated()).catch((e: unknown) => e);
+      expect(busy).toBeInstanceOf(RegistryUnavailableError);
+      expect((busy as RegistryUnavailableError).kind).toBe('busy');
+      expect(Date.now() - started).toBeLessThan(100);
+      // The recheck lane has its own connections: it answers while the lookup lane is full.
+      expect(await registry.activeCandidates(request, nowTruncated(), 'recheck')).toEqual([]);
+      release();
+      await Promise.all(held);
+      expect(await registry.activeCandidates(request, nowTruncated())).toEqual([]);
+    } finally {
+      await registry.close();
+    }
+  });
+
   it('refuses work after close', async () => {
     const registry = new Registry(options(url));
     await registry.close();

@@ -29,7 +29,9 @@ class FakeRegistry implements CandidateSource {
   }
 }
 
-function setup(opts: { cacheMaxEntries?: number; cacheTtlMs?: number; listenerUp?: boolean } = {}) {
+function setup(
+  opts: { cacheMaxEntries?: number; cacheTtlMs?: number; denialTtlMs?: number; listenerUp?: boolean } = {},
+) {
   const fx = allowedCandidate(NOW);
   const registry = new FakeRegistry();
   registry.rows = [fx.candidate];
@@ -39,6 +41,7 @@ function setup(opts: { cacheMaxEntries?: number; cacheTtlMs?: number; listenerUp
     registry,
     cacheMaxEntries: opts.cacheMaxEntries ?? 100,
     cacheTtlMs: opts.cacheTtlMs ?? 30_000,
+    denialTtlMs: opts.denialTtlMs,
     metrics,
     now: () => now,
   });
@@ -86,12 +89,62 @@ describe('RegistryAuthorizer', () => {
     expect((await s.metrics.connectDecisions.get()).values).toEqual([]);
   });
 
-  it('never caches denies', async () => {
+  it('never caches denies without a denial ttl', async () => {
     const s = setup();
     s.registry.rows = [];
     expect(kind(await s.authorize())).toBe('deny(no_permission)');
     expect(kind(await s.authorize())).toBe('deny(no_permission)');
     expect(s.registry.calls).toBe(2);
+  });
+
+  it('remembers a denial for the denial ttl, and forgets every denial on any registry change', async () => {
+    const s = setup({ denialTtlMs: 2000 });
+    s.registry.rows = [];
+    expect(kind(await s.authorize())).toBe('deny(no_permission)');
+    expect(kind(await s.authorize())).toBe('deny(no_permission)');
+    expect(s.registry.calls).toBe(1);
+    expect((await s.metrics.denialCacheHits.get()).values[0]?.value).toBe(1);
+    // A change to any row (here: another principal's key) may have granted this triple.
+    s.authorizer.onRegistryChange({ table: 'principal_signing_keys', signingKeyId: 'org-zed' });
+    s.registry.rows = [s.fx.candidate];
+    expect(kind(await s.authorize())).toBe('allow');
+    expect(s.registry.calls).toBe(2);
+    // And the ttl bounds it even without a change.
+    s.registry.rows = [];
+    s.authorizer.onRegistryChange({ table: 'permission_registry', permissionId: 'perm-1' });
+    expect(kind(await s.authorize())).toBe('deny(no_permission)');
+    s.advance(2_000_001n);
+    expect(kind(await s.authorize())).toBe('deny(no_permission)');
+    expect(s.registry.calls).toBe(4);
+  });
+
+  it('keeps no denial while the listener is down, and none from a lookup that raced a change', async () => {
+    const down = setup({ denialTtlMs: 2000, listenerUp: false });
+    down.registry.rows = [];
+    await down.authorize();
+    await down.authorize();
+    expect(down.registry.calls).toBe(2);
+
+    const s = setup({ denialTtlMs: 2000 });
+    s.registry.rows = [];
+    let release!: () => void;
+    s.registry.gate = new Promise((r) => {
+      release = r;
+    });
+    const pending = s.authorize();
+    s.authorizer.onRegistryChange({ table: 'permission_registry', permissionId: 'perm-9' });
+    release();
+    s.registry.gate = undefined;
+    expect(kind(await pending)).toBe('deny(no_permission)');
+    await s.authorize();
+    expect(s.registry.calls).toBe(2);
+  });
+
+  it('answers registry_busy (not registry_unavailable) when the lookup lane is full', async () => {
+    const s = setup();
+    s.registry.fail = new RegistryUnavailableError('busy', '32 registry lookups in flight');
+    const r = await s.authorize();
+    expect(kind(r)).toBe('deny(registry_busy)');
   });
 
   it('fails closed on a registry error and tries again on the next request', async () => {

@@ -85,9 +85,14 @@ describe('gateway config: an original-style file', () => {
       connectTimeoutMs: 5000,
       poolAcquireTimeoutMs: 1000,
       queryTimeoutMs: 500,
+      maxLookupsInFlight: 32,
+      recheckConnections: 2,
       revocationRecheckIntervalMs: 2000,
+      revocationFullRecheckIntervalMs: 30_000,
+      recheckUnavailableGraceMs: 60_000,
       decisionCacheMaxEntries: 10_000,
       decisionCacheTtlMs: 30_000,
+      denialCacheTtlMs: 2000,
     });
   });
 
@@ -126,8 +131,13 @@ describe('gateway config: an original-style file', () => {
       'pool_acquire_timeout_ms',
       'query_timeout_ms',
       'revocation_recheck_interval_ms',
+      'revocation_full_recheck_interval_ms',
+      'recheck_unavailable_grace_ms',
+      'max_lookups_in_flight',
+      'recheck_connections',
       'decision_cache_max_entries',
       'decision_cache_ttl_ms',
+      'denial_cache_ttl_ms',
     ]) {
       expect(text, key).toMatch(new RegExp(`^(# )?${key} = `, 'm'));
     }
@@ -307,6 +317,16 @@ describe('gateway config: every mistake names its key', () => {
       name: 'session memory too small for the window',
       text: withLine('http2', 'max_session_memory_mb = 8'),
       error: /http2\.max_session_memory_mb: must exceed twice/,
+    },
+    {
+      name: 'full re-check interval below a second',
+      text: withLine('policy', 'revocation_full_recheck_interval_ms = 500'),
+      error: /policy\.revocation_full_recheck_interval_ms: must be 0 \(off\) or at least 1000/,
+    },
+    {
+      name: 'decision cache outliving the full re-check interval',
+      text: withLine('policy', 'revocation_full_recheck_interval_ms = 10000\ndecision_cache_ttl_ms = 20000'),
+      error: /policy\.decision_cache_ttl_ms: must not exceed policy\.revocation_full_recheck_interval_ms \(10000\)/,
     },
   ];
 

@@ -42,7 +42,10 @@ afterEach(async () => {
   for (const l of live.splice(0)) await l.close();
 });
 
-function setup(recheckIntervalMs = 100) {
+function setup(
+  recheckIntervalMs = 100,
+  more: { unavailableGraceMs?: number; fullRecheckIntervalMs?: number } = {},
+) {
   const source = new Source();
   const metrics = createGatewayMetrics({ defaultMetrics: false });
   const authorizer = new RegistryAuthorizer({
@@ -56,6 +59,7 @@ function setup(recheckIntervalMs = 100) {
     clientConfig: {},
     notifications: false,
     recheckIntervalMs,
+    ...more,
     metrics,
     coalesceMs: 5,
   });
@@ -273,5 +277,57 @@ describe('LiveRevocation', () => {
     await until(() => t2.revoked !== undefined, 500);
     expect(t2.revoked?.reason).toBe('expired');
     expect(formatTimestamp(t.grant.validUntil as Micros)).toMatch(/Z$/);
+  });
+
+  it('ends a tunnel as registry_unavailable once its re-checks have failed for longer than the grace', async () => {
+    const s = setup(50, { unavailableGraceMs: 300 });
+    s.subject('agent-a');
+    const t = await s.open('agent-a', 'a1');
+    s.source.down = true;
+    const downAt = Date.now();
+    s.revocation.handleChange({ table: 'permission_registry', op: 'UPDATE', permissionId: 'perm-1' });
+    await until(() => t.revoked !== undefined, 3000);
+    expect(t.revoked?.reason).toBe('registry_unavailable');
+    expect(t.revoked?.detail).toMatch(/recheck_unavailable_grace_ms/);
+    expect(t.revoked!.at - downAt).toBeGreaterThanOrEqual(290);
+  });
+
+  it('with grace 0 an unreachable registry never ends a tunnel, and an answer resets the grace', async () => {
+    const never = setup(50, { unavailableGraceMs: 0 });
+    never.subject('agent-a');
+    const t = await never.open('agent-a', 'a1');
+    never.source.down = true;
+    never.revocation.handleChange({ table: 'permission_registry', op: 'UPDATE', permissionId: 'perm-1' });
+    await sleep(500);
+    expect(t.revoked).toBeUndefined();
+    expect(never.source.calls).toBeGreaterThan(3);
+
+    const s = setup(50, { unavailableGraceMs: 400 });
+    s.subject('agent-b');
+    const u = await s.open('agent-b', 'b1');
+    s.source.down = true;
+    s.revocation.handleChange({ table: 'permission_registry', op: 'UPDATE', permissionId: 'perm-1' });
+    await sleep(250);
+    s.source.down = false;
+    await s.revocation.recheckAll();
+    s.source.down = true;
+    await s.revocation.recheckAll();
+    await sleep(250);
+    // 500 ms after the first failure, but only ~250 ms after the last answer.
+    expect(u.revoked).toBeUndefined();
+  });
+
+  it('re-checks every tunnel on the full interval, so a change that sent no notification still ends it', async () => {
+    for (const full of [0, 100]) {
+      const s = setup(60_000, { fullRecheckIntervalMs: full });
+      await s.revocation.start();
+      s.subject('agent-a');
+      const t = await s.open('agent-a', 'a1');
+      s.source.rows.set('agent-a', []); // revoked, and nobody told us
+      await sleep(400);
+      expect(t.revoked?.reason, `full_recheck_interval ${full}`).toBe(
+        full === 0 ? undefined : 'no_permission',
+      );
+    }
   });
 });
