@@ -10,7 +10,8 @@
 #   demo-agent.sh list
 #
 # prompt runs $AGENT_GATEWAY_DEMO_AGENT_CMD (the prompt is appended as the last argument) with
-# HTTPS_PROXY=http://127.0.0.1:<sidecar port> and the mock-services CA given only to that process
+# HTTPS_PROXY=http://agent:<token>@127.0.0.1:<sidecar port> (the sidecar refuses CONNECTs without the
+# agent's token, <state>/proxy.token, mode 0600) and the mock-services CA given only to that process
 # (CURL_CA_BUNDLE, SSL_CERT_FILE, NODE_EXTRA_CA_CERTS). Default: `claude -p` when Claude Code is installed
 # (grant the agent api.anthropic.com for that), else a plain curl of every https URL in the prompt
 # (AGENT_GATEWAY_DEMO_AGENT_CMD=builtin:fetch selects that one explicitly).
@@ -89,6 +90,25 @@ sidecar_args() {
     --client-identity-ext-oid "$DEMO_CLIENT_EXT_OID"
 }
 
+# The agent's proxy credential: the sidecar answers 407 to any CONNECT without it, so other local users
+# cannot use this agent's TPM identity. Written 0600; only ever passed in files and the environment
+# (never on a command line, which every user can read in ps).
+write_proxy_token() {
+  local dir="$1"
+  (
+    umask 077
+    openssl rand -hex 32 >"$dir/proxy.token"
+  )
+}
+
+# proxy_url HANDLE: the sidecar URL with the agent's credential, for HTTPS_PROXY (curl, Python, Node and
+# Claude Code send it as Proxy-Authorization: Basic).
+proxy_url() {
+  local dir
+  dir="$(agent_dir "$1")"
+  printf 'http://agent:%s@127.0.0.1:%s' "$(tr -d '\n' <"$dir/proxy.token")" "$(aget "$1" SIDECAR_PORT)"
+}
+
 write_pins() {
   local dir="$1"
   (
@@ -116,12 +136,14 @@ ensure_runtime() {
     tpm_up "$dir/tpm" "$port" "$log"
     info "    swtpm 127.0.0.1:$port (control $((port + 1))) + tpm2-abrmd, state $dir/tpm"
   fi
-  if pid_alive "$dir/sidecar.pid" >/dev/null && port_listening "$(aget "$h" SIDECAR_PORT)"; then
+  if [ -s "$dir/proxy.token" ] && pid_alive "$dir/sidecar.pid" >/dev/null &&
+    port_listening "$(aget "$h" SIDECAR_PORT)"; then
     return 0
   fi
   pid_stop "$dir/sidecar.pid" sidecar 2>/dev/null
   mapfile -t args < <(sidecar_args "$h")
   write_pins "$dir"
+  [ -s "$dir/proxy.token" ] || write_proxy_token "$dir"
   (
     tpm_env_exports "$dir/tpm"
     logged node "$(node_prog sidecar/main.js)" provision "${args[@]}" --so-pin-file "$dir/so.pin" \
@@ -138,10 +160,11 @@ ensure_runtime() {
     tpm_env_exports "$dir/tpm"
     spawn_bg "$dir/sidecar.pid" "$dir/sidecar.log" node "$(node_prog sidecar/main.js)" "${args[@]}" \
       --listen "127.0.0.1:$sp" --gateway "127.0.0.1:$(state_get GATEWAY_PORT)" --gateway-name localhost \
-      --client-cert "$dir/machine-client.pem" --ca-cert "$(state_get CERTS_DIR)/server-ca.pem" >/dev/null
+      --client-cert "$dir/machine-client.pem" --ca-cert "$(state_get CERTS_DIR)/server-ca.pem" \
+      --proxy-token-file "$dir/proxy.token" >/dev/null
   )
   wait_port "$sp" 60 "$dir/sidecar.pid" || die "the sidecar of $h did not start (see $dir/sidecar.log)"
-  info "    sidecar http://127.0.0.1:$sp (log: $dir/sidecar.log)"
+  info "    sidecar http://127.0.0.1:$sp, token in $dir/proxy.token (log: $dir/sidecar.log)"
 }
 
 # grant_dests HANDLE [--missing-only] DEST...: --missing-only skips destinations the gateway already allows
@@ -244,6 +267,8 @@ fetch_agent() {
     cat "$err" >&2
     if grep -q 'CONNECT tunnel failed, response 403' "$err"; then
       echo "(denied by the gateway: no active permission signed for this agent's identity and TPM key to that destination)"
+    elif grep -q 'CONNECT tunnel failed, response 407' "$err"; then
+      echo "(407: the sidecar wants this agent's token in the proxy URL, HTTPS_PROXY=http://agent:TOKEN@...)"
     elif grep -q 'CONNECT tunnel failed, response 502' "$err"; then
       echo "(502: the gateway is unreachable, or it could not reach the destination)"
     fi
@@ -299,10 +324,11 @@ cmd_prompt() {
     cmd=(fetch_agent)
     info "(agent: no AI tool installed, fetching the https URLs in the prompt with curl; set AGENT_GATEWAY_DEMO_AGENT_CMD to use another agent)"
   fi
-  info "(HTTPS_PROXY=http://127.0.0.1:$sp: every connection goes through $h's sidecar and the gateway)"
+  info "(HTTPS_PROXY=http://agent:<token>@127.0.0.1:$sp: every connection goes through $h's sidecar and the gateway)"
   (
-    export HTTPS_PROXY="http://127.0.0.1:$sp" https_proxy="http://127.0.0.1:$sp"
-    export HTTP_PROXY="http://127.0.0.1:$sp" http_proxy="http://127.0.0.1:$sp"
+    local proxy
+    proxy="$(proxy_url "$h")"
+    export HTTPS_PROXY="$proxy" https_proxy="$proxy" HTTP_PROXY="$proxy" http_proxy="$proxy"
     unset NO_PROXY no_proxy ALL_PROXY all_proxy
     export CURL_CA_BUNDLE="$bundle" SSL_CERT_FILE="$bundle" NODE_EXTRA_CA_CERTS="$ca"
     "${cmd[@]}" "$prompt"

@@ -550,7 +550,9 @@ step_prove() {
   local log="$STATE_DIR/logs/setup.log" sidecar body
   step "Proving it: GET https://docstore/health as $DEMO_AGENT through its sidecar and the gateway" "$log"
   sidecar="$(state_get SIDECAR_PORT "$AGENTS_DIR/$DEMO_AGENT/agent.env")"
-  body="$(curl -sS --fail-with-body --max-time 30 --noproxy '' --proxy "http://127.0.0.1:$sidecar" --cacert "$(certs_dir)/mock-ca.pem" \
+  # The agent's proxy credential goes in the environment, never on the command line (ps shows that to all).
+  body="$(https_proxy="http://agent:$(tr -d '\n' <"$AGENTS_DIR/$DEMO_AGENT/proxy.token")@127.0.0.1:$sidecar" \
+    curl -sS --fail-with-body --max-time 30 --noproxy '' --cacert "$(certs_dir)/mock-ca.pem" \
     https://docstore/health 2>>"$log")" || {
     printf '%s\n' "$body" >>"$log"
     die "the request through the tunnel failed (logs: $log, $STATE_DIR/logs/gateway.log, $AGENTS_DIR/$DEMO_AGENT/sidecar.log)"
@@ -558,7 +560,7 @@ step_prove() {
   local target
   target="127.0.0.1:$(state_get DOCSTORE_PORT)"
   [ "$(state_get RUNTIME)" = compose ] && target="docstore:443 in the compose network"
-  info "    curl --proxy http://127.0.0.1:$sidecar https://docstore/health  (CONNECT docstore:443 -> gateway -> $target)"
+  info "    https_proxy=http://agent:<token>@127.0.0.1:$sidecar curl https://docstore/health  (CONNECT docstore:443 -> gateway -> $target)"
   printf '%s\n' "$body"
   step_done
 }
