@@ -2,7 +2,7 @@
 // with free ports: setup proves one request through a TPM-backed tunnel; a second agent with a narrower
 // grant is denied where the first is allowed; a deleted agent's permissions are revoked and a new key under
 // the same identity is denied; teardown leaves no process, port or file behind.
-import { type Dirent, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { type Dirent, existsSync, lstatSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -246,6 +246,42 @@ describe('demo: one command to an agent fetching through a TPM-backed tunnel', (
       expect(r.stdout).toContain('Quarterly plan');
     },
     3 * MINUTE,
+  );
+
+  it(
+    "agent-alpha's sidecar answers 407 without its token, which stays in one 0600 file",
+    async () => {
+      const agentDir = path.join(stateDir, 'demo-agents', 'agent-alpha');
+      const tokenFile = path.join(agentDir, 'proxy.token');
+      expect(statSync(tokenFile).mode & 0o777).toBe(0o600);
+      const token = readFileSync(tokenFile, 'utf8').trim();
+      const bare = await runCommand(
+        'curl',
+        [
+          '-sS',
+          '--max-time',
+          '20',
+          '-x',
+          `http://127.0.0.1:${ports['SIDECAR']}`,
+          '-o',
+          '/dev/null',
+          '-w',
+          '%{http_connect}',
+          'https://docstore/health',
+        ],
+        { env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin' }, timeoutMs: 30_000 },
+      );
+      expect(bare.stdout).toBe('407');
+      // In no log, state or config file of the demo.
+      const files = readdirSync(stateDir, { recursive: true, encoding: 'utf8' })
+        .filter((f) => /\.(log|env|toml|json)$/.test(f))
+        .map((f) => path.join(stateDir, f));
+      expect(files.some((f) => f.endsWith('sidecar.log'))).toBe(true);
+      for (const file of files) {
+        if (lstatSync(file).isFile()) expect(readFileSync(file).includes(token), file).toBe(false);
+      }
+    },
+    MINUTE,
   );
 
   it(
