@@ -38,9 +38,15 @@ export function readPeerIdentity(certDer: Uint8Array | undefined, oid: string): 
   if (certDer === undefined || certDer.length === 0) {
     return { ok: false, reason: 'missing_client_certificate', detail: 'no client certificate presented' };
   }
-  let cert: x509.X509Certificate;
+  let spkiDer: Buffer;
+  let extension: x509.Extension | undefined;
   try {
-    cert = new x509.X509Certificate(certDer);
+    const cert = new x509.X509Certificate(certDer);
+    // The extension list is decoded lazily and each known extension against its schema: a self-issued
+    // certificate with, say, a malformed certificatePolicies throws here, after the constructor succeeded
+    // (found by test/fuzz/identity-extension.fuzz.ts; it ended the gateway process).
+    spkiDer = Buffer.from(cert.publicKey.rawData);
+    extension = cert.extensions.find((e) => e.type === oid);
   } catch (err) {
     return {
       ok: false,
@@ -48,8 +54,6 @@ export function readPeerIdentity(certDer: Uint8Array | undefined, oid: string): 
       detail: `certificate does not parse: ${errorText(err)}`,
     };
   }
-  const spkiDer = Buffer.from(cert.publicKey.rawData);
-  const extension = cert.extensions.find((e) => e.type === oid);
   if (extension === undefined) {
     return {
       ok: false,
@@ -94,6 +98,11 @@ function decodeUtf8StringExact(value: ArrayBuffer): string | { error: string } {
     return { error: 'UTF8String contents are not valid UTF-8' };
   }
   if (text === '') return { error: 'identity is empty' };
+  // BER parsing also accepts a long-form length or a high-tag-number tag for the same string; DER has
+  // exactly one encoding (docs/contract.md "Identity"), so anything else is refused.
+  if (!Buffer.from(encodeIdentityExtensionValue(text)).equals(new Uint8Array(value))) {
+    return { error: 'not DER: tag or length not in its shortest form' };
+  }
   return text;
 }
 

@@ -20,10 +20,9 @@ export class AmbiguousFieldError extends Error {
   constructor(
     readonly field: string,
     readonly value: string,
+    why = 'contains a control character (such as a newline)',
   ) {
-    super(
-      `${field} ${JSON.stringify(value)} contains a control character (such as a newline): it would make the signed text ambiguous`,
-    );
+    super(`${field} ${JSON.stringify(value)} ${why}: it would make the signed text ambiguous`);
     this.name = 'AmbiguousFieldError';
   }
 }
@@ -32,10 +31,17 @@ export class AmbiguousFieldError extends Error {
 // no legitimate id contains one and they make audit output lie. `=` is unambiguous because the field
 // order is fixed and each line splits at its first `=`.
 const CONTROL = /[\u0000-\u001f\u007f]/;
+// A lone surrogate has no UTF-8 encoding: the bytes carry U+FFFD in its place, so two different values
+// would sign as the same text (found by test/fuzz/permission-bytes.fuzz.ts). With the `u` flag this
+// matches only unpaired halves.
+const LONE_SURROGATE = /\p{Surrogate}/u;
 
 /** Throws AmbiguousFieldError for a field that cannot be encoded unambiguously. */
 export function assertEncodable(field: string, value: string): void {
   if (CONTROL.test(value)) throw new AmbiguousFieldError(field, value);
+  if (LONE_SURROGATE.test(value)) {
+    throw new AmbiguousFieldError(field, value, 'contains an unpaired UTF-16 surrogate (not Unicode text)');
+  }
 }
 
 export function canonicalPermissionBytes(p: PermissionFields): Buffer {

@@ -9,11 +9,22 @@ export type Micros = bigint;
 const CANONICAL = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.(\d{6})Z$/;
 
 export class InvalidTimestampError extends Error {
-  constructor(readonly input: string) {
-    super(`invalid timestamp ${JSON.stringify(input)}: expected YYYY-MM-DDTHH:MM:SS.ffffffZ`);
+  constructor(
+    readonly input: string,
+    why = 'expected YYYY-MM-DDTHH:MM:SS.ffffffZ',
+  ) {
+    super(`invalid timestamp ${JSON.stringify(input)}: ${why}`);
     this.name = 'InvalidTimestampError';
   }
 }
+
+/**
+ * The instants with a four-digit year, 0000-01-01 to 9999-12-31: outside them toISOString writes a
+ * six-digit signed year, the fixed-width slicing below drops the milliseconds, and two different
+ * instants got the same signed text (found by test/fuzz/permission-bytes.fuzz.ts).
+ */
+const MIN_MICROS: Micros = -62_167_219_200_000_000n;
+const MAX_MICROS: Micros = 253_402_300_799_999_999n;
 
 export function parseTimestamp(text: string): Micros {
   const m = CANONICAL.exec(text);
@@ -46,7 +57,11 @@ export function parseTimestamp(text: string): Micros {
   return BigInt(ms) * 1000n + BigInt(us);
 }
 
+/** Throws InvalidTimestampError outside years 0000..9999, which the canonical form cannot write. */
 export function formatTimestamp(micros: Micros): string {
+  if (micros < MIN_MICROS || micros > MAX_MICROS) {
+    throw new InvalidTimestampError(String(micros), 'microseconds outside the years 0000..9999');
+  }
   const ms = micros / 1000n - (micros % 1000n < 0n ? 1n : 0n);
   const us = micros - ms * 1000n;
   const iso = new Date(Number(ms)).toISOString(); // YYYY-MM-DDTHH:MM:SS.mmmZ

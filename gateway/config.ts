@@ -367,8 +367,13 @@ class Reader {
     if (v === undefined) return fallback;
     // smol-toml returns integers as number (or bigint beyond 2^53).
     const n = typeof v === 'bigint' ? Number(v) : v;
+    // String() of a TOML inline table (a null-prototype object) throws a TypeError, not a ConfigError
+    // (found by test/fuzz/config.fuzz.ts): describe tables and arrays by kind.
     if (typeof n !== 'number' || !Number.isInteger(n))
-      this.fail(name, `must be an integer, got ${JSON.stringify(String(v))}`);
+      this.fail(
+        name,
+        `must be an integer, got ${typeof v === 'object' ? kindOf(v) : JSON.stringify(String(v))}`,
+      );
     if (n < min || n > max) this.fail(name, `must be between ${min} and ${max}, got ${n}`);
     return n;
   }
@@ -451,6 +456,11 @@ class Reader {
     }
     return value;
   }
+}
+
+function kindOf(v: object | null): string {
+  if (v instanceof Date) return 'a date-time';
+  return Array.isArray(v) ? 'an array' : 'a table';
 }
 
 function isTable(v: unknown): v is Raw {
