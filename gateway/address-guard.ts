@@ -2,6 +2,13 @@
  * SSRF guard on the address actually dialled (after DNS), so a name that resolves, or re-resolves, to a
  * metadata or link-local address is refused no matter what the grant said. An explicit allow list wins
  * over the deny list (lab set-ups such as the demo's loopback mocks).
+ *
+ * Families stay apart: an IPv4 rule judges IPv4 addresses and an IPv6 rule IPv6 ones, except that an
+ * IPv4-mapped address (::ffff:a.b.c.d, in any spelling) is judged as the IPv4 address it is, because
+ * the kernel delivers it there. Other IPv6 forms that embed an IPv4 address (IPv4-compatible ::/96,
+ * IPv4-translated ::ffff:0:0:0/96, 6to4 2002::/16, NAT64) are IPv6 destinations reached through
+ * whatever translates them, so an allow of the IPv4 address does not allow them: they are denied by
+ * default and allowed only by listing the IPv6 prefix (docs/contract.md, "Dialing").
  */
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
 
@@ -24,22 +31,52 @@ export function parseCidr(text: string): Cidr {
   if (!/^\d{1,3}$/.test(prefixText ?? String(max)) || prefix > max) {
     throw new Error(`${JSON.stringify(text)}: prefix must be 0..${max}`);
   }
+  const v4 = family === 'ipv6' && prefix >= 96 ? mappedIPv4(address) : undefined;
+  if (v4 !== undefined) {
+    // Mapped addresses are judged as IPv4, so this rule would never match anything.
+    throw new Error(
+      `${JSON.stringify(text)}: IPv4-mapped addresses are checked as IPv4; write ${v4}/${prefix - 96}`,
+    );
+  }
   return { text: text.trim(), address, prefix, family };
+}
+
+/** The IPv4 address an IPv4-mapped IPv6 address (::ffff:a.b.c.d, any spelling) stands for, else undefined. */
+export function mappedIPv4(ip: string): string | undefined {
+  if (!isIPv6(ip)) return undefined;
+  let canonical: string;
+  try {
+    // The WHATWG serializer (as in core/destination.ts) gives every spelling one form: ::ffff:7f00:1.
+    canonical = new URL(`http://[${ip}]/`).hostname;
+  } catch {
+    return undefined;
+  }
+  const m = /^\[::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})\]$/.exec(canonical);
+  if (m === null) return undefined;
+  const hi = Number.parseInt(m[1] as string, 16);
+  const lo = Number.parseInt(m[2] as string, 16);
+  return `${hi >> 8}.${hi & 0xff}.${lo >> 8}.${lo & 0xff}`;
 }
 
 /** Verdicts remembered; the rules never change in a process, so a remembered verdict never goes stale. */
 const VERDICT_CACHE_ENTRIES = 4096;
 
 export class AddressGuard {
-  private readonly deny = new BlockList();
-  private readonly allow = new BlockList();
+  // One list per family: node's BlockList matches an IPv6 rule such as ::ffff:0:0/96 against every IPv4
+  // address, which would blur the per-family rules above.
+  private readonly deny4 = new BlockList();
+  private readonly deny6 = new BlockList();
+  private readonly allow4 = new BlockList();
+  private readonly allow6 = new BlockList();
   // BlockList.check builds a SocketAddress and walks every rule on each call; a gateway dials the same
   // few addresses over and over.
   private readonly verdicts = new Map<string, boolean>();
 
   constructor(deny: readonly Cidr[], allow: readonly Cidr[]) {
-    for (const c of deny) this.deny.addSubnet(c.address, c.prefix, c.family);
-    for (const c of allow) this.allow.addSubnet(c.address, c.prefix, c.family);
+    for (const c of deny)
+      (c.family === 'ipv4' ? this.deny4 : this.deny6).addSubnet(c.address, c.prefix, c.family);
+    for (const c of allow)
+      (c.family === 'ipv4' ? this.allow4 : this.allow6).addSubnet(c.address, c.prefix, c.family);
   }
 
   /** True when `ip` (a literal IPv4 or IPv6 address) may be dialled. */
@@ -54,11 +91,9 @@ export class AddressGuard {
   }
 
   private check(ip: string): boolean {
-    const family = isIPv4(ip) ? 'ipv4' : 'ipv6';
-    // IPv4-mapped IPv6 (::ffff:a.b.c.d) is checked as the IPv4 address it reaches.
-    const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip)?.[1];
-    if (mapped !== undefined) return this.check(mapped);
-    if (this.allow.check(ip, family)) return true;
-    return !this.deny.check(ip, family);
+    const v4 = isIPv4(ip) ? ip : mappedIPv4(ip);
+    if (v4 !== undefined) return this.allow4.check(v4, 'ipv4') || !this.deny4.check(v4, 'ipv4');
+    if (!isIPv6(ip)) return false;
+    return this.allow6.check(ip, 'ipv6') || !this.deny6.check(ip, 'ipv6');
   }
 }

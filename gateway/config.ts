@@ -112,7 +112,9 @@ export class ConfigError extends Error {
 /**
  * Addresses a granted name must never lead to unless an operator says so (allow_cidrs): this host
  * (loopback: the admin port, a local database), private and shared networks, cloud metadata and
- * link-local, NAT64 prefixes (they embed IPv4 addresses), unspecified, multicast and reserved space.
+ * link-local, IPv6 forms that embed an IPv4 address (IPv4-compatible ::/96, IPv4-translated
+ * ::ffff:0:0:0/96, 6to4 2002::/16, NAT64; IPv4-mapped addresses are judged as IPv4, see address-guard.ts),
+ * unspecified, multicast and reserved space.
  * A signed grant names a destination; DNS decides where it goes, and DNS can be changed by whoever
  * controls the name, so the check is on the address actually dialled.
  */
@@ -130,6 +132,9 @@ export const DEFAULT_DENY_CIDRS = [
   '240.0.0.0/4',
   '::/128',
   '::1/128',
+  '::/96',
+  '::ffff:0:0:0/96',
+  '2002::/16',
   '64:ff9b::/96',
   '64:ff9b:1::/48',
   'fc00::/7',

@@ -3,6 +3,12 @@
  * runs on every resolved address and the socket is opened to that exact literal, so there is no second
  * lookup between the check and the dial for DNS rebinding to slip into. One deadline
  * (upstream.connect_timeout_ms) covers resolution and every connect attempt.
+ *
+ * A name is looked up as the absolute name `name.`: the resolver's search domains (and ndots) never
+ * apply, so a grant for api.example.com can never be answered by api.example.com.corp.internal
+ * (docs/contract.md, "Dialing"). The price: on glibc the hosts file does not match `name.`, so a
+ * name known only from /etc/hosts does not resolve; point an [upstream] override at an IP literal
+ * instead. `localhost` and `*.localhost` are loopback without any lookup (RFC 6761 §6.3).
  */
 import { lookup as dnsLookup } from 'node:dns/promises';
 import { isIP, Socket, type SocketConstructorOpts } from 'node:net';
@@ -75,17 +81,19 @@ export class UpstreamDialer {
       port: destination.port,
     };
     if (isIP(target.host) !== 0) return this.guarded(target, [target.host], deadline);
+    if (isLocalhost(target.host)) return this.guarded(target, LOOPBACK, deadline);
     return this.lookupAndGuard(target, deadline);
   }
 
   private async lookupAndGuard(target: HostPort, deadline: number): Promise<Resolution> {
+    const name = absoluteName(target.host);
     let addresses: readonly string[];
     try {
-      addresses = await withDeadline(this.lookup(target.host), deadline);
+      addresses = await withDeadline(this.lookup(name), deadline);
     } catch (err) {
-      return { ok: false, reason: 'dns', detail: `cannot resolve ${target.host}: ${errorText(err)}` };
+      return { ok: false, reason: 'dns', detail: `cannot resolve ${name}: ${errorText(err)}` };
     }
-    if (addresses.length === 0) return { ok: false, reason: 'dns', detail: `${target.host} has no address` };
+    if (addresses.length === 0) return { ok: false, reason: 'dns', detail: `${name} has no address` };
     return this.guarded(target, addresses, deadline);
   }
 
@@ -184,6 +192,17 @@ function classify(err: NodeJS.ErrnoException): ConnectFailureReason {
     default:
       return 'error';
   }
+}
+
+const LOOPBACK: readonly string[] = ['127.0.0.1', '::1'];
+
+function isLocalhost(host: string): boolean {
+  return host === 'localhost' || host.endsWith('.localhost');
+}
+
+/** `name.`: the form no resolver extends with a search domain (a destination never ends in a dot). */
+export function absoluteName(host: string): string {
+  return `${host}.`;
 }
 
 function withDeadline<T>(promise: Promise<T>, deadline: number): Promise<T> {

@@ -14,7 +14,7 @@ import type { Carrier, PemPair, TestCa } from '../../dev-support/pki.js';
 import { createTestCa, writePemPair } from '../../dev-support/pki.js';
 import { freePort } from '../../dev-support/ports.js';
 import { repoRoot } from '../../dev-support/repo-root.js';
-import { type ManagedProcess, spawnNode } from './processes.js';
+import { type ManagedProcess, spawnNode, spawnProcess } from './processes.js';
 
 export const GATEWAY_MAIN = path.join(repoRoot, 'dist', 'gateway', 'main.js');
 
@@ -59,6 +59,8 @@ export type GatewayProcessOptions = {
   readonly env?: Record<string, string | undefined>;
   /** Resolve once spawned, without waiting for "gateway listening" (startup failure tests). */
   readonly waitReady?: boolean;
+  /** argv run in front of `node main.js ...` (e.g. a namespace wrapper from dns-namespace.ts). */
+  readonly launcher?: readonly string[];
 };
 
 export function assertBuilt(): void {
@@ -98,10 +100,16 @@ export async function startGatewayProcess(opts: GatewayProcessOptions): Promise<
     sections[name] = { ...(sections[name] ?? {}), ...table };
   }
   const configPath = await writeGatewayConfig(path.join(dir, 'gateway.toml'), sections);
-  const proc = spawnNode(GATEWAY_MAIN, ['--config', configPath], {
-    name: 'gateway',
-    env: { AGENT_GATEWAY_LOG_STDOUT: undefined, ...opts.env },
-  });
+  const spawnOptions = { name: 'gateway', env: { AGENT_GATEWAY_LOG_STDOUT: undefined, ...opts.env } };
+  const [wrapper, ...wrapperArgs] = opts.launcher ?? [];
+  const proc =
+    wrapper === undefined
+      ? spawnNode(GATEWAY_MAIN, ['--config', configPath], spawnOptions)
+      : spawnProcess(
+          wrapper,
+          [...wrapperArgs, process.execPath, GATEWAY_MAIN, '--config', configPath],
+          spawnOptions,
+        );
   if (opts.waitReady !== false) {
     await proc.waitForLog((l) => l.json?.['msg'] === 'gateway listening', 30_000);
   }

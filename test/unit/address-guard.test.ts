@@ -19,6 +19,16 @@ describe('default address guard', () => {
     ['fd12:3456::1', 'unique local'],
     ['fe80::1', 'link-local'],
     ['64:ff9b::7f00:1', 'NAT64 embedding 127.0.0.1'],
+    ['::ffff:7f00:1', 'IPv4-mapped loopback, hex spelling'],
+    ['::FFFF:a9fe:a9fe', 'IPv4-mapped metadata address, upper case'],
+    ['0:0:0:0:0:ffff:10.0.0.1', 'IPv4-mapped RFC 1918, long spelling'],
+    ['::127.0.0.1', 'IPv4-compatible loopback'],
+    ['::7f00:1', 'IPv4-compatible loopback, hex spelling'],
+    ['::8.8.8.8', 'IPv4-compatible, even of a public address'],
+    ['::ffff:0:7f00:1', 'IPv4-translated loopback'],
+    ['::ffff:0:808:808', 'IPv4-translated, even of a public address'],
+    ['2002:7f00:1::', '6to4 embedding 127.0.0.1'],
+    ['2002:808:808::1', '6to4, even of a public address'],
     ['0.0.0.0', 'unspecified'],
     ['::', 'unspecified'],
     ['224.0.0.1', 'multicast'],
@@ -40,6 +50,43 @@ describe('default address guard', () => {
     expect(lab.permits('127.0.0.1')).toBe(true);
     expect(lab.permits('127.0.0.2')).toBe(false);
     expect(lab.permits('169.254.169.254')).toBe(false);
+  });
+
+  it('judges IPv4-mapped addresses as IPv4: an IPv4 allow covers them, and only them', () => {
+    const lab = new AddressGuard(DEFAULT_DENY_CIDRS.map(parseCidr), [parseCidr('127.0.0.1/32')]);
+    expect(lab.permits('::ffff:127.0.0.1')).toBe(true);
+    expect(lab.permits('::ffff:7f00:1')).toBe(true);
+    expect(lab.permits('::ffff:7f00:2')).toBe(false);
+    // Reached through a translator, not the IPv4 address itself: the IPv4 allow does not cover them.
+    for (const ip of ['::127.0.0.1', '::7f00:1', '::ffff:0:7f00:1', '2002:7f00:1::', '64:ff9b::7f00:1']) {
+      expect(lab.permits(ip), ip).toBe(false);
+    }
+  });
+
+  it('allows an IPv4-embedding form only when its IPv6 prefix is listed in allow_cidrs', () => {
+    const lab = new AddressGuard(DEFAULT_DENY_CIDRS.map(parseCidr), [parseCidr('2002:7f00:1::/48')]);
+    expect(lab.permits('2002:7f00:1::')).toBe(true);
+    expect(lab.permits('2002:7f00:2::')).toBe(false);
+    expect(lab.permits('127.0.0.1')).toBe(false);
+  });
+
+  it('denies a site NAT64 prefix once it is added to deny_cidrs', () => {
+    const site = parseCidr('2001:db8:64::/96');
+    const guard = new AddressGuard([...DEFAULT_DENY_CIDRS.map(parseCidr), site], []);
+    expect(defaults.permits('2001:db8:64::a00:1')).toBe(true);
+    expect(guard.permits('2001:db8:64::a00:1')).toBe(false);
+    expect(guard.permits('8.8.8.8')).toBe(true);
+  });
+
+  it('keeps the families apart: an IPv6 rule never judges an IPv4 address', () => {
+    const guard = new AddressGuard([parseCidr('::/0')], []);
+    expect(guard.permits('8.8.8.8')).toBe(true);
+    expect(guard.permits('2606:4700::1111')).toBe(false);
+  });
+
+  it('refuses an IPv4-mapped CIDR, naming the IPv4 CIDR to write instead', () => {
+    expect(() => parseCidr('::ffff:0:0/96')).toThrow(/checked as IPv4; write 0\.0\.0\.0\/0/);
+    expect(() => parseCidr('::ffff:10.0.0.0/104')).toThrow(/write 10\.0\.0\.0\/8/);
   });
 
   it.each([['10.0.0.0/33'], ['nonsense'], ['1.2.3.4/8/9'], ['::/129'], ['1.2.3.4/x']])(

@@ -34,7 +34,8 @@ describe('UpstreamDialer.resolve', () => {
     const { d, calls } = dialer({ lookup: async () => ['169.254.169.254'] });
     const r = await d.resolve(normalizeDestination('metadata.internal:80'));
     expect(r).toMatchObject({ ok: false, reason: 'destination_address_denied' });
-    expect(calls).toEqual(['metadata.internal']);
+    // Absolute: the resolver's search domains never apply.
+    expect(calls).toEqual(['metadata.internal.']);
   });
 
   it('refuses IP-literal metadata and link-local destinations without a lookup', async () => {
@@ -79,18 +80,46 @@ describe('UpstreamDialer.resolve', () => {
     });
   });
 
-  it('applies overrides (curl --resolve style) before resolving', async () => {
+  it('applies overrides (curl --resolve style) before resolving, looking up their names as absolute', async () => {
     const { d, calls } = dialer({
       lookup: async () => ['127.0.0.1'],
-      overrides: { 'docstore:443': { host: 'localhost', port: 9443 } },
+      overrides: { 'docstore:443': { host: 'docstore.internal', port: 9443 } },
     });
     const r = await d.resolve(normalizeDestination('docstore'));
     expect(r).toMatchObject({
       ok: true,
+      target: { host: 'docstore.internal', port: 9443 },
+      addresses: ['127.0.0.1'],
+    });
+    expect(calls).toEqual(['docstore.internal.']);
+  });
+
+  it('takes localhost and *.localhost as loopback without a lookup (RFC 6761)', async () => {
+    const { d, calls } = dialer({ overrides: { 'docstore:443': { host: 'localhost', port: 9443 } } });
+    expect(await d.resolve(normalizeDestination('docstore'))).toMatchObject({
+      ok: true,
       target: { host: 'localhost', port: 9443 },
       addresses: ['127.0.0.1'],
     });
-    expect(calls).toEqual(['localhost']);
+    // The guard still applies: only 127.0.0.0/8 is allowed here, so ::1 is dropped.
+    expect(await d.resolve(normalizeDestination('app.localhost:80'))).toMatchObject({
+      ok: true,
+      addresses: ['127.0.0.1'],
+    });
+    expect(calls).toEqual([]);
+  });
+
+  it('names the absolute name it looked up when resolution fails', async () => {
+    const { d } = dialer({
+      lookup: async () => {
+        throw Object.assign(new Error('getaddrinfo ENOTFOUND'), { code: 'ENOTFOUND' });
+      },
+    });
+    expect(await d.resolve(normalizeDestination('api.example.com'))).toMatchObject({
+      ok: false,
+      reason: 'dns',
+      detail: expect.stringContaining('cannot resolve api.example.com.:'),
+    });
   });
 
   it('reports resolver failures as dns', async () => {
