@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { type Carrier, createCarrier, createPrincipalKey } from '../../dev-support/pki.js';
 import { createMigratedDatabase, dropDatabase } from '../../dev-support/postgres.js';
-import { grant } from '../../dev-support/registry-seed.js';
+import { grant, revokePermission } from '../../dev-support/registry-seed.js';
 import { type GatewayProcess, startGatewayProcess } from '../support/gateway.js';
 import {
   connectHeaders,
@@ -16,11 +16,17 @@ import {
   type RawH2,
   rawH2,
 } from '../support/raw-h2.js';
-import { type ResetOnCue, startResetOnCueServer } from '../support/upstreams.js';
+import {
+  type ResetOnCue,
+  startEchoServer,
+  startResetOnCueServer,
+  type Upstream,
+} from '../support/upstreams.js';
 
 /** Tunnels per scenario: the END_STREAM-first order is a race, so one try proves little. */
 const ROUNDS = 50;
 const NGHTTP2_CONNECT_ERROR = 0xa;
+const NGHTTP2_CANCEL = 0x8;
 /** HPACK static table entry 8, ":status: 200", as the first byte of a response header block. */
 const STATUS_200 = 0x88;
 
@@ -30,10 +36,13 @@ describe('upstream reset → RST_STREAM(CONNECT_ERROR), frames on the wire', () 
   let gw: GatewayProcess;
   let agent: Carrier;
   let destination: ResetOnCue;
+  let echo: Upstream;
+  let revocable: string;
 
   beforeAll(async () => {
     dbUrl = await createMigratedDatabase(adminUrl, 'gateway_upstream_reset');
     destination = await startResetOnCueServer();
+    echo = await startEchoServer();
     agent = await createCarrier('agent-reset');
     const principal = createPrincipalKey();
     await grant(dbUrl, {
@@ -43,11 +52,21 @@ describe('upstream reset → RST_STREAM(CONNECT_ERROR), frames on the wire', () 
       subjectSpkiDer: agent.spkiDer,
       destination: 'resets.test:443',
     });
+    revocable = await grant(dbUrl, {
+      principalId: 'org-alice',
+      principal,
+      identity: agent.identity,
+      subjectSpkiDer: agent.spkiDer,
+      destination: 'revoked.test:443',
+    });
     gw = await startGatewayProcess({
       databaseUrl: dbUrl,
       config: {
         upstream: {
-          overrides: { 'resets.test:443': `127.0.0.1:${destination.port}` },
+          overrides: {
+            'resets.test:443': `127.0.0.1:${destination.port}`,
+            'revoked.test:443': `127.0.0.1:${echo.port}`,
+          },
         },
       },
     });
@@ -55,7 +74,7 @@ describe('upstream reset → RST_STREAM(CONNECT_ERROR), frames on the wire', () 
 
   afterAll(async () => {
     await gw?.cleanup();
-    await destination?.close();
+    await Promise.all([destination?.close(), echo?.close()]);
     if (dbUrl) await dropDatabase(adminUrl, dbUrl);
   });
 
@@ -111,4 +130,28 @@ describe('upstream reset → RST_STREAM(CONNECT_ERROR), frames on the wire', () 
       expect(lines.map((l) => l['end_reason'])).toEqual(Array(ROUNDS).fill('upstream_reset'));
     });
   }
+
+  it('a revoked tunnel ends with RST_STREAM(CANCEL) and no END_STREAM before it', async () => {
+    const raw = await rawH2(gw.port, gw.caPem, agent, true, true);
+    try {
+      await raw.write(connectHeaders(1, 'revoked.test:443'));
+      const response = await raw.waitForFrame((f) => f.streamId === 1 && f.type === FRAME.HEADERS);
+      expect(response.payload[0], describeFrames(raw.frames)).toBe(STATUS_200);
+      await revokePermission(dbUrl, revocable);
+      await raw.waitForFrame((f) => f.streamId === 1 && f.type === FRAME.RST_STREAM, 10_000);
+      const frames = raw.frames.filter((f) => f.streamId === 1);
+      const seen = describeFrames(frames);
+      expect(
+        frames.filter(
+          (f) => (f.type === FRAME.DATA || f.type === FRAME.HEADERS) && (f.flags & FLAG.END_STREAM) !== 0,
+        ),
+        seen,
+      ).toEqual([]);
+      expect(frames.find((f) => f.type === FRAME.RST_STREAM)?.payload.readUInt32BE(0), seen).toBe(
+        NGHTTP2_CANCEL,
+      );
+    } finally {
+      raw.socket.destroy();
+    }
+  });
 });
