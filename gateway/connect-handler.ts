@@ -174,20 +174,19 @@ export class ConnectHandler implements OpenTunnelBytes {
     if (!origin.identity.ok) return deny(403, origin.identity.reason, origin.identity.detail);
     const peer: PeerIdentity = origin.identity.peer;
 
-    // Limits also count their own rejections (limitRejections). A connection that has not proven a
-    // granted key draws on its address's budget first, so keys minted per connection cannot make an
-    // unbounded number of registry lookups; the token comes back if the CONNECT is allowed.
+    // Limits also count their own rejections (limitRejections). The proven key's own rate first: it is
+    // the cheapest check, and keyed by what TLS proved, so nobody else's flood can spend it. Then a
+    // connection that has not proven a granted key draws on its address's budget, so keys minted per
+    // connection cannot make an unbounded number of registry lookups; the token comes back if the
+    // CONNECT is allowed.
+    const limited = deps.limits.admitConnect(peer);
+    if (limited !== undefined) return deny(limited.status, limited.reason, 'CONNECT rate limit');
     const connection = origin.connection;
     const charged = !connection.proven;
     if (charged) {
       const spent = deps.addressBudget.takeLookup(origin.addressKey);
       if (spent !== undefined)
         return deny(spent.status, spent.reason, 'too many denied CONNECTs from this address');
-    }
-    const limited = deps.limits.admitConnect(peer);
-    if (limited !== undefined) {
-      if (charged) deps.addressBudget.refundLookup(origin.addressKey);
-      return deny(limited.status, limited.reason, 'CONNECT rate limit');
     }
 
     // Awaited only when pending: a cached decision (and a literal address below) continues in this turn
