@@ -82,6 +82,8 @@ export type GatewayConfig = {
     readonly maxLookupsInFlight: number;
     /** Connections of the recheck lane: live-tunnel re-checks never queue behind lookups. */
     readonly recheckConnections: number;
+    /** Query timeout on the recheck lane: nobody waits on a re-check, and a timeout costs a retry. */
+    readonly recheckQueryTimeoutMs: number;
     /** While the LISTEN connection is down, open tunnels are re-checked this often. */
     readonly revocationRecheckIntervalMs: number;
     /** Every open tunnel re-checked this often whether or not notifications flow; 0 = off. */
@@ -217,6 +219,7 @@ export function parseConfig(raw: Raw, path: string, env: NodeJS.ProcessEnv = pro
     'recheck_unavailable_grace_ms',
     'max_lookups_in_flight',
     'recheck_connections',
+    'recheck_query_timeout_ms',
     'decision_cache_max_entries',
     'decision_cache_ttl_ms',
     'denial_cache_ttl_ms',
@@ -311,6 +314,7 @@ export function parseConfig(raw: Raw, path: string, env: NodeJS.ProcessEnv = pro
       queryTimeoutMs: p.int('query_timeout_ms', 500, 1, 600_000),
       maxLookupsInFlight: p.int('max_lookups_in_flight', 32, 1, 100_000),
       recheckConnections: p.int('recheck_connections', 2, 1, 100),
+      recheckQueryTimeoutMs: p.int('recheck_query_timeout_ms', 2000, 1, 600_000),
       revocationRecheckIntervalMs: p.int('revocation_recheck_interval_ms', 2000, 100, 3_600_000),
       revocationFullRecheckIntervalMs: fullRecheckIntervalMs,
       recheckUnavailableGraceMs: p.int('recheck_unavailable_grace_ms', 60_000, 0, 7 * 86_400_000),

@@ -61,6 +61,7 @@ export async function startGateway(
     maxConnections: config.policy.maxConnections,
     maxLookupsInFlight: config.policy.maxLookupsInFlight,
     recheckConnections: config.policy.recheckConnections,
+    recheckQueryTimeoutMs: config.policy.recheckQueryTimeoutMs,
     connectTimeoutMs: config.policy.connectTimeoutMs,
     poolAcquireTimeoutMs: config.policy.poolAcquireTimeoutMs,
     queryTimeoutMs: config.policy.queryTimeoutMs,
@@ -76,6 +77,7 @@ export async function startGateway(
   try {
     const schema = await checkSchema(registry);
     logger.info({ schema_version: schema.version }, 'registry schema accepted');
+    await registry.warm();
 
     const authorizer = new RegistryAuthorizer({
       registry,

@@ -24,6 +24,7 @@ import type { AccessRequest } from '../core/policy.js';
 import { formatTimestamp, type Micros, nowMicros } from '../core/timestamp.js';
 import type { DenyReason, Grant, LiveTunnel, TunnelTracker } from './authority.js';
 import type { Evaluation } from './authorizer.js';
+import { BackoffTimeout } from './backoff-timeout.js';
 import { ExpiryQueue } from './expiry-queue.js';
 import type { GatewayMetrics } from './metrics.js';
 import type { RegistryChange } from './registry-changes.js';
@@ -105,7 +106,8 @@ export class LiveRevocation implements TunnelTracker {
   private readonly retry = new Set<Entry>();
   private running: Promise<void> | undefined;
   private flushTimer: NodeJS.Timeout | undefined;
-  private retryTimer: NodeJS.Timeout | undefined;
+  /** Re-checks that could not reach the registry: soon at first, then every recheckIntervalMs. */
+  private readonly retryBackoff: BackoffTimeout;
   private pollTimer: NodeJS.Timeout | undefined;
   private fullTimer: NodeJS.Timeout | undefined;
   private lastError: string | undefined;
@@ -121,6 +123,12 @@ export class LiveRevocation implements TunnelTracker {
     this.concurrency = Math.max(1, opts.recheckConcurrency ?? 2);
     this.graceMs = opts.unavailableGraceMs ?? 0;
     this.graceMicros = BigInt(this.graceMs) * 1000n;
+    // A failed re-check under load is usually a slow query, not an outage: try again soon, so one
+    // unlucky query does not hold a revoked tunnel open for a whole interval.
+    this.retryBackoff = new BackoffTimeout(() => this.retryNow(), {
+      initialDelayMs: Math.min(200, opts.recheckIntervalMs),
+      maxDelayMs: opts.recheckIntervalMs,
+    });
     this.expiry = new ExpiryQueue<Entry>((due) => void this.recheck(due, 'expiry'), this.now);
     this.listener = opts.notifications
       ? new RegistryListener({
@@ -193,7 +201,8 @@ export class LiveRevocation implements TunnelTracker {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    for (const t of [this.flushTimer, this.retryTimer]) clearTimeout(t);
+    clearTimeout(this.flushTimer);
+    this.retryBackoff.stop();
     clearInterval(this.pollTimer);
     clearInterval(this.fullTimer);
     this.expiry.close();
@@ -271,14 +280,14 @@ export class LiveRevocation implements TunnelTracker {
   }
 
   private scheduleRetry(): void {
-    if (this.retryTimer !== undefined || this.closed) return;
-    this.retryTimer = setTimeout(() => {
-      this.retryTimer = undefined;
-      for (const entry of this.retry) this.pending.add(entry);
-      this.retry.clear();
-      void this.flush();
-    }, this.opts.recheckIntervalMs);
-    this.retryTimer.unref();
+    if (this.retryBackoff.isRunning || this.closed) return;
+    this.retryBackoff.runOnce();
+  }
+
+  private retryNow(): void {
+    for (const entry of this.retry) this.pending.add(entry);
+    this.retry.clear();
+    void this.flush();
   }
 
   // ---- re-check ------------------------------------------------------------------------------------
@@ -338,6 +347,7 @@ export class LiveRevocation implements TunnelTracker {
       }
     };
     await Promise.all(Array.from({ length: Math.min(this.concurrency, work.length) }, worker));
+    if (unavailable === 0 && work.length > 0) this.retryBackoff.reset();
     if (unavailable > 0) {
       this.lastError = lastDetail;
       // One line per batch, not per tunnel: during an outage every poll would otherwise flood the log.
@@ -346,7 +356,7 @@ export class LiveRevocation implements TunnelTracker {
           tunnels: unavailable,
           mode,
           err: lastDetail,
-          retry_in_ms: this.opts.recheckIntervalMs,
+          retry_in_ms: Math.round(this.retryBackoff.delayMs),
           grace_ms: this.graceMs,
         },
         mode === 'expiry'

@@ -19,6 +19,11 @@ export type RegistryLaneOptions = {
   readonly acquireTimeoutMs: number;
   /** Requests waiting for or holding a connection; beyond it, 'busy' at once. Undefined = unbounded. */
   readonly maxInFlight?: number | undefined;
+  /**
+   * Keep every connection open once made (warm()): a lane whose work must not wait cannot afford to open
+   * a connection when it is needed, which under load takes longer than the acquire timeout.
+   */
+  readonly keepOpen?: boolean | undefined;
   readonly metrics?: GatewayMetrics | undefined;
   readonly logger: AuthorityLogger;
 };
@@ -33,8 +38,10 @@ export class RegistryLane {
     this.pool = new pg.Pool({
       ...opts.clientConfig,
       max: opts.maxConnections,
-      // Registry clients are cheap to keep and expensive to open during a CONNECT burst.
-      idleTimeoutMillis: 60_000,
+      ...(opts.keepOpen === true
+        ? { min: opts.maxConnections, idleTimeoutMillis: 0 }
+        : // Registry clients are cheap to keep and expensive to open during a CONNECT burst.
+          { idleTimeoutMillis: 60_000 }),
     });
     // An idle client whose backend dies (restart, pg_terminate_backend) emits here; the pool has already
     // dropped it. Without a listener this event would crash the process.
@@ -132,6 +139,14 @@ export class RegistryLane {
         },
       );
     });
+  }
+
+  /** Open every connection now (best effort: a failure here is retried lazily on first use). */
+  async warm(): Promise<void> {
+    const clients = await Promise.allSettled(
+      Array.from({ length: this.opts.maxConnections }, () => this.pool.connect()),
+    );
+    for (const c of clients) if (c.status === 'fulfilled') c.value.release();
   }
 
   stats(): { total: number; idle: number; waiting: number; inFlight: number } {

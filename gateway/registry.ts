@@ -42,6 +42,8 @@ export type RegistryOptions = {
   readonly maxLookupsInFlight?: number | undefined;
   /** Connections of the recheck lane (live-tunnel re-checks). */
   readonly recheckConnections?: number | undefined;
+  /** Query timeout of the recheck lane (default queryTimeoutMs): a slow answer beats none there. */
+  readonly recheckQueryTimeoutMs?: number | undefined;
   readonly connectTimeoutMs: number;
   readonly poolAcquireTimeoutMs: number;
   readonly queryTimeoutMs: number;
@@ -86,8 +88,9 @@ export class Registry {
       recheck: new RegistryLane({
         ...common,
         name: 'recheck',
-        clientConfig: this.clientConfig(`${app}_recheck`),
+        clientConfig: this.clientConfig(`${app}_recheck`, opts.recheckQueryTimeoutMs),
         maxConnections: opts.recheckConnections ?? 2,
+        keepOpen: true,
       }),
     };
   }
@@ -98,12 +101,12 @@ export class Registry {
    * network never answers. The server side is a little longer so a healthy-but-slow query is reported
    * by the client timer with a clear kind, not as a server cancellation.
    */
-  clientConfig(applicationName: string): pg.ClientConfig {
+  clientConfig(applicationName: string, queryTimeoutMs = this.opts.queryTimeoutMs): pg.ClientConfig {
     return {
       connectionString: this.opts.databaseUrl,
       connectionTimeoutMillis: this.opts.connectTimeoutMs,
-      query_timeout: this.opts.queryTimeoutMs,
-      statement_timeout: this.opts.queryTimeoutMs + 100,
+      query_timeout: queryTimeoutMs,
+      statement_timeout: queryTimeoutMs + 100,
       application_name: applicationName,
       keepAlive: true,
       keepAliveInitialDelayMillis: 10_000,
@@ -172,6 +175,11 @@ export class Registry {
     } catch (err) {
       return { ok: false, error: errorText(err) };
     }
+  }
+
+  /** Open the recheck lane's connections now, so the first re-check under load does not wait for one. */
+  warm(): Promise<void> {
+    return this.lanes.recheck.warm();
   }
 
   /** Lookup-lane occupancy, for diagnostics. */

@@ -161,11 +161,9 @@ describe('revocation under a CONNECT flood (item 1)', () => {
   beforeAll(async () => {
     dbUrl = await createMigratedDatabase(adminUrl, 'revocation_flood');
     echo = await startEchoServer();
-    // The worst case: an attacker with many source addresses and identities, so the per-address and
-    // per-identity budgets (which also blunt a flood) are off here; only the registry lanes protect.
-    gw = await gateway(dbUrl, echo, {
-      limits: { connect_rate_per_identity: 0, denied_connect_rate_per_address: 0 },
-    });
+    // Default limits: the operator's view. The flood comes from one address, so the per-address budget
+    // answers most of it before any registry work; the registry lanes carry the rest.
+    gw = await gateway(dbUrl, echo);
   });
 
   afterAll(async () => {
@@ -200,15 +198,22 @@ describe('revocation under a CONNECT flood (item 1)', () => {
       sessions.push(betaSession);
       const asked = Date.now();
       const answer = await Promise.race([
-        openTunnel(betaSession, 'docstore:443').then((t) => t.status),
+        openTunnel(betaSession, 'docstore:443').then((t) =>
+          t.status === 200 ? 200 : `${t.status} ${String(t.headers['agent-gateway-deny-reason'])}`,
+        ),
         sleep(5000).then(() => 'no answer within 5 s'),
       ]);
       const answeredMs = Date.now() - asked;
-      expect([200, 503], `legitimate CONNECT after ${answeredMs} ms`).toContain(answer);
+      expect([200, '503 registry_busy'], `legitimate CONNECT after ${answeredMs} ms`).toContain(answer);
 
       await closed(victim.pump.stream, 4000).catch(() => undefined);
       expect(victim.pump.closedAt, 'the revoked tunnel is still open').toBeDefined();
-      expect(victim.pump.closedAt! - committed).toBeLessThan(2000);
+      const warnings = gw
+        .logs('tunnel re-check could not reach the registry: tunnels keep running within the grace period and are retried')
+        .concat(gw.logs('registry change listener down: re-checking tunnels by polling until it reconnects'));
+      const closedLine = gw.logs('tunnel closed').find((l) => l['source_identity'] === 'agent-alpha');
+      const lag = await scrapeMetric(gw.adminPort!, 'nodejs_eventloop_lag_p99_seconds');
+      expect(victim.pump.closedAt! - committed, JSON.stringify({ warnings, closedLine, committed, lag })).toBeLessThan(2000);
     } finally {
       await attack.stop();
     }

@@ -87,6 +87,7 @@ describe('gateway config: an original-style file', () => {
       queryTimeoutMs: 500,
       maxLookupsInFlight: 32,
       recheckConnections: 2,
+      recheckQueryTimeoutMs: 2000,
       revocationRecheckIntervalMs: 2000,
       revocationFullRecheckIntervalMs: 30_000,
       recheckUnavailableGraceMs: 60_000,
@@ -135,6 +136,7 @@ describe('gateway config: an original-style file', () => {
       'recheck_unavailable_grace_ms',
       'max_lookups_in_flight',
       'recheck_connections',
+      'recheck_query_timeout_ms',
       'decision_cache_max_entries',
       'decision_cache_ttl_ms',
       'denial_cache_ttl_ms',
@@ -326,7 +328,8 @@ describe('gateway config: every mistake names its key', () => {
     {
       name: 'decision cache outliving the full re-check interval',
       text: withLine('policy', 'revocation_full_recheck_interval_ms = 10000\ndecision_cache_ttl_ms = 20000'),
-      error: /policy\.decision_cache_ttl_ms: must not exceed policy\.revocation_full_recheck_interval_ms \(10000\)/,
+      error:
+        /policy\.decision_cache_ttl_ms: must not exceed policy\.revocation_full_recheck_interval_ms \(10000\)/,
     },
   ];
 
