@@ -80,7 +80,14 @@ export function identityExtension(identity: string, oid = DEFAULT_IDENTITY_OID):
 
 /** Exactly one DER UTF8String with no trailing bytes and valid UTF-8 contents, non-empty. */
 function decodeUtf8StringExact(value: ArrayBuffer): string | { error: string } {
-  const parsed = asn1js.fromBER(value);
+  let parsed: ReturnType<typeof asn1js.fromBER>;
+  try {
+    parsed = asn1js.fromBER(value);
+  } catch (err) {
+    // asn1js reports most malformed input as offset -1 but throws on some (an empty GeneralizedTime),
+    // and the caller promises never to throw (found by test/fuzz/identity-extension.fuzz.ts).
+    return { error: `not DER: ${errorText(err)}` };
+  }
   if (parsed.offset === -1) return { error: `not DER: ${parsed.result.error}` };
   if (parsed.offset !== value.byteLength) return { error: 'trailing bytes after the UTF8String' };
   if (!(parsed.result instanceof asn1js.Utf8String)) {

@@ -35,18 +35,49 @@ function within<T>(promise: Promise<T>, what: string): Promise<T> {
 }
 const ALG = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
 
-/**
- * Extensions OpenSSL lets through the handshake (it does not decode them) whose value is a SEQUENCE
- * holding NULL instead of their schema: authorityInfoAccess and certificatePolicies.
- */
-const BROKEN_EXTENSIONS = [
-  ['authorityInfoAccess', '1.3.6.1.5.5.7.1.1'],
-  ['certificatePolicies', '2.5.29.32'],
-] as const;
+const SEQUENCE_OF_NULL = [0x30, 0x02, 0x05, 0x00];
+const EMPTY_GENERALIZED_TIME = [0x18, 0x00];
 
-/** A self-issued client certificate with a valid identity extension plus one broken extension. */
-async function carrierWithBrokenExtension(identity: string, oid: string): Promise<Carrier> {
+type BrokenCase = {
+  readonly name: string;
+  /** Extension OID and value bytes added to an otherwise valid carrier certificate. */
+  readonly extension: readonly [oid: string, value: readonly number[]];
+  /** The identity extension is replaced by `extension` instead of kept next to it. */
+  readonly asIdentity: boolean;
+  readonly reason: string;
+};
+
+/**
+ * Extensions OpenSSL lets through the handshake (it does not decode them): authorityInfoAccess and
+ * certificatePolicies holding a SEQUENCE of NULL instead of their schema, and an identity extension
+ * holding an empty GeneralizedTime, which the BER decoder throws on instead of reporting.
+ */
+const BROKEN: readonly BrokenCase[] = [
+  {
+    name: 'authorityInfoAccess',
+    extension: ['1.3.6.1.5.5.7.1.1', SEQUENCE_OF_NULL],
+    asIdentity: false,
+    reason: 'invalid_client_certificate',
+  },
+  {
+    name: 'certificatePolicies',
+    extension: ['2.5.29.32', SEQUENCE_OF_NULL],
+    asIdentity: false,
+    reason: 'invalid_client_certificate',
+  },
+  {
+    name: 'identity-generalized-time',
+    extension: [DEFAULT_IDENTITY_OID, EMPTY_GENERALIZED_TIME],
+    asIdentity: true,
+    reason: 'invalid_identity_extension',
+  },
+];
+
+/** A self-issued client certificate for `identity` with the broken extension of `c`. */
+async function carrierWith(identity: string, c: BrokenCase): Promise<Carrier> {
   const keys = (await webcrypto.subtle.generateKey(ALG, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+  const [oid, value] = c.extension;
+  const broken = new x509.Extension(oid, false, new Uint8Array(value).buffer);
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: '0a',
     name: `CN=${identity}`,
@@ -54,10 +85,7 @@ async function carrierWithBrokenExtension(identity: string, oid: string): Promis
     signingAlgorithm: ALG,
     notBefore: new Date(Date.now() - 3_600_000),
     notAfter: new Date(Date.now() + 86_400_000),
-    extensions: [
-      new x509.Extension(oid, false, new Uint8Array([0x30, 0x02, 0x05, 0x00]).buffer),
-      identityExtension(identity, DEFAULT_IDENTITY_OID),
-    ],
+    extensions: c.asIdentity ? [broken] : [broken, identityExtension(identity, DEFAULT_IDENTITY_OID)],
   });
   const pkcs8 = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey));
   const keyPem = createPrivateKey({ key: pkcs8, format: 'der', type: 'pkcs8' })
@@ -78,9 +106,7 @@ describe('a client certificate with an unparseable extension', () => {
     dbUrl = await createMigratedDatabase(adminUrl, DB);
     echo = await startEchoServer();
     good = await createCarrier('agent-good');
-    broken = await Promise.all(
-      BROKEN_EXTENSIONS.map(([name, oid]) => carrierWithBrokenExtension(`agent-broken-${name}`, oid)),
-    );
+    broken = await Promise.all(BROKEN.map((c) => carrierWith(`agent-broken-${c.name}`, c)));
     const principal = createPrincipalKey();
     for (const c of [good, ...broken]) {
       await grant(dbUrl, {
@@ -103,13 +129,14 @@ describe('a client certificate with an unparseable extension', () => {
     if (dbUrl !== undefined) await dropDatabase(adminUrl, dbUrl);
   });
 
-  it('gets 403 invalid_client_certificate, and the gateway keeps serving a granted client', async () => {
-    for (const carrier of broken) {
+  it('gets its 403 with the reason, and the gateway keeps serving a granted client', async () => {
+    for (const [i, c] of BROKEN.entries()) {
+      const carrier = broken[i] as Carrier;
       const session = await connectH2(gw.port, { ca: gw.caPem, carrier });
       try {
-        const t = await within(openTunnel(session, 'echo.test:443'), `CONNECT of ${carrier.identity}`);
-        expect(t.status, carrier.identity).toBe(403);
-        expect(t.headers['agent-gateway-deny-reason'], carrier.identity).toBe('invalid_client_certificate');
+        const t = await within(openTunnel(session, 'echo.test:443'), `CONNECT with a broken ${c.name}`);
+        expect(t.status, c.name).toBe(403);
+        expect(t.headers['agent-gateway-deny-reason'], c.name).toBe(c.reason);
       } finally {
         await closeSession(session);
       }
