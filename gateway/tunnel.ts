@@ -251,7 +251,10 @@ function onSocketEnd(this: Socket): void {
   // gone out nothing can be written, and a late reset then still reads as a clean end.
   const t = tunnelOf(this);
   if (t === undefined) return;
-  if (this.writableEnded || this.destroyed) return endStreamAfterFin(t);
+  if (this.writableEnded || this.destroyed) {
+    endStreamAfterFin(t);
+    return;
+  }
   this.write(NOTHING, (err) => {
     if (err === undefined || err === null) endStreamAfterFin(t);
   });
