@@ -11,16 +11,16 @@
  * client goes away before the decision gets neither.
  */
 import { constants, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
-import type { Socket } from 'node:net';
 import { type Span, SpanStatusCode, type Tracer } from '@opentelemetry/api';
 import { type Destination, InvalidDestinationError, normalizeDestination } from '../core/destination.js';
 import type { IdentityResult, PeerIdentity } from '../core/identity-extension.js';
+import { ActiveTunnel, type AllowedLine, type DecisionFields } from './active-tunnel.js';
 import type { AddressBudget } from './address-limits.js';
-import type { Authorizer, DenyReason, Grant, LiveTunnel, TunnelLimits, TunnelTracker } from './authority.js';
+import type { Authorizer, DenyReason, Grant, TunnelLimits, TunnelTracker } from './authority.js';
 import type { ByteTotals, GatewayMetrics, OpenTunnelBytes } from './metrics.js';
 import type { Logger } from './telemetry.js';
 import { boundedLogValue, startConnectSpan, traceIdOf } from './telemetry.js';
-import { gatewayReset, Tunnel, type TunnelEndReason, type TunnelOwner } from './tunnel.js';
+import { gatewayReset, type TunnelEndReason } from './tunnel.js';
 import type { DialFailureReason, UpstreamDialer } from './upstream-dialer.js';
 
 const { NGHTTP2_NO_ERROR, NGHTTP2_INTERNAL_ERROR } = constants;
@@ -62,25 +62,6 @@ export interface ConnectionProof {
   /** The first allowed CONNECT on this connection; idempotent. */
   markProven(): void;
 }
-
-/** A "CONNECT allowed" line not yet written (see ConnectHandler.logAllowed). */
-type AllowedLine = {
-  readonly handler: ConnectHandler;
-  readonly fields: DecisionFields;
-  readonly grant: Grant;
-  readonly cached: boolean;
-};
-
-/** Fields every decision line carries (SPEC §4 names the first five). */
-type DecisionFields = {
-  source_identity: string | null;
-  source_peer_addr: string;
-  dest_authority: string;
-  destination?: string;
-  trace_id?: string;
-};
-
-let tunnelSeq = 0;
 
 const NORMALIZED_CACHE_ENTRIES = 4096;
 // Normalization runs before the identity check, so any client picks the keys: a long one (a 253-byte
@@ -329,106 +310,6 @@ export class ConnectHandler implements OpenTunnelBytes {
     span.end();
     reply(stream, status, extra);
   }
-}
-
-/** The open tunnel as live revocation, limits, metrics and the close log line see it. */
-class ActiveTunnel implements LiveTunnel, TunnelOwner {
-  readonly id = `${process.pid}.${++tunnelSeq}`;
-  readonly peerAddr: string;
-  private tunnel: Tunnel | undefined;
-  private untrack: (() => void) | undefined;
-  private allowedLine: AllowedLine | undefined;
-
-  constructor(
-    private readonly fields: DecisionFields,
-    public grant: Grant,
-    private readonly release: () => void,
-    private readonly deps: ConnectHandlerDeps,
-    private readonly openSet: Set<ActiveTunnel>,
-  ) {
-    this.peerAddr = fields.source_peer_addr;
-  }
-
-  start(stream: ServerHttp2Stream, socket: Socket, allowed: AllowedLine): void {
-    this.allowedLine = allowed;
-    this.openSet.add(this);
-    this.deps.metrics.tunnelsOpen.inc();
-    this.tunnel = new Tunnel(stream, socket, this.deps.tunnelIdleTimeoutMs, this);
-    // The rest waits for the next check phase: node flushes the 200 just queued in a native immediate,
-    // which runs before ours, so the client's CONNECT→200 does not wait on a JSON serialization or the
-    // revocation index. A registry change processed in between is not missed: track() re-checks any
-    // grant decided before the newest change it has seen (grantMayBeStale).
-    setImmediate(afterResponse, this);
-  }
-
-  /** @internal */
-  afterResponse(): void {
-    this.writeAllowedLine();
-    const tunnel = this.tunnel;
-    if (tunnel === undefined || tunnel.closed) return;
-    try {
-      this.untrack = this.deps.tracker.track(this);
-    } catch (err) {
-      // Untracked means unrevocable: refuse to keep such a tunnel open.
-      this.deps.logger.error({ err, ...this.fields }, 'cannot track tunnel for revocation');
-      tunnel.reset('revoked', 'revocation tracking failed');
-    }
-  }
-
-  revoke(reason: DenyReason | 'expired', detail: string): void {
-    const end: TunnelEndReason =
-      reason === 'expired' || reason === 'registry_unavailable' ? reason : 'revoked';
-    this.tunnel?.reset(end, end === 'revoked' ? `${reason}: ${detail}` : detail);
-  }
-
-  /** Scrape time, while open: the bytes moved so far. */
-  addBytes(into: ByteTotals): void {
-    const t = this.tunnel;
-    if (t === undefined) return;
-    into.client_to_dest += t.bytesClientToDest;
-    into.dest_to_client += t.bytesDestToClient;
-  }
-
-  /** @internal */
-  writeAllowedLine(): void {
-    const line = this.allowedLine;
-    if (line === undefined) return;
-    this.allowedLine = undefined;
-    line.handler.logAllowed(line);
-  }
-
-  tunnelClosed(t: Tunnel): void {
-    this.writeAllowedLine();
-    const { metrics, logger } = this.deps;
-    // Together, so the bytes move from the open set's count to the closed total between two scrapes.
-    this.openSet.delete(this);
-    metrics.tunnelBytes.closed(t);
-    this.untrack?.();
-    this.release();
-    metrics.tunnelsOpen.dec();
-    logger.info(
-      {
-        ...this.fields,
-        tunnel_id: this.id,
-        permission_id: this.grant.permissionId,
-        bytes_client_to_dest: t.bytesClientToDest,
-        bytes_dest_to_client: t.bytesDestToClient,
-        duration_ms: Date.now() - t.startedAt,
-        end_reason: t.endReason,
-        end_detail: t.endDetail,
-      },
-      'tunnel closed',
-    );
-  }
-
-  /** Reset now (drain deadline); idempotent. */
-  reset(reason: TunnelEndReason, detail: string): void {
-    this.tunnel?.reset(reason, detail);
-  }
-}
-
-function afterResponse(t: ActiveTunnel): void {
-  t.afterResponse();
 }
 
 function isGone(stream: ServerHttp2Stream): boolean {

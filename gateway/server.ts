@@ -1,11 +1,10 @@
 /**
- * The HTTP/2-only mTLS listener: TLS material (and its SIGHUP reload), per-connection state (identity
- * read once, stream count, idle timer, reset budget), flow-control windows, limits, and drain.
- * Everything about a single stream lives in connect-handler.ts.
+ * The HTTP/2-only mTLS listener: TLS material (tls-material.ts) and its SIGHUP reload, connections
+ * (server-connection.ts: identity read once, stream count, idle and unproven timers, reset budget),
+ * per-address limits, flow-control windows, and drain. Everything about a single stream lives in
+ * connect-handler.ts.
  */
 
-import { createPrivateKey, X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import http2, {
   constants,
   type Http2SecureServer,
@@ -18,68 +17,39 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { type AddressLimits, addressKey } from './address-limits.js';
 import type { GatewayConfig } from './config.js';
-import type { ConnectHandler, ConnectionProof, StreamOrigin } from './connect-handler.js';
+import type { ConnectHandler } from './connect-handler.js';
 import type { GatewayMetrics } from './metrics.js';
+import {
+  ADDRESS_SLOT,
+  type Carrier,
+  CONNECTION,
+  Connection,
+  type ConnectionOwner,
+  endAfterGoaway,
+  GOAWAY_LINGER_MS,
+  onIdleTimer,
+  onSessionClose,
+  onSocketClose,
+  onStreamClose,
+  onUnprovenTimer,
+  peerAddrOf,
+  type SlotCarrier,
+} from './server-connection.js';
 import type { Logger } from './telemetry.js';
-import { sessionIdentity } from './tls-identity.js';
+import { loadTlsMaterial, type TlsMaterial } from './tls-material.js';
 import { gatewayReset, isGatewayReset } from './tunnel.js';
-import { formatAddress } from './upstream-dialer.js';
+
+export { loadTlsMaterial, type TlsMaterial } from './tls-material.js';
 
 const { NGHTTP2_NO_ERROR, NGHTTP2_ENHANCE_YOUR_CALM } = constants;
 
 const RESET_WINDOW_MS = 10_000;
 const FORCED_CLOSE_WAIT_MS = 2_000;
 /**
- * Between the GOAWAY to a client over its reset budget and closing its connection. Destroying at once
- * closed the socket while that client was still sending, and the kernel answers unread data with a TCP
- * RST, which can discard the GOAWAY before the client reads it: the client saw a reset, not why.
- */
-const GOAWAY_LINGER_MS = 1_000;
-/**
  * After a graceful GOAWAY to a connection that has proven nothing (bad certificate, unproven deadline):
  * its streams are only CONNECTs awaiting an answer, so anything still open this much later is stuck.
  */
 const UNPROVEN_CLOSE_GRACE_MS = 5_000;
-
-export type TlsMaterial = {
-  readonly cert: Buffer;
-  readonly key: Buffer;
-  readonly subject: string;
-  readonly notAfter: string;
-  readonly fingerprint256: string;
-};
-
-/**
- * Read and check a certificate and its key: both parse and the key belongs to the certificate. Throws
- * with a message naming the file, so a bad reload can be logged and the old material kept.
- */
-export function loadTlsMaterial(certPath: string, keyPath: string): TlsMaterial {
-  const read = (path: string, what: string) => {
-    try {
-      return readFileSync(path);
-    } catch (err) {
-      throw new Error(`cannot read ${what} ${path}: ${(err as Error).message}`);
-    }
-  };
-  const cert = read(certPath, 'TLS certificate');
-  const key = read(keyPath, 'TLS key');
-  let x509: X509Certificate;
-  try {
-    x509 = new X509Certificate(cert);
-  } catch (err) {
-    throw new Error(`TLS certificate ${certPath} does not parse: ${(err as Error).message}`);
-  }
-  let privateKey: ReturnType<typeof createPrivateKey>;
-  try {
-    privateKey = createPrivateKey(key);
-  } catch (err) {
-    throw new Error(`TLS key ${keyPath} does not parse: ${(err as Error).message}`);
-  }
-  if (!x509.checkPrivateKey(privateKey)) {
-    throw new Error(`TLS key ${keyPath} does not belong to the certificate ${certPath}`);
-  }
-  return { cert, key, subject: x509.subject, notAfter: x509.validTo, fingerprint256: x509.fingerprint256 };
-}
 
 export type GatewayServerDeps = {
   readonly config: GatewayConfig;
@@ -92,57 +62,7 @@ export type GatewayServerDeps = {
   readonly maxConnections?: number;
 };
 
-/** What the gateway keeps per HTTP/2 connection. One object, no per-stream closures. */
-class Connection implements ConnectionProof {
-  openStreams = 0;
-  resets = 0;
-  resetWindowStart = 0;
-  /** Over the reset budget: GOAWAY sent, the connection ends after GOAWAY_LINGER_MS. */
-  goingAway = false;
-  idleTimer: NodeJS.Timeout | undefined;
-  /** Has had an allowed CONNECT (connect-handler.ts ConnectionProof). */
-  proven = false;
-  /** Holds one of its address's max_unproven_connections_per_address slots. */
-  holdsUnprovenSlot = false;
-  unprovenTimer: NodeJS.Timeout | undefined;
-  private identified: StreamOrigin | undefined;
-
-  constructor(
-    readonly owner: GatewayServer,
-    readonly session: ServerHttp2Session,
-    readonly peerAddr: string,
-    readonly addressKey: string,
-    private readonly oid: string,
-  ) {}
-
-  /**
-   * Identity is read at the first stream, not at the handshake: a connection that never asks for a
-   * tunnel never costs a certificate parse.
-   */
-  get origin(): StreamOrigin {
-    this.identified ??= {
-      identity: sessionIdentity(this.session, this.oid),
-      peerAddr: this.peerAddr,
-      addressKey: this.addressKey,
-      connection: this,
-    };
-    return this.identified;
-  }
-
-  markProven(): void {
-    if (this.proven) return;
-    this.proven = true;
-    this.owner.connectionProven(this);
-  }
-}
-
-const CONNECTION = Symbol('agent_gateway.connection');
-type Carrier = { [CONNECTION]?: Connection };
-/** On an accepted TCP socket: the address its max_connections_per_address slot is counted under. */
-const ADDRESS_SLOT = Symbol('agent_gateway.address_slot');
-type SlotCarrier = Socket & { [ADDRESS_SLOT]?: { readonly owner: GatewayServer; readonly address: string } };
-
-export class GatewayServer {
+export class GatewayServer implements ConnectionOwner {
   private readonly server: Http2SecureServer;
   private readonly connections = new Set<Connection>();
   private tls: TlsMaterial;
@@ -474,32 +394,6 @@ export class GatewayServer {
   }
 }
 
-function endAfterGoaway(session: ServerHttp2Session, why = 'too many stream resets'): void {
-  // destroy(undefined, code) would send NO_ERROR: node defaults a missing error to code 0.
-  if (!session.destroyed) session.destroy(new Error(why), NGHTTP2_ENHANCE_YOUR_CALM);
-}
-
-function onUnprovenTimer(c: Connection): void {
-  c.unprovenTimer = undefined;
-  if (c.proven) return;
-  c.owner.unprovenTimedOut(c);
-}
-
-function onSocketClose(this: SlotCarrier): void {
-  const slot = this[ADDRESS_SLOT];
-  if (slot !== undefined) slot.owner.socketClosed(slot.address);
-}
-
-function onSessionClose(this: ServerHttp2Session & Carrier): void {
-  const c = this[CONNECTION];
-  if (c !== undefined) c.owner.connectionClosed(c);
-}
-
-function onStreamClose(this: ServerHttp2Stream & Carrier): void {
-  const c = this[CONNECTION];
-  if (c !== undefined) c.owner.streamClosed(c, this);
-}
-
 function ignoreError(): void {}
 
 /** Header list size as SETTINGS_MAX_HEADER_LIST_SIZE counts it: name + value + 32 per field (RFC 9113 §6.5.2). */
@@ -529,18 +423,7 @@ async function settleWithin(p: Promise<void>, ms: number): Promise<'done' | 'tim
   return outcome;
 }
 
-function onIdleTimer(c: Connection): void {
-  if (c.openStreams > 0 || c.session.closed || c.session.destroyed) return;
-  // GOAWAY(NO_ERROR): the client reconnects when it next needs a tunnel.
-  c.session.close();
-}
-
 function destroySocket(socket: Socket): void {
   // No ALPN at all (a client that did not ask for h2): nothing to say to it in HTTP/2.
   socket.destroy();
-}
-
-function peerAddrOf(socket: { remoteAddress?: string; remotePort?: number }): string {
-  const address = socket.remoteAddress ?? 'unknown';
-  return formatAddress(address, socket.remotePort ?? 0);
 }
