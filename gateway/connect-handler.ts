@@ -325,7 +325,10 @@ function isGone(stream: ServerHttp2Stream): boolean {
 function reply(stream: ServerHttp2Stream, status: number, extra: Record<string, string> = {}): void {
   if (isGone(stream) || stream.headersSent) return;
   stream.respond({ ':status': status, ...extra }, { endStream: true });
-  gatewayReset(stream, NGHTTP2_NO_ERROR);
+  // On the next turn, once the response is on the wire: a reset submitted while it is still queued makes
+  // nghttp2 drop it, and Node 22 queues both in one go when this runs inside the 'stream' event (the
+  // client then sees RST_STREAM(NO_ERROR) and no status; Node 20 and 24 flush the response first).
+  setImmediate(gatewayReset, stream, NGHTTP2_NO_ERROR);
 }
 
 function ignoreStreamError(): void {
