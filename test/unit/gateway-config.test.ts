@@ -255,6 +255,21 @@ describe('gateway config: every mistake names its key', () => {
       error: /server\.workers: must be between 1 and 256/,
     },
     {
+      name: 'no connection allowed per address',
+      text: withLine('limits', 'max_connections_per_address = 0'),
+      error: /limits\.max_connections_per_address: must be between 1 and 1000000, got 0/,
+    },
+    {
+      name: 'negative unproven-connection deadline',
+      text: withLine('server', 'unproven_connection_timeout_ms = -1'),
+      error: /server\.unproven_connection_timeout_ms: must be between 0 and 86400000, got -1/,
+    },
+    {
+      name: 'empty denied-CONNECT burst per address',
+      text: withLine('limits', 'denied_connect_burst_per_address = 0'),
+      error: /limits\.denied_connect_burst_per_address: must be between 1 and 10000000, got 0/,
+    },
+    {
       name: 'bad listen address',
       text: ORIGINAL.replace('127.0.0.1:8443', '127.0.0.1'),
       error: /server\.listen_addr: .* is not "host:port"/,
