@@ -31,6 +31,8 @@ export type GatewayConfig = {
   };
   readonly http2: {
     readonly maxConcurrentStreams: number;
+    /** Streams a connection may have open before its first allowed CONNECT (at most the above). */
+    readonly maxConcurrentStreamsUnproven: number;
     readonly streamWindowBytes: number;
     readonly connectionWindowBytes: number;
     readonly maxSessionMemoryMb: number;
@@ -181,6 +183,7 @@ export function parseConfig(raw: Raw, path: string, env: NodeJS.ProcessEnv = pro
   const h = r.section('http2', false);
   h.only([
     'max_concurrent_streams',
+    'max_concurrent_streams_unproven',
     'stream_window_bytes',
     'connection_window_bytes',
     'max_session_memory_mb',
@@ -275,6 +278,7 @@ export function parseConfig(raw: Raw, path: string, env: NodeJS.ProcessEnv = pro
     },
     http2: {
       maxConcurrentStreams: h.int('max_concurrent_streams', 1000, 1, 100_000),
+      maxConcurrentStreamsUnproven: h.int('max_concurrent_streams_unproven', 100, 1, 100_000),
       streamWindowBytes,
       connectionWindowBytes,
       maxSessionMemoryMb,

@@ -114,10 +114,13 @@ export class RegistryLane {
       let settled = false;
       const timer = setTimeout(() => {
         settled = true;
+        // Every connection open and in use for the whole wait: the registry is answering, just not fast
+        // enough for the demand. That is capacity ('busy', 503 for a CONNECT), not an outage.
+        const saturated = this.pool.totalCount >= maxConnections && this.pool.idleCount === 0;
         reject(
           new RegistryUnavailableError(
-            'acquire_timeout',
-            `no registry connection free within ${acquireTimeoutMs} ms (${name} lane, ${maxConnections} connections)`,
+            saturated ? 'busy' : 'acquire_timeout',
+            `no registry connection free within ${acquireTimeoutMs} ms (${name} lane, ${maxConnections} connections${saturated ? ', all in use' : ''})`,
           ),
         );
       }, acquireTimeoutMs);

@@ -84,7 +84,8 @@ export class GatewayServer implements ConnectionOwner {
       handshakeTimeout: config.server.handshakeTimeoutMs,
       maxSessionMemory: config.http2.maxSessionMemoryMb,
       settings: {
-        maxConcurrentStreams: config.http2.maxConcurrentStreams,
+        // Every connection starts unproven (connectionProven raises it).
+        maxConcurrentStreams: unprovenStreams(config),
         initialWindowSize: config.http2.streamWindowBytes,
         maxHeaderListSize: config.http2.maxHeaderListBytes,
         enablePush: false,
@@ -332,6 +333,10 @@ export class GatewayServer implements ConnectionOwner {
   /** @internal The connection's first allowed CONNECT: it no longer counts as unproven. */
   connectionProven(c: Connection): void {
     this.releaseUnproven(c);
+    const { maxConcurrentStreams } = this.deps.config.http2;
+    if (maxConcurrentStreams > unprovenStreams(this.deps.config) && !c.session.destroyed) {
+      c.session.settings({ maxConcurrentStreams });
+    }
   }
 
   private releaseUnproven(c: Connection): void {
@@ -426,4 +431,8 @@ async function settleWithin(p: Promise<void>, ms: number): Promise<'done' | 'tim
 function destroySocket(socket: Socket): void {
   // No ALPN at all (a client that did not ask for h2): nothing to say to it in HTTP/2.
   socket.destroy();
+}
+
+function unprovenStreams(config: GatewayConfig): number {
+  return Math.min(config.http2.maxConcurrentStreams, config.http2.maxConcurrentStreamsUnproven);
 }

@@ -54,6 +54,7 @@ describe('gateway config: an original-style file', () => {
     expect(c.server.workers).toBe(os.availableParallelism());
     expect(c.http2).toEqual({
       maxConcurrentStreams: 1000,
+      maxConcurrentStreamsUnproven: 100,
       streamWindowBytes: 4 * 1024 * 1024,
       connectionWindowBytes: 32 * 1024 * 1024,
       maxSessionMemoryMb: 128,
@@ -109,6 +110,7 @@ describe('gateway config: an original-style file', () => {
       'session_idle_timeout_ms',
       'drain_timeout_ms',
       'max_concurrent_streams',
+      'max_concurrent_streams_unproven',
       'stream_window_bytes',
       'connection_window_bytes',
       'max_session_memory_mb',
