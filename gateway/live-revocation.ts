@@ -27,6 +27,7 @@ import type { Evaluation } from './authorizer.js';
 import { BackoffTimeout } from './backoff-timeout.js';
 import { ExpiryQueue } from './expiry-queue.js';
 import type { GatewayMetrics } from './metrics.js';
+import { forEachConcurrently, groupBySubject } from './recheck-groups.js';
 import type { RegistryChange } from './registry-changes.js';
 import { type AuthorityLogger, errorText, silentLogger } from './registry-errors.js';
 import { RegistryListener } from './registry-listener.js';
@@ -324,29 +325,17 @@ export class LiveRevocation implements TunnelTracker {
    * tunnels are at or past validUntil: anything but an allow from the registry ends them.
    */
   private async recheck(batch: readonly Entry[], mode: 'change' | 'expiry'): Promise<void> {
-    const groups = new Map<string, Entry[]>();
-    for (const entry of batch) {
-      if (entry.done) continue;
-      const key = requestKey(entry.grant);
-      const group = groups.get(key);
-      if (group === undefined) groups.set(key, [entry]);
-      else group.push(entry);
-    }
-    const work = [...groups.values()];
-    let next = 0;
+    const work = groupBySubject(batch);
     let unavailable = 0;
     let lastDetail = '';
-    const worker = async () => {
-      while (next < work.length && !this.closed) {
-        const group = work[next++]!;
-        const outcome = await this.recheckGroup(group, mode);
-        if (outcome !== undefined) {
-          unavailable += group.length;
-          lastDetail = outcome;
-        }
+    const recheckOne = async (group: Entry[]) => {
+      const outcome = await this.recheckGroup(group, mode);
+      if (outcome !== undefined) {
+        unavailable += group.length;
+        lastDetail = outcome;
       }
     };
-    await Promise.all(Array.from({ length: Math.min(this.concurrency, work.length) }, worker));
+    await forEachConcurrently(work, this.concurrency, recheckOne, () => this.closed);
     if (unavailable === 0 && work.length > 0) this.retryBackoff.reset();
     if (unavailable > 0) {
       this.lastError = lastDetail;
@@ -460,8 +449,4 @@ export class LiveRevocation implements TunnelTracker {
       this.logger.error({ tunnel_id: entry.tunnel.id, err: errorText(err) }, 'tunnel revoke() threw');
     }
   }
-}
-
-function requestKey(g: Grant): string {
-  return JSON.stringify([g.identity, g.spkiDer.toString('base64'), g.destination]);
 }
