@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The one test command: system packages (only if missing), the Node runtimes, npm deps, lint, typecheck,
-# build, then vitest once per runtime: the whole suite on Node 24 LTS (the primary runtime), the unit and
-# gateway end-to-end tests on Node 22 LTS (supported too; NODE22_SCOPE=full runs the whole suite there).
+# build, then vitest once per runtime: the whole suite on Node 24 LTS (the primary runtime), then again on
+# Node 22 LTS (supported too; NODE22_SCOPE=gateway runs only its unit and gateway end-to-end tests).
 # Per-runtime results come first; the very last line is always "N passed, M failed" totalled over every
 # runtime, and skipped tests (never counted as passed) are reported on the line before it.
 # Env: TEST_DATABASE_URL (use an existing PostgreSQL instead of a throwaway cluster), SKIP_APT=1,
-#      NODE22_SCOPE=gateway|full (default gateway).
+#      NODE22_SCOPE=full|gateway (default full).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -177,11 +177,11 @@ run_suite() { # VERSION LABEL [vitest file filters...]
 }
 
 run_suite "$NODE24_VERSION" "whole suite"
-case "${NODE22_SCOPE:-gateway}" in
+case "${NODE22_SCOPE:-full}" in
   full) run_suite "$NODE22_VERSION" "whole suite" ;;
   gateway) run_suite "$NODE22_VERSION" "unit + gateway e2e" test/unit test/e2e/gateway- test/e2e/runtime ;;
   *)
-    echo "NODE22_SCOPE must be gateway or full, not '${NODE22_SCOPE}'" >&2
+    echo "NODE22_SCOPE must be full or gateway, not '${NODE22_SCOPE}'" >&2
     exit 2
     ;;
 esac
