@@ -117,7 +117,7 @@ export class ConfigError extends Error {
  * Addresses a granted name must never lead to unless an operator says so (allow_cidrs): this host
  * (loopback: the admin port, a local database), private and shared networks, cloud metadata and
  * link-local, IPv6 forms that embed an IPv4 address (IPv4-compatible ::/96, IPv4-translated
- * ::ffff:0:0:0/96, 6to4 2002::/16, NAT64; IPv4-mapped addresses are judged as IPv4, see address-guard.ts),
+ * ::ffff:0:0:0/96, 6to4 2002::/16, Teredo 2001::/32, NAT64; IPv4-mapped addresses are judged as IPv4, see address-guard.ts),
  * unspecified, multicast and reserved space.
  * A signed grant names a destination; DNS decides where it goes, and DNS can be changed by whoever
  * controls the name, so the check is on the address actually dialled.
@@ -139,6 +139,7 @@ export const DEFAULT_DENY_CIDRS = [
   '::/96',
   '::ffff:0:0:0/96',
   '2002::/16',
+  '2001::/32',
   '64:ff9b::/96',
   '64:ff9b:1::/48',
   'fc00::/7',

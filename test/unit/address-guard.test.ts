@@ -29,6 +29,8 @@ describe('default address guard', () => {
     ['::ffff:0:808:808', 'IPv4-translated, even of a public address'],
     ['2002:7f00:1::', '6to4 embedding 127.0.0.1'],
     ['2002:808:808::1', '6to4, even of a public address'],
+    ['2001:0:4136:e378:8000:63bf:80ff:fffe', 'Teredo, whose client address 127.0.0.1 sits in it inverted'],
+    ['2001:0:5ef5:79fd::1', 'Teredo, any server'],
     ['0.0.0.0', 'unspecified'],
     ['::', 'unspecified'],
     ['224.0.0.1', 'multicast'],
@@ -38,12 +40,15 @@ describe('default address guard', () => {
     expect(defaults.permits(ip)).toBe(false);
   });
 
-  it.each([['93.184.216.34'], ['8.8.8.8'], ['2606:4700::1111'], ['::ffff:8.8.8.8']])(
-    'permits public %s',
-    (ip) => {
-      expect(defaults.permits(ip)).toBe(true);
-    },
-  );
+  it.each([
+    ['93.184.216.34'],
+    ['8.8.8.8'],
+    ['2606:4700::1111'],
+    ['::ffff:8.8.8.8'],
+    ['2001:4860:4860::8888'],
+  ])('permits public %s', (ip) => {
+    expect(defaults.permits(ip)).toBe(true);
+  });
 
   it('lets allow_cidrs override the deny list, and only for the listed range', () => {
     const lab = new AddressGuard(DEFAULT_DENY_CIDRS.map(parseCidr), [parseCidr('127.0.0.1/32')]);
