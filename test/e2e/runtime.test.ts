@@ -47,7 +47,9 @@ describe('the runtime under test', () => {
 
   it('runs a gateway the tests start, by the same binary', async () => {
     gw = await startGatewayProcess({ databaseUrl: db });
-    expect(await gatewayNodeVersion(gw.adminPort!)).toBe(process.version);
+    const version = await gatewayNodeVersion(gw.adminPort!);
+    console.log(`gateway pid ${gw.proc.pid} reports Node ${version}`);
+    expect(version).toBe(process.version);
     expect(await realpath(`/proc/${gw.proc.pid}/exe`)).toBe(await realpath(process.execPath));
   });
 
