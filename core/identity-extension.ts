@@ -4,6 +4,7 @@
  * The certificate chain is never trusted; the TLS handshake's proof of possession binds the key.
  */
 import * as asn1js from 'asn1js';
+import { errorText } from './error-text.js';
 import { x509 } from './x509.js';
 
 export const DEFAULT_IDENTITY_OID = '1.3.6.1.4.1.57264.1.1';
@@ -111,8 +112,4 @@ function decodeUtf8StringExact(value: ArrayBuffer): string | { error: string } {
     return { error: 'not DER: tag or length not in its shortest form' };
   }
   return text;
-}
-
-function errorText(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }

@@ -8,6 +8,7 @@ import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { errorText } from '../core/error-text.js';
 import { freePortPair } from './ports.js';
 import { reapOnExit } from './reap-on-exit.js';
 import { runCommand } from './run-command.js';
@@ -292,7 +293,7 @@ export async function startSwtpm(): Promise<TpmHandle> {
   } catch (err) {
     const logs = logTails(dir);
     await stop();
-    const msg = err instanceof Error ? err.message : String(err);
+    const msg = errorText(err);
     throw new Error(`startSwtpm: ${msg}\n${logs}`);
   }
 }

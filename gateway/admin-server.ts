@@ -6,6 +6,7 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { errorText } from '../core/error-text.js';
 import type { HostPort } from './config.js';
 import type { RevocationState } from './live-revocation.js';
 import type { GatewayMetrics } from './metrics.js';
@@ -105,7 +106,7 @@ export async function startAdminServer(opts: AdminServerOptions): Promise<AdminS
     },
     (req, res) => {
       handle(req, res).catch((err: unknown) => {
-        logger.error({ err: err instanceof Error ? err.message : String(err) }, 'admin request failed');
+        logger.error({ err: errorText(err) }, 'admin request failed');
         if (!res.headersSent) send(res, 500, { error: 'internal error' });
         else res.destroy();
       });
@@ -156,7 +157,7 @@ function withTimeout(p: Promise<PingResult>, ms: number): Promise<PingResult> {
       },
       (err: unknown) => {
         clearTimeout(timer);
-        resolve({ ok: false, error: err instanceof Error ? err.message : String(err) });
+        resolve({ ok: false, error: errorText(err) });
       },
     );
   });

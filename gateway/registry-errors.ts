@@ -1,7 +1,9 @@
 /**
  * What every registry lane and its callers share: one error type to fail closed on, the logger shape,
- * and how an error becomes text.
+ * and how an error becomes text (core/error-text.ts, re-exported for them).
  */
+
+export { errorText } from '../core/error-text.js';
 
 export type RegistryErrorKind = 'acquire_timeout' | 'connect' | 'query_timeout' | 'query' | 'closed' | 'busy';
 
@@ -25,14 +27,3 @@ export type AuthorityLogger = {
 };
 
 export const silentLogger: AuthorityLogger = { info() {}, warn() {}, error() {}, debug() {} };
-
-export function errorText(err: unknown): string {
-  if (err instanceof Error) {
-    // AggregateError (e.g. ECONNREFUSED on both ::1 and 127.0.0.1) has an empty message.
-    if (err.message === '' && err instanceof AggregateError) {
-      return err.errors.map((e) => errorText(e)).join('; ') || err.name;
-    }
-    return err.message || err.name;
-  }
-  return String(err);
-}

@@ -14,6 +14,7 @@ import { lookup as dnsLookup } from 'node:dns/promises';
 import { isIP, Socket, type SocketConstructorOpts } from 'node:net';
 import type { DuplexOptions } from 'node:stream';
 import type { Destination } from '../core/destination.js';
+import { errorText } from '../core/error-text.js';
 import type { AddressGuard } from './address-guard.js';
 import type { HostPort } from './config.js';
 
@@ -215,12 +216,4 @@ function withDeadline<T>(promise: Promise<T>, deadline: number): Promise<T> {
 
 export function formatAddress(address: string, port: number): string {
   return isIP(address) === 6 ? `[${address}]:${port}` : `${address}:${port}`;
-}
-
-function errorText(err: unknown): string {
-  if (err instanceof Error) {
-    const code = (err as NodeJS.ErrnoException).code;
-    return code !== undefined && !err.message.includes(code) ? `${code}: ${err.message}` : err.message;
-  }
-  return String(err);
 }

@@ -4,6 +4,7 @@
  * leaves the registry as it was.
  */
 import pg from 'pg';
+import { errorText } from '../core/error-text.js';
 import { latestKnownVersion } from '../core/migrate.js';
 import { fetchSchemaVersion, tsText } from '../core/registry-queries.js';
 import { type Micros, parseTimestamp } from '../core/timestamp.js';
@@ -136,7 +137,7 @@ export function asDatabaseError(target: DatabaseTarget, err: unknown): unknown {
 }
 
 function unreachable(target: DatabaseTarget, err: unknown): EnvironmentError {
-  const why = err instanceof Error ? err.message || err.name : String(err);
+  const why = errorText(err);
   return new EnvironmentError(`cannot reach the database at ${target.display} (${target.source}): ${why}`, {
     cause: err,
   });

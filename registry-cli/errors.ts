@@ -7,6 +7,7 @@
  */
 import { InvalidDestinationError } from '../core/destination.js';
 import { InvalidPublicKeyError } from '../core/ecdsa.js';
+import { errorText } from '../core/error-text.js';
 import { AmbiguousFieldError } from '../core/permission-bytes.js';
 import { SignerError } from '../core/pkcs11-signer.js';
 import { SpkiInputError } from '../core/spki-input.js';
@@ -63,6 +64,6 @@ export function toCliError(err: unknown): CliError {
     return new UsageError(err.message, { cause: err });
   }
   if (err instanceof InvalidPublicKeyError) return new Refusal(err.message, { cause: err });
-  const message = err instanceof Error ? err.message : String(err);
+  const message = errorText(err);
   return new EnvironmentError(`unexpected error: ${message}`, { cause: err });
 }

@@ -6,6 +6,7 @@
  */
 import http2 from 'node:http2';
 import tls from 'node:tls';
+import { errorText } from '../core/error-text.js';
 import type { Logger } from './telemetry.js';
 import { isTpmSigningFailure } from './tpm-context.js';
 
@@ -29,7 +30,7 @@ export type GatewaySessionOptions = {
 /** The gateway could not be reached, or the connection died before it answered (even after a retry). */
 export class GatewayUnreachableError extends Error {
   constructor(options: { cause: unknown }) {
-    super(`gateway unreachable: ${describe(options.cause)}`, options);
+    super(`gateway unreachable: ${errorText(options.cause)}`, options);
     this.name = 'GatewayUnreachableError';
   }
 }
@@ -64,7 +65,7 @@ const SESSION_GONE = new Set([
 
 class RetryableError extends Error {
   constructor(options: { cause: unknown }) {
-    super(describe(options.cause), options);
+    super(errorText(options.cause), options);
   }
 }
 
@@ -94,7 +95,7 @@ export class GatewaySession {
         session = await this.session();
       } catch (err) {
         lastError = err;
-        this.opts.logger.warn({ err: describe(err), attempt }, 'gateway connection failed');
+        this.opts.logger.warn({ err: errorText(err), attempt }, 'gateway connection failed');
         continue;
       }
       try {
@@ -105,7 +106,7 @@ export class GatewaySession {
         // A refused stream on a healthy connection is retried on that connection; a dead one is replaced.
         if (!this.usable(session)) this.retire(session);
         this.opts.logger.warn(
-          { err: describe(err.cause), attempt, dest_authority: authority },
+          { err: errorText(err.cause), attempt, dest_authority: authority },
           'CONNECT failed before the gateway answered',
         );
       }
@@ -190,7 +191,7 @@ export class GatewaySession {
           fail(err);
           return;
         }
-        logger.warn({ err: describe(err) }, 'gateway connection error');
+        logger.warn({ err: errorText(err) }, 'gateway connection error');
       });
       session.once('close', () => {
         clearTimeout(timer);
@@ -274,15 +275,6 @@ export class GatewaySession {
       stream.once('close', onClose);
     });
   }
-}
-
-function describe(err: unknown): string {
-  if (err instanceof Error) {
-    const code = (err as NodeJS.ErrnoException).code;
-    const cause = err.cause === undefined ? '' : ` (${describe(err.cause)})`;
-    return `${code !== undefined ? `${code}: ` : ''}${err.message}${cause}`;
-  }
-  return String(err);
 }
 
 function withoutUndefined<T extends object>(o: T): Partial<T> {

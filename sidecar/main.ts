@@ -7,6 +7,7 @@
  * sidecar ran ~36 full mark-compacts per GiB tunnelled (bench line d, --trace-gc).
  */
 import { CommanderError } from 'commander';
+import { errorText } from '../core/error-text.js';
 import { buildCli, UsageError } from './options.js';
 import { ProvisionError, provision } from './provision.js';
 import {
@@ -103,7 +104,7 @@ function report(err: unknown): number {
             : err instanceof ProvisionError || err instanceof TpmCommandError
               ? 'provision_failed'
               : 'internal_error';
-  const message = err instanceof Error ? err.message : String(err);
+  const message = errorText(err);
   logger?.fatal({ reason, err: message }, 'agent_gateway_sidecar cannot start');
   process.stderr.write(`agent_gateway_sidecar: ${message}\n`);
   return reason === 'internal_error' ? 1 : EXIT_STARTUP;

@@ -7,6 +7,7 @@
 import http from 'node:http';
 import http2 from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
+import { errorText } from '../core/error-text.js';
 import { perTunnelBufferLimit } from '../core/tunnel-buffers.js';
 import {
   clearStaleSocket,
@@ -188,7 +189,7 @@ export class ProxyServer {
           trace.end({ status: 400 });
           return;
         }
-        const message = err instanceof Error ? err.message : String(err);
+        const message = errorText(err);
         log.warn(
           { err: message },
           err instanceof GatewayUnreachableError ? 'gateway unreachable' : 'CONNECT failed',
