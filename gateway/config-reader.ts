@@ -1,0 +1,230 @@
+/**
+ * Typed reads of one TOML table for gateway/config.ts. Every error is a ConfigError naming the file and
+ * the dotted key. Each read records its dotted key, so the keys the loader knows are the keys it reads:
+ * config.ts collects them once (CONFIG_KEYS) and rejects any other key in a file before reading it.
+ */
+import { normalizeDestination } from '../core/destination.js';
+import { isValidOid } from '../core/identity-extension.js';
+import { type Cidr, parseCidr } from './address-guard.js';
+
+export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
+
+export type HostPort = { readonly host: string; readonly port: number };
+
+export type Raw = Record<string, unknown>;
+
+export class ConfigError extends Error {
+  constructor(
+    readonly file: string,
+    readonly key: string,
+    why: string,
+  ) {
+    super(`${file}: ${key}: ${why}`);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Typed access to one TOML table; every error carries the dotted key. */
+export class ConfigReader {
+  /** `read` collects the dotted key of every value read through this reader and its sections. */
+  constructor(
+    private readonly file: string,
+    private readonly table: Raw,
+    private readonly prefix: string,
+    private readonly read: Set<string>,
+  ) {}
+
+  private key(name: string): string {
+    return this.prefix === '' ? name : `${this.prefix}.${name}`;
+  }
+
+  private fail(name: string, why: string): never {
+    throw new ConfigError(this.file, this.key(name), why);
+  }
+
+  private value(name: string): unknown {
+    this.read.add(this.key(name));
+    return this.table[name];
+  }
+
+  /**
+   * Throws on the first key of this table (and of its known sections) that is not in `known` (dotted
+   * keys as CONFIG_KEYS lists them): a misspelled limit that silently fell back to its default would
+   * be a security bug.
+   */
+  rejectUnknown(known: readonly string[]): void {
+    const here = this.prefix === '' ? '' : `${this.prefix}.`;
+    const allowed = [
+      ...new Set(
+        known.filter((k) => k.startsWith(here)).map((k) => k.slice(here.length).split('.')[0] as string),
+      ),
+    ];
+    for (const [name, v] of Object.entries(this.table)) {
+      if (!allowed.includes(name)) this.fail(name, `unknown key (allowed here: ${allowed.join(', ')})`);
+      const dotted = this.key(name);
+      if (isTable(v) && known.some((k) => k.startsWith(`${dotted}.`))) {
+        new ConfigReader(this.file, v, dotted, this.read).rejectUnknown(known);
+      }
+    }
+  }
+
+  section(name: string, required: boolean): ConfigReader {
+    const v = this.table[name];
+    if (v === undefined) {
+      if (required) this.fail(name, 'missing section');
+      return new ConfigReader(this.file, {}, this.key(name), this.read);
+    }
+    if (!isTable(v)) this.fail(name, 'must be a table');
+    return new ConfigReader(this.file, v, this.key(name), this.read);
+  }
+
+  string(name: string): string {
+    const v = this.value(name);
+    if (v === undefined) this.fail(name, 'missing (required)');
+    if (typeof v !== 'string' || v.trim() === '') this.fail(name, 'must be a non-empty string');
+    return v;
+  }
+
+  optionalString(name: string): string | undefined {
+    const v = this.value(name);
+    if (v === undefined) return undefined;
+    if (typeof v !== 'string') this.fail(name, 'must be a string');
+    return v.trim() === '' ? undefined : v;
+  }
+
+  int(name: string, fallback: number, min: number, max: number): number {
+    const v = this.value(name);
+    if (v === undefined) return fallback;
+    // smol-toml returns integers as number (or bigint beyond 2^53).
+    const n = typeof v === 'bigint' ? Number(v) : v;
+    // String() of a TOML inline table (a null-prototype object) throws a TypeError, not a ConfigError
+    // (found by test/fuzz/config.fuzz.ts): describe tables and arrays by kind.
+    if (typeof n !== 'number' || !Number.isInteger(n))
+      this.fail(
+        name,
+        `must be an integer, got ${typeof v === 'object' ? kindOf(v) : JSON.stringify(String(v))}`,
+      );
+    if (n < min || n > max) this.fail(name, `must be between ${min} and ${max}, got ${n}`);
+    return n;
+  }
+
+  hostPort(name: string, fallback: string): HostPort {
+    const v = this.value(name) ?? fallback;
+    if (typeof v !== 'string') this.fail(name, 'must be a "host:port" string');
+    return parseHostPort(v, (why) => this.fail(name, why));
+  }
+
+  optionalHostPort(name: string, fallback: string): HostPort | undefined {
+    const v = this.value(name) ?? fallback;
+    if (v === '') return undefined;
+    return this.hostPort(name, fallback);
+  }
+
+  oid(name: string, fallback: string): string {
+    const v = this.value(name) ?? fallback;
+    if (typeof v !== 'string' || !isValidOid(v)) this.fail(name, `must be a dotted OID such as ${fallback}`);
+    return v;
+  }
+
+  logLevel(name: string): LogLevel {
+    const v = this.value(name) ?? 'info';
+    if (typeof v !== 'string') this.fail(name, 'must be a string such as "info"');
+    const level = logLevelFromFilter(v);
+    if (level === undefined)
+      this.fail(
+        name,
+        `unknown level ${JSON.stringify(v)} (trace, debug, info, warn, error, or a filter like "agent_gateway=debug")`,
+      );
+    return level;
+  }
+
+  cidrs(name: string, fallback: readonly string[]): Cidr[] {
+    const v = this.value(name) ?? fallback;
+    if (!Array.isArray(v) || !v.every((x) => typeof x === 'string'))
+      this.fail(name, 'must be an array of CIDR strings');
+    return v.map((c: string, i: number) => {
+      try {
+        return parseCidr(c);
+      } catch (err) {
+        return this.fail(`${name}[${i}]`, (err as Error).message);
+      }
+    });
+  }
+
+  /** A table whose keys are destinations (normalized like grants) and whose values are "host:port". */
+  overrides(name: string): Map<string, HostPort> {
+    const v = this.value(name);
+    const out = new Map<string, HostPort>();
+    if (v === undefined) return out;
+    if (!isTable(v)) this.fail(name, 'must be a table of "destination" = "host:port"');
+    for (const [dest, target] of Object.entries(v)) {
+      const key = `${name}."${dest}"`;
+      let normalized: string;
+      try {
+        normalized = normalizeDestination(dest).normalized;
+      } catch (err) {
+        this.fail(key, (err as Error).message);
+      }
+      if (typeof target !== 'string') this.fail(key, 'must be a "host:port" string');
+      out.set(
+        normalized,
+        parseHostPort(target, (why) => this.fail(key, why)),
+      );
+    }
+    return out;
+  }
+
+  databaseUrl(env: NodeJS.ProcessEnv): string {
+    const direct = this.optionalString('database_url');
+    const fromEnv = this.optionalString('database_url_env');
+    if ((direct === undefined) === (fromEnv === undefined)) {
+      this.fail('database_url', 'set exactly one of policy.database_url and policy.database_url_env');
+    }
+    if (direct !== undefined) return direct;
+    const value = env[fromEnv as string];
+    if (value === undefined || value.trim() === '') {
+      this.fail('database_url_env', `environment variable ${fromEnv} is not set`);
+    }
+    return value;
+  }
+}
+
+function kindOf(v: object | null): string {
+  if (v instanceof Date) return 'a date-time';
+  return Array.isArray(v) ? 'an array' : 'a table';
+}
+
+function isTable(v: unknown): v is Raw {
+  return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Date);
+}
+
+/** `host:port` or `[v6]:port`, port 1..65535 (0 allowed for listeners would hide the port from operators). */
+export function parseHostPort(text: string, fail: (why: string) => never): HostPort {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(text.trim());
+  if (m === null) return fail(`${JSON.stringify(text)} is not "host:port"`);
+  const port = Number(m[3]);
+  if (port < 1 || port > 65535) return fail(`port ${port} is outside 1..65535`);
+  return { host: (m[1] ?? m[2]) as string, port };
+}
+
+/**
+ * The original took a Rust tracing filter ("info", "agent_gateway=debug,hyper=warn"). Honour the
+ * directive for agent_gateway if there is one, else the bare default level.
+ */
+export function logLevelFromFilter(filter: string): LogLevel | undefined {
+  const levels: readonly string[] = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
+  const alias: Record<string, string> = { off: 'silent', warning: 'warn' };
+  let chosen: string | undefined;
+  let targeted: string | undefined;
+  for (const part of filter
+    .split(',')
+    .map((x) => x.trim().toLowerCase())
+    .filter(Boolean)) {
+    const [target, level] = part.includes('=') ? (part.split('=', 2) as [string, string]) : [undefined, part];
+    const name = alias[level] ?? level;
+    if (!levels.includes(name)) return undefined;
+    if (target === undefined) chosen = name;
+    else if (target === 'agent_gateway' || target.startsWith('agent_gateway::')) targeted = name;
+  }
+  return (targeted ?? chosen ?? 'info') as LogLevel;
+}
