@@ -15,6 +15,7 @@ COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY core/ core/
+COPY pkcs11/ pkcs11/
 COPY gateway/ gateway/
 COPY sidecar/ sidecar/
 COPY registry-cli/ registry-cli/

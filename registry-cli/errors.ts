@@ -9,8 +9,8 @@ import { InvalidDestinationError } from '../core/destination.js';
 import { InvalidPublicKeyError } from '../core/ecdsa.js';
 import { errorText } from '../core/error-text.js';
 import { AmbiguousFieldError } from '../core/permission-bytes.js';
-import { SignerError } from '../core/pkcs11-signer.js';
 import { SpkiInputError } from '../core/spki-input.js';
+import { SignerError } from '../pkcs11/signer-error.js';
 
 export const EXIT_OK = 0;
 export const EXIT_REFUSED = 1;

@@ -10,11 +10,12 @@
 import { randomUUID } from 'node:crypto';
 import { normalizeDestination } from '../../core/destination.js';
 import { canonicalPermissionBytes } from '../../core/permission-bytes.js';
-import { openSigner, signerOptionsFromEnv } from '../../core/pkcs11-signer.js';
 import { decide, evaluateCandidate } from '../../core/policy.js';
 import { fetchActiveCandidates } from '../../core/registry-queries.js';
 import { assertP256Spki, readSpkiInput, spkiFingerprint } from '../../core/spki-input.js';
 import { MICROS_PER_DAY, parseTimestamp } from '../../core/timestamp.js';
+import { openSigner } from '../../pkcs11/signer.js';
+import { signerOptionsFromEnv } from '../../pkcs11/signer-options.js';
 import { checkField, checkKeyId } from '../args.js';
 import { withRegistry } from '../db.js';
 import { databaseFromEnv } from '../env.js';

@@ -8,9 +8,10 @@
  * the token is touched.
  */
 import { writeFileSync } from 'node:fs';
-import { ensureKey, findKey, signerOptionsFromEnv } from '../../core/pkcs11-signer.js';
 import { spkiFingerprint, spkiToPem } from '../../core/spki-input.js';
 import { parseTimestamp } from '../../core/timestamp.js';
+import { ensureKey, findKey } from '../../pkcs11/signer.js';
+import { signerOptionsFromEnv } from '../../pkcs11/signer-options.js';
 import { checkKeyId } from '../args.js';
 import { withRegistry } from '../db.js';
 import { databaseFromEnv } from '../env.js';

@@ -1,6 +1,6 @@
-// core/pkcs11-signer.ts against a real swtpm through real tpm2-pkcs11: token and key creation, the key's
-// non-extractability as the token reports it, signatures that verify, and the errors that name what is
-// wrong. tpm2-pkcs11 reads its TCTI and store from the environment of this process, so this file
+// The PKCS#11 signer (pkcs11/) against a real swtpm through real tpm2-pkcs11: token and key creation, the
+// key's non-extractability as the token reports it, signatures that verify, and the errors that name what
+// is wrong. tpm2-pkcs11 reads its TCTI and store from the environment of this process, so this file
 // (its own vitest worker process) points process.env at its own TPM.
 import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -11,21 +11,15 @@ import pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { p256PublicKey, verifyDerSignature } from '../../core/ecdsa.js';
 import {
-  ensureKey,
-  findKey,
-  openSigner,
-  readPublicKeySpki,
-  SignerError,
-  type SignerOptions,
-  withSigner,
-} from '../../core/pkcs11-signer.js';
-import {
   addKey,
   provisionToken,
   readPublicSpki,
   startSwtpm,
   type TpmHandle,
 } from '../../dev-support/swtpm.js';
+import { ensureKey, findKey, openSigner, readPublicKeySpki, withSigner } from '../../pkcs11/signer.js';
+import { SignerError } from '../../pkcs11/signer-error.js';
+import type { SignerOptions } from '../../pkcs11/signer-options.js';
 
 const USER_PIN = 'user-pin-1234';
 const SO_PIN = 'so-pin-5678';

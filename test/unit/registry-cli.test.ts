@@ -9,7 +9,6 @@ import * as asn1js from 'asn1js';
 import { afterAll, describe, expect, it } from 'vitest';
 import { InvalidPublicKeyError } from '../../core/ecdsa.js';
 import { DEFAULT_IDENTITY_OID, identityExtension, readPeerIdentity } from '../../core/identity-extension.js';
-import { ecPointToSpki, SignerError, signerOptionsFromEnv } from '../../core/pkcs11-signer.js';
 import {
   assertP256Spki,
   parseSpkiBytes,
@@ -19,6 +18,9 @@ import {
   spkiToPem,
 } from '../../core/spki-input.js';
 import { x509 } from '../../core/x509.js';
+import { ecPointToSpki } from '../../pkcs11/ec-point.js';
+import { SignerError } from '../../pkcs11/signer-error.js';
+import { signerOptionsFromEnv } from '../../pkcs11/signer-options.js';
 import { checkField, checkKeyId, parseValidDays } from '../../registry-cli/args.js';
 import { databaseFromEnv } from '../../registry-cli/env.js';
 import { EnvironmentError, UsageError } from '../../registry-cli/errors.js';
