@@ -11,6 +11,7 @@
 import { constants, type Http2Session, type ServerHttp2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
 import { perTunnelBufferLimit } from '../core/tunnel-buffers.js';
+import { corkUntilNextTurn } from '../core/write-coalescing.js';
 
 const { NGHTTP2_CANCEL, NGHTTP2_CONNECT_ERROR, NGHTTP2_NO_ERROR } = constants;
 
@@ -291,35 +292,4 @@ function onStreamClose(this: ServerHttp2Stream): void {
 
 function onSocketClose(this: Socket): void {
   tunnelOf(this)?.onSocketClosed();
-}
-
-// ---- write coalescing ----------------------------------------------------------------------------
-
-// HTTP/2 delivers client bytes one DATA frame (≤16 KiB) at a time and node writes each to the socket
-// separately. Holding the socket corked until the next event-loop turn turns those into one writev:
-// measured, about half the write syscalls on uploads. (Uncorking on process.nextTick does not coalesce.)
-// One shared list and one setImmediate per turn, however many tunnels are busy.
-let corked: Socket[] = [];
-let spare: Socket[] = [];
-let flushScheduled = false;
-
-function corkUntilNextTurn(socket: Socket): void {
-  if (socket.writableCorked > 0) return;
-  socket.cork();
-  corked.push(socket);
-  if (!flushScheduled) {
-    flushScheduled = true;
-    setImmediate(flushCorked);
-  }
-}
-
-function flushCorked(): void {
-  flushScheduled = false;
-  const batch = corked;
-  corked = spare;
-  spare = batch;
-  for (const socket of batch) {
-    if (socket.writableCorked > 0) socket.uncork();
-  }
-  batch.length = 0;
 }

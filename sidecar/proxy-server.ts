@@ -9,6 +9,7 @@ import http2 from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import { errorText } from '../core/error-text.js';
 import { perTunnelBufferLimit } from '../core/tunnel-buffers.js';
+import { corkUntilNextTurn } from '../core/write-coalescing.js';
 import {
   clearStaleSocket,
   type ListenAddress,
@@ -284,21 +285,6 @@ export class ProxyServer {
       else socket.once('close', done);
     });
   }
-}
-
-/**
- * HTTP/2 hands over the gateway's bytes one DATA frame (≤16 KiB) at a time; holding the agent socket
- * corked until the next event-loop turn writes them with one writev instead of one write each.
- * (Uncorking on process.nextTick does not coalesce.)
- */
-function corkUntilNextTurn(socket: Socket): void {
-  if (socket.writableCorked > 0) return;
-  socket.cork();
-  setImmediate(uncork, socket);
-}
-
-function uncork(socket: Socket): void {
-  if (socket.writableCorked > 0) socket.uncork();
 }
 
 function isReset(stream: http2.ClientHttp2Stream): boolean {
