@@ -30,6 +30,14 @@ const OID_PATTERN = /^[0-2](\.(0|[1-9]\d*))+$/;
  */
 export const MAX_IDENTITY_BYTES = 256;
 
+/** Why `identity` can never be accepted by the gateway for its length, or undefined when it fits. */
+export function identityLengthError(identity: string): string | undefined {
+  const bytes = Buffer.byteLength(identity, 'utf8');
+  return bytes > MAX_IDENTITY_BYTES
+    ? `identity is ${bytes} bytes, longer than ${MAX_IDENTITY_BYTES}`
+    : undefined;
+}
+
 export function isValidOid(oid: string): boolean {
   return OID_PATTERN.test(oid);
 }

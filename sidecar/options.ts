@@ -7,7 +7,7 @@
 import { accessSync, constants as fsConstants } from 'node:fs';
 import { isIP } from 'node:net';
 import { Command, Option } from 'commander';
-import { DEFAULT_IDENTITY_OID, isValidOid } from '../core/identity-extension.js';
+import { DEFAULT_IDENTITY_OID, identityLengthError, isValidOid } from '../core/identity-extension.js';
 import {
   AgentAccessError,
   type ListenAddress,
@@ -264,6 +264,8 @@ export function validateProvision(raw: RawProvision): ProvisionOptions {
   if (identity === undefined || identity === '') throw new UsageError('--identity is required');
   if (/[\u0000-\u001f\u007f]/.test(identity))
     throw new UsageError('--identity must not contain control characters');
+  const tooLong = identityLengthError(identity);
+  if (tooLong !== undefined) throw new UsageError(`--identity: ${tooLong}; the gateway would deny it`);
   if (raw.outCert === undefined || raw.outCert === '') throw new UsageError('--out-cert is required');
   return {
     tpm: tpm.key,

@@ -9,6 +9,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { normalizeDestination } from '../../core/destination.js';
+import { identityLengthError } from '../../core/identity-extension.js';
 import { canonicalPermissionBytes } from '../../core/permission-bytes.js';
 import { decide, evaluateCandidate } from '../../core/policy.js';
 import { fetchActiveCandidates } from '../../core/registry-queries.js';
@@ -19,7 +20,7 @@ import { signerOptionsFromEnv } from '../../pkcs11/signer-options.js';
 import { checkField, checkKeyId } from '../args.js';
 import { withRegistry } from '../db.js';
 import { databaseFromEnv } from '../env.js';
-import { EXIT_OK, type ExitCode, Refusal, toCliError } from '../errors.js';
+import { EXIT_OK, type ExitCode, Refusal, toCliError, UsageError } from '../errors.js';
 import type { CommandContext } from '../io.js';
 import {
   activeScopes,
@@ -49,6 +50,9 @@ export type GrantOptions = {
 export async function grantPermission(ctx: CommandContext, opts: GrantOptions): Promise<ExitCode> {
   const keyId = checkKeyId(opts.keyId);
   const subjectIdentity = checkField('SUBJECT_IDENTITY', opts.subjectIdentity);
+  const tooLong = identityLengthError(subjectIdentity);
+  if (tooLong !== undefined)
+    throw new UsageError(`SUBJECT_IDENTITY: ${tooLong}; the gateway would never allow it`);
   const requestedId = checkField('PERMISSION_ID', opts.permissionId ?? `perm-${randomUUID()}`);
   let destination: string;
   let subjectSpkiDer: Buffer;

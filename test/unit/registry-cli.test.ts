@@ -388,6 +388,7 @@ describe('command line', () => {
       [['agent-permissions', 'grant', 'k', 'agent', spki, '127.1'], /invalid destination/],
       [['agent-permissions', 'grant', 'k', 'agent', spki, 'docstore', '30', 'p\tq'], /control character/],
       [['agent-permissions', 'grant', 'org alice', 'agent', spki, 'docstore'], /KEY_ID "org alice"/],
+      [['agent-permissions', 'grant', 'k', 'a'.repeat(257), spki, 'docstore'], /257 bytes, longer than 256/],
     ];
     for (const [args, message] of cases) {
       const r = await run(args);

@@ -192,6 +192,10 @@ describe('sidecar flags', () => {
     await expect(
       parse(['provision', '--pin-file', pin, '--identity', 'a\nb', '--out-cert', 'x']),
     ).rejects.toThrow(/control characters/);
+    // The gateway denies identities over 256 bytes: provisioning one would make a useless certificate.
+    await expect(
+      parse(['provision', '--pin-file', pin, '--identity', 'é'.repeat(129), '--out-cert', 'x']),
+    ).rejects.toThrow(/258 bytes, longer than 256/);
   });
 });
 
