@@ -86,7 +86,7 @@ export function createGatewayMetrics(opts: { defaultMetrics?: boolean; prefix?: 
     }),
     limitRejections: new Counter<'reason'>({
       name: 'agent_gateway_limit_rejections_total',
-      help: 'CONNECTs refused by a limit (rate_limited, identity_tunnel_limit, tunnel_limit, ...)',
+      help: 'CONNECTs and connections refused by a limit (rate_limited, identity_tunnel_limit, tunnel_limit, address_rate_limited, address_connection_limit, unproven_connection_limit, unproven_connection_timeout)',
       labelNames: ['reason'],
       registers,
     }),
