@@ -7,7 +7,7 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as fc from 'fast-check';
-import { ConfigError, loadConfig } from '../../gateway/config.js';
+import { CONFIG_KEYS, ConfigError, loadConfig } from '../../gateway/config.js';
 import { FULL_RUNS, type FuzzTarget, onlyThrows } from './fuzz-target.js';
 
 const ENV = { AGW_FUZZ_DATABASE_URL: 'postgres://fuzz@127.0.0.1:1/fuzz' };
@@ -29,48 +29,12 @@ export function removeConfigScratch(): void {
   dir = undefined;
 }
 
-/** Every key as of this writing, by section; keys added later are still reached by the text fuzzing. */
-const KEYS: Record<string, readonly string[]> = {
-  server: [
-    'listen_addr',
-    'tls_cert_path',
-    'tls_key_path',
-    'workers',
-    'handshake_timeout_ms',
-    'session_idle_timeout_ms',
-    'drain_timeout_ms',
-  ],
-  http2: [
-    'max_concurrent_streams',
-    'stream_window_bytes',
-    'connection_window_bytes',
-    'max_session_memory_mb',
-    'max_header_list_bytes',
-    'max_resets_per_10s',
-  ],
-  limits: [
-    'max_connections',
-    'max_tunnels',
-    'max_tunnels_per_identity',
-    'connect_rate_per_identity',
-    'connect_burst_per_identity',
-  ],
-  upstream: ['connect_timeout_ms', 'tunnel_idle_timeout_ms', 'deny_cidrs', 'allow_cidrs', 'overrides'],
-  admin: ['listen_addr'],
-  observability: ['log_level', 'otlp_endpoint'],
-  policy: [
-    'client_ext_oid',
-    'database_url',
-    'database_url_env',
-    'max_connections',
-    'connect_timeout_ms',
-    'pool_acquire_timeout_ms',
-    'query_timeout_ms',
-    'revocation_recheck_interval_ms',
-    'decision_cache_max_entries',
-    'decision_cache_ttl_ms',
-  ],
-};
+/** Every key the loader knows, by section ("upstream.overrides" is the key overrides of [upstream]). */
+const KEYS: Record<string, string[]> = {};
+for (const dotted of CONFIG_KEYS) {
+  const [section, key] = dotted.split('.', 2) as [string, string];
+  KEYS[section] = [...(KEYS[section] ?? []), key];
+}
 const SECTIONS = Object.keys(KEYS);
 
 /** A config that loads: the required keys only. */
