@@ -61,7 +61,7 @@ export type AuthorizerOptions = {
 };
 
 /** The uncached decision, with "could not ask" kept apart from "asked and denied". */
-export type Evaluation =
+export type RegistryVerdict =
   | { readonly kind: 'allow'; readonly grant: Grant }
   | { readonly kind: 'deny'; readonly reason: PolicyDenyReason; readonly detail: string }
   | { readonly kind: 'unavailable'; readonly detail: string; readonly busy?: boolean };
@@ -215,7 +215,7 @@ export class RegistryAuthorizer implements Authorizer {
     request: AccessRequest,
     now: Micros = this.now(),
     lane: LaneName = 'lookup',
-  ): Promise<Evaluation> {
+  ): Promise<RegistryVerdict> {
     let candidates: Candidate[];
     try {
       candidates = await this.registry.activeCandidates(request, now, lane);
@@ -250,7 +250,7 @@ export class RegistryAuthorizer implements Authorizer {
   }
 
   /** Live revocation's re-check: the uncached decision on the recheck lane, never behind lookups. */
-  recheck(request: AccessRequest, now: Micros): Promise<Evaluation> {
+  recheck(request: AccessRequest, now: Micros): Promise<RegistryVerdict> {
     return this.evaluate(request, now, 'recheck');
   }
 

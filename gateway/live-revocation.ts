@@ -23,7 +23,7 @@ import type pg from 'pg';
 import type { AccessRequest } from '../core/policy.js';
 import { formatTimestamp, type Micros, nowMicros } from '../core/timestamp.js';
 import type { DenyReason, Grant, LiveTunnel, TunnelTracker } from './authority.js';
-import type { Evaluation } from './authorizer.js';
+import type { RegistryVerdict } from './authorizer.js';
 import { BackoffTimeout } from './backoff-timeout.js';
 import { ExpiryQueue } from './expiry-queue.js';
 import type { GatewayMetrics } from './metrics.js';
@@ -36,7 +36,7 @@ import { TunnelIndex } from './tunnel-index.js';
 /** What live revocation needs from the authorizer (RegistryAuthorizer implements it). */
 export type RecheckAuthority = {
   /** The uncached decision, asked on the recheck lane. Never rejects. */
-  recheck(request: AccessRequest, now: Micros): Promise<Evaluation>;
+  recheck(request: AccessRequest, now: Micros): Promise<RegistryVerdict>;
   onRegistryChange(change: RegistryChange): void;
   setListenerUp(up: boolean): void;
   grantMayBeStale(grant: Grant): boolean;
