@@ -10,7 +10,7 @@ import { AggregatorRegistry } from 'prom-client';
 import { latestKnownVersion } from '../core/migrate.js';
 import { type AdminServer, startAdminServer } from './admin-server.js';
 import type { GatewayConfig } from './config.js';
-import { type RunningGateway, StartupError } from './gateway.js';
+import { GatewayStartupError, type RunningGateway } from './gateway.js';
 import type { GatewayMetrics } from './metrics.js';
 import { Registry, RegistrySchemaError } from './registry.js';
 import { loadTlsMaterial } from './server.js';
@@ -40,7 +40,7 @@ export async function runPrimary(config: GatewayConfig, logger: Logger): Promise
   try {
     loadTlsMaterial(config.server.tlsCertPath, config.server.tlsKeyPath);
   } catch (err) {
-    throw new StartupError(`cannot load TLS material: ${(err as Error).message}`);
+    throw new GatewayStartupError(`cannot load TLS material: ${(err as Error).message}`);
   }
   // A small pool of its own: the schema check now, /readyz pings later.
   const registry = new Registry({
@@ -57,8 +57,8 @@ export async function runPrimary(config: GatewayConfig, logger: Logger): Promise
     await registry.checkSchema();
   } catch (err) {
     await registry.close();
-    if (err instanceof RegistrySchemaError) throw new StartupError(err.message);
-    throw new StartupError(`cannot check the registry schema: ${(err as Error).message}`);
+    if (err instanceof RegistrySchemaError) throw new GatewayStartupError(err.message);
+    throw new GatewayStartupError(`cannot check the registry schema: ${(err as Error).message}`);
   }
   return new Primary(config, logger, registry).run();
 }

@@ -1,6 +1,6 @@
 /**
  * Wires one serving process: registry → authorizer → live revocation → limits → dialer → handler →
- * server (+ admin endpoint when this process owns it). Startup failures are StartupError with the exit
+ * server (+ admin endpoint when this process owns it). Startup failures are GatewayStartupError with the exit
  * code main should use; everything after startup is the running gateway's business.
  */
 import type { AddressInfo } from 'node:net';
@@ -19,13 +19,13 @@ import { GatewayServer } from './server.js';
 import type { Telemetry } from './telemetry.js';
 import { UpstreamDialer } from './upstream-dialer.js';
 
-export class StartupError extends Error {
+export class GatewayStartupError extends Error {
   constructor(
     message: string,
     readonly exitCode = 1,
   ) {
     super(message);
-    this.name = 'StartupError';
+    this.name = 'GatewayStartupError';
   }
 }
 
@@ -130,7 +130,7 @@ export async function startGateway(
         maxConnections: options.maxConnections,
       });
     } catch (err) {
-      throw new StartupError(`cannot load TLS material: ${(err as Error).message}`);
+      throw new GatewayStartupError(`cannot load TLS material: ${(err as Error).message}`);
     }
     const gatewayServer = server;
 
@@ -139,7 +139,7 @@ export async function startGateway(
       address = await gatewayServer.listen();
     } catch (err) {
       const { host, port } = config.server.listenAddr;
-      throw new StartupError(`cannot listen on ${host}:${port}: ${(err as Error).message}`);
+      throw new GatewayStartupError(`cannot listen on ${host}:${port}: ${(err as Error).message}`);
     }
 
     let admin: AdminServer | undefined;
@@ -158,7 +158,9 @@ export async function startGateway(
         gatewayServer.forceClose();
         await gatewayServer.drain(0);
         const { host, port } = config.admin.listenAddr;
-        throw new StartupError(`cannot listen on admin address ${host}:${port}: ${(err as Error).message}`);
+        throw new GatewayStartupError(
+          `cannot listen on admin address ${host}:${port}: ${(err as Error).message}`,
+        );
       }
       const adminServer = admin;
       cleanup.push(() => adminServer.close());
@@ -201,9 +203,9 @@ async function checkSchema(registry: Registry): Promise<{ version: number; notif
   try {
     return await registry.checkSchema();
   } catch (err) {
-    if (err instanceof RegistrySchemaError) throw new StartupError(err.message);
+    if (err instanceof RegistrySchemaError) throw new GatewayStartupError(err.message);
     if (err instanceof RegistryUnavailableError) {
-      throw new StartupError(`cannot check the registry schema: ${err.message}`);
+      throw new GatewayStartupError(`cannot check the registry schema: ${err.message}`);
     }
     throw err;
   }

@@ -63,13 +63,13 @@ async function main(): Promise<number> {
   }
 
   if (cluster.isPrimary && config.server.workers > 1) {
-    const [{ runPrimary }, { StartupError }, , { createLogger }] = await load();
+    const [{ runPrimary }, { GatewayStartupError }, , { createLogger }] = await load();
     const logger = createLogger(config.observability);
     let code: number;
     try {
       code = await runPrimary(config, logger);
     } catch (err) {
-      code = startupFailed(err, logger, StartupError);
+      code = startupFailed(err, logger, GatewayStartupError);
     }
     await new Promise<void>((resolve) => logger.flush(() => resolve()));
     return code;
@@ -82,7 +82,7 @@ async function serve(config: GatewayConfig): Promise<number> {
   const isWorker = cluster.isWorker;
   const [
     { attachWorker, perWorkerConnections, reportStartupFailure },
-    { StartupError, startGateway },
+    { GatewayStartupError, startGateway },
     { metrics },
     { startTelemetry },
   ] = await load();
@@ -104,7 +104,7 @@ async function serve(config: GatewayConfig): Promise<number> {
       metrics,
     });
   } catch (err) {
-    const code = startupFailed(err, logger, StartupError);
+    const code = startupFailed(err, logger, GatewayStartupError);
     if (isWorker) await reportStartupFailure((err as Error).message, code);
     await telemetry.shutdown();
     return code;
@@ -145,9 +145,9 @@ async function serve(config: GatewayConfig): Promise<number> {
 function startupFailed(
   err: unknown,
   logger: Logger,
-  StartupError: typeof import('./gateway.js').StartupError,
+  GatewayStartupError: typeof import('./gateway.js').GatewayStartupError,
 ): number {
-  if (err instanceof StartupError) {
+  if (err instanceof GatewayStartupError) {
     logger.fatal({ err: err.message }, 'cannot start');
     process.stderr.write(`agent_gateway: ${err.message}\n`);
     return err.exitCode;

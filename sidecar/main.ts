@@ -15,7 +15,7 @@ import {
   EXIT_TPM_FAILURE,
   EXIT_USAGE,
   type RunningSidecar,
-  StartupError,
+  SidecarStartupError,
   startSidecar,
 } from './start.js';
 import { createLogger, type Logger } from './telemetry.js';
@@ -93,7 +93,7 @@ function report(err: unknown): number {
     return EXIT_USAGE;
   }
   const reason =
-    err instanceof StartupError
+    err instanceof SidecarStartupError
       ? err.reason
       : err instanceof TpmContextError
         ? err.kind

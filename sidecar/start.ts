@@ -38,14 +38,14 @@ export type StartupFailure =
   | 'tpm_context_failed'
   | 'listen_failed';
 
-export class StartupError extends Error {
+export class SidecarStartupError extends Error {
   constructor(
     readonly reason: StartupFailure,
     message: string,
     options?: { cause?: unknown },
   ) {
     super(message, options);
-    this.name = 'StartupError';
+    this.name = 'SidecarStartupError';
   }
 }
 
@@ -89,15 +89,15 @@ export async function startSidecar(
     certSpki = certificateSpki(der);
     const peer = readPeerIdentity(der, opts.identityOid);
     if (!peer.ok) {
-      throw new StartupError(
+      throw new SidecarStartupError(
         'certificate_without_identity',
         `--client-cert ${opts.clientCertPath}: ${peer.detail}; the gateway would deny every CONNECT`,
       );
     }
     identity = peer.peer.identity;
   } catch (err) {
-    if (err instanceof StartupError) throw err;
-    throw new StartupError(
+    if (err instanceof SidecarStartupError) throw err;
+    throw new SidecarStartupError(
       'certificate_unreadable',
       `--client-cert ${opts.clientCertPath} is not a PEM certificate: ${(err as Error).message}`,
     );
@@ -105,7 +105,7 @@ export async function startSidecar(
   try {
     new x509.X509Certificate(caPem);
   } catch (err) {
-    throw new StartupError(
+    throw new SidecarStartupError(
       'ca_unreadable',
       `--ca-cert ${opts.caCertPath} is not a PEM certificate: ${(err as Error).message}`,
     );
@@ -117,8 +117,8 @@ export async function startSidecar(
     key = await readPersistentKey(target, opts.tpm.keyHandle);
   } catch (err) {
     if (err instanceof TpmUnreachableError)
-      throw new StartupError('tpm_unreachable', err.message, { cause: err });
-    throw new StartupError(
+      throw new SidecarStartupError('tpm_unreachable', err.message, { cause: err });
+    throw new SidecarStartupError(
       'tpm_unreachable',
       `reading the key at ${handle} failed: ${(err as Error).message}`,
       {
@@ -127,7 +127,7 @@ export async function startSidecar(
     );
   }
   if (key === undefined) {
-    throw new StartupError(
+    throw new SidecarStartupError(
       'tpm_key_missing',
       `no key is persisted at ${handle} in the TPM (${opts.tpm.tcti}); run \`agent_gateway_sidecar provision\` first`,
     );
@@ -135,11 +135,11 @@ export async function startSidecar(
   try {
     assertKeyAttributes(handle, key.attributes);
   } catch (err) {
-    if (err instanceof UnsuitableKeyError) throw new StartupError('tpm_key_unsuitable', err.message);
+    if (err instanceof UnsuitableKeyError) throw new SidecarStartupError('tpm_key_unsuitable', err.message);
     throw err;
   }
   if (!key.spkiDer.equals(certSpki)) {
-    throw new StartupError(
+    throw new SidecarStartupError(
       'certificate_key_mismatch',
       `--client-cert ${opts.clientCertPath} carries public key ${fingerprint(certSpki)}, but the TPM key at ${handle} ` +
         `is ${fingerprint(key.spkiDer)}: re-run provision to issue a carrier certificate for this key`,
@@ -153,7 +153,7 @@ export async function startSidecar(
     if (err instanceof TpmContextError) {
       const reason =
         err.kind === 'certificate_key_mismatch' ? 'certificate_key_mismatch' : 'tpm_context_failed';
-      throw new StartupError(reason, err.message, { cause: err });
+      throw new SidecarStartupError(reason, err.message, { cause: err });
     }
     throw err;
   }
@@ -181,7 +181,7 @@ export async function startSidecar(
   } catch (err) {
     const message = (err as Error).message;
     // agent-access errors already name the flag and the path.
-    throw new StartupError(
+    throw new SidecarStartupError(
       'listen_failed',
       message.startsWith('--') ? message : `--listen ${listenText}: ${message}`,
       { cause: err },
@@ -222,7 +222,7 @@ function readText(path: string, reason: StartupFailure, flag: string): string {
   try {
     return readFileSync(path, 'utf8');
   } catch (err) {
-    throw new StartupError(reason, `${flag} ${path}: ${(err as Error).message}`);
+    throw new SidecarStartupError(reason, `${flag} ${path}: ${(err as Error).message}`);
   }
 }
 
