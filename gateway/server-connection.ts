@@ -71,10 +71,10 @@ export class Connection implements ConnectionProof {
 }
 
 export const CONNECTION = Symbol('agent_gateway.connection');
-export type Carrier = { [CONNECTION]?: Connection };
+export type ConnectionSlot = { [CONNECTION]?: Connection };
 /** On an accepted TCP socket: the address its max_connections_per_address slot is counted under. */
 export const ADDRESS_SLOT = Symbol('agent_gateway.address_slot');
-export type SlotCarrier = Socket & {
+export type AddressSlotSocket = Socket & {
   [ADDRESS_SLOT]?: { readonly owner: ConnectionOwner; readonly address: string };
 };
 
@@ -95,17 +95,17 @@ export function onIdleTimer(c: Connection): void {
   c.session.close();
 }
 
-export function onSocketClose(this: SlotCarrier): void {
+export function onSocketClose(this: AddressSlotSocket): void {
   const slot = this[ADDRESS_SLOT];
   if (slot !== undefined) slot.owner.socketClosed(slot.address);
 }
 
-export function onSessionClose(this: ServerHttp2Session & Carrier): void {
+export function onSessionClose(this: ServerHttp2Session & ConnectionSlot): void {
   const c = this[CONNECTION];
   if (c !== undefined) c.owner.connectionClosed(c);
 }
 
-export function onStreamClose(this: ServerHttp2Stream & Carrier): void {
+export function onStreamClose(this: ServerHttp2Stream & ConnectionSlot): void {
   const c = this[CONNECTION];
   if (c !== undefined) c.owner.streamClosed(c, this);
 }

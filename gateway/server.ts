@@ -21,10 +21,11 @@ import type { ConnectHandler } from './connect-handler.js';
 import type { GatewayMetrics } from './metrics.js';
 import {
   ADDRESS_SLOT,
-  type Carrier,
+  type AddressSlotSocket,
   CONNECTION,
   Connection,
   type ConnectionOwner,
+  type ConnectionSlot,
   endAfterGoaway,
   GOAWAY_LINGER_MS,
   onIdleTimer,
@@ -33,7 +34,6 @@ import {
   onStreamClose,
   onUnprovenTimer,
   peerAddrOf,
-  type SlotCarrier,
 } from './server-connection.js';
 import type { Logger } from './telemetry.js';
 import { loadTlsMaterial, type TlsMaterial } from './tls-material.js';
@@ -204,7 +204,7 @@ export class GatewayServer implements ConnectionOwner {
 
   // ---- listeners (arrow properties: one closure per server, none per connection) -----------------
 
-  private readonly onConnection = (socket: SlotCarrier): void => {
+  private readonly onConnection = (socket: AddressSlotSocket): void => {
     const address = addressKey(socket.remoteAddress);
     if (!this.deps.addressLimits.openConnection(address)) {
       // Before TLS: a refused connection costs no handshake. Debug only: a flood would flood the log.
@@ -250,7 +250,7 @@ export class GatewayServer implements ConnectionOwner {
     const { config } = this.deps;
     const address = addressKey(session.socket.remoteAddress);
     const c = new Connection(this, session, peerAddrOf(session.socket), address, config.policy.clientExtOid);
-    (session as Carrier)[CONNECTION] = c;
+    (session as ConnectionSlot)[CONNECTION] = c;
     this.connections.add(c);
     if (!this.deps.addressLimits.openUnproven(address)) {
       this.deps.logger.debug(
@@ -294,13 +294,13 @@ export class GatewayServer implements ConnectionOwner {
     _flags?: number,
     rawHeaders?: string[],
   ): void => {
-    const c = (stream.session as (ServerHttp2Session & Carrier) | undefined)?.[CONNECTION];
+    const c = (stream.session as (ServerHttp2Session & ConnectionSlot) | undefined)?.[CONNECTION];
     if (c === undefined) {
       stream.close(constants.NGHTTP2_INTERNAL_ERROR);
       return;
     }
     c.openStreams++;
-    (stream as Carrier)[CONNECTION] = c;
+    (stream as ConnectionSlot)[CONNECTION] = c;
     stream.once('close', onStreamClose);
     // http2.max_header_list_bytes is advertised in SETTINGS, but node/nghttp2 enforce it only once the
     // client has ACKed those SETTINGS: a request sent in the client's first flight (or by a client that

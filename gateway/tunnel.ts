@@ -39,7 +39,8 @@ const IDLE_CLOSE_GRACE_MS = 5_000;
 const FLUSH_LINGER_MS = 30_000;
 
 const TUNNEL = Symbol('agent_gateway.tunnel');
-type Carrier = { [TUNNEL]?: Tunnel };
+/** The tunnel a stream or socket belongs to, kept on the emitter so listeners can be shared functions. */
+type TunnelSlot = { [TUNNEL]?: Tunnel };
 
 // Streams the gateway itself reset: the server's per-connection reset accounting counts only the
 // client's resets (rapid-reset protection), never ours.
@@ -92,8 +93,8 @@ export class Tunnel {
     if (this.session !== undefined) {
       tunnelsOnSession.set(this.session, (tunnelsOnSession.get(this.session) ?? 0) + 1);
     }
-    (stream as Carrier)[TUNNEL] = this;
-    (socket as Carrier)[TUNNEL] = this;
+    (stream as TunnelSlot)[TUNNEL] = this;
+    (socket as TunnelSlot)[TUNNEL] = this;
     stream.on('data', onStreamData);
     stream.on('drain', onStreamDrain);
     stream.on('end', onStreamEnd);
@@ -184,14 +185,14 @@ export class Tunnel {
     }
     // Late events (a socket error after close) find no tunnel and are ignored. Assigning rather than
     // deleting keeps both objects' hidden classes.
-    (this.stream as Carrier)[TUNNEL] = undefined;
-    (this.socket as Carrier)[TUNNEL] = undefined;
+    (this.stream as TunnelSlot)[TUNNEL] = undefined;
+    (this.socket as TunnelSlot)[TUNNEL] = undefined;
     this.owner.tunnelClosed(this);
   }
 }
 
 function tunnelOf(emitter: unknown): Tunnel | undefined {
-  return (emitter as Carrier)[TUNNEL];
+  return (emitter as TunnelSlot)[TUNNEL];
 }
 
 // ---- client → destination ------------------------------------------------------------------------
