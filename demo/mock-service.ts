@@ -12,6 +12,7 @@ import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import https from 'node:https';
 import { parseArgs } from 'node:util';
+import { type HostPort, parseHostPort } from '../core/host-port.js';
 import { isMain } from './is-main.js';
 
 type Item = Record<string, string>;
@@ -56,13 +57,10 @@ function log(fields: Record<string, unknown>): void {
   process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), ...fields })}\n`);
 }
 
-function parseListen(text: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(text.trim());
-  const port = Number(m?.[3]);
-  if (m === null || !(port >= 0 && port <= 65535)) {
-    throw new Error(`--listen must be host:port, got ${JSON.stringify(text)}`);
-  }
-  return { host: (m[1] ?? m[2]) as string, port };
+function parseListen(text: string): HostPort {
+  const parsed = parseHostPort(text, { allowPortZero: true });
+  if (!parsed.ok) throw new Error(`--listen must be host:port, got ${JSON.stringify(text)}`);
+  return parsed.value;
 }
 
 function usage(message?: string): never {

@@ -4,12 +4,13 @@
  * config.ts collects them once (CONFIG_KEYS) and rejects any other key in a file before reading it.
  */
 import { normalizeDestination } from '../core/destination.js';
+import { type HostPort, parseHostPort } from '../core/host-port.js';
 import { isValidOid } from '../core/identity-extension.js';
 import { type Cidr, parseCidr } from './address-guard.js';
 
 export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
 
-export type HostPort = { readonly host: string; readonly port: number };
+export type { HostPort } from '../core/host-port.js';
 
 export type Raw = Record<string, unknown>;
 
@@ -111,7 +112,7 @@ export class ConfigReader {
   hostPort(name: string, fallback: string): HostPort {
     const v = this.value(name) ?? fallback;
     if (typeof v !== 'string') this.fail(name, 'must be a "host:port" string');
-    return parseHostPort(v, (why) => this.fail(name, why));
+    return hostPortOrFail(v, (why) => this.fail(name, why));
   }
 
   optionalHostPort(name: string, fallback: string): HostPort | undefined {
@@ -168,7 +169,7 @@ export class ConfigReader {
       if (typeof target !== 'string') this.fail(key, 'must be a "host:port" string');
       out.set(
         normalized,
-        parseHostPort(target, (why) => this.fail(key, why)),
+        hostPortOrFail(target, (why) => this.fail(key, why)),
       );
     }
     return out;
@@ -198,13 +199,18 @@ function isTable(v: unknown): v is Raw {
   return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Date);
 }
 
-/** `host:port` or `[v6]:port`, port 1..65535 (0 allowed for listeners would hide the port from operators). */
-export function parseHostPort(text: string, fail: (why: string) => never): HostPort {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(text.trim());
-  if (m === null) return fail(`${JSON.stringify(text)} is not "host:port"`);
-  const port = Number(m[3]);
-  if (port < 1 || port > 65535) return fail(`port ${port} is outside 1..65535`);
-  return { host: (m[1] ?? m[2]) as string, port };
+/** `host:port` or `[v6]:port` (core/host-port.ts), port 1..65535: port 0 would hide a listener's port. */
+function hostPortOrFail(text: string, fail: (why: string) => never): HostPort {
+  const parsed = parseHostPort(text);
+  if (parsed.ok) return parsed.value;
+  switch (parsed.problem) {
+    case 'syntax':
+      return fail(`${JSON.stringify(text)} is not "host:port"`);
+    case 'not_ipv6':
+      return fail(`${parsed.host} in brackets is not an IPv6 address`);
+    case 'port_range':
+      return fail(`port ${parsed.port} is outside 1..65535`);
+  }
 }
 
 /**

@@ -16,7 +16,6 @@ export {
   type HostPort,
   type LogLevel,
   logLevelFromFilter,
-  parseHostPort,
 } from './config-reader.js';
 
 export type GatewayConfig = {

@@ -4,9 +4,9 @@
  */
 import { constants, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
+import { formatHostPort } from '../core/host-port.js';
 import type { ConnectionProof, StreamOrigin } from './connect-handler.js';
 import { sessionIdentity } from './tls-identity.js';
-import { formatAddress } from './upstream-dialer.js';
 
 const { NGHTTP2_ENHANCE_YOUR_CALM } = constants;
 
@@ -112,5 +112,5 @@ export function onStreamClose(this: ServerHttp2Stream & ConnectionSlot): void {
 
 export function peerAddrOf(socket: { remoteAddress?: string; remotePort?: number }): string {
   const address = socket.remoteAddress ?? 'unknown';
-  return formatAddress(address, socket.remotePort ?? 0);
+  return formatHostPort(address, socket.remotePort ?? 0);
 }

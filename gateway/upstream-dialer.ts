@@ -15,8 +15,8 @@ import { isIP, Socket, type SocketConstructorOpts } from 'node:net';
 import type { DuplexOptions } from 'node:stream';
 import type { Destination } from '../core/destination.js';
 import { errorText } from '../core/error-text.js';
+import { formatHostPort, type HostPort } from '../core/host-port.js';
 import type { AddressGuard } from './address-guard.js';
-import type { HostPort } from './config.js';
 
 export type ResolveFailureReason = 'dns' | 'destination_address_denied';
 export type ConnectFailureReason = 'timeout' | 'refused' | 'unreachable' | 'reset' | 'cancelled' | 'error';
@@ -124,7 +124,7 @@ export class UpstreamDialer {
       const address = addresses[i] as string;
       const attempt = await connectOnce(address, target.port, remaining / (addresses.length - i), signal);
       if (attempt.ok) return attempt;
-      last = { ...attempt, detail: `${formatAddress(address, target.port)}: ${attempt.detail}` };
+      last = { ...attempt, detail: `${formatHostPort(address, target.port)}: ${attempt.detail}` };
       if (attempt.reason === 'cancelled') return last;
     }
     if (last.reason === 'timeout' && deadline - Date.now() <= 0) {
@@ -212,8 +212,4 @@ function withDeadline<T>(promise: Promise<T>, deadline: number): Promise<T> {
     timer = setTimeout(() => reject(new Error('lookup timed out')), Math.max(0, deadline - Date.now()));
   });
   return Promise.race([promise, expired]).finally(() => clearTimeout(timer));
-}
-
-export function formatAddress(address: string, port: number): string {
-  return isIP(address) === 6 ? `[${address}]:${port}` : `${address}:${port}`;
 }

@@ -7,6 +7,7 @@
 import http2 from 'node:http2';
 import tls from 'node:tls';
 import { errorText } from '../core/error-text.js';
+import { formatHostPort } from '../core/host-port.js';
 import type { Logger } from './telemetry.js';
 import { isTpmSigningFailure } from './tpm-context.js';
 
@@ -157,7 +158,7 @@ export class GatewaySession {
       let settled = false;
       let established = false;
       let socket: tls.TLSSocket | undefined;
-      const session = http2.connect(`https://${host.includes(':') ? `[${host}]` : host}:${port}`, {
+      const session = http2.connect(`https://${formatHostPort(host, port)}`, {
         createConnection: () => {
           socket = tls.connect({
             host,

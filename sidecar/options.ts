@@ -7,6 +7,7 @@
 import { accessSync, constants as fsConstants } from 'node:fs';
 import { isIP } from 'node:net';
 import { Command, Option } from 'commander';
+import { type HostPort, parseHostPort } from '../core/host-port.js';
 import { DEFAULT_IDENTITY_OID, identityLengthError, isValidOid } from '../core/identity-extension.js';
 import {
   AgentAccessError,
@@ -24,8 +25,6 @@ export const DEFAULT_TCTI = 'swtpm:host=127.0.0.1,port=2321';
 export const DEFAULT_KEY_HANDLE = '0x81010004';
 export const DEFAULT_TOKEN = 'agent-gateway-sidecar';
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
-
-export type HostPort = { readonly host: string; readonly port: number };
 
 export type RunOptions = {
   readonly listen: ListenAddress;
@@ -215,7 +214,7 @@ export function validateRun(raw: RawRun): RunOptions {
   }
   return {
     ...agentAccess(raw),
-    gateway: parseHostPort('--gateway', raw.gateway),
+    gateway: flagHostPort('--gateway', raw.gateway),
     gatewayName,
     clientCertPath: readableFile('--client-cert', raw.clientCert),
     caCertPath: readableFile('--ca-cert', raw.caCert),
@@ -242,7 +241,7 @@ function agentAccess(raw: RawRun): Pick<RunOptions, 'listen' | 'proxyToken'> {
       listen = { kind: 'unix', path: socketPath, gid };
     } else {
       if (raw.socketGroup !== undefined) throw new UsageError('--socket-group needs --listen unix:/path');
-      listen = { kind: 'tcp', ...parseHostPort('--listen', raw.listen) };
+      listen = { kind: 'tcp', ...flagHostPort('--listen', raw.listen) };
       if (!isLoopbackHost(listen.host) && raw.allowNonLoopback !== true) {
         throw new UsageError(
           `--listen ${raw.listen} is not a loopback address: anyone who can reach it could use this ` +
@@ -327,15 +326,18 @@ export function parseKeyHandle(text: string): number {
   return handle;
 }
 
-export function parseHostPort(flag: string, text: string): HostPort {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]\s/]+)):(\d{1,5})$/.exec(text.trim());
-  if (m === null)
-    throw new UsageError(`${flag} ${JSON.stringify(text)} is not host:port (IPv6 as [addr]:port)`);
-  const host = (m[1] ?? m[2]) as string;
-  if (m[1] !== undefined && isIP(host) !== 6) throw new UsageError(`${flag}: ${host} is not an IPv6 address`);
-  const port = Number(m[3]);
-  if (port < 1 || port > 65535) throw new UsageError(`${flag}: port ${port} is outside 1..65535`);
-  return { host, port };
+/** A `host:port` flag value (core/host-port.ts), or a UsageError naming the flag. */
+export function flagHostPort(flag: string, text: string): HostPort {
+  const parsed = parseHostPort(text);
+  if (parsed.ok) return parsed.value;
+  switch (parsed.problem) {
+    case 'syntax':
+      throw new UsageError(`${flag} ${JSON.stringify(text)} is not host:port (IPv6 as [addr]:port)`);
+    case 'not_ipv6':
+      throw new UsageError(`${flag}: ${parsed.host} is not an IPv6 address`);
+    case 'port_range':
+      throw new UsageError(`${flag}: port ${parsed.port} is outside 1..65535`);
+  }
 }
 
 /** True for addresses only this machine can reach. */

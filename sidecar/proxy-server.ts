@@ -8,6 +8,7 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import { errorText } from '../core/error-text.js';
+import { formatHostPort } from '../core/host-port.js';
 import { perTunnelBufferLimit } from '../core/tunnel-buffers.js';
 import { corkUntilNextTurn } from '../core/write-coalescing.js';
 import {
@@ -81,9 +82,7 @@ export class ProxyServer {
         resolve(this.server.address() as AddressInfo);
       });
     });
-    return address.family === 'IPv6'
-      ? `[${address.address}]:${address.port}`
-      : `${address.address}:${address.port}`;
+    return formatHostPort(address.address, address.port);
   }
 
   /**

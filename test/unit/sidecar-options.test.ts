@@ -5,9 +5,9 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   buildCli,
+  flagHostPort,
   isLoopbackHost,
   type ProvisionOptions,
-  parseHostPort,
   parseKeyHandle,
   type RunOptions,
   UsageError,
@@ -215,11 +215,11 @@ describe('persistent handle range', () => {
 
 describe('addresses', () => {
   it('parses host:port and bracketed IPv6', () => {
-    expect(parseHostPort('--x', 'gateway.internal:8443')).toEqual({ host: 'gateway.internal', port: 8443 });
-    expect(parseHostPort('--x', '[::1]:3128')).toEqual({ host: '::1', port: 3128 });
-    expect(() => parseHostPort('--x', '[1:2:3]:3128')).toThrow(/not an IPv6 address/);
-    expect(() => parseHostPort('--x', '::1:3128')).toThrow(/not host:port/);
-    expect(() => parseHostPort('--x', 'h:65536')).toThrow(/outside 1..65535/);
+    expect(flagHostPort('--x', 'gateway.internal:8443')).toEqual({ host: 'gateway.internal', port: 8443 });
+    expect(flagHostPort('--x', '[::1]:3128')).toEqual({ host: '::1', port: 3128 });
+    expect(() => flagHostPort('--x', '[1:2:3]:3128')).toThrow(/not an IPv6 address/);
+    expect(() => flagHostPort('--x', '::1:3128')).toThrow(/not host:port/);
+    expect(() => flagHostPort('--x', 'h:65536')).toThrow(/outside 1..65535/);
   });
 
   it('knows which listen addresses only this machine can reach', () => {
