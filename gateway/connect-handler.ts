@@ -12,6 +12,7 @@
  */
 import { constants, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import { type Span, SpanStatusCode, type Tracer } from '@opentelemetry/api';
+import { LRUCache } from 'lru-cache';
 import { type Destination, InvalidDestinationError, normalizeDestination } from '../core/destination.js';
 import type { IdentityResult, PeerIdentity } from '../core/identity-extension.js';
 import { ActiveTunnel, type AllowedLine, type DecisionFields } from './active-tunnel.js';
@@ -67,6 +68,8 @@ const NORMALIZED_CACHE_ENTRIES = 4096;
 // Normalization runs before the identity check, so any client picks the keys: a long one (a 253-byte
 // name, a port, some padding the normalizer trims) is normalized each time rather than kept.
 const NORMALIZED_CACHE_KEY_MAX = 300;
+// lru-cache's get() defaults its options to a fresh {}; one shared object keeps a hit allocation-free.
+const GET_OPTIONS: LRUCache.GetOptions<string, Destination, unknown> = {};
 
 export class ConnectHandler implements OpenTunnelBytes {
   /** Open tunnels, so drain can reset the stragglers and /metrics can count their bytes. */
@@ -74,9 +77,10 @@ export class ConnectHandler implements OpenTunnelBytes {
 
   /**
    * :authority → its normalized destination. Agents ask for the same few destinations over and over,
-   * normalization (IDNA, IP parsing) is pure, and Destination is immutable. Only valid ones are kept.
+   * normalization (IDNA, IP parsing) is pure, and Destination is immutable. Only valid ones are kept;
+   * a client cycling through new names evicts the least recently used, not the agents' few.
    */
-  private readonly normalized = new Map<string, Destination>();
+  private readonly normalized = new LRUCache<string, Destination>({ max: NORMALIZED_CACHE_ENTRIES });
   /** The allow series, bound once: label lookup per CONNECT is measurable on the hot path. */
   private readonly allowCounter;
 
@@ -134,7 +138,7 @@ export class ConnectHandler implements OpenTunnelBytes {
 
     if (deps.isDraining()) return deny(503, 'draining', 'gateway is shutting down');
 
-    let destination = this.normalized.get(authority);
+    let destination = this.normalized.get(authority, GET_OPTIONS);
     if (destination === undefined) {
       try {
         destination = normalizeDestination(authority);
@@ -142,10 +146,7 @@ export class ConnectHandler implements OpenTunnelBytes {
         if (!(err instanceof InvalidDestinationError)) throw err;
         return deny(400, 'invalid_authority', err.why);
       }
-      if (authority.length <= NORMALIZED_CACHE_KEY_MAX) {
-        if (this.normalized.size >= NORMALIZED_CACHE_ENTRIES) this.normalized.clear();
-        this.normalized.set(authority, destination);
-      }
+      if (authority.length <= NORMALIZED_CACHE_KEY_MAX) this.normalized.set(authority, destination);
     }
     fields.destination = destination.normalized;
     span.setAttribute('server.address', destination.normalized);
