@@ -1,6 +1,7 @@
 /**
  * The naive-Node baseline (bench line b): a minimal HTTP/2 CONNECT proxy with the receive windows raised as
- * in /work/shared/notes/node-http2-tunnels.md, and nothing else: no authorization, no limits, no logging.
+ * the gateway raises them (stream 4 MiB, connection 32 MiB), and nothing else: no authorization, no
+ * limits, no logging.
  * It asks for a client certificate (unchecked) so its handshake costs what the gateway's does.
  *
  *   node dist/bench/naive-proxy.js --port P --cert FILE --key FILE

@@ -1,8 +1,9 @@
 /**
- * Carrier certificates (SPEC §6): an X.509 leaf whose only jobs are to carry a TPM key's public key and
- * the identity extension to the gateway. The gateway never verifies the chain, only the handshake's proof
- * of possession, so the issuer is a throwaway software key generated here and dropped at once: nothing
- * about the issuer is worth keeping or protecting, and keeping nothing means nothing can leak.
+ * Carrier certificates (docs/contract.md "Carrier certificate"): an X.509 leaf whose only jobs are to carry a
+ * TPM key's public key and the identity extension to the gateway. The gateway never verifies the chain, only
+ * the handshake's proof of possession, so the issuer is a throwaway software key generated here and dropped
+ * at once: nothing about the issuer is worth keeping or protecting, and keeping nothing means nothing can
+ * leak.
  */
 import { webcrypto } from 'node:crypto';
 import { p256PublicKey } from './ecdsa.js';

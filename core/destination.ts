@@ -1,7 +1,7 @@
 /**
- * Destination normalization (SPEC §3). The gateway, the registry CLI and the tests all call this one
- * function, so a grant written by an admin and a CONNECT authority sent by an agent compare equal
- * exactly when they name the same destination.
+ * Destination normalization (docs/contract.md "Destination normalization"). The gateway, the registry CLI and
+ * the tests all call this one function, so a grant written by an admin and a CONNECT authority sent by an
+ * agent compare equal exactly when they name the same destination.
  *
  * Canonical form, decided here once:
  * - hostnames: IDNA to ASCII (A-labels, via WHATWG `domainToASCII`), lowercase; a trailing dot is

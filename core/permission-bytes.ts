@@ -1,6 +1,6 @@
 /**
- * The exact bytes a principal signs for one permission row (SPEC §2, v1). Both the signer (registry CLI)
- * and the verifier (gateway) build them here.
+ * The exact bytes a principal signs for one permission row (v1, docs/contract.md "Signed bytes"). Both
+ * the signer (registry CLI) and the verifier (gateway) build them here.
  */
 import { formatTimestamp, type Micros } from './timestamp.js';
 

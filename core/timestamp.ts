@@ -1,7 +1,8 @@
 /**
  * Registry timestamps at PostgreSQL's precision. A JavaScript Date keeps milliseconds, PostgreSQL keeps
  * microseconds: a timestamp that round-trips through Date changes the signed bytes. Timestamps therefore
- * travel as text in exactly the SPEC §2 form and are compared as bigint microseconds since the epoch.
+ * travel as text in exactly the signed-bytes form (docs/contract.md "Signed bytes") and are compared as
+ * bigint microseconds since the epoch.
  */
 export type Micros = bigint;
 

@@ -300,7 +300,7 @@ wait_port() {
   done
 }
 
-# ---- software TPM: swtpm + private D-Bus + tpm2-abrmd (as /work/shared/notes/tpm/tpm-up.sh) -------------
+# ---- software TPM: swtpm + private D-Bus + tpm2-abrmd (as dev-support/swtpm.ts) ---------------------------
 
 multiarch_lib() {
   local d

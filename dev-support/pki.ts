@@ -3,7 +3,8 @@
 //   gateway like a real sidecar does (ca + servername), and a SIGHUP test can tell two certs apart; it also
 //   issues carrier certificates, for peers that verify the client chain (the bench's TLS endpoints).
 // - createCarrier(identity): a self-issued client "carrier" certificate with the identity extension
-//   (SPEC §6), or with a missing / malformed extension for the identity-failure tests.
+//   (docs/contract.md "Carrier certificate"), or with a missing / malformed extension for the
+//   identity-failure tests.
 // - createPrincipalKey(): a principal's signing key for seeding signed grants (dev-support/registry-seed.ts).
 import { createPrivateKey, generateKeyPairSync, type KeyObject, webcrypto } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';

@@ -1,6 +1,7 @@
-// Seed a test or bench registry exactly as the registry CLI would (SPEC §1–§2): a principal signing key,
-// its delegation scope, and permission rows signed over core/permission-bytes.ts canonicalPermissionBytes with
-// node crypto (ECDSA P-256 / SHA-256, DER). Timestamps travel as canonical text, never through Date.
+// Seed a test or bench registry exactly as the registry CLI would (docs/contract.md "Schema", "Signed
+// bytes"): a principal signing key, its delegation scope, and permission rows signed over
+// core/permission-bytes.ts canonicalPermissionBytes with node crypto (ECDSA P-256 / SHA-256, DER). Timestamps
+// travel as canonical text, never through Date.
 //
 //   const principal = createPrincipalKey();
 //   await grant(dbUrl, { principalId: 'org-alice', principal, identity: 'agent-alpha',
@@ -81,7 +82,7 @@ export type PermissionSpec = {
   readonly principal: PrincipalKey;
   readonly identity: string;
   readonly subjectSpkiDer: Uint8Array;
-  /** Normalized here (SPEC §3), as the CLI does. */
+  /** Normalized here (docs/contract.md "Destination normalization"), as the CLI does. */
   readonly destination: string;
   readonly window?: Window;
   /** Sign with this key instead (a forged row). */

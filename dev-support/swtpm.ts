@@ -1,4 +1,4 @@
-// A real software TPM for tests and bench line (d), as in /work/shared/notes/tpm/tpm-up.sh: swtpm (TCP
+// A real software TPM for tests and bench line (d), the set-up sidecar/README.md describes: swtpm (TCP
 // on 127.0.0.1, data port P, control port P+1) behind tpm2-abrmd on a private session D-Bus, in a fresh
 // temp state dir. swtpm alone has 3 transient object slots and no resource manager, so tpm2_ptool /
 // tpm2-pkcs11 go through abrmd (TCTI `tabrmd:bus_type=session`). Every daemon logs to a file in the dir.

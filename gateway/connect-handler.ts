@@ -1,5 +1,6 @@
 /**
- * One HTTP/2 stream, start to finish (SPEC §4): 405 / 400 / 403 / 429 / 503 / 502, or 200 and a tunnel.
+ * One HTTP/2 stream, start to finish: 405 / 400 / 403 / 429 / 503 / 502, or 200 and a tunnel
+ * (docs/contract.md "CONNECT: answers and log lines").
  * Cheap refusals come first so that floods and unidentified clients never cost a registry query, and
  * the destination is dialled before answering, so a 200 always means bytes can flow.
  *

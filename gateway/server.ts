@@ -77,8 +77,9 @@ export class GatewayServer implements ConnectionOwner {
       // h2 only: an http/1.1-only client fails the TLS handshake (no_application_protocol alert).
       allowHTTP1: false,
       ALPNProtocols: ['h2'],
-      // Ask for a client certificate but verify no chain (SPEC §4): the handshake proves possession of
-      // the key, and the registry names that exact key. No certificate → every CONNECT is denied.
+      // Ask for a client certificate but verify no chain (docs/contract.md "Identity"): the handshake proves
+      // possession of the key, and the registry names that exact key. No certificate → every CONNECT is
+      // denied.
       requestCert: true,
       rejectUnauthorized: false,
       handshakeTimeout: config.server.handshakeTimeoutMs,
@@ -273,7 +274,7 @@ export class GatewayServer implements ConnectionOwner {
       c.unprovenTimer = setTimeout(onUnprovenTimer, config.server.unprovenConnectionTimeoutMs, c);
       c.unprovenTimer.unref();
     }
-    // Both windows, or the 64 KiB default of the other caps throughput (notes/node-http2-tunnels.md).
+    // Both windows, or the 64 KiB default of the other caps throughput.
     session.setLocalWindowSize(config.http2.connectionWindowBytes);
     session.on('error', this.onSessionError);
     session.once('close', onSessionClose);

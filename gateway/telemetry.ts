@@ -1,7 +1,7 @@
 /**
- * Logs and traces. Log lines are JSON on stdout (SPEC §4 names the messages and fields); traces are
- * OTLP/gRPC and only exist when observability.otlp_endpoint is set, so the OpenTelemetry SDK (and gRPC)
- * is loaded on demand rather than paid for by every gateway.
+ * Logs and traces. Log lines are JSON on stdout (docs/contract.md "CONNECT: answers and log lines" names the
+ * messages and fields); traces are OTLP/gRPC and only exist when observability.otlp_endpoint is set, so the
+ * OpenTelemetry SDK (and gRPC) is loaded on demand rather than paid for by every gateway.
  */
 
 import { createHash } from 'node:crypto';

@@ -16,8 +16,8 @@ const CACHE_MAX_ENTRIES = 4096;
 const byCertificate = new Map<string, IdentityResult>();
 
 /**
- * The identity proven by this session's handshake. No chain verification on purpose (SPEC §4): the
- * handshake proved possession of the leaf's key, and the registry names that exact key.
+ * The identity proven by this session's handshake. No chain verification on purpose (docs/contract.md
+ * "Identity"): the handshake proved possession of the leaf's key, and the registry names that exact key.
  */
 export function sessionIdentity(session: Http2Session, oid: string): IdentityResult {
   const cached = bySession.get(session);

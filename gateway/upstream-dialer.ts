@@ -145,9 +145,9 @@ function connectOnce(
   signal?: AbortSignal,
 ): Promise<Connection> {
   return new Promise((resolve) => {
-    // allowHalfOpen: CONNECT half-close (SPEC §4) needs each direction to end independently. The host is
-    // the literal the guard approved, so net does no lookup of its own. writableHighWaterMark: see
-    // UPSTREAM_WRITE_HIGH_WATER_MARK.
+    // allowHalfOpen: CONNECT half-close (docs/contract.md "Tunnel end") needs each direction to end
+    // independently. The host is the literal the guard approved, so net does no lookup of its own.
+    // writableHighWaterMark: see UPSTREAM_WRITE_HIGH_WATER_MARK.
     const socket = new Socket(SOCKET_OPTIONS);
     let settled = false;
     const finish = (result: Connection) => {

@@ -1,4 +1,4 @@
--- agent_gateway signed authorization registry, schema version 1 (SPEC §1).
+-- agent_gateway signed authorization registry, schema version 1 (docs/contract.md "Schema").
 -- This file never changes once released; later changes are new numbered files.
 
 CREATE TABLE agent_gateway_schema_version (

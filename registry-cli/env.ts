@@ -1,5 +1,6 @@
 /**
- * Where the CLI's configuration comes from (SPEC §7). Every error names the variable to set.
+ * Where the CLI's configuration comes from (docs/contract.md "Registry CLI"). Every error names the variable
+ * to set.
  */
 import { EnvironmentError } from './errors.js';
 

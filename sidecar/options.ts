@@ -1,8 +1,8 @@
 /**
- * Command line of `agent_gateway_sidecar` (SPEC §6 flags plus this project's additions) and of its
- * `provision` subcommand. Commander only collects strings; everything is validated here into typed
- * options, and every error names the flag, so a misconfigured sidecar refuses to start with a message
- * that says which flag to fix.
+ * Command line of `agent_gateway_sidecar` (the original's flags plus this project's additions;
+ * docs/contract.md "Sidecar") and of its `provision` subcommand. Commander only collects strings;
+ * everything is validated here into typed options, and every error names the flag, so a misconfigured
+ * sidecar refuses to start with a message that says which flag to fix.
  */
 import { accessSync, constants as fsConstants } from 'node:fs';
 import { isIP } from 'node:net';

@@ -1,7 +1,8 @@
 /**
- * The one module that touches the OpenSSL engine: it builds the TLS SecureContext whose private key is
- * the TPM key, reached through the libp11 "pkcs11" engine over tpm2-pkcs11 (see
- * /work/shared/notes/tpm-tls.md for why this is the route that works from Node). The private key never
+ * The one module that touches the OpenSSL engine: it builds the TLS SecureContext whose private key is the
+ * TPM key, reached through the libp11 "pkcs11" engine over tpm2-pkcs11: the route that works from Node (the
+ * tpm2-openssl provider's key parses, but Node imports it into the default provider and the handshake fails
+ * with "missing private key"; making that provider the default hangs Node at start). The private key never
  * enters this process; every handshake asks the TPM for one signature.
  *
  * Engines are deprecated in OpenSSL 3 (and `privateKeyEngine` is DEP0183 in Node), so everything that

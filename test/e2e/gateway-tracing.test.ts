@@ -1,7 +1,7 @@
-// Tracing (SPEC §4): with observability.otlp_endpoint set, each CONNECT is one span "gateway CONNECT"
-// exported over OTLP/gRPC, in the caller's trace (W3C traceparent). The collector here is a bare h2c
-// gRPC endpoint that keeps the raw ExportTraceServiceRequest bytes; the trace id and span name are
-// found in them without decoding protobuf.
+// Tracing (docs/contract.md "CONNECT: answers and log lines"): with observability.otlp_endpoint set, each
+// CONNECT is one span "gateway CONNECT" exported over OTLP/gRPC, in the caller's trace (W3C traceparent). The
+// collector here is a bare h2c gRPC endpoint that keeps the raw ExportTraceServiceRequest bytes; the trace id
+// and span name are found in them without decoding protobuf.
 import http2 from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';

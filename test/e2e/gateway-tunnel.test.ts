@@ -1,5 +1,6 @@
-// The request path end to end: a real gateway process, a real registry (signed grants), real mTLS
-// HTTP/2 clients, real loopback destinations. Status codes and log lines per SPEC §4.
+// The request path end to end: a real gateway process, a real registry (signed grants), real mTLS HTTP/2
+// clients, real loopback destinations. Status codes and log lines per docs/contract.md "CONNECT: answers and
+// log lines".
 import { createHash, randomBytes } from 'node:crypto';
 import { type ClientHttp2Session, constants } from 'node:http2';
 import tls from 'node:tls';
@@ -123,7 +124,7 @@ describe('gateway request path', () => {
     if (dbUrl) await dropDatabase(adminUrl, dbUrl);
   });
 
-  it('tunnels an echo round trip through an upstream override, and logs it per SPEC §4', async () => {
+  it('tunnels an echo round trip through an upstream override, and logs it per the contract', async () => {
     const t = await openTunnel(session, 'docstore:443', {
       traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
     });

@@ -466,7 +466,7 @@ describe('registry CLI end to end', () => {
     expect(JSON.parse(viaScript.stdout)).toMatchObject({ decision: 'allow', permission_id: alphaPermission });
   });
 
-  it('the stored signature verifies with openssl against the registered SPKI and the SPEC §2 bytes', async () => {
+  it('the stored signature verifies with openssl against the registered SPKI and the canonical signed bytes', async () => {
     const r = await db.query(
       `SELECT p.permission_id, p.signing_key_id, p.subject_identity, p.subject_public_key_spki_der, p.destination,
          ${ts('p.not_before')} AS nb, ${ts('p.not_after')} AS na, p.signature, k.public_key_spki_der AS k_spki

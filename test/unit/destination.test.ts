@@ -1,5 +1,6 @@
-// SPEC §3: one normalizer for gateway, CLI and tests. Each row is input → canonical form, or null when
-// the input must be refused (the reason fragment is checked so a refusal for the wrong cause fails).
+// docs/contract.md "Destination normalization": one normalizer for gateway, CLI and tests. Each row is input
+// → canonical form, or null when the input must be refused (the reason fragment is checked so a refusal for
+// the wrong cause fails).
 import { describe, expect, it } from 'vitest';
 import {
   InvalidDestinationError,
@@ -81,7 +82,7 @@ const TABLE: readonly Row[] = [
   [`${'a.'.repeat(127)}com`, refused(/too long/)],
 ];
 
-describe('normalizeDestination (SPEC §3)', () => {
+describe('normalizeDestination (docs/contract.md)', () => {
   it.each(TABLE)('%j', (input, expected) => {
     if (typeof expected === 'string') {
       expect(normalizeDestination(input).normalized).toBe(expected);

@@ -1,5 +1,5 @@
-// Gateway config (SPEC §5): an original-style file loads with every new key defaulted; every mistake is
-// a ConfigError naming the file and the dotted key.
+// Gateway config (docs/contract.md "Configuration"): an original-style file loads with every new key
+// defaulted; every mistake is a ConfigError naming the file and the dotted key.
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -160,7 +160,7 @@ describe('gateway config: an original-style file', () => {
     expect(level('off')).toBe('silent');
   });
 
-  it('normalizes upstream override keys like grants (SPEC §3)', () => {
+  it('normalizes upstream override keys like grants', () => {
     const c = parse(
       `${ORIGINAL}\n[upstream.overrides]\n"DocStore" = "127.0.0.1:9443"\n"[0:0::1]:8443" = "[::1]:8443"\n`,
     );

@@ -1,4 +1,4 @@
-// SPEC §4 identity: the first extension at the configured OID, exactly one DER UTF8String, matched
+// docs/contract.md "Identity": the first extension at the configured OID, exactly one DER UTF8String, matched
 // byte for byte; plus the leaf's exact SPKI DER. Certificates are generated with core/x509.ts.
 import { webcrypto } from 'node:crypto';
 import * as asn1js from 'asn1js';

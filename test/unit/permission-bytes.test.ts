@@ -1,4 +1,5 @@
-// SPEC §2: the canonical signed bytes, byte for byte, and the timestamp form inside them.
+// docs/contract.md "Signed bytes": the canonical signed bytes, byte for byte, and the timestamp form inside
+// them.
 import { createPrivateKey, createPublicKey, sign } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { p256PublicKey, verifyDerSignature } from '../../core/ecdsa.js';
@@ -39,7 +40,7 @@ const FIELDS = {
   notAfter: parseTimestamp('2026-06-01T00:00:00.000000Z'),
 };
 
-describe('canonical permission bytes (SPEC §2)', () => {
+describe('canonical permission bytes (docs/contract.md)', () => {
   it('match the fixed vector byte for byte', () => {
     const bytes = canonicalPermissionBytes(FIELDS);
     expect(bytes.toString('utf8')).toBe(VECTOR);

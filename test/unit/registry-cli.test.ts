@@ -221,7 +221,7 @@ describe('ecPointToSpki (PKCS#11 CKA_EC_PARAMS + CKA_EC_POINT)', () => {
 describe('signerOptionsFromEnv', () => {
   const base = { TPM2_PKCS11_STORE: '/tmp/store', AGENT_GATEWAY_TPM_USER_PIN: '1234' };
 
-  it('uses the SPEC §7 names and defaults', () => {
+  it("uses the original's environment names and defaults", () => {
     const o = signerOptionsFromEnv('org-alice', base);
     expect(o).toMatchObject({
       store: '/tmp/store',

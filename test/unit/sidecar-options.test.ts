@@ -1,4 +1,5 @@
-// Sidecar command line: defaults from SPEC §6, the persistent-handle range, and errors that name the flag.
+// Sidecar command line: the original's defaults (docs/contract.md "Sidecar"), the persistent-handle range,
+// and errors that name the flag.
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -52,7 +53,7 @@ async function parse(args: string[], env: NodeJS.ProcessEnv = {}) {
 }
 
 describe('sidecar flags', () => {
-  it('uses the SPEC defaults', async () => {
+  it("uses the original's defaults", async () => {
     const { run } = await parse(['--client-cert', cert, '--ca-cert', ca, '--pin-file', pin]);
     expect(run?.listen).toEqual({ kind: 'tcp', host: '127.0.0.1', port: 3128 });
     expect(run?.proxyToken).toBeUndefined();
