@@ -2,15 +2,12 @@
 /**
  * agent_gateway --config config.toml
  *
- * The interpreter line sizes V8's heap for a proxy (cluster workers inherit the flags through
- * process.execArgv; NODE_OPTIONS accepts neither). With the defaults the gateway ran back-to-back full
- * mark-compacts while forwarding: its live old generation (~12-17 MB) sits where V8's allocation limit
- * leaves no more room than the young generation's 16 MB capacity, which V8 treats as "limit reached"
- * after every collection (bench, --trace-gc: ~30 per 768 MiB downloaded, the naive proxy 1). A 64 MB
- * initial heap removes them until the first full collection; an 8 MB young generation keeps them away
- * after it (7 instead of 17-26 over the bench's idle, transfer and latency figures; gateway CPU-s/GiB
- * 2.7 / 2.1 up / down instead of 3.0 / 2.7). `node dist/gateway/main.js` bypasses this line: pass the
- * flags yourself then.
+ * The interpreter line sizes V8's heap for a proxy. With V8's defaults a forwarding gateway's live old
+ * generation leaves no more room below the allocation limit than one young generation, so nearly every
+ * scavenge is followed by a full mark-compact; a 64 MB initial heap and an 8 MB young generation keep
+ * them away (figures: bench/README.md, "Third round", item 3). Cluster workers inherit the flags through
+ * process.execArgv; NODE_OPTIONS accepts neither, and `node dist/gateway/main.js` bypasses this line:
+ * pass the flags yourself then.
  *
  * Exit codes: 0 after a clean drain; 2 for a bad command line or config; 1 when the gateway cannot
  * start (registry schema missing or unknown, database unreachable, TLS material bad, port taken).
