@@ -4,7 +4,7 @@
  */
 import type { ServerHttp2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
-import type { DenyReason, Grant, LiveTunnel } from './authority.js';
+import type { DenyReason, Grant, LiveTunnel } from './authorization.js';
 import type { ConnectHandlerDeps } from './connect-handler.js';
 import type { ByteTotals } from './metrics.js';
 import { Tunnel, type TunnelEndReason, type TunnelOwner } from './tunnel.js';

@@ -16,7 +16,7 @@
  * the buckets live in an LRU.
  */
 import { isIPv4, isIPv6 } from 'node:net';
-import type { LimitRejection } from './authority.js';
+import type { LimitRejection } from './authorization.js';
 import { TokenBuckets } from './limits.js';
 import type { GatewayMetrics } from './metrics.js';
 

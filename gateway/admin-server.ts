@@ -10,7 +10,7 @@ import { errorText } from '../core/error-text.js';
 import type { HostPort } from './config.js';
 import type { RevocationState } from './live-revocation.js';
 import type { GatewayMetrics } from './metrics.js';
-import type { AuthorityLogger, PingResult } from './registry.js';
+import type { AuthorizationLogger, PingResult } from './registry.js';
 import { silentLogger } from './registry.js';
 
 export type AdminServerOptions = {
@@ -24,7 +24,7 @@ export type AdminServerOptions = {
   readonly isDraining: () => boolean;
   /** Live revocation state; reported, not gating (polling still revokes, just later). */
   readonly revocationState?: (() => RevocationState) | undefined;
-  readonly logger?: AuthorityLogger | undefined;
+  readonly logger?: AuthorizationLogger | undefined;
   /** A registry ping slower than this counts as failed. */
   readonly pingTimeoutMs?: number | undefined;
 };

@@ -28,11 +28,11 @@ import {
   type SignatureVerifier,
 } from '../core/policy.js';
 import { type Micros, nowMicros } from '../core/timestamp.js';
-import type { AuthorizeResult, Authorizer, Grant } from './authority.js';
+import type { AuthorizeResult, Authorizer, Grant } from './authorization.js';
 import type { GatewayMetrics } from './metrics.js';
 import { changeTouchesGrant, EVERYTHING, type RegistryChange } from './registry-changes.js';
 import {
-  type AuthorityLogger,
+  type AuthorizationLogger,
   errorText,
   RegistryUnavailableError,
   silentLogger,
@@ -51,7 +51,7 @@ export type AuthorizerOptions = {
   /** How long a policy denial is remembered (same entry cap as allows); 0 = not at all. */
   readonly denialTtlMs?: number | undefined;
   readonly metrics?: GatewayMetrics | undefined;
-  readonly logger?: AuthorityLogger | undefined;
+  readonly logger?: AuthorizationLogger | undefined;
   /** Injectable clock for tests. */
   readonly now?: (() => Micros) | undefined;
   /** Parsed signer keys kept (signers are few; parsing SPKI costs more than the verify). */
@@ -72,7 +72,7 @@ type DenialEntry = { readonly reason: PolicyDenyReason; readonly detail: string;
 export class RegistryAuthorizer implements Authorizer {
   private readonly registry: CandidateSource;
   private readonly metrics: GatewayMetrics | undefined;
-  private readonly logger: AuthorityLogger;
+  private readonly logger: AuthorizationLogger;
   private readonly now: () => Micros;
   private readonly cacheMax: number;
   private readonly cacheTtlMicros: Micros;

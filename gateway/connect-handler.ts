@@ -18,7 +18,7 @@ import { type Destination, InvalidDestinationError, normalizeDestination } from 
 import type { IdentityResult, PeerIdentity } from '../core/identity-extension.js';
 import { ActiveTunnel, type AllowedLine, type DecisionFields } from './active-tunnel.js';
 import type { AddressBudget } from './address-limits.js';
-import type { Authorizer, DenyReason, Grant, TunnelLimits, TunnelTracker } from './authority.js';
+import type { Authorizer, DenyReason, Grant, TunnelLimits, TunnelTracker } from './authorization.js';
 import type { ByteTotals, GatewayMetrics, OpenTunnelBytes } from './metrics.js';
 import type { Logger } from './telemetry.js';
 import { boundedLogValue, startConnectSpan, traceIdOf } from './telemetry.js';

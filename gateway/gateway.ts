@@ -88,7 +88,7 @@ export async function startGateway(
       logger,
     });
     const revocation = new LiveRevocation({
-      authority: authorizer,
+      authorizer,
       clientConfig: registry.clientConfig('agent_gateway_listen'),
       notifications: schema.notifications,
       recheckIntervalMs: config.policy.revocationRecheckIntervalMs,

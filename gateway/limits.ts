@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { LRUCache } from 'lru-cache';
 import type { PeerIdentity } from '../core/identity-extension.js';
-import type { LimitRejection, TunnelLimits } from './authority.js';
+import type { LimitRejection, TunnelLimits } from './authorization.js';
 import type { GatewayMetrics } from './metrics.js';
 
 export type LimitsOptions = {

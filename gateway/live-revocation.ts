@@ -22,19 +22,19 @@
 import type pg from 'pg';
 import type { AccessRequest } from '../core/policy.js';
 import { formatTimestamp, type Micros, nowMicros } from '../core/timestamp.js';
-import type { DenyReason, Grant, LiveTunnel, TunnelTracker } from './authority.js';
+import type { DenyReason, Grant, LiveTunnel, TunnelTracker } from './authorization.js';
 import type { RegistryVerdict } from './authorizer.js';
 import { BackoffTimeout } from './backoff-timeout.js';
 import { ExpiryQueue } from './expiry-queue.js';
 import type { GatewayMetrics } from './metrics.js';
 import { forEachConcurrently, groupBySubject } from './recheck-groups.js';
 import type { RegistryChange } from './registry-changes.js';
-import { type AuthorityLogger, errorText, silentLogger } from './registry-errors.js';
+import { type AuthorizationLogger, errorText, silentLogger } from './registry-errors.js';
 import { RegistryListener } from './registry-listener.js';
 import { TunnelIndex } from './tunnel-index.js';
 
 /** What live revocation needs from the authorizer (RegistryAuthorizer implements it). */
-export type RecheckAuthority = {
+export type RecheckAuthorizer = {
   /** The uncached decision, asked on the recheck lane. Never rejects. */
   recheck(request: AccessRequest, now: Micros): Promise<RegistryVerdict>;
   onRegistryChange(change: RegistryChange): void;
@@ -45,7 +45,7 @@ export type RecheckAuthority = {
 };
 
 export type LiveRevocationOptions = {
-  readonly authority: RecheckAuthority;
+  readonly authorizer: RecheckAuthorizer;
   /** Connection settings for the LISTEN session (Registry.clientConfig()). */
   readonly clientConfig: pg.ClientConfig;
   /** False when the registry schema predates the NOTIFY triggers: poll only. */
@@ -57,7 +57,7 @@ export type LiveRevocationOptions = {
   /** Re-checks failing to reach the registry for this long end the tunnel; 0 or unset = never. */
   readonly unavailableGraceMs?: number | undefined;
   readonly metrics?: GatewayMetrics | undefined;
-  readonly logger?: AuthorityLogger | undefined;
+  readonly logger?: AuthorizationLogger | undefined;
   readonly now?: (() => Micros) | undefined;
   /** How long to wait for more notifications before re-checking. */
   readonly coalesceMs?: number | undefined;
@@ -89,9 +89,9 @@ type Entry = {
 };
 
 export class LiveRevocation implements TunnelTracker {
-  private readonly authority: RecheckAuthority;
+  private readonly authorizer: RecheckAuthorizer;
   private readonly metrics: GatewayMetrics | undefined;
-  private readonly logger: AuthorityLogger;
+  private readonly logger: AuthorizationLogger;
   private readonly now: () => Micros;
   private readonly coalesceMs: number;
   private readonly concurrency: number;
@@ -116,7 +116,7 @@ export class LiveRevocation implements TunnelTracker {
   private started = false;
 
   constructor(private readonly opts: LiveRevocationOptions) {
-    this.authority = opts.authority;
+    this.authorizer = opts.authorizer;
     this.metrics = opts.metrics;
     this.logger = opts.logger ?? silentLogger;
     this.now = opts.now ?? nowMicros;
@@ -177,7 +177,7 @@ export class LiveRevocation implements TunnelTracker {
     this.expiry.schedule(entry, entry.grant.validUntil);
     // The grant may come from a query that ran before a change we have already processed (the CONNECT
     // was still dialling when the notification arrived): re-check it now rather than never.
-    if (this.authority.grantMayBeStale(tunnel.grant)) this.mark(entry);
+    if (this.authorizer.grantMayBeStale(tunnel.grant)) this.mark(entry);
     return () => this.untrack(entry);
   }
 
@@ -213,7 +213,7 @@ export class LiveRevocation implements TunnelTracker {
 
   /** Exposed for tests and for callers that learn of a change another way. */
   handleChange(change: RegistryChange): void {
-    this.authority.onRegistryChange(change);
+    this.authorizer.onRegistryChange(change);
     if (change.table === '*') {
       this.pendingAll = true;
       this.scheduleFlush();
@@ -230,7 +230,7 @@ export class LiveRevocation implements TunnelTracker {
   // ---- listener state and timers ------------------------------------------------------------------
 
   private listenerState(up: boolean): void {
-    this.authority.setListenerUp(up);
+    this.authorizer.setListenerUp(up);
     if (!up) {
       this.startPolling();
       return;
@@ -362,9 +362,9 @@ export class LiveRevocation implements TunnelTracker {
   ): Promise<string | undefined> {
     const g = group[0]!.grant;
     const request: AccessRequest = { identity: g.identity, spkiDer: g.spkiDer, destination: g.destination };
-    const generation = this.authority.currentGeneration();
+    const generation = this.authorizer.currentGeneration();
     const now = this.now();
-    const result = await this.authority.recheck(request, now);
+    const result = await this.authorizer.recheck(request, now);
     for (const entry of group) {
       if (entry.done) continue;
       if (result.kind === 'allow') {
@@ -407,7 +407,7 @@ export class LiveRevocation implements TunnelTracker {
     this.retry.delete(entry);
     entry.unavailableSince = undefined;
     const previous = entry.grant;
-    this.authority.adoptGrant(grant, generation);
+    this.authorizer.adoptGrant(grant, generation);
     entry.tunnel.grant = grant;
     if (
       previous.permissionId !== grant.permissionId ||

@@ -1,5 +1,5 @@
 /**
- * Every gateway metric in one registry, so the request path and the authority increment the same
+ * Every gateway metric in one registry, so the request path and authorization increment the same
  * objects and /metrics renders one consistent page. Label values are closed sets (deny reasons,
  * directions): never put an identity, destination or address in a label, or a hostile client can blow
  * up the series count.

@@ -3,7 +3,7 @@
  * destination) are grouped so the question is asked once, and the groups go through a small worker pool
  * (the recheck lane's size), so a bulk revoke of a thousand rows is a bounded number of queries in flight.
  */
-import type { Grant } from './authority.js';
+import type { Grant } from './authorization.js';
 
 export function groupBySubject<E extends { readonly done: boolean; readonly grant: Grant }>(
   batch: readonly E[],

@@ -2,7 +2,7 @@
  * What a registry change notification (migrations/0003) says, and which grants it can affect. Shared by
  * the decision cache and live revocation so both react to exactly the same set of changes.
  */
-import type { Grant } from './authority.js';
+import type { Grant } from './authorization.js';
 
 export type RegistryChange = {
   /** A registry table, or '*' when every grant must be considered touched. */

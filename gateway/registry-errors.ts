@@ -19,11 +19,11 @@ export class RegistryUnavailableError extends Error {
 }
 
 /** pino-compatible subset, so tests can pass a stub and main.ts its pino logger. */
-export type AuthorityLogger = {
+export type AuthorizationLogger = {
   info(obj: object, msg: string): void;
   warn(obj: object, msg: string): void;
   error(obj: object, msg: string): void;
   debug(obj: object, msg: string): void;
 };
 
-export const silentLogger: AuthorityLogger = { info() {}, warn() {}, error() {}, debug() {} };
+export const silentLogger: AuthorizationLogger = { info() {}, warn() {}, error() {}, debug() {} };

@@ -8,7 +8,7 @@
 import pg from 'pg';
 import type { Queryable } from '../core/registry-queries.js';
 import type { GatewayMetrics } from './metrics.js';
-import { type AuthorityLogger, errorText, RegistryUnavailableError } from './registry-errors.js';
+import { type AuthorizationLogger, errorText, RegistryUnavailableError } from './registry-errors.js';
 
 export type LaneName = 'lookup' | 'recheck';
 
@@ -25,7 +25,7 @@ export type RegistryLaneOptions = {
    */
   readonly keepOpen?: boolean | undefined;
   readonly metrics?: GatewayMetrics | undefined;
-  readonly logger: AuthorityLogger;
+  readonly logger: AuthorizationLogger;
 };
 
 export class RegistryLane {

@@ -10,7 +10,7 @@ import { REGISTRY_CHANGE_CHANNEL } from '../core/registry-queries.js';
 import { BackoffTimeout } from './backoff-timeout.js';
 import type { GatewayMetrics } from './metrics.js';
 import { parseRegistryChange, type RegistryChange } from './registry-changes.js';
-import { type AuthorityLogger, errorText, silentLogger } from './registry-errors.js';
+import { type AuthorizationLogger, errorText, silentLogger } from './registry-errors.js';
 
 export type RegistryListenerOptions = {
   readonly clientConfig: pg.ClientConfig;
@@ -23,11 +23,11 @@ export type RegistryListenerOptions = {
   readonly reconnectInitialMs?: number | undefined;
   readonly reconnectMaxMs?: number | undefined;
   readonly metrics?: GatewayMetrics | undefined;
-  readonly logger?: AuthorityLogger | undefined;
+  readonly logger?: AuthorizationLogger | undefined;
 };
 
 export class RegistryListener {
-  private readonly logger: AuthorityLogger;
+  private readonly logger: AuthorizationLogger;
   private readonly heartbeatIntervalMs: number;
   private readonly heartbeatTimeoutMs: number;
   private readonly reconnect: BackoffTimeout;

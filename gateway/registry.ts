@@ -11,11 +11,11 @@ import type { AccessRequest, Candidate } from '../core/policy.js';
 import { fetchActiveCandidates, fetchSchemaVersion, type Queryable } from '../core/registry-queries.js';
 import type { Micros } from '../core/timestamp.js';
 import type { GatewayMetrics } from './metrics.js';
-import { type AuthorityLogger, errorText, silentLogger } from './registry-errors.js';
+import { type AuthorizationLogger, errorText, silentLogger } from './registry-errors.js';
 import { type LaneName, RegistryLane } from './registry-lane.js';
 
 export {
-  type AuthorityLogger,
+  type AuthorizationLogger,
   errorText,
   type RegistryErrorKind,
   RegistryUnavailableError,
@@ -50,7 +50,7 @@ export type RegistryOptions = {
   /** Highest schema version this build understands (core/migrate.ts latestKnownVersion()). */
   readonly latestKnownVersion: number;
   readonly metrics?: GatewayMetrics | undefined;
-  readonly logger?: AuthorityLogger | undefined;
+  readonly logger?: AuthorizationLogger | undefined;
   readonly applicationName?: string | undefined;
 };
 
@@ -65,7 +65,7 @@ export type PingResult =
   | { readonly ok: false; readonly error: string };
 
 export class Registry {
-  private readonly logger: AuthorityLogger;
+  private readonly logger: AuthorizationLogger;
   private readonly lanes: Record<LaneName, RegistryLane>;
   private closed = false;
 

@@ -2,7 +2,7 @@
  * Open tunnels indexed by the registry rows their grant rests on (permission, signer, signer scope), so a
  * change notification marks exactly the tunnels it can affect (the same rule as registry-changes.ts).
  */
-import type { Grant } from './authority.js';
+import type { Grant } from './authorization.js';
 import type { RegistryChange } from './registry-changes.js';
 
 export type Indexed = { readonly grant: Grant };

@@ -86,7 +86,7 @@ describe('registry down and back (own cluster)', () => {
       metrics,
     });
     const revocation = new LiveRevocation({
-      authority: authorizer,
+      authorizer,
       clientConfig: registry.clientConfig('agent_gateway_listen'),
       notifications: true,
       recheckIntervalMs: 200,

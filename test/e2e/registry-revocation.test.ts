@@ -9,7 +9,7 @@ import { normalizeDestination } from '../../core/destination.js';
 import { latestKnownVersion } from '../../core/migrate.js';
 import type { Micros } from '../../core/timestamp.js';
 import { createMigratedDatabase, dropDatabase } from '../../dev-support/postgres.js';
-import type { DenyReason, Grant, LiveTunnel } from '../../gateway/authority.js';
+import type { DenyReason, Grant, LiveTunnel } from '../../gateway/authorization.js';
 import { RegistryAuthorizer } from '../../gateway/authorizer.js';
 import { LiveRevocation, type LiveRevocationOptions } from '../../gateway/live-revocation.js';
 import { createGatewayMetrics } from '../../gateway/metrics.js';
@@ -66,7 +66,7 @@ async function harness(name: string, revocationOptions: Partial<LiveRevocationOp
     onChange(change);
   };
   const revocation = new LiveRevocation({
-    authority: authorizer,
+    authorizer,
     clientConfig: registry.clientConfig('agent_gateway_listen'),
     notifications: true,
     recheckIntervalMs: 500,

@@ -5,7 +5,7 @@ import type { Destination } from '../../core/destination.js';
 import { normalizeDestination } from '../../core/destination.js';
 import type { AccessRequest, Candidate } from '../../core/policy.js';
 import type { Micros } from '../../core/timestamp.js';
-import type { AuthorizeResult, Grant } from '../../gateway/authority.js';
+import type { AuthorizeResult, Grant } from '../../gateway/authorization.js';
 import { type CandidateSource, RegistryAuthorizer } from '../../gateway/authorizer.js';
 import { createGatewayMetrics } from '../../gateway/metrics.js';
 import { RegistryUnavailableError } from '../../gateway/registry.js';

@@ -2,7 +2,7 @@
 // and per proven key.
 import { describe, expect, it } from 'vitest';
 import type { PeerIdentity } from '../../core/identity-extension.js';
-import type { LimitRejection } from '../../gateway/authority.js';
+import type { LimitRejection } from '../../gateway/authorization.js';
 import { GatewayLimits } from '../../gateway/limits.js';
 import { createGatewayMetrics } from '../../gateway/metrics.js';
 

@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { normalizeDestination } from '../../core/destination.js';
 import type { AccessRequest, Candidate } from '../../core/policy.js';
 import { formatTimestamp, type Micros, nowMicros } from '../../core/timestamp.js';
-import type { DenyReason, Grant, LiveTunnel } from '../../gateway/authority.js';
+import type { DenyReason, Grant, LiveTunnel } from '../../gateway/authorization.js';
 import { type CandidateSource, RegistryAuthorizer } from '../../gateway/authorizer.js';
 import { LiveRevocation } from '../../gateway/live-revocation.js';
 import { createGatewayMetrics } from '../../gateway/metrics.js';
@@ -55,7 +55,7 @@ function setup(
     metrics,
   });
   const revocation = new LiveRevocation({
-    authority: authorizer,
+    authorizer,
     clientConfig: {},
     notifications: false,
     recheckIntervalMs,

@@ -1,6 +1,7 @@
 /**
- * The seam between the request path (server, connect handler, tunnel) and the authority (registry,
- * policy, live revocation, limits). Types only: both sides build against these.
+ * The seam between the request path (server, connect handler, tunnel) and authorization (registry,
+ * policy, live revocation, limits). Types only: both sides build against these. ("Authority" in this
+ * code always means a CONNECT request's `:authority`, the host:port asked for.)
  */
 import type { Destination } from '../core/destination.js';
 import type { IdentityFailure, PeerIdentity } from '../core/identity-extension.js';
