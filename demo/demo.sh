@@ -169,10 +169,10 @@ step_packages() {
   require_cmd node npm openssl curl swtpm tpm2-abrmd dbus-daemon tpm2_ptool pkcs11-tool psql runuser setsid
   node -e '
     const [maj, min] = process.versions.node.split(".").map(Number);
-    if (maj < 20 || (maj === 20 && min < 19)) {
-      console.error(`Node.js ${process.versions.node} is too old: agent_gateway needs >= 20.19 (Debian 12 ships 18; install Node 20 or newer from nodejs.org)`);
+    if (maj < 22 || (maj === 22 && min < 12)) {
+      console.error(`Node.js ${process.versions.node} is too old: agent_gateway runs on Node 24 LTS (or 22 LTS >= 22.12); Debian 12 ships 18: see README "Node.js"`);
       process.exit(1);
-    }' >>"$CURRENT_LOG" 2>&1 || die "Node.js >= 20.19 is required (node $(node -v)); see $CURRENT_LOG"
+    }' >>"$CURRENT_LOG" 2>&1 || die "Node.js 24 LTS (or 22 LTS >= 22.12) is required (node $(node -v)); see README \"Node.js\" and $CURRENT_LOG"
   step_done
 }
 
