@@ -5,7 +5,8 @@
  */
 import { createPublicKey } from 'node:crypto';
 import * as asn1js from 'asn1js';
-import { errorMessage, SignerError } from './signer-error.js';
+import { errorText } from '../core/error-text.js';
+import { SignerError } from './signer-error.js';
 
 /** prime256v1 (P-256), the only curve the registry accepts. */
 export const P256_OID = '1.2.840.10045.3.1.7';
@@ -41,7 +42,7 @@ export function ecPointToSpki(ecParams: Uint8Array, ecPoint: Uint8Array, label =
       format: 'jwk',
     }).export({ type: 'spki', format: 'der' });
   } catch (err) {
-    throw unsupported(`public point rejected: ${errorMessage(err)}`);
+    throw unsupported(`public point rejected: ${errorText(err)}`);
   }
 }
 

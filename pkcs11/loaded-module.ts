@@ -6,7 +6,8 @@
  */
 import { existsSync, mkdirSync } from 'node:fs';
 import pkcs11js from 'pkcs11js';
-import { errorMessage, SignerError } from './signer-error.js';
+import { errorText } from '../core/error-text.js';
+import { SignerError } from './signer-error.js';
 import type { TokenOptions } from './signer-options.js';
 
 export type LoadedModule = {
@@ -62,7 +63,7 @@ export function acquireModule(opts: TokenOptions, create: boolean): LoadedModule
   } catch (err) {
     throw new SignerError(
       'module_load',
-      `cannot load PKCS#11 module ${opts.modulePath} (TPM2_PKCS11_MODULE): ${errorMessage(err)}`,
+      `cannot load PKCS#11 module ${opts.modulePath} (TPM2_PKCS11_MODULE): ${errorText(err)}`,
       { cause: err },
     );
   }
@@ -72,7 +73,7 @@ export function acquireModule(opts: TokenOptions, create: boolean): LoadedModule
     lib.close();
     throw new SignerError(
       'tpm_unavailable',
-      `tpm2-pkcs11 failed to initialise (${errorMessage(err)}): is the TPM reachable ` +
+      `tpm2-pkcs11 failed to initialise (${errorText(err)}): is the TPM reachable ` +
         `(TPM2_PKCS11_TCTI=${process.env['TPM2_PKCS11_TCTI'] ?? '<default>'}) and the store ${opts.store} ` +
         'readable? Set TSS2_LOG=all+error for the TPM library diagnostics',
       { cause: err },

@@ -3,6 +3,7 @@
  * to an exit code, findKey to "missing"); the message names the token, key, store or variable at fault.
  */
 import pkcs11js from 'pkcs11js';
+import { errorText } from '../core/error-text.js';
 
 export type SignerErrorKind =
   | 'config'
@@ -36,7 +37,7 @@ export function pkcs11Call<T>(what: string, fn: () => T): T {
     return fn();
   } catch (err) {
     if (err instanceof SignerError) throw err;
-    throw new SignerError('pkcs11', `${what}: ${errorMessage(err)}`, { cause: err });
+    throw new SignerError('pkcs11', `${what}: ${errorText(err)}`, { cause: err });
   }
 }
 
@@ -44,8 +45,4 @@ export function pkcs11Call<T>(what: string, fn: () => T): T {
 export function errorCode(err: unknown): string | undefined {
   if (err instanceof pkcs11js.Pkcs11Error) return err.message;
   return undefined;
-}
-
-export function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }

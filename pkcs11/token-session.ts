@@ -5,8 +5,9 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
+import { errorText } from '../core/error-text.js';
 import type { LoadedModule } from './loaded-module.js';
-import { errorCode, errorMessage, pkcs11Call, SignerError } from './signer-error.js';
+import { errorCode, pkcs11Call, SignerError } from './signer-error.js';
 import { type SignerOptions, TOKEN_LABEL_BYTES, type TokenOptions } from './signer-options.js';
 
 export function findToken(lib: pkcs11js.PKCS11, opts: TokenOptions): pkcs11js.Handle | undefined {
@@ -61,7 +62,7 @@ export function createToken(
   } catch (err) {
     throw new SignerError(
       'token_create_failed',
-      `cannot create token ${JSON.stringify(label)}: ${errorMessage(err)}`,
+      `cannot create token ${JSON.stringify(label)}: ${errorText(err)}`,
       { cause: err },
     );
   }
@@ -142,7 +143,7 @@ export function login(
     if (code === 'CKR_PIN_LOCKED') {
       throw new SignerError('pin_locked', `user PIN of token ${token} is locked`, { cause: err });
     }
-    throw new SignerError('pkcs11', `login to token ${token} failed: ${errorMessage(err)}`, { cause: err });
+    throw new SignerError('pkcs11', `login to token ${token} failed: ${errorText(err)}`, { cause: err });
   }
   mod.logins.set(key, { pinHash, sessions: 1 });
   return key;
