@@ -179,28 +179,31 @@ async function deniedSoFar(gw: GatewayProcess): Promise<number> {
     .reduce((sum, l) => sum + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
 }
 
-describe('revocation under a CONNECT flood (item 1)', () => {
+/** A migrated database on the shared cluster, an echo destination and a gateway, for one describe block. */
+function gatewaySuite(dbName: string, extra: Toml = {}) {
   const adminUrl = inject('pgAdminUrl');
-  let dbUrl: string;
-  let gw: GatewayProcess;
-  let echo: Upstream;
-  const sessions: ClientHttp2Session[] = [];
-
+  const ctx = { dbUrl: '', gw: undefined as unknown as GatewayProcess, sessions: [] as ClientHttp2Session[] };
+  let echo: Upstream | undefined;
   beforeAll(async () => {
-    dbUrl = await createMigratedDatabase(adminUrl, 'revocation_flood');
+    ctx.dbUrl = await createMigratedDatabase(adminUrl, dbName);
     echo = await startEchoServer();
-    // Default limits: the operator's view (per-address budgets, registry lanes, unproven-stream cap).
-    gw = await gateway(dbUrl, echo);
+    ctx.gw = await gateway(ctx.dbUrl, echo, extra);
   });
-
   afterAll(async () => {
-    for (const s of sessions) await closeSession(s);
-    await gw?.cleanup();
+    for (const s of ctx.sessions) await closeSession(s);
+    await ctx.gw?.cleanup();
     await echo?.close();
-    if (dbUrl) await dropDatabase(adminUrl, dbUrl);
+    if (ctx.dbUrl) await dropDatabase(adminUrl, ctx.dbUrl);
   });
+  return ctx;
+}
+
+describe('revocation under a CONNECT flood (item 1)', () => {
+  // Default limits: the operator's view (per-address budgets, registry lanes, unproven-stream cap).
+  const suite = gatewaySuite('revocation_flood');
 
   it('ends a revoked tunnel within 2 s and answers a legitimate uncached CONNECT while 12 clients flood', async () => {
+    const { gw, dbUrl, sessions } = suite;
     const alice = createPrincipalKey();
     const victim = await grantedTunnel(gw, dbUrl, alice, 'agent-alpha', sessions);
     const beta = await createCarrier('agent-beta');
@@ -305,28 +308,12 @@ describe('registry unreachable: bounded grace (item 2)', () => {
 });
 
 describe('a change that fires no notification (item 3)', () => {
-  const adminUrl = inject('pgAdminUrl');
-  let dbUrl: string;
-  let gw: GatewayProcess;
-  let echo: Upstream;
-  const sessions: ClientHttp2Session[] = [];
-
-  beforeAll(async () => {
-    dbUrl = await createMigratedDatabase(adminUrl, 'revocation_silent');
-    echo = await startEchoServer();
-    gw = await gateway(dbUrl, echo, {
-      policy: { revocation_full_recheck_interval_ms: 3000, decision_cache_ttl_ms: 3000 },
-    });
-  });
-
-  afterAll(async () => {
-    for (const s of sessions) await closeSession(s);
-    await gw?.cleanup();
-    await echo?.close();
-    if (dbUrl) await dropDatabase(adminUrl, dbUrl);
+  const suite = gatewaySuite('revocation_silent', {
+    policy: { revocation_full_recheck_interval_ms: 3000, decision_cache_ttl_ms: 3000 },
   });
 
   it('ends a tunnel revoked with the triggers disabled within the full re-check interval + 2 s', async () => {
+    const { gw, dbUrl, sessions } = suite;
     const alice = createPrincipalKey();
     const agent = await grantedTunnel(gw, dbUrl, alice, 'agent-alpha', sessions);
     expect(await scrapeMetric(gw.adminPort!, 'agent_gateway_registry_listener_up')).toBe(1);
