@@ -5,6 +5,7 @@
  */
 import { createPublicKey, type KeyObject, verify } from 'node:crypto';
 import * as asn1js from 'asn1js';
+import { errorText } from './error-text.js';
 
 export const ALGORITHM_ECDSA_P256_SHA256 = 'ecdsa_p256_sha256';
 
@@ -21,7 +22,7 @@ export function p256PublicKey(spkiDer: Uint8Array): KeyObject {
   try {
     key = createPublicKey({ key: Buffer.from(spkiDer), format: 'der', type: 'spki' });
   } catch (err) {
-    throw new InvalidPublicKeyError(`SPKI does not parse (${(err as Error).message})`);
+    throw new InvalidPublicKeyError(`SPKI does not parse (${errorText(err)})`);
   }
   const details = key.asymmetricKeyDetails;
   if (key.asymmetricKeyType !== 'ec' || details?.namedCurve !== 'prime256v1') {

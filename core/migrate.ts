@@ -8,6 +8,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { errorText } from './error-text.js';
 import { fetchSchemaVersion as currentVersion } from './registry-queries.js';
 
 export type Migration = { readonly version: number; readonly name: string; readonly path: string };
@@ -77,7 +78,7 @@ export async function migrate(databaseUrl: string, dir?: string): Promise<string
         await client.query('COMMIT');
       } catch (err) {
         await client.query('ROLLBACK');
-        throw new Error(`migration ${m.name} failed: ${(err as Error).message}`);
+        throw new Error(`migration ${m.name} failed: ${errorText(err)}`);
       }
       applied.push(m.name);
     }

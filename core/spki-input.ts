@@ -12,6 +12,7 @@ import { createHash, X509Certificate } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import * as asn1js from 'asn1js';
 import { p256PublicKey } from './ecdsa.js';
+import { errorText } from './error-text.js';
 
 export type SpkiSource = 'hex' | 'spki-pem' | 'spki-der' | 'certificate-pem' | 'certificate-der';
 
@@ -49,7 +50,7 @@ export function readSpkiInput(arg: string): SpkiInput {
     try {
       bytes = readFileSync(arg);
     } catch (err) {
-      throw new SpkiInputError(`file ${arg}`, (err as Error).message);
+      throw new SpkiInputError(`file ${arg}`, errorText(err));
     }
     return parseSpkiBytes(bytes, `file ${arg}`);
   }
@@ -135,10 +136,7 @@ function parseDer(der: Buffer, what: string): { kind: 'spki' | 'certificate'; sp
   try {
     new X509Certificate(der);
   } catch (err) {
-    throw new SpkiInputError(
-      what,
-      `neither a SubjectPublicKeyInfo nor a certificate (${(err as Error).message})`,
-    );
+    throw new SpkiInputError(what, `neither a SubjectPublicKeyInfo nor a certificate (${errorText(err)})`);
   }
   // TBSCertificate: [0] version (absent in v1), serialNumber, signature, issuer, validity, subject,
   // subjectPublicKeyInfo, ...

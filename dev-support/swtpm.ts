@@ -69,7 +69,7 @@ export function missingTpmTools(): string | undefined {
     findLib('pkcs11/libtpm2_pkcs11.so');
     findLib('engines-3/pkcs11.so');
   } catch (err) {
-    return (err as Error).message;
+    return errorText(err);
   }
   return undefined;
 }

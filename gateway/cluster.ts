@@ -7,6 +7,7 @@
  */
 import cluster, { type Worker } from 'node:cluster';
 import { AggregatorRegistry } from 'prom-client';
+import { errorText } from '../core/error-text.js';
 import { latestKnownVersion } from '../core/migrate.js';
 import { type AdminServer, startAdminServer } from './admin-server.js';
 import type { GatewayConfig } from './config.js';
@@ -40,7 +41,7 @@ export async function runPrimary(config: GatewayConfig, logger: Logger): Promise
   try {
     loadTlsMaterial(config.server.tlsCertPath, config.server.tlsKeyPath);
   } catch (err) {
-    throw new GatewayStartupError(`cannot load TLS material: ${(err as Error).message}`);
+    throw new GatewayStartupError(`cannot load TLS material: ${errorText(err)}`);
   }
   // A small pool of its own: the schema check now, /readyz pings later.
   const registry = new Registry({
@@ -58,7 +59,7 @@ export async function runPrimary(config: GatewayConfig, logger: Logger): Promise
   } catch (err) {
     await registry.close();
     if (err instanceof RegistrySchemaError) throw new GatewayStartupError(err.message);
-    throw new GatewayStartupError(`cannot check the registry schema: ${(err as Error).message}`);
+    throw new GatewayStartupError(`cannot check the registry schema: ${errorText(err)}`);
   }
   return new Primary(config, logger, registry).run();
 }
@@ -147,7 +148,7 @@ class Primary {
         });
       } catch (err) {
         process.stderr.write(
-          `agent_gateway: cannot listen on admin address ${listenAddr.host}:${listenAddr.port}: ${(err as Error).message}\n`,
+          `agent_gateway: cannot listen on admin address ${listenAddr.host}:${listenAddr.port}: ${errorText(err)}\n`,
         );
         this.exitCode = 1;
         this.drain();

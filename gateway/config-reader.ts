@@ -4,6 +4,7 @@
  * config.ts collects them once (CONFIG_KEYS) and rejects any other key in a file before reading it.
  */
 import { normalizeDestination } from '../core/destination.js';
+import { errorText } from '../core/error-text.js';
 import { type HostPort, parseHostPort } from '../core/host-port.js';
 import { isValidOid } from '../core/identity-extension.js';
 import { type Cidr, parseCidr } from './address-guard.js';
@@ -147,7 +148,7 @@ export class ConfigReader {
       try {
         return parseCidr(c);
       } catch (err) {
-        return this.fail(`${name}[${i}]`, (err as Error).message);
+        return this.fail(`${name}[${i}]`, errorText(err));
       }
     });
   }
@@ -164,7 +165,7 @@ export class ConfigReader {
       try {
         normalized = normalizeDestination(dest).normalized;
       } catch (err) {
-        this.fail(key, (err as Error).message);
+        this.fail(key, errorText(err));
       }
       if (typeof target !== 'string') this.fail(key, 'must be a "host:port" string');
       out.set(

@@ -8,6 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { parse as parseToml } from 'smol-toml';
+import { errorText } from '../core/error-text.js';
 import type { Cidr } from './address-guard.js';
 import { ConfigError, ConfigReader, type HostPort, type LogLevel, type Raw } from './config-reader.js';
 
@@ -145,13 +146,13 @@ export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): 
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    throw new ConfigError(path, '(file)', `cannot read: ${(err as Error).message}`);
+    throw new ConfigError(path, '(file)', `cannot read: ${errorText(err)}`);
   }
   let raw: Raw;
   try {
     raw = parseToml(text) as Raw;
   } catch (err) {
-    throw new ConfigError(path, '(syntax)', (err as Error).message.split('\n')[0] ?? 'invalid TOML');
+    throw new ConfigError(path, '(syntax)', errorText(err).split('\n')[0] ?? 'invalid TOML');
   }
   return parseConfig(raw, path, env);
 }

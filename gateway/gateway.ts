@@ -4,6 +4,7 @@
  * code main should use; everything after startup is the running gateway's business.
  */
 import type { AddressInfo } from 'node:net';
+import { errorText } from '../core/error-text.js';
 import { latestKnownVersion } from '../core/migrate.js';
 import { AddressGuard } from './address-guard.js';
 import { AddressLimits } from './address-limits.js';
@@ -130,7 +131,7 @@ export async function startGateway(
         maxConnections: options.maxConnections,
       });
     } catch (err) {
-      throw new GatewayStartupError(`cannot load TLS material: ${(err as Error).message}`);
+      throw new GatewayStartupError(`cannot load TLS material: ${errorText(err)}`);
     }
     const gatewayServer = server;
 
@@ -139,7 +140,7 @@ export async function startGateway(
       address = await gatewayServer.listen();
     } catch (err) {
       const { host, port } = config.server.listenAddr;
-      throw new GatewayStartupError(`cannot listen on ${host}:${port}: ${(err as Error).message}`);
+      throw new GatewayStartupError(`cannot listen on ${host}:${port}: ${errorText(err)}`);
     }
 
     let admin: AdminServer | undefined;
@@ -158,9 +159,7 @@ export async function startGateway(
         gatewayServer.forceClose();
         await gatewayServer.drain(0);
         const { host, port } = config.admin.listenAddr;
-        throw new GatewayStartupError(
-          `cannot listen on admin address ${host}:${port}: ${(err as Error).message}`,
-        );
+        throw new GatewayStartupError(`cannot listen on admin address ${host}:${port}: ${errorText(err)}`);
       }
       const adminServer = admin;
       cleanup.push(() => adminServer.close());

@@ -15,6 +15,7 @@
  */
 import cluster from 'node:cluster';
 import { Command, CommanderError } from 'commander';
+import { errorText } from '../core/error-text.js';
 import { ConfigError, type GatewayConfig, loadConfig } from './config.js';
 import type { RunningGateway } from './gateway.js';
 import type { Logger } from './telemetry.js';
@@ -102,7 +103,7 @@ async function serve(config: GatewayConfig): Promise<number> {
     });
   } catch (err) {
     const code = startupFailed(err, logger, GatewayStartupError);
-    if (isWorker) await reportStartupFailure((err as Error).message, code);
+    if (isWorker) await reportStartupFailure(errorText(err), code);
     await telemetry.shutdown();
     return code;
   }

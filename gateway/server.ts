@@ -15,6 +15,7 @@ import http2, {
 } from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
+import { errorText } from '../core/error-text.js';
 import { type AddressLimits, addressKey } from './address-limits.js';
 import type { GatewayConfig } from './config.js';
 import type { ConnectHandler } from './connect-handler.js';
@@ -136,7 +137,7 @@ export class GatewayServer implements ConnectionOwner {
     } catch (err) {
       this.deps.logger.error(
         {
-          err: (err as Error).message,
+          err: errorText(err),
           tls_cert_path: tlsCertPath,
           kept_fingerprint256: this.tls.fingerprint256,
         },

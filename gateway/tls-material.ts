@@ -3,6 +3,7 @@
  */
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { errorText } from '../core/error-text.js';
 
 export type TlsMaterial = {
   readonly cert: Buffer;
@@ -21,7 +22,7 @@ export function loadTlsMaterial(certPath: string, keyPath: string): TlsMaterial 
     try {
       return readFileSync(path);
     } catch (err) {
-      throw new Error(`cannot read ${what} ${path}: ${(err as Error).message}`);
+      throw new Error(`cannot read ${what} ${path}: ${errorText(err)}`);
     }
   };
   const cert = read(certPath, 'TLS certificate');
@@ -30,13 +31,13 @@ export function loadTlsMaterial(certPath: string, keyPath: string): TlsMaterial 
   try {
     x509 = new X509Certificate(cert);
   } catch (err) {
-    throw new Error(`TLS certificate ${certPath} does not parse: ${(err as Error).message}`);
+    throw new Error(`TLS certificate ${certPath} does not parse: ${errorText(err)}`);
   }
   let privateKey: ReturnType<typeof createPrivateKey>;
   try {
     privateKey = createPrivateKey(key);
   } catch (err) {
-    throw new Error(`TLS key ${keyPath} does not parse: ${(err as Error).message}`);
+    throw new Error(`TLS key ${keyPath} does not parse: ${errorText(err)}`);
   }
   if (!x509.checkPrivateKey(privateKey)) {
     throw new Error(`TLS key ${keyPath} does not belong to the certificate ${certPath}`);

@@ -4,6 +4,7 @@
  * character, a KEY_ID with whitespace) is a usage error (exit 2) in every command; well-formed input the
  * gateway would not honour is a refusal (exit 1).
  */
+import { errorText } from '../core/error-text.js';
 import { assertEncodable } from '../core/permission-bytes.js';
 import { UsageError } from './errors.js';
 
@@ -28,7 +29,7 @@ export function checkField(field: string, value: string): string {
   try {
     assertEncodable(field, value);
   } catch (err) {
-    throw new UsageError((err as Error).message, { cause: err });
+    throw new UsageError(errorText(err), { cause: err });
   }
   return value;
 }

@@ -14,6 +14,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { chmodSync, chownSync, lstatSync, readFileSync, statSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { errorText } from '../core/error-text.js';
 
 export type ListenAddress =
   | { readonly kind: 'tcp'; readonly host: string; readonly port: number }
@@ -178,7 +179,7 @@ export function listenUnix(server: net.Server, socketPath: string, gid: number |
         } catch (err) {
           fail(
             new AgentAccessError(
-              `--socket-group: cannot give ${socketPath} to gid ${gid}: ${(err as Error).message}`,
+              `--socket-group: cannot give ${socketPath} to gid ${gid}: ${errorText(err)}`,
             ),
           );
           return;

@@ -58,7 +58,7 @@ const cli = buildCli({
           process.exit(0);
         },
         (err: unknown) => {
-          log.error({ err: (err as Error).message }, 'drain failed');
+          log.error({ err: errorText(err) }, 'drain failed');
           process.exit(1);
         },
       );

@@ -17,6 +17,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { certificateSpki, createCarrierCertificate } from '../core/carrier-cert.js';
 import { p256PublicKey } from '../core/ecdsa.js';
+import { errorText } from '../core/error-text.js';
 import type { ProvisionOptions } from './options.js';
 import type { Logger } from './telemetry.js';
 import { createTpmSecureContext, readPinFile, type TpmKeyConfig } from './tpm-context.js';
@@ -95,7 +96,7 @@ export async function provision(opts: ProvisionOptions, logger: Logger): Promise
   try {
     createTpmSecureContext(cfg, cert.pem, undefined);
   } catch (err) {
-    throw new ProvisionError(`the linked PKCS#11 key does not work: ${(err as Error).message}`, {
+    throw new ProvisionError(`the linked PKCS#11 key does not work: ${errorText(err)}`, {
       cause: err,
     });
   }

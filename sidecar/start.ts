@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { certificateSpki } from '../core/carrier-cert.js';
+import { errorText } from '../core/error-text.js';
 import { readPeerIdentity } from '../core/identity-extension.js';
 import { x509 } from '../core/x509.js';
 import { GatewaySession } from './gateway-session.js';
@@ -99,7 +100,7 @@ export async function startSidecar(
     if (err instanceof SidecarStartupError) throw err;
     throw new SidecarStartupError(
       'certificate_unreadable',
-      `--client-cert ${opts.clientCertPath} is not a PEM certificate: ${(err as Error).message}`,
+      `--client-cert ${opts.clientCertPath} is not a PEM certificate: ${errorText(err)}`,
     );
   }
   try {
@@ -107,7 +108,7 @@ export async function startSidecar(
   } catch (err) {
     throw new SidecarStartupError(
       'ca_unreadable',
-      `--ca-cert ${opts.caCertPath} is not a PEM certificate: ${(err as Error).message}`,
+      `--ca-cert ${opts.caCertPath} is not a PEM certificate: ${errorText(err)}`,
     );
   }
 
@@ -120,7 +121,7 @@ export async function startSidecar(
       throw new SidecarStartupError('tpm_unreachable', err.message, { cause: err });
     throw new SidecarStartupError(
       'tpm_unreachable',
-      `reading the key at ${handle} failed: ${(err as Error).message}`,
+      `reading the key at ${handle} failed: ${errorText(err)}`,
       {
         cause: err,
       },
@@ -179,7 +180,7 @@ export async function startSidecar(
   try {
     address = await proxy.listen();
   } catch (err) {
-    const message = (err as Error).message;
+    const message = errorText(err);
     // agent-access errors already name the flag and the path.
     throw new SidecarStartupError(
       'listen_failed',
@@ -222,7 +223,7 @@ function readText(path: string, reason: StartupFailure, flag: string): string {
   try {
     return readFileSync(path, 'utf8');
   } catch (err) {
-    throw new SidecarStartupError(reason, `${flag} ${path}: ${(err as Error).message}`);
+    throw new SidecarStartupError(reason, `${flag} ${path}: ${errorText(err)}`);
   }
 }
 

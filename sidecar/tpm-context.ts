@@ -12,6 +12,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import tls from 'node:tls';
+import { errorText } from '../core/error-text.js';
 import { formatHandle } from './tpm-tools.js';
 
 export type TpmKeyConfig = {
@@ -102,7 +103,7 @@ export async function readPinFile(file: string): Promise<string> {
   try {
     pin = await readFile(file, 'utf8');
   } catch (err) {
-    throw new TpmContextError('pin_file_unreadable', `PIN file ${file}: ${(err as Error).message}`);
+    throw new TpmContextError('pin_file_unreadable', `PIN file ${file}: ${errorText(err)}`);
   }
   assertUsablePin(file, pin);
   return pin;
@@ -134,7 +135,7 @@ export function createTpmSecureContext(
   try {
     pin = readFileSync(cfg.pinFile, 'utf8');
   } catch (err) {
-    throw new TpmContextError('pin_file_unreadable', `PIN file ${cfg.pinFile}: ${(err as Error).message}`);
+    throw new TpmContextError('pin_file_unreadable', `PIN file ${cfg.pinFile}: ${errorText(err)}`);
   }
   assertUsablePin(cfg.pinFile, pin);
   try {

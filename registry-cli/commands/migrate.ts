@@ -1,4 +1,5 @@
 /** migrate: apply the registry migrations this build ships (core/migrate.ts). */
+import { errorText } from '../../core/error-text.js';
 import { migrate } from '../../core/migrate.js';
 import { asDatabaseError } from '../db.js';
 import { databaseFromEnv } from '../env.js';
@@ -13,7 +14,7 @@ export async function migrateRegistry(ctx: CommandContext): Promise<ExitCode> {
   } catch (err) {
     const mapped = asDatabaseError(target, err);
     if (mapped instanceof CliError) throw mapped;
-    throw new EnvironmentError(`migrating database ${target.display} failed: ${(err as Error).message}`, {
+    throw new EnvironmentError(`migrating database ${target.display} failed: ${errorText(err)}`, {
       cause: err,
     });
   }

@@ -8,6 +8,7 @@
  * the token is touched.
  */
 import { writeFileSync } from 'node:fs';
+import { errorText } from '../../core/error-text.js';
 import { spkiFingerprint, spkiToPem } from '../../core/spki-input.js';
 import { parseTimestamp } from '../../core/timestamp.js';
 import { ensureKey, findKey } from '../../pkcs11/signer.js';
@@ -114,7 +115,7 @@ export async function registerPrincipalKey(ctx: CommandContext, opts: RegisterOp
     try {
       writeFileSync(opts.publicKeyOut, spkiToPem(result.row.spkiDer));
     } catch (err) {
-      throw new UsageError(`registered, but cannot write ${opts.publicKeyOut}: ${(err as Error).message}`);
+      throw new UsageError(`registered, but cannot write ${opts.publicKeyOut}: ${errorText(err)}`);
     }
   }
   const made = [result.created.token && 'token', result.created.key && 'key'].filter(Boolean).join(' and ');
