@@ -1,6 +1,7 @@
 // Run a program to completion and collect its output.
 import { spawn } from 'node:child_process';
 import { constants } from 'node:os';
+import { errorText } from '../core/error-text.js';
 import { repoRoot } from './repo-root.js';
 
 export interface ExitInfo {
@@ -48,7 +49,7 @@ export function runCommand(
           }, opts.timeoutMs);
     child.once('error', (e) => {
       clearTimeout(timer);
-      reject(new Error(`${command}: ${e.message}`));
+      reject(new Error(`${command}: ${errorText(e)}`));
     });
     child.once('close', (code, signal) => {
       clearTimeout(timer);

@@ -123,7 +123,7 @@ export async function startAdminServer(opts: AdminServerOptions): Promise<AdminS
       resolve();
     });
   });
-  server.on('error', (err) => logger.error({ err: err.message }, 'admin server error'));
+  server.on('error', (err) => logger.error({ err: errorText(err) }, 'admin server error'));
   const bound = server.address() as AddressInfo;
   logger.info({ admin_addr: `${bound.address}:${bound.port}` }, 'admin server listening');
 

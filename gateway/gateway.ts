@@ -204,7 +204,7 @@ async function checkSchema(registry: Registry): Promise<{ version: number; notif
   } catch (err) {
     if (err instanceof RegistrySchemaError) throw new GatewayStartupError(err.message);
     if (err instanceof RegistryUnavailableError) {
-      throw new GatewayStartupError(`cannot check the registry schema: ${err.message}`);
+      throw new GatewayStartupError(`cannot check the registry schema: ${errorText(err)}`);
     }
     throw err;
   }

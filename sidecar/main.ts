@@ -30,7 +30,7 @@ const cli = buildCli({
     logger = log;
     const onTpmFailure = (err: Error) => {
       log.fatal(
-        { reason: 'tpm_signing_failed', err: err.message },
+        { reason: 'tpm_signing_failed', err: errorText(err) },
         'the TPM could not sign the gateway handshake; exiting so a supervisor can restart the sidecar once the TPM is back',
       );
       process.exit(EXIT_TPM_FAILURE);

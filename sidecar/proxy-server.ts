@@ -59,7 +59,7 @@ export class ProxyServer {
     this.server.on('clientError', (err, socket) => {
       if (socket.writable) socket.end(plainResponse(400, 'bad request\n'));
       else socket.destroy();
-      this.opts.logger.debug({ err: err.message }, 'malformed request from agent');
+      this.opts.logger.debug({ err: errorText(err) }, 'malformed request from agent');
     });
   }
 
@@ -254,10 +254,10 @@ export class ProxyServer {
     });
 
     socket.on('error', (err) => {
-      error ??= `agent socket: ${err.message}`;
+      error ??= `agent socket: ${errorText(err)}`;
     });
     stream.on('error', (err) => {
-      error ??= `gateway stream: ${err.message}`;
+      error ??= `gateway stream: ${errorText(err)}`;
     });
     socket.once('close', () => {
       if (!stream.closed) abandonStream(stream);
