@@ -11,13 +11,15 @@
  *   keeps running under the grant found now, which may be another row. Denied: it ends.
  * - Nothing depends on a notification arriving: every tunnel is re-checked every fullRecheckIntervalMs
  *   whether or not the listener is up (a trigger disabled, a write that fires none, a connection that
- *   died silently), and every recheckIntervalMs while the listener is down.
+ *   died silently), and every recheckIntervalMs while the listener is down. Such a sweep is worked off
+ *   in small chunks, and tunnels marked by a change go before the next chunk.
  * - Registry unreachable: the tunnel keeps running and is retried every recheckIntervalMs, because a
  *   database blip must not cut every agent; but once its re-checks have failed for longer than
  *   unavailableGraceMs it ends (registry_unavailable), because authorization that cannot be confirmed
  *   must not last forever. A tunnel past its validUntil always ends (expiry-queue.ts).
  * - Re-checks run one batch at a time; a tunnel marked again while its batch runs is checked again
- *   afterwards, so the final verdict always comes from a query that started after the last change.
+ *   afterwards, and so is one moved to another row that changed while its query ran, so the final
+ *   verdict always comes from a query that started after the last change.
  */
 import type pg from 'pg';
 import type { AccessRequest } from '../core/policy.js';
@@ -28,7 +30,7 @@ import { BackoffTimeout } from './backoff-timeout.js';
 import { ExpiryQueue } from './expiry-queue.js';
 import type { GatewayMetrics } from './metrics.js';
 import { forEachConcurrently, groupBySubject } from './recheck-groups.js';
-import type { RegistryChange } from './registry-changes.js';
+import { EVERYTHING, type RegistryChange } from './registry-changes.js';
 import { type AuthorizationLogger, errorText, silentLogger } from './registry-errors.js';
 import { RegistryListener } from './registry-listener.js';
 import { TunnelIndex } from './tunnel-index.js';
@@ -88,6 +90,9 @@ type Entry = {
   unavailableSince: Micros | undefined;
 };
 
+/** Tunnels per worker in one chunk of a sweep: small, so a targeted re-check waits at most one chunk. */
+const SWEEP_CHUNK_PER_WORKER = 8;
+
 export class LiveRevocation implements TunnelTracker {
   private readonly authorizer: RecheckAuthorizer;
   private readonly metrics: GatewayMetrics | undefined;
@@ -102,7 +107,8 @@ export class LiveRevocation implements TunnelTracker {
   private readonly expiry: ExpiryQueue<Entry>;
   private readonly listener: RegistryListener | undefined;
 
-  private pendingAll = false;
+  /** A re-check of every tunnel, worked off in chunks so targeted re-checks never wait behind it. */
+  private sweep: Entry[] = [];
   private readonly pending = new Set<Entry>();
   private readonly retry = new Set<Entry>();
   private running: Promise<void> | undefined;
@@ -156,7 +162,7 @@ export class LiveRevocation implements TunnelTracker {
     this.started = true;
     const full = this.opts.fullRecheckIntervalMs ?? 0;
     if (full > 0) {
-      this.fullTimer = setInterval(() => this.recheckEverything(), full);
+      this.fullTimer = setInterval(() => this.fullRecheck(), full);
       this.fullTimer.unref();
     }
     this.startPolling(); // until the listener is up
@@ -188,14 +194,14 @@ export class LiveRevocation implements TunnelTracker {
       listenerUp,
       notifications: this.opts.notifications,
       openTunnels: this.index.size,
-      pendingRechecks: this.pendingAll ? this.index.size : this.pending.size + this.retry.size,
+      pendingRechecks: this.pending.size + this.retry.size + this.sweep.length,
       lastError: this.lastError ?? this.listener?.lastError,
     };
   }
 
   /** Re-check every open tunnel now (also what polling and reconnects do). Resolves when done. */
   async recheckAll(): Promise<void> {
-    this.pendingAll = true;
+    this.startSweep();
     await this.flush();
   }
 
@@ -215,7 +221,7 @@ export class LiveRevocation implements TunnelTracker {
   handleChange(change: RegistryChange): void {
     this.authorizer.onRegistryChange(change);
     if (change.table === '*') {
-      this.pendingAll = true;
+      this.startSweep();
       this.scheduleFlush();
       return;
     }
@@ -242,8 +248,24 @@ export class LiveRevocation implements TunnelTracker {
 
   private recheckEverything(): void {
     if (this.index.size === 0 || this.closed) return;
-    this.pendingAll = true;
+    this.startSweep();
     void this.flush();
+  }
+
+  /**
+   * The full re-check interval: also forget every cached decision, or an agent whose tunnel the sweep
+   * just ended (its revoke sent no notification) would reconnect on the cached allow.
+   */
+  private fullRecheck(): void {
+    if (this.closed) return;
+    this.authorizer.onRegistryChange(EVERYTHING);
+    this.recheckEverything();
+  }
+
+  private startSweep(): void {
+    // A newer snapshot covers everything an unfinished one still held.
+    this.sweep = [...this.index.entries()];
+    this.retry.clear();
   }
 
   private startPolling(): void {
@@ -305,16 +327,15 @@ export class LiveRevocation implements TunnelTracker {
   private async drain(): Promise<void> {
     // Yield once so marks made in the same tick join this batch.
     await Promise.resolve();
-    while (!this.closed && (this.pendingAll || this.pending.size > 0)) {
+    while (!this.closed && (this.pending.size > 0 || this.sweep.length > 0)) {
       let batch: Entry[];
-      if (this.pendingAll) {
-        this.pendingAll = false;
-        this.pending.clear();
-        this.retry.clear();
-        batch = [...this.index.entries()];
-      } else {
+      if (this.pending.size > 0) {
+        // Marked by a change: before any further chunk of a sweep, so a revoke is never queued behind
+        // a re-check of every tunnel.
         batch = [...this.pending];
         this.pending.clear();
+      } else {
+        batch = this.sweep.splice(0, SWEEP_CHUNK_PER_WORKER * this.concurrency);
       }
       await this.recheck(batch, 'change');
     }
@@ -427,6 +448,8 @@ export class LiveRevocation implements TunnelTracker {
     entry.grant = grant;
     this.index.add(entry);
     if (grant.validUntil !== previous.validUntil) this.expiry.schedule(entry, grant.validUntil);
+    // A change to the new row processed while the query ran found the tunnel indexed under the old one.
+    if (this.authorizer.grantMayBeStale(grant)) this.mark(entry);
   }
 
   private revoke(entry: Entry, reason: DenyReason | 'expired', detail: string): void {

@@ -17,11 +17,17 @@ class Source implements CandidateSource {
   down = false;
   /** Candidates by identity. */
   rows = new Map<string, Candidate[]>();
+  /** Query time. */
+  delayMs = 1;
+  /** When set, a query answers with the rows as they were when it started, once this resolves. */
+  gate: Promise<void> | undefined;
   async activeCandidates(request: AccessRequest): Promise<Candidate[]> {
     this.calls++;
-    await sleep(1);
+    const rows = this.rows.get(request.identity) ?? [];
+    await sleep(this.delayMs);
+    if (this.gate) await this.gate;
     if (this.down) throw new RegistryUnavailableError('connect', 'ECONNREFUSED');
-    return this.rows.get(request.identity) ?? [];
+    return rows;
   }
 }
 
@@ -329,5 +335,45 @@ describe('LiveRevocation', () => {
         full === 0 ? undefined : 'no_permission',
       );
     }
+  });
+
+  it('a tunnel moved to another row that changed while its query ran is checked again', async () => {
+    const s = setup(60_000);
+    s.subject('agent-a', 3_600_000, 'perm-A');
+    const t = await s.open('agent-a', 'a1');
+    s.subject('agent-a', 3_600_000, 'perm-B'); // A is replaced by B
+    let release!: () => void;
+    s.source.gate = new Promise((r) => {
+      release = r;
+    });
+    s.revocation.handleChange({ table: 'permission_registry', op: 'UPDATE', permissionId: 'perm-A' });
+    await until(() => s.source.calls > 0);
+    await sleep(20); // the query is now waiting at the gate
+    // B is revoked while that query (which will answer "allowed by B") is still running.
+    s.source.rows.set('agent-a', []);
+    s.revocation.handleChange({ table: 'permission_registry', op: 'UPDATE', permissionId: 'perm-B' });
+    s.source.gate = undefined;
+    release();
+    await until(() => t.revoked !== undefined);
+    expect(t.revoked?.reason).toBe('no_permission');
+  });
+
+  it('a change is re-checked before the rest of a sweep of every tunnel', async () => {
+    const s = setup(60_000);
+    const tunnels: FakeTunnel[] = [];
+    for (let i = 0; i < 100; i++) {
+      s.subject(`agent-${i}`, 3_600_000, `perm-${i}`);
+      tunnels.push(await s.open(`agent-${i}`, `t${i}`));
+    }
+    s.source.delayMs = 20; // 100 subjects, 2 at a time: the sweep takes about a second
+    const sweep = s.revocation.recheckAll();
+    await sleep(60);
+    s.source.rows.set('agent-99', []);
+    const revokedAt = Date.now();
+    s.revocation.handleChange({ table: 'permission_registry', op: 'UPDATE', permissionId: 'perm-99' });
+    await until(() => tunnels[99]!.revoked !== undefined, 3000);
+    expect(tunnels[99]!.revoked!.at - revokedAt).toBeLessThan(400);
+    await sweep;
+    expect(tunnels.filter((t) => t.revoked !== undefined)).toHaveLength(1);
   });
 });
