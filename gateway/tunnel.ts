@@ -11,7 +11,7 @@
 import { constants, type Http2Session, type ServerHttp2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
 import { perTunnelBufferLimit } from '../core/tunnel-buffers.js';
-import { corkUntilNextTurn } from '../core/write-coalescing.js';
+import { WriteCoalescer } from '../core/write-coalescing.js';
 
 const { NGHTTP2_CANCEL, NGHTTP2_CONNECT_ERROR, NGHTTP2_NO_ERROR } = constants;
 
@@ -37,6 +37,8 @@ export interface TunnelOwner {
 const IDLE_CLOSE_GRACE_MS = 5_000;
 /** After the stream has closed cleanly, how long the upstream gets to take our last bytes. */
 const FLUSH_LINGER_MS = 30_000;
+/** Client bytes to destination sockets, written once per event-loop turn (core/write-coalescing.ts). */
+const coalescer = new WriteCoalescer();
 
 const TUNNEL = Symbol('agent_gateway.tunnel');
 /** The tunnel a stream or socket belongs to, kept on the emitter so listeners can be shared functions. */
@@ -203,7 +205,7 @@ function onStreamData(this: ServerHttp2Stream, chunk: Buffer): void {
   t.bytesClientToDest += chunk.length;
   const socket = t.socket;
   if (socket.destroyed) return;
-  corkUntilNextTurn(socket);
+  coalescer.corkUntilNextTurn(socket);
   if (!socket.write(chunk)) this.pause();
 }
 

@@ -10,7 +10,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { errorText } from '../core/error-text.js';
 import { formatHostPort } from '../core/host-port.js';
 import { perTunnelBufferLimit } from '../core/tunnel-buffers.js';
-import { corkUntilNextTurn } from '../core/write-coalescing.js';
+import { WriteCoalescer } from '../core/write-coalescing.js';
 import {
   clearStaleSocket,
   type ListenAddress,
@@ -37,6 +37,8 @@ const RST_AFTER_END_GRACE_MS = 25;
 // How many bytes may wait for the agent before the gateway side of a tunnel stops being read. The other
 // way, every tunnel queues into the one gateway connection, so each gets a share (core/tunnel-buffers.ts).
 const FORWARD_BUFFER_LIMIT = 1024 * 1024;
+// Gateway bytes to agent sockets, written once per event-loop turn (core/write-coalescing.ts).
+const coalescer = new WriteCoalescer();
 // A CONNECT authority is `host:port`; anything with whitespace, a path or credentials is not one.
 const AUTHORITY = /^(?:\[[0-9a-fA-F:.]+\]|[^\s/?#@[\]:]+)(?::\d{1,5})?$/;
 
@@ -229,7 +231,7 @@ export class ProxyServer {
     stream.on('data', (chunk: Buffer) => {
       gatewayToAgent += chunk.length;
       if (socket.destroyed || socket.writableEnded) return;
-      corkUntilNextTurn(socket);
+      coalescer.corkUntilNextTurn(socket);
       socket.write(chunk);
       if (socket.writableLength >= FORWARD_BUFFER_LIMIT) stream.pause();
     });

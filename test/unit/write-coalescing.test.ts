@@ -3,9 +3,10 @@
 import { once } from 'node:events';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { corkUntilNextTurn } from '../../core/write-coalescing.js';
+import { WriteCoalescer } from '../../core/write-coalescing.js';
 
-describe('corkUntilNextTurn', () => {
+describe('WriteCoalescer.corkUntilNextTurn', () => {
+  const coalescer = new WriteCoalescer();
   const server = net.createServer();
   const received: Buffer[][] = [];
   const clients: net.Socket[] = [];
@@ -33,9 +34,9 @@ describe('corkUntilNextTurn', () => {
 
   it('holds writes of one turn corked, once per socket, and uncorks them all on the next turn', async () => {
     for (const c of clients) {
-      corkUntilNextTurn(c);
+      coalescer.corkUntilNextTurn(c);
       c.write('a');
-      corkUntilNextTurn(c);
+      coalescer.corkUntilNextTurn(c);
       c.write('b');
       expect(c.writableCorked).toBe(1);
       expect(c.writableLength).toBe(2);
@@ -55,7 +56,7 @@ describe('corkUntilNextTurn', () => {
   it('leaves a socket its caller corked itself to its caller', async () => {
     const c = clients[0] as net.Socket;
     c.cork();
-    corkUntilNextTurn(c);
+    coalescer.corkUntilNextTurn(c);
     await new Promise((resolve) => setImmediate(resolve));
     expect(c.writableCorked).toBe(1);
     c.uncork();
