@@ -265,6 +265,11 @@ describe('gateway config: every mistake names its key', () => {
       error: /server\.listen_addr: port 0/,
     },
     {
+      name: 'listen address in brackets that is not IPv6',
+      text: ORIGINAL.replace('127.0.0.1:8443', '[127.0.0.1]:8443'),
+      error: /server\.listen_addr: 127\.0\.0\.1 in brackets is not an IPv6 address/,
+    },
+    {
       name: 'bad OID',
       text: ORIGINAL.replace('1.3.6.1.4.1.57264.1.1', 'not-an-oid'),
       error: /policy\.client_ext_oid: must be a dotted OID/,
