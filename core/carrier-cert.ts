@@ -7,7 +7,12 @@
  */
 import { webcrypto } from 'node:crypto';
 import { p256PublicKey } from './ecdsa.js';
-import { DEFAULT_IDENTITY_OID, identityExtension, isValidOid } from './identity-extension.js';
+import {
+  DEFAULT_IDENTITY_OID,
+  identityExtension,
+  identityLengthError,
+  isValidOid,
+} from './identity-extension.js';
 import { assertEncodable } from './permission-bytes.js';
 import { x509 } from './x509.js';
 
@@ -37,6 +42,8 @@ export async function createCarrierCertificate(req: CarrierCertificateRequest): 
   // Signed rows carry the identity in line-oriented text; an identity that cannot be granted is refused
   // here rather than producing a certificate that can never be authorized.
   assertEncodable('identity', req.identity);
+  const tooLong = identityLengthError(req.identity);
+  if (tooLong !== undefined) throw new Error(tooLong);
   // Throws unless the subject key is P-256: the registry only records ecdsa_p256_sha256 subjects.
   p256PublicKey(req.subjectSpkiDer);
 

@@ -30,6 +30,8 @@ const OID_PATTERN = /^[0-2](\.(0|[1-9]\d*))+$/;
  */
 export const MAX_IDENTITY_BYTES = 256;
 
+const CONTROL_CHARACTER = /[\u0000-\u001f\u007f]/;
+
 /** Why `identity` can never be accepted by the gateway for its length, or undefined when it fits. */
 export function identityLengthError(identity: string): string | undefined {
   const bytes = Buffer.byteLength(identity, 'utf8');
@@ -114,6 +116,9 @@ function decodeUtf8StringExact(value: ArrayBuffer): string | { error: string } {
     return { error: 'UTF8String contents are not valid UTF-8' };
   }
   if (text === '') return { error: 'identity is empty' };
+  // Never grantable (the registry CLI refuses them), and a NUL cannot even be a query parameter:
+  // PostgreSQL rejects it, so every CONNECT would cost a failed query.
+  if (CONTROL_CHARACTER.test(text)) return { error: 'identity contains a control character' };
   // BER parsing also accepts a long-form length or a high-tag-number tag for the same string; DER has
   // exactly one encoding (docs/contract.md "Identity"), so anything else is refused.
   if (!Buffer.from(encodeIdentityExtensionValue(text)).equals(new Uint8Array(value))) {

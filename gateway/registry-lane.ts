@@ -88,7 +88,10 @@ export class RegistryLane {
       try {
         return await fn(client);
       } catch (err) {
-        failure = err instanceof Error ? err : new Error(String(err));
+        // An error the server answered (it has a SQLSTATE) leaves the connection in a known state: keep
+        // it. Anything else (a client-side timeout, a dead socket) does not: destroy it. Otherwise a
+        // client that gets a server error on every CONNECT would cost a new connection each time.
+        if (!isServerError(err)) failure = err instanceof Error ? err : new Error(String(err));
         throw classifyQueryError(err);
       } finally {
         client.off('error', onError);
@@ -180,4 +183,8 @@ function classifyQueryError(err: unknown): RegistryUnavailableError {
     return new RegistryUnavailableError('connect', text, { cause: err });
   }
   return new RegistryUnavailableError('query', text, { cause: err });
+}
+
+function isServerError(err: unknown): boolean {
+  return err instanceof pg.DatabaseError;
 }

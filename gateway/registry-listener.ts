@@ -79,6 +79,9 @@ export class RegistryListener {
       // Keepalive probes start sooner than on the pool: this connection is idle by design.
       keepAlive: true,
       keepAliveInitialDelayMillis: 1_000,
+      // The heartbeat's own deadline decides when this connection is dead; pg's query timeout (the
+      // lookup lane's, much shorter) would drop it at the first slow answer under load.
+      query_timeout: undefined,
     });
     this.client = client;
     client.on('error', (err) => this.lost(client, err));
@@ -153,9 +156,11 @@ async function endQuietly(client: pg.Client): Promise<void> {
   client.removeAllListeners('error');
   client.on('error', () => {});
   try {
-    // A half-dead socket may never answer the Terminate message: do not wait on it.
+    // A half-dead socket may never answer the Terminate message: do not wait on it, and do not leave
+    // it open until TCP keepalive gives up either.
     await Promise.race([client.end(), new Promise((r) => setTimeout(r, 1_000).unref())]);
   } catch {
     // already gone
   }
+  (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
 }

@@ -83,6 +83,14 @@ export function endAfterGoaway(session: ServerHttp2Session, why = 'too many stre
   if (!session.destroyed) session.destroy(new Error(why), NGHTTP2_ENHANCE_YOUR_CALM);
 }
 
+/**
+ * After the GOAWAY to an unproven connection: end it, unless a CONNECT already in flight at the GOAWAY
+ * was allowed meanwhile. That tunnel is legitimate; the session ends by itself when its streams do.
+ */
+export function endUnprovenAfterGoaway(c: Connection, why: string): void {
+  if (!c.proven) endAfterGoaway(c.session, why);
+}
+
 export function onUnprovenTimer(c: Connection): void {
   c.unprovenTimer = undefined;
   if (c.proven) return;

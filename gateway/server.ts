@@ -28,6 +28,7 @@ import {
   type ConnectionOwner,
   type ConnectionSlot,
   endAfterGoaway,
+  endUnprovenAfterGoaway,
   GOAWAY_LINGER_MS,
   onIdleTimer,
   onSessionClose,
@@ -364,7 +365,7 @@ export class GatewayServer implements ConnectionOwner {
     c.goingAway = true;
     this.deps.logger.debug({ source_peer_addr: c.peerAddr, why }, 'closing connection (GOAWAY)');
     c.session.close();
-    setTimeout(endAfterGoaway, UNPROVEN_CLOSE_GRACE_MS, c.session, why).unref();
+    setTimeout(endUnprovenAfterGoaway, UNPROVEN_CLOSE_GRACE_MS, c, why).unref();
   }
 
   /** @internal */

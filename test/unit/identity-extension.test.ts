@@ -119,6 +119,16 @@ const ROWS: readonly Row[] = [
     () => [identityExtension(`${'ß'.repeat(128)}a`)],
     { reason: 'invalid_identity_extension', detail: /257 bytes, longer than 256/ },
   ],
+  [
+    'identity with a NUL (PostgreSQL cannot even take it as a parameter)',
+    () => [identityExtension('agent\u0000alpha')],
+    { reason: 'invalid_identity_extension', detail: /control character/ },
+  ],
+  [
+    'identity with a newline',
+    () => [identityExtension('agent\nalpha')],
+    { reason: 'invalid_identity_extension', detail: /control character/ },
+  ],
   ['empty extension value', () => [raw(Buffer.alloc(0))], { reason: 'invalid_identity_extension' }],
   ['bare text, not DER', () => [raw(Buffer.from('agent-alpha'))], { reason: 'invalid_identity_extension' }],
   [
