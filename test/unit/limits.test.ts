@@ -19,7 +19,9 @@ function peer(identity: string, key = 'key-1'): PeerIdentity {
 }
 
 function setup(overrides: Partial<ConstructorParameters<typeof GatewayLimits>[0]> = {}) {
-  let now = 0;
+  // Not 0: lru-cache takes a start time of 0 as "no TTL", so a bucket set at 0 would never expire
+  // (performance.now() is never 0 in a running gateway).
+  let now = 1000;
   const metrics = createGatewayMetrics({ defaultMetrics: false });
   const limits = new GatewayLimits({
     maxTunnels: 100,
@@ -32,6 +34,8 @@ function setup(overrides: Partial<ConstructorParameters<typeof GatewayLimits>[0]
   });
   return { limits, metrics, advance: (ms: number) => (now += ms) };
 }
+
+const RATE_LIMITED = { status: 429, reason: 'rate_limited' };
 
 const isRejection = (x: unknown): x is LimitRejection => typeof x === 'object' && x !== null && 'reason' in x;
 
@@ -62,7 +66,7 @@ describe('connect rate (token bucket)', () => {
       advance(ms);
       const r = limits.admitConnect(peer(id));
       expect(r === undefined, `step ${i}`).toBe(admitted);
-      if (r !== undefined) expect(r).toEqual({ status: 429, reason: 'rate_limited' });
+      if (r !== undefined) expect(r).toEqual(RATE_LIMITED);
     });
     expect(await rejections(metrics, 'rate_limited')).toBe(SCRIPT.filter((s) => !s[2]).length);
   });
@@ -85,11 +89,19 @@ describe('connect rate (token bucket)', () => {
     expect(limits.stats().rateBuckets).toBe(1);
   });
 
-  it('an evicted bucket does not grant more than a fresh burst', () => {
+  it('holds at most maxBuckets keys; the least recently used is evicted and comes back with no more than a fresh burst', () => {
+    // Clock frozen: nothing refills or expires, so every forgotten bucket was evicted for room.
     const { limits } = setup({ maxBuckets: 2, connectBurstPerIdentity: 2 });
-    expect(limits.admitConnect(peer('a'))).toBeUndefined();
-    expect(limits.admitConnect(peer('a'))).toBeUndefined();
-    expect(limits.admitConnect(peer('a'))).toBeDefined();
+    const admitted = (id: string, n: number) =>
+      Array.from({ length: n }, () => limits.admitConnect(peer(id)) === undefined).filter(Boolean).length;
+    expect(admitted('a', 5)).toBe(2);
+    expect(admitted('b', 5)).toBe(2);
+    expect(limits.stats().rateBuckets).toBe(2);
+    expect(admitted('c', 1)).toBe(1); // a third key: 'a' (least recently used) is evicted
+    expect(limits.stats().rateBuckets).toBe(2);
+    expect(admitted('b', 1)).toBe(0); // 'b' was more recent than 'a' and is still remembered, empty
+    expect(admitted('a', 5)).toBe(2); // a fresh burst for the evicted key, not more
+    expect(limits.stats().rateBuckets).toBe(2);
   });
 });
 
@@ -97,14 +109,15 @@ describe('keyed by the proven key, not the claimed identity', () => {
   it('another key claiming the same identity spends its own bucket', () => {
     const { limits } = setup();
     for (let i = 0; i < 3; i++) expect(limits.admitConnect(peer('agent', 'attacker-key'))).toBeUndefined();
-    for (let i = 0; i < 100; i++) expect(limits.admitConnect(peer('agent', 'attacker-key'))).toBeDefined();
+    for (let i = 0; i < 100; i++)
+      expect(limits.admitConnect(peer('agent', 'attacker-key'))).toEqual(RATE_LIMITED);
     expect(limits.admitConnect(peer('agent', 'real-key'))).toBeUndefined();
   });
 
   it('the same key claiming another identity is another client as well', () => {
     const { limits } = setup({ connectBurstPerIdentity: 1 });
     expect(limits.admitConnect(peer('a', 'k'))).toBeUndefined();
-    expect(limits.admitConnect(peer('a', 'k'))).toBeDefined();
+    expect(limits.admitConnect(peer('a', 'k'))).toEqual(RATE_LIMITED);
     expect(limits.admitConnect(peer('b', 'k'))).toBeUndefined();
   });
 
