@@ -31,6 +31,12 @@ export type RegistryLaneOptions = {
 export class RegistryLane {
   private readonly pool: pg.Pool;
   private inFlight = 0;
+  /**
+   * Waits we gave up on (acquireTimeoutMs) that are still queued in pg-pool until its own
+   * connectionTimeoutMillis. They count against the in-flight cap: otherwise every timed-out lookup
+   * would make room for a new one while its waiter stays queued, and the queue could outgrow the cap.
+   */
+  private abandoned = 0;
   private readonly gauge: { set(v: number): void } | undefined;
   private closed = false;
 
@@ -65,11 +71,11 @@ export class RegistryLane {
   async withClient<T>(queryName: string, fn: (client: Queryable) => Promise<T>): Promise<T> {
     const { metrics, maxInFlight } = this.opts;
     if (this.closed) throw new RegistryUnavailableError('closed', 'registry is shut down');
-    if (maxInFlight !== undefined && this.inFlight >= maxInFlight) {
+    if (maxInFlight !== undefined && this.inFlight + this.abandoned >= maxInFlight) {
       metrics?.registryErrors.inc({ kind: 'busy' });
       throw new RegistryUnavailableError(
         'busy',
-        `${this.inFlight} registry ${this.opts.name}s in flight (policy.max_lookups_in_flight ${maxInFlight})`,
+        `${this.inFlight + this.abandoned} registry ${this.opts.name}s in flight or still queued (policy.max_lookups_in_flight ${maxInFlight})`,
       );
     }
     this.inFlight++;
@@ -117,6 +123,7 @@ export class RegistryLane {
       let settled = false;
       const timer = setTimeout(() => {
         settled = true;
+        this.abandoned++;
         // Every connection open and in use for the whole wait: the registry is answering, just not fast
         // enough for the demand. That is capacity ('busy', 503 for a CONNECT), not an outage.
         const saturated = this.pool.totalCount >= maxConnections && this.pool.idleCount === 0;
@@ -130,12 +137,17 @@ export class RegistryLane {
       this.pool.connect().then(
         (client) => {
           clearTimeout(timer);
-          if (settled) client.release();
-          else resolve(client);
+          if (settled) {
+            this.abandoned--;
+            client.release();
+          } else resolve(client);
         },
         (err: unknown) => {
           clearTimeout(timer);
-          if (settled) return;
+          if (settled) {
+            this.abandoned--;
+            return;
+          }
           settled = true;
           // pg-pool reuses connectionTimeoutMillis for its own wait queue and reports it in these words.
           const kind = /timeout exceeded when trying to connect/i.test(errorText(err))
@@ -155,12 +167,13 @@ export class RegistryLane {
     for (const c of clients) if (c.status === 'fulfilled') c.value.release();
   }
 
-  stats(): { total: number; idle: number; waiting: number; inFlight: number } {
+  stats(): { total: number; idle: number; waiting: number; inFlight: number; abandoned: number } {
     return {
       total: this.pool.totalCount,
       idle: this.pool.idleCount,
       waiting: this.pool.waitingCount,
       inFlight: this.inFlight,
+      abandoned: this.abandoned,
     };
   }
 

@@ -252,6 +252,49 @@ describe('bounded waits (shared cluster)', () => {
     }
   });
 
+  it('lanes: a lookup that gave up waiting still counts against the cap until pg-pool drops its wait', async () => {
+    // pg-pool keeps a waiter queued until its own connectionTimeoutMillis (connectTimeoutMs), longer here
+    // than our acquire timeout: without counting those, each timed-out lookup would let a new one queue.
+    const registry = new Registry(
+      options(url, {
+        maxConnections: 1,
+        maxLookupsInFlight: 3,
+        connectTimeoutMs: 10_000,
+        poolAcquireTimeoutMs: 1000,
+        queryTimeoutMs: 10_000,
+      }),
+    );
+    const request = { identity: 'a', spkiDer: Buffer.from('x'), destination: 'a:443' };
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    try {
+      const held = registry.withClient('hold', async (c) => {
+        await c.query('SELECT 1');
+        await gate;
+      });
+      await sleep(100);
+      // Two lookups wait for the held connection and give up after the acquire timeout (busy).
+      const waited = await Promise.all(
+        [1, 2].map(() => registry.activeCandidates(request, nowTruncated()).catch((e: unknown) => e)),
+      );
+      for (const e of waited) expect((e as RegistryUnavailableError).kind).toBe('busy');
+      // Their waits are still queued in pg-pool: the next lookup is refused at once, not queued a third time.
+      const started = Date.now();
+      const next = await registry.activeCandidates(request, nowTruncated()).catch((e: unknown) => e);
+      expect((next as RegistryUnavailableError).kind).toBe('busy');
+      expect(Date.now() - started, 'refused at the cap, without waiting for a connection').toBeLessThan(500);
+      release();
+      await held;
+      // The late connections go back untouched and the cap is free again.
+      expect(await registry.activeCandidates(request, nowTruncated())).toEqual([]);
+    } finally {
+      release(); // or close() would wait for the held connection forever
+      await registry.close();
+    }
+  });
+
   it('refuses work after close', async () => {
     const registry = new Registry(options(url));
     await registry.close();
