@@ -94,27 +94,6 @@ settle_port() {
   printf '%s' "$port"
 }
 
-pg_bin_dir() {
-  local d best=""
-  for d in /usr/lib/postgresql/*/bin; do
-    if [ ! -x "$d/initdb" ] || [ ! -x "$d/pg_ctl" ]; then continue; fi
-    if [ -z "$best" ] || [ "$(basename "$(dirname "$d")" | cut -d. -f1)" -gt "$(basename "$(dirname "$best")" | cut -d. -f1)" ]; then
-      best="$d"
-    fi
-  done
-  [ -n "$best" ] || die "no PostgreSQL server binaries under /usr/lib/postgresql/*/bin (apt-get install postgresql)"
-  printf '%s' "$best"
-}
-
-# as_pg CMD...: run a PostgreSQL server binary as the cluster owner (postgres when we are root).
-as_pg() {
-  if is_root; then
-    (cd / && runuser -u postgres -- "$@")
-  else
-    "$@"
-  fi
-}
-
 pg_socket_dir() { printf '%s/run' "$(state_get PG_DIR)"; }
 
 # psql_super ARGS...: psql as the superuser over the cluster's private unix socket.
@@ -185,7 +164,8 @@ step_build() {
   if [ "${AGENT_GATEWAY_DEMO_SKIP_BUILD:-0}" = 1 ]; then
     info "    build skipped (AGENT_GATEWAY_DEMO_SKIP_BUILD=1)"
   else
-    local outputs=(dist/gateway/main.js dist/sidecar/main.js dist/demo/mock-service.js dist/demo/write-config.js)
+    local outputs=(dist/gateway/main.js dist/sidecar/main.js dist/demo/mock-service.js dist/demo/write-config.js
+      dist/dev-support/cli.js)
     local oldest="" f stale=0
     for f in "${outputs[@]}"; do
       if [ ! -f "$f" ]; then
@@ -194,7 +174,7 @@ step_build() {
       fi
       if [ -z "$oldest" ] || [ "$f" -ot "$oldest" ]; then oldest="$f"; fi
     done
-    if [ "$stale" = 0 ] && [ -n "$(find core gateway sidecar registry-cli demo -name '*.ts' -newer "$oldest" -print -quit 2>/dev/null)" ]; then
+    if [ "$stale" = 0 ] && [ -n "$(find core gateway sidecar registry-cli demo dev-support -name '*.ts' -newer "$oldest" -print -quit 2>/dev/null)" ]; then
       stale=1
     fi
     if [ "$stale" = 0 ] && { [ package.json -nt "$oldest" ] || [ tsconfig.build.json -nt "$oldest" ]; }; then stale=1; fi
@@ -205,7 +185,9 @@ step_build() {
       info "    dependencies installed, dist/ up to date"
     fi
   fi
-  for f in gateway/main.js sidecar/main.js demo/mock-service.js demo/write-config.js; do node_prog "$f" >/dev/null; done
+  for f in gateway/main.js sidecar/main.js demo/mock-service.js demo/write-config.js dev-support/cli.js; do
+    node_prog "$f" >/dev/null
+  done
   step_done
 }
 
@@ -250,69 +232,38 @@ step_postgres() {
   local log="$STATE_DIR/logs/postgres-setup.log"
   step "Starting PostgreSQL (local cluster, no system service)" "$log"
   state_set PG_MODE local
-  local bin pgdir data port pid
-  bin="$(pg_bin_dir)"
-  state_set PG_BIN "$bin"
+  local pgdir port answer
   pgdir="$(state_get PG_DIR)"
   if [ -z "$pgdir" ] || [ ! -d "$pgdir" ]; then
     pgdir="$STATE_DIR/postgres"
     if [ -L "$pgdir" ]; then rm -f "$pgdir"; fi
-    mkdir -p "$pgdir"
-    if is_root; then
-      chown postgres:postgres "$pgdir"
-      if ! runuser -u postgres -- test -w "$pgdir" 2>/dev/null; then
-        # The postgres user cannot reach into root's home: keep the cluster in /var/tmp, linked from state.
-        rmdir "$pgdir"
-        pgdir="$(mktemp -d /var/tmp/agent-gateway-demo-pg.XXXXXX)"
-        chown postgres:postgres "$pgdir"
-        ln -sfn "$pgdir" "$STATE_DIR/postgres"
-        info "    cluster in $pgdir, owned by the postgres user (linked from $STATE_DIR/postgres)"
-      fi
-    fi
-    state_set PG_DIR "$pgdir"
   fi
-  chmod 700 "$pgdir"
-  data="$pgdir/data"
-  if [ ! -f "$data/PG_VERSION" ]; then
-    info "    initdb $data"
-    local pwfile="$pgdir/pwfile"
-    (umask 077 && printf '%s\n' "$PG_SUPERUSER_PASSWORD" >"$pwfile")
-    is_root && chown postgres:postgres "$pwfile"
-    logged as_pg "$bin/initdb" -D "$data" -U postgres --pwfile="$pwfile" --auth-local=trust \
-      --auth-host=scram-sha-256 --encoding=UTF8 --locale=C
-    rm -f "$pwfile"
-    printf "\ninclude_if_exists 'agent-gateway-demo.conf'\n" >>"$data/postgresql.conf"
-    printf 'local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n' >"$data/pg_hba.conf"
-    is_root && chown postgres:postgres "$data/pg_hba.conf"
+  port="$(settle_port PG_PORT AGENT_GATEWAY_DEMO_PG_PORT 5432 "$STATE_DIR/run/postgres.pid")"
+  # Password logins over TCP (the roles below have passwords); the superuser also has the trusted private
+  # socket, through which psql_super sets the passwords.
+  answer="$(dev_support postgres start --dir "$pgdir" --port "$port" --host-auth scram-sha-256 \
+    --max-connections 50 --fallback-prefix /var/tmp/agent-gateway-demo-pg.)" ||
+    die "PostgreSQL did not start (see $log)"
+  pgdir="$(answer_get dir "$answer")"
+  port="$(answer_get port "$answer")"
+  state_set PG_DIR "$pgdir"
+  state_set PG_PORT "$port"
+  if [ "$(answer_get linked "$answer")" = 1 ]; then
+    info "    cluster in $pgdir, owned by the postgres user (linked from $STATE_DIR/postgres)"
   fi
-  mkdir -p "$pgdir/run"
-  chmod 700 "$pgdir/run"
-  is_root && chown postgres:postgres "$pgdir/run"
-
-  if as_pg "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
-    port="$(state_get PG_PORT)"
-    info "    already running on 127.0.0.1:$port"
-  else
-    port="$(settle_port PG_PORT AGENT_GATEWAY_DEMO_PG_PORT 5432 "$STATE_DIR/run/postgres.pid")"
-    cat >"$data/agent-gateway-demo.conf" <<EOF
-listen_addresses = '127.0.0.1'
-port = $port
-unix_socket_directories = '$pgdir/run'
-unix_socket_permissions = 0700
-max_connections = 50
-EOF
-    is_root && chown postgres:postgres "$data/agent-gateway-demo.conf"
-    logged as_pg "$bin/pg_ctl" -D "$data" -l "$pgdir/postgres.log" -w -t 60 start
+  if [ "$(answer_get initialized "$answer")" = 1 ]; then info "    initdb $pgdir/data"; fi
+  if [ "$(answer_get started "$answer")" = 1 ]; then
     info "    started on 127.0.0.1:$port (log: $pgdir/postgres.log)"
+  else
+    info "    already running on 127.0.0.1:$port"
   fi
-  pid="$(head -n 1 "$data/postmaster.pid")"
-  pid_record "$STATE_DIR/run/postgres.pid" "$pid"
+  pid_record "$STATE_DIR/run/postgres.pid" "$(answer_get pid "$answer")"
   state_set PG_LOG "$pgdir/postgres.log"
 
   if [ "$(psql_super -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" != 1 ]; then
     logged psql_super -d postgres -c "CREATE DATABASE $PG_DB"
   fi
-  # Keep the superuser password in step with the (possibly overridden) demo value.
+  # The superuser's password for TCP logins: the (possibly overridden) demo value, set again on every run.
   logged psql_super -d postgres -v "pw=$PG_SUPERUSER_PASSWORD" <<<"ALTER ROLE postgres PASSWORD :'pw';"
   local enc
   enc="$(url_encode "$PG_SUPERUSER_PASSWORD")"
@@ -742,10 +693,9 @@ cmd_teardown() {
   pgdir="$(state_get PG_DIR)"
   if [ "$(state_get PG_MODE)" = local ] && [ -n "$pgdir" ]; then
     info "==> Removing the PostgreSQL cluster"
-    local bin
-    bin="$(state_get PG_BIN)"
-    if [ -f "$pgdir/data/postmaster.pid" ] && [ -x "$bin/pg_ctl" ]; then
-      as_pg "$bin/pg_ctl" -D "$pgdir/data" -m fast -w -t 60 stop >/dev/null 2>&1 || true
+    # pg_ctl stop when dist/ still has the set-up code; the PID file (SIGTERM, then SIGKILL) in any case.
+    if [ -f "$pgdir/data/postmaster.pid" ] && [ -f "$DEMO_ROOT/dist/dev-support/cli.js" ]; then
+      dev_support postgres stop --dir "$pgdir" >/dev/null || true
     fi
     pid_stop "$STATE_DIR/run/postgres.pid" postgres
     case "$pgdir" in

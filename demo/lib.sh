@@ -300,88 +300,49 @@ wait_port() {
   done
 }
 
-# ---- software TPM: swtpm + private D-Bus + tpm2-abrmd (as dev-support/swtpm.ts) ---------------------------
+# ---- PostgreSQL and software TPMs: dev-support/cli.ts, the code the tests start theirs with -----------------
 
-multiarch_lib() {
-  local d
-  for d in /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu /usr/lib/*-linux-gnu; do
-    [ -e "$d/$1" ] && {
-      printf '%s' "$d/$1"
-      return 0
-    }
-  done
-  return 1
+# dev_support ARGS...: run dev-support/cli.ts; its KEY=value answer on stdout, its progress and errors in the
+# current step's log.
+dev_support() {
+  printf '+ dev-support %s\n' "$*" >>"${CURRENT_LOG:-/dev/null}"
+  node "$(node_prog dev-support/cli.js)" "$@" 2>>"${CURRENT_LOG:-/dev/null}"
 }
 
-# tpm_env_exports DIR: the client environment for the TPM stack whose files live in DIR.
+# answer_get KEY ANSWER: the value of KEY in dev_support's answer.
+answer_get() { sed -n "s/^$1=//p" <<<"$2" | tail -n 1; }
+
+# tpm_env_exports DIR: the client environment of the TPM stack in DIR (its start wrote DIR/env).
 tpm_env_exports() {
-  local dir="$1" module engines
-  module="$(multiarch_lib pkcs11/libtpm2_pkcs11.so || echo /usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so)"
-  engines="$(dirname "$(multiarch_lib engines-3/pkcs11.so || echo /usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so)")"
-  export DBUS_SESSION_BUS_ADDRESS
-  DBUS_SESSION_BUS_ADDRESS="$(head -n 1 "$dir/dbus.addr" 2>/dev/null || true)"
-  export TPM2TOOLS_TCTI="$TABRMD_TCTI" TPM2_PKCS11_TCTI="$TABRMD_TCTI"
-  export PKCS11_MODULE_PATH="$module" TPM2_PKCS11_MODULE="$module" OPENSSL_ENGINES="$engines"
+  [ -f "$1/env" ] || die "no TPM client environment in $1/env (is its TPM running?)"
+  # shellcheck source=/dev/null
+  . "$1/env"
 }
 
 tpm_running() {
   local dir="$1"
-  pid_alive "$dir/swtpm.proc" >/dev/null && pid_alive "$dir/dbus.proc" >/dev/null &&
+  [ -f "$dir/env" ] && pid_alive "$dir/swtpm.proc" >/dev/null && pid_alive "$dir/dbus.proc" >/dev/null &&
     pid_alive "$dir/abrmd.proc" >/dev/null
 }
 
-# tpm_up DIR PORT LOG: start the stack (data port PORT, control port PORT+1) unless it already runs.
-# TPM state persists in DIR/tpmstate, so a restarted stack has the same keys.
+# tpm_up DIR PORT LOG: start swtpm (data port PORT, control port PORT+1), D-Bus and tpm2-abrmd unless they
+# run, and record their PIDs. TPM state persists in DIR/tpmstate, so a restarted stack has the same keys.
 tpm_up() {
-  local dir="$1" port="$2" log="$3" i pid
+  local dir="$1" port="$2" log="$3" answer what
   if tpm_running "$dir"; then return 0; fi
   tpm_down "$dir" quiet
-  mkdir -p "$dir/tpmstate"
-  chmod 700 "$dir"
-  swtpm socket --tpm2 \
-    --server "type=tcp,port=$port,bindaddr=127.0.0.1" --ctrl "type=tcp,port=$((port + 1)),bindaddr=127.0.0.1" \
-    --tpmstate "dir=$dir/tpmstate" --flags not-need-init,startup-clear \
-    --daemon --pid "file=$dir/swtpm.pid" --log "file=$log,level=1" >>"$log" 2>&1 || {
-    echo "swtpm did not start on 127.0.0.1:$port/$((port + 1))" >&2
+  answer="$(CURRENT_LOG="$log" dev_support tpm start --dir "$dir" --port "$port")" || {
+    echo "the TPM did not start on 127.0.0.1:$port/$((port + 1)) (see $log)" >&2
     return 1
   }
-  for i in $(seq 50); do
-    if [ -s "$dir/swtpm.pid" ]; then break; fi
-    sleep 0.1
+  for what in swtpm dbus abrmd; do
+    pid_record "$dir/$what.proc" "$(answer_get "${what}_pid" "$answer")" || true
   done
-  pid_record "$dir/swtpm.proc" "$(cat "$dir/swtpm.pid")" || {
-    echo "swtpm exited right after start" >&2
+  tpm_running "$dir" || {
+    tpm_down "$dir" quiet
+    echo "the TPM in $dir stopped right after its start (see $dir/*.log)" >&2
     return 1
   }
-  echo "$port" >"$dir/swtpm.port"
-
-  rm -f "$dir/dbus.sock"
-  dbus-daemon --session --fork --address="unix:path=$dir/dbus.sock" --print-address=3 --print-pid=4 \
-    3>"$dir/dbus.addr" 4>"$dir/dbus.pid" >>"$log" 2>&1 || {
-    echo "dbus-daemon did not start" >&2
-    return 1
-  }
-  pid_record "$dir/dbus.proc" "$(head -n 1 "$dir/dbus.pid")"
-  DBUS_SESSION_BUS_ADDRESS="$(head -n 1 "$dir/dbus.addr")" spawn_bg "$dir/abrmd.proc" "$log" \
-    tpm2-abrmd --session --allow-root --flush-all --tcti="swtpm:host=127.0.0.1,port=$port" >/dev/null
-  (
-    tpm_env_exports "$dir"
-    for _ in $(seq 100); do
-      tpm2_getcap properties-fixed >/dev/null 2>&1 && exit 0
-      pid_alive "$dir/abrmd.proc" >/dev/null || {
-        echo "tpm2-abrmd exited during start-up (see $log)" >&2
-        exit 1
-      }
-      sleep 0.2
-    done
-    echo "TPM not reachable through tpm2-abrmd after 20 s (see $log)" >&2
-    exit 1
-  )
-  # swtpm's default dictionary-attack policy locks the TPM for ~17 min after 3 wrong PINs: relax it.
-  (
-    tpm_env_exports "$dir"
-    tpm2_dictionarylockout --setup-parameters --max-tries=32 --recovery-time=10 --lockout-recovery-time=60
-  ) >>"$log" 2>&1
 }
 
 # tpm_down DIR [quiet]: stop abrmd, dbus, swtpm of DIR (by PID file, only if still ours).
@@ -394,7 +355,7 @@ tpm_down() {
       pid_stop "$dir/$what.proc" "$what"
     fi
   done
-  rm -f "$dir/swtpm.pid" "$dir/dbus.pid" "$dir/dbus.addr" "$dir/dbus.sock"
+  rm -f "$dir/env" "$dir/swtpm.pid" "$dir/dbus.pid" "$dir/dbus.addr" "$dir/dbus.sock"
 }
 
 # ---- misc ---------------------------------------------------------------------------------------------

@@ -1,0 +1,121 @@
+/**
+ * The long-lived PostgreSQL cluster and software TPMs of the demo (demo/demo.sh, demo/lib.sh), started by
+ * the same code as the tests' throwaway ones (pg-cluster.ts, tpm-stack.ts). What it starts outlives this
+ * process; the caller records the pids it prints and stops the TPM daemons by them.
+ *
+ *   node dist/dev-support/cli.js postgres start --dir DIR --port PORT [--host-auth trust|scram-sha-256]
+ *        [--max-connections N] [--fallback-prefix PREFIX]
+ *     initdb DIR/data unless a cluster is there, then pg_ctl start on 127.0.0.1:PORT unless it runs. As root,
+ *     when the postgres user cannot reach DIR, the cluster goes to a fresh PREFIX<random> (default
+ *     /var/tmp/agw-pg-) and DIR becomes a link to it.
+ *     Answer: dir= linked=0|1 initialized=0|1 started=0|1 pid= port= (port: where it runs, which is not
+ *     PORT when it was running already)
+ *   node dist/dev-support/cli.js postgres stop --dir DIR        pg_ctl stop -m fast (done when not running)
+ *   node dist/dev-support/cli.js tpm start --dir DIR --port PORT
+ *     swtpm on 127.0.0.1:PORT and PORT+1, D-Bus and tpm2-abrmd; DIR/env holds the client environment.
+ *     Answer: swtpm_pid= dbus_pid= abrmd_pid=
+ *
+ * The answer is KEY=value lines on stdout; progress and errors go to stderr. Exit status 1 on failure, 2 on
+ * a usage error.
+ */
+import { existsSync } from 'node:fs';
+import { symlink } from 'node:fs/promises';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { errorText } from '../core/error-text.js';
+import {
+  type ClusterOptions,
+  clusterPaths,
+  initCluster,
+  ownedClusterDir,
+  runningCluster,
+  startCluster,
+  stopCluster,
+} from './pg-cluster.js';
+import { startTpmStack } from './tpm-stack.js';
+
+class UsageError extends Error {}
+
+const OPTIONS = {
+  dir: { type: 'string' },
+  port: { type: 'string' },
+  'host-auth': { type: 'string', default: 'trust' },
+  'max-connections': { type: 'string', default: '100' },
+  'fallback-prefix': { type: 'string', default: '/var/tmp/agw-pg-' },
+} as const;
+
+type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
+
+function required(values: Values, name: 'dir' | 'port'): string {
+  const v = values[name];
+  if (v === undefined || v === '') throw new UsageError(`--${name} is required`);
+  return v;
+}
+
+function portOf(values: Values): number {
+  const text = required(values, 'port');
+  const port = Number(text);
+  if (!/^\d+$/.test(text) || port < 1 || port > 65535) throw new UsageError(`--port ${text} is not a port`);
+  return port;
+}
+
+function answer(values: Record<string, string | number | boolean>): void {
+  for (const [k, v] of Object.entries(values)) {
+    process.stdout.write(`${k}=${typeof v === 'boolean' ? Number(v) : v}\n`);
+  }
+}
+
+async function postgresStart(values: Values): Promise<void> {
+  const hostAuth = values['host-auth'];
+  if (hostAuth !== 'trust' && hostAuth !== 'scram-sha-256')
+    throw new UsageError(`--host-auth must be trust or scram-sha-256, not ${hostAuth}`);
+  const maxConnections = Number(values['max-connections']);
+  if (!Number.isInteger(maxConnections) || maxConnections < 1)
+    throw new UsageError(`--max-connections ${values['max-connections']} is not a count`);
+  const opts: ClusterOptions = { hostAuth, throwaway: false, maxConnections };
+  const port = portOf(values);
+  const wanted = path.resolve(required(values, 'dir'));
+
+  let dir = wanted;
+  let linked = false;
+  if (!existsSync(path.join(clusterPaths(wanted).dataDir, 'PG_VERSION'))) {
+    dir = await ownedClusterDir(wanted, values['fallback-prefix']);
+    if (dir !== wanted) {
+      await symlink(dir, wanted);
+      linked = true;
+    }
+  }
+  const initialized = await initCluster(dir, opts);
+  const running = await runningCluster(dir);
+  if (running !== undefined) {
+    answer({ dir, linked, initialized, started: false, pid: running.pid, port: running.port });
+    return;
+  }
+  const pid = await startCluster(dir, port, opts);
+  answer({ dir, linked, initialized, started: true, pid, port });
+}
+
+async function main(argv: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true });
+  const command = positionals.join(' ');
+  switch (command) {
+    case 'postgres start':
+      return postgresStart(values);
+    case 'postgres stop':
+      return stopCluster(path.resolve(required(values, 'dir')), 'fast');
+    case 'tpm start': {
+      const stack = await startTpmStack(path.resolve(required(values, 'dir')), { port: portOf(values) });
+      answer({ swtpm_pid: stack.pids.swtpm, dbus_pid: stack.pids.dbus, abrmd_pid: stack.pids.abrmd });
+      return;
+    }
+    default:
+      throw new UsageError(`unknown command "${command}" (postgres start|stop, tpm start)`);
+  }
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  const usage =
+    err instanceof UsageError || (err as { code?: unknown }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION';
+  process.stderr.write(`dev-support: ${errorText(err)}\n`);
+  process.exitCode = usage ? 2 : 1;
+});
