@@ -20,7 +20,6 @@ export const GOAWAY_LINGER_MS = 1_000;
 /** What a Connection reports to the server that owns it. */
 export interface ConnectionOwner {
   connectionProven(c: Connection): void;
-  unprovenTimedOut(c: Connection): void;
   connectionClosed(c: Connection): void;
   streamClosed(c: Connection, stream: ServerHttp2Stream): void;
   socketClosed(address: string): void;
@@ -36,7 +35,7 @@ export class Connection implements ConnectionProof {
   idleTimer: NodeJS.Timeout | undefined;
   /** Has had an allowed CONNECT (connect-handler.ts ConnectionProof). */
   proven = false;
-  /** Holds one of its address's max_unproven_connections_per_address slots. */
+  /** Holds one of its address's max_unproven_connections_per_address slots (unproven-connections.ts). */
   holdsUnprovenSlot = false;
   unprovenTimer: NodeJS.Timeout | undefined;
   private identified: StreamOrigin | undefined;
@@ -81,20 +80,6 @@ export type AddressSlotSocket = Socket & {
 export function endAfterGoaway(session: ServerHttp2Session, why = 'too many stream resets'): void {
   // destroy(undefined, code) would send NO_ERROR: node defaults a missing error to code 0.
   if (!session.destroyed) session.destroy(new Error(why), NGHTTP2_ENHANCE_YOUR_CALM);
-}
-
-/**
- * After the GOAWAY to an unproven connection: end it, unless a CONNECT already in flight at the GOAWAY
- * was allowed meanwhile. That tunnel is legitimate; the session ends by itself when its streams do.
- */
-export function endUnprovenAfterGoaway(c: Connection, why: string): void {
-  if (!c.proven) endAfterGoaway(c.session, why);
-}
-
-export function onUnprovenTimer(c: Connection): void {
-  c.unprovenTimer = undefined;
-  if (c.proven) return;
-  c.owner.unprovenTimedOut(c);
 }
 
 export function onIdleTimer(c: Connection): void {

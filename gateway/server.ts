@@ -1,8 +1,9 @@
 /**
  * The HTTP/2-only mTLS listener: TLS material (tls-material.ts) and its SIGHUP reload, connections
- * (server-connection.ts: identity read once, stream count, idle and unproven timers, reset budget),
- * per-address limits, flow-control windows, and drain. Everything about a single stream lives in
- * connect-handler.ts.
+ * (server-connection.ts: identity read once, stream count, idle timer), per-address connection limits,
+ * flow-control windows, and drain. Connections that have proven nothing yet are unproven-connections.ts;
+ * the header-size and reset limits on streams are stream-limits.ts; everything about a single stream's
+ * CONNECT lives in connect-handler.ts.
  */
 
 import http2, {
@@ -27,31 +28,20 @@ import {
   Connection,
   type ConnectionOwner,
   type ConnectionSlot,
-  endAfterGoaway,
-  endUnprovenAfterGoaway,
-  GOAWAY_LINGER_MS,
   onIdleTimer,
   onSessionClose,
   onSocketClose,
   onStreamClose,
-  onUnprovenTimer,
   peerAddrOf,
 } from './server-connection.js';
+import { StreamLimits } from './stream-limits.js';
 import type { Logger } from './telemetry.js';
 import { loadTlsMaterial, type TlsMaterial } from './tls-material.js';
-import { gatewayReset, isGatewayReset } from './tunnel.js';
+import { UnprovenConnections, unprovenStreams } from './unproven-connections.js';
 
 export { loadTlsMaterial, type TlsMaterial } from './tls-material.js';
 
-const { NGHTTP2_NO_ERROR, NGHTTP2_ENHANCE_YOUR_CALM } = constants;
-
-const RESET_WINDOW_MS = 10_000;
 const FORCED_CLOSE_WAIT_MS = 2_000;
-/**
- * After a graceful GOAWAY to a connection that has proven nothing (bad certificate, unproven deadline):
- * its streams are only CONNECTs awaiting an answer, so anything still open this much later is stuck.
- */
-const UNPROVEN_CLOSE_GRACE_MS = 5_000;
 
 export type GatewayServerDeps = {
   readonly config: GatewayConfig;
@@ -67,12 +57,16 @@ export type GatewayServerDeps = {
 export class GatewayServer implements ConnectionOwner {
   private readonly server: Http2SecureServer;
   private readonly connections = new Set<Connection>();
+  private readonly unproven: UnprovenConnections;
+  private readonly streamLimits: StreamLimits;
   private tls: TlsMaterial;
   private draining = false;
   private drained: Promise<void> | undefined;
 
   constructor(private readonly deps: GatewayServerDeps) {
     const { config } = deps;
+    this.unproven = new UnprovenConnections(deps);
+    this.streamLimits = new StreamLimits(deps);
     this.tls = loadTlsMaterial(config.server.tlsCertPath, config.server.tlsKeyPath);
     const options: SecureServerOptions = {
       ...this.secureContextOptions(this.tls),
@@ -255,31 +249,11 @@ export class GatewayServer implements ConnectionOwner {
     const c = new Connection(this, session, peerAddrOf(session.socket), address, config.policy.clientExtOid);
     (session as ConnectionSlot)[CONNECTION] = c;
     this.connections.add(c);
-    if (!this.deps.addressLimits.openUnproven(address)) {
-      this.deps.logger.debug(
-        {
-          source_peer_addr: c.peerAddr,
-          max_unproven_connections_per_address: config.limits.maxUnprovenConnectionsPerAddress,
-        },
-        'connection refused: max_unproven_connections_per_address reached',
-      );
-      // The reset budget's way out: ENHANCE_YOUR_CALM says why, and the close follows shortly.
-      c.goingAway = true;
-      session.on('error', this.onSessionError);
-      session.once('close', onSessionClose);
-      session.goaway(NGHTTP2_ENHANCE_YOUR_CALM, 0);
-      setTimeout(endAfterGoaway, GOAWAY_LINGER_MS, session, 'too many unproven connections').unref();
-      return;
-    }
-    c.holdsUnprovenSlot = true;
-    if (config.server.unprovenConnectionTimeoutMs > 0) {
-      c.unprovenTimer = setTimeout(onUnprovenTimer, config.server.unprovenConnectionTimeoutMs, c);
-      c.unprovenTimer.unref();
-    }
-    // Both windows, or the 64 KiB default of the other caps throughput.
-    session.setLocalWindowSize(config.http2.connectionWindowBytes);
     session.on('error', this.onSessionError);
     session.once('close', onSessionClose);
+    if (!this.unproven.admit(c)) return;
+    // Both windows, or the 64 KiB default of the other caps throughput.
+    session.setLocalWindowSize(config.http2.connectionWindowBytes);
     if (config.server.sessionIdleTimeoutMs > 0) {
       c.idleTimer = setTimeout(onIdleTimer, config.server.sessionIdleTimeoutMs, c);
       c.idleTimer.unref();
@@ -305,67 +279,23 @@ export class GatewayServer implements ConnectionOwner {
     c.openStreams++;
     (stream as ConnectionSlot)[CONNECTION] = c;
     stream.once('close', onStreamClose);
-    // http2.max_header_list_bytes is advertised in SETTINGS, but node/nghttp2 enforce it only once the
-    // client has ACKed those SETTINGS: a request sent in the client's first flight (or by a client that
-    // never ACKs) is accepted with a header list far over it (64 KiB in the issue #7 abuse test). Enforce it here
-    // too, with the same answer node gives after the ACK (RST_STREAM ENHANCE_YOUR_CALM). Memory while
-    // such a block is buffered stays under http2.max_session_memory_mb.
-    const headerBytes = headerListBytes(rawHeaders, headers);
-    if (headerBytes > this.deps.config.http2.maxHeaderListBytes) {
-      this.deps.logger.debug(
-        { source_peer_addr: c.peerAddr, header_list_bytes: headerBytes },
-        'request header list too large; stream reset',
-      );
-      stream.on('error', ignoreError); // a non-zero close emits 'error'; unhandled, it kills the process
-      gatewayReset(stream, NGHTTP2_ENHANCE_YOUR_CALM);
-      return;
-    }
+    if (!this.streamLimits.admitHeaders(c, stream, headers, rawHeaders)) return;
     const origin = c.origin;
     this.deps.handler.handle(stream, headers, origin);
     // No later stream on this connection can succeed: its certificate does not identify anyone.
-    if (!origin.identity.ok) this.closeUnproven(c, `client certificate: ${origin.identity.reason}`);
+    if (!origin.identity.ok) this.unproven.close(c, `client certificate: ${origin.identity.reason}`);
   };
 
   /** @internal */
   connectionClosed(c: Connection): void {
     if (c.idleTimer !== undefined) clearTimeout(c.idleTimer);
-    this.releaseUnproven(c);
+    this.unproven.release(c);
     this.connections.delete(c);
   }
 
-  /** @internal The connection's first allowed CONNECT: it no longer counts as unproven. */
+  /** @internal The connection's first allowed CONNECT (unproven-connections.ts). */
   connectionProven(c: Connection): void {
-    this.releaseUnproven(c);
-    const { maxConcurrentStreams } = this.deps.config.http2;
-    if (maxConcurrentStreams > unprovenStreams(this.deps.config) && !c.session.destroyed) {
-      c.session.settings({ maxConcurrentStreams });
-    }
-  }
-
-  private releaseUnproven(c: Connection): void {
-    if (c.unprovenTimer !== undefined) clearTimeout(c.unprovenTimer);
-    c.unprovenTimer = undefined;
-    if (!c.holdsUnprovenSlot) return;
-    c.holdsUnprovenSlot = false;
-    this.deps.addressLimits.closeUnproven(c.addressKey);
-  }
-
-  /** @internal server.unproven_connection_timeout_ms passed without an allowed CONNECT. */
-  unprovenTimedOut(c: Connection): void {
-    this.deps.addressLimits.count('unproven_connection_timeout');
-    this.closeUnproven(c, 'no allowed CONNECT within server.unproven_connection_timeout_ms');
-  }
-
-  /**
-   * GOAWAY(NO_ERROR) to a connection that cannot or did not prove anything: it keeps no slot for long,
-   * and a client that reconnects gets a fresh start. Streams in flight still get their answer.
-   */
-  private closeUnproven(c: Connection, why: string): void {
-    if (c.goingAway || c.session.closed || c.session.destroyed) return;
-    c.goingAway = true;
-    this.deps.logger.debug({ source_peer_addr: c.peerAddr, why }, 'closing connection (GOAWAY)');
-    c.session.close();
-    setTimeout(endUnprovenAfterGoaway, UNPROVEN_CLOSE_GRACE_MS, c, why).unref();
+    this.unproven.proven(c);
   }
 
   /** @internal */
@@ -374,51 +304,8 @@ export class GatewayServer implements ConnectionOwner {
     const session = c.session;
     if (session.destroyed) return;
     if (c.openStreams === 0 && c.idleTimer !== undefined) c.idleTimer.refresh();
-    // Rapid-reset protection with our own budget: only streams the client cancelled count, never the
-    // ones the gateway reset or the ones that ended with END_STREAM both ways.
-    const clientReset = !isGatewayReset(stream) && (stream.rstCode !== NGHTTP2_NO_ERROR || stream.aborted);
-    if (!clientReset) return;
-    const now = Date.now();
-    if (now - c.resetWindowStart > RESET_WINDOW_MS) {
-      c.resetWindowStart = now;
-      c.resets = 0;
-    }
-    c.resets++;
-    if (c.resets > this.deps.config.http2.maxResetsPer10s && !c.goingAway) {
-      c.goingAway = true;
-      this.deps.logger.warn(
-        {
-          source_identity: c.origin.identity.ok ? c.origin.identity.peer.identity : null,
-          source_peer_addr: c.peerAddr,
-          resets: c.resets,
-          max_resets_per_10s: this.deps.config.http2.maxResetsPer10s,
-        },
-        'too many stream resets; closing connection (GOAWAY ENHANCE_YOUR_CALM)',
-      );
-      // Last stream id 0: nghttp2 ignores every stream the client opens from now on.
-      session.goaway(NGHTTP2_ENHANCE_YOUR_CALM, 0);
-      setTimeout(endAfterGoaway, GOAWAY_LINGER_MS, session).unref();
-    }
+    this.streamLimits.streamClosed(c, stream);
   }
-}
-
-function ignoreError(): void {}
-
-/** Header list size as SETTINGS_MAX_HEADER_LIST_SIZE counts it: name + value + 32 per field (RFC 9113 §6.5.2). */
-function headerListBytes(rawHeaders: string[] | undefined, headers: IncomingHttpHeaders): number {
-  let n = 0;
-  if (rawHeaders !== undefined) {
-    for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
-      n += Buffer.byteLength(rawHeaders[i]!) + Buffer.byteLength(rawHeaders[i + 1]!) + 32;
-    }
-    return n;
-  }
-  for (const [name, value] of Object.entries(headers)) {
-    for (const v of Array.isArray(value) ? value : [value ?? '']) {
-      n += Buffer.byteLength(name) + Buffer.byteLength(String(v)) + 32;
-    }
-  }
-  return n;
 }
 
 async function settleWithin(p: Promise<void>, ms: number): Promise<'done' | 'timeout'> {
@@ -434,8 +321,4 @@ async function settleWithin(p: Promise<void>, ms: number): Promise<'done' | 'tim
 function destroySocket(socket: Socket): void {
   // No ALPN at all (a client that did not ask for h2): nothing to say to it in HTTP/2.
   socket.destroy();
-}
-
-function unprovenStreams(config: GatewayConfig): number {
-  return Math.min(config.http2.maxConcurrentStreams, config.http2.maxConcurrentStreamsUnproven);
 }
