@@ -219,46 +219,36 @@ spawn_bg() {
   printf '%s' "$pid"
 }
 
+# ---- dev-support/cli.ts: the PostgreSQL, TPM and port code the tests use too --------------------------
+
+# dev_support ARGS...: run dev-support/cli.ts; its KEY=value answer on stdout, its progress and errors (and
+# the command, unless it is a port question) in the current step's log.
+dev_support() {
+  [ "$1" = port ] || printf '+ dev-support %s\n' "$*" >>"${CURRENT_LOG:-/dev/null}"
+  node "$(node_prog dev-support/cli.js)" "$@" 2>>"${CURRENT_LOG:-/dev/null}"
+}
+
+# answer_get KEY ANSWER: the value of KEY in dev_support's answer.
+answer_get() { sed -n "s/^$1=//p" <<<"$2" | tail -n 1; }
+
 # ---- ports (127.0.0.1 only) ---------------------------------------------------------------------------
 
 port_listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-port_free() {
-  node -e '
-    const s = require("node:net").createServer();
-    s.once("error", () => process.exit(1));
-    s.listen({ host: "127.0.0.1", port: Number(process.argv[1]), exclusive: true }, () => s.close(() => process.exit(0)));
-  ' "$1"
-}
+port_free() { dev_support port free "$1"; }
 
-# free_port: a free port in 20000..32767, below the kernel's ephemeral range, so that no outgoing connection
-# is handed it between this choice and the bind (falls back to any free port).
+# free_port: a free port below the kernel's ephemeral range (dev-support/ports.ts quietFreePort).
 free_port() {
-  node -e '
-    const net = require("node:net");
-    const tryPort = (port, left) => {
-      const s = net.createServer();
-      s.once("error", () => tryPort(left > 1 ? 20000 + Math.floor(Math.random() * 12768) : 0, left - 1));
-      s.listen({ host: "127.0.0.1", port, exclusive: true }, () => {
-        const p = s.address().port;
-        s.close(() => console.log(p));
-      });
-    };
-    tryPort(20000 + Math.floor(Math.random() * 12768), 100);
-  '
+  local answer
+  answer="$(dev_support port quiet)" || die "no free port on 127.0.0.1"
+  answer_get port "$answer"
 }
 
 # free_port_pair: P such that P and P+1 are both free (swtpm data + control).
 free_port_pair() {
-  local p i
-  for i in $(seq 50); do
-    p="$(free_port)"
-    if [ "$p" -lt 65535 ] && port_free $((p + 1)); then
-      printf '%s' "$p"
-      return 0
-    fi
-  done
-  die "no two consecutive free ports on 127.0.0.1"
+  local answer
+  answer="$(dev_support port quiet --pair)" || die "no two consecutive free ports on 127.0.0.1"
+  answer_get port "$answer"
 }
 
 # pick_port WANTED: WANTED when free, else any free port (with a note).
@@ -300,17 +290,7 @@ wait_port() {
   done
 }
 
-# ---- PostgreSQL and software TPMs: dev-support/cli.ts, the code the tests start theirs with -----------------
-
-# dev_support ARGS...: run dev-support/cli.ts; its KEY=value answer on stdout, its progress and errors in the
-# current step's log.
-dev_support() {
-  printf '+ dev-support %s\n' "$*" >>"${CURRENT_LOG:-/dev/null}"
-  node "$(node_prog dev-support/cli.js)" "$@" 2>>"${CURRENT_LOG:-/dev/null}"
-}
-
-# answer_get KEY ANSWER: the value of KEY in dev_support's answer.
-answer_get() { sed -n "s/^$1=//p" <<<"$2" | tail -n 1; }
+# ---- software TPMs: started by dev-support/cli.ts, stopped by their PID files -------------------------
 
 # tpm_env_exports DIR: the client environment of the TPM stack in DIR (its start wrote DIR/env).
 tpm_env_exports() {

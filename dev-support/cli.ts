@@ -14,6 +14,9 @@
  *   node dist/dev-support/cli.js tpm start --dir DIR --port PORT
  *     swtpm on 127.0.0.1:PORT and PORT+1, D-Bus and tpm2-abrmd; DIR/env holds the client environment.
  *     Answer: swtpm_pid= dbus_pid= abrmd_pid=
+ *   node dist/dev-support/cli.js port free PORT       exit status 0 when 127.0.0.1:PORT is free, 1 when not
+ *   node dist/dev-support/cli.js port quiet [--pair]   a free port below the ephemeral range (ports.ts
+ *     quietFreePort; with --pair P and P+1 are free). Answer: port=
  *
  * The answer is KEY=value lines on stdout; progress and errors go to stderr. Exit status 1 on failure, 2 on
  * a usage error.
@@ -32,6 +35,7 @@ import {
   startCluster,
   stopCluster,
 } from './pg-cluster.js';
+import { isPortFree, quietFreePort } from './ports.js';
 import { startTpmStack } from './tpm-stack.js';
 
 class UsageError extends Error {}
@@ -42,6 +46,7 @@ const OPTIONS = {
   'host-auth': { type: 'string', default: 'trust' },
   'max-connections': { type: 'string', default: '100' },
   'fallback-prefix': { type: 'string', default: '/var/tmp/agw-pg-' },
+  pair: { type: 'boolean', default: false },
 } as const;
 
 type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
@@ -52,8 +57,7 @@ function required(values: Values, name: 'dir' | 'port'): string {
   return v;
 }
 
-function portOf(values: Values): number {
-  const text = required(values, 'port');
+function portOf(text: string): number {
   const port = Number(text);
   if (!/^\d+$/.test(text) || port < 1 || port > 65535) throw new UsageError(`--port ${text} is not a port`);
   return port;
@@ -73,7 +77,7 @@ async function postgresStart(values: Values): Promise<void> {
   if (!Number.isInteger(maxConnections) || maxConnections < 1)
     throw new UsageError(`--max-connections ${values['max-connections']} is not a count`);
   const opts: ClusterOptions = { hostAuth, throwaway: false, maxConnections };
-  const port = portOf(values);
+  const port = portOf(required(values, 'port'));
   const wanted = path.resolve(required(values, 'dir'));
 
   let dir = wanted;
@@ -104,12 +108,23 @@ async function main(argv: string[]): Promise<void> {
     case 'postgres stop':
       return stopCluster(path.resolve(required(values, 'dir')), 'fast');
     case 'tpm start': {
-      const stack = await startTpmStack(path.resolve(required(values, 'dir')), { port: portOf(values) });
+      const stack = await startTpmStack(path.resolve(required(values, 'dir')), {
+        port: portOf(required(values, 'port')),
+      });
       answer({ swtpm_pid: stack.pids.swtpm, dbus_pid: stack.pids.dbus, abrmd_pid: stack.pids.abrmd });
       return;
     }
-    default:
-      throw new UsageError(`unknown command "${command}" (postgres start|stop, tpm start)`);
+    case 'port quiet':
+      answer({ port: await quietFreePort({ pair: values.pair }) });
+      return;
+    default: {
+      const [what, check, port] = positionals;
+      if (what === 'port' && check === 'free' && port !== undefined && positionals.length === 3) {
+        if (!(await isPortFree(portOf(port)))) process.exitCode = 1;
+        return;
+      }
+      throw new UsageError(`unknown command "${command}" (postgres start|stop, tpm start, port free|quiet)`);
+    }
   }
 }
 

@@ -1,4 +1,4 @@
-// Loopback port helpers for tests and the benchmark. Only 127.0.0.1 is ever bound or dialed.
+// Loopback port helpers for tests, the benchmark and the demo. Only 127.0.0.1 is ever bound or dialed.
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -37,6 +37,37 @@ export async function freePortPair(attempts = 50): Promise<number> {
     if (p < 65535 && (await isPortFree(p + 1))) return p;
   }
   throw new Error('freePortPair: no two consecutive free ports found');
+}
+
+/** Ports below the kernel's ephemeral range (32768 and up by default), which it never hands to a client socket. */
+const QUIET_LOW = 20_000;
+const QUIET_HIGH = 32_767;
+
+/**
+ * A port in 20000..32767 free on 127.0.0.1 right now (with `pair`, P and P+1: swtpm's data and control
+ * ports), for a long-lived server such as the demo's: no outgoing connection is handed it between this
+ * choice and the bind. Ports in `taken` are skipped and the chosen ones are added to it. When that range is
+ * full, any free port.
+ */
+export async function quietFreePort(opts: { pair?: boolean; taken?: Set<number> } = {}): Promise<number> {
+  const taken = opts.taken ?? new Set<number>();
+  const claim = async (p: number): Promise<boolean> => {
+    const ports = opts.pair ? [p, p + 1] : [p];
+    if (ports.some((x) => taken.has(x) || x > 65535)) return false;
+    if (!(await Promise.all(ports.map(isPortFree))).every(Boolean)) return false;
+    for (const x of ports) taken.add(x);
+    return true;
+  };
+  const span = QUIET_HIGH - QUIET_LOW + (opts.pair ? 0 : 1);
+  for (let i = 0; i < 200; i++) {
+    const p = QUIET_LOW + Math.floor(Math.random() * span);
+    if (await claim(p)) return p;
+  }
+  for (let i = 0; i < 50; i++) {
+    const p = await freePort();
+    if (await claim(p)) return p;
+  }
+  throw new Error(`quietFreePort: no free ${opts.pair ? 'pair of ports' : 'port'} on 127.0.0.1`);
 }
 
 function tryConnect(port: number): Promise<boolean> {

@@ -9,9 +9,9 @@ import path from 'node:path';
 import { reapOnExit } from './reap-on-exit.js';
 import { killAndWait, logTails, startTpmStack, type TpmLike, type TpmStack, tpmRun } from './tpm-stack.js';
 
+export { processAlive } from './proc.js';
 export {
   missingTpmTools,
-  processAlive,
   TABRMD_TCTI,
   type TpmEnv,
   type TpmLike,

@@ -17,6 +17,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { errorText } from '../core/error-text.js';
 import { freePortPair } from './ports.js';
+import { processAlive } from './proc.js';
 import { runCommand } from './run-command.js';
 
 export interface TpmEnv extends Record<string, string> {
@@ -89,18 +90,6 @@ export function logTails(dir: string): string {
   return ['swtpm.log', 'dbus.log', 'abrmd.log']
     .map((f) => `--- ${path.join(dir, f)} ---\n${tailSync(path.join(dir, f))}`)
     .join('\n');
-}
-
-/** True while `pid` exists and is not a zombie. */
-export function processAlive(pid: number): boolean {
-  let stat: string;
-  try {
-    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return false;
-  }
-  const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-  return state !== 'Z' && state !== 'X';
 }
 
 /** SIGTERM, wait up to `timeoutMs`, then SIGKILL. */

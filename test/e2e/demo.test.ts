@@ -7,7 +7,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { isPortFree } from '../../dev-support/ports.js';
+import { quietFreePort } from '../../dev-support/ports.js';
+import { listeningPorts, processesMentioning, processStartTime } from '../../dev-support/proc.js';
 import { repoRoot } from '../../dev-support/repo-root.js';
 import { type CommandResult, runCommand } from '../../dev-support/run-command.js';
 
@@ -78,65 +79,6 @@ function recordedProcesses(dir: string): { file: string; pid: number; start: str
   return found;
 }
 
-function startTimeOf(pid: number): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    if (fields[0] === 'Z' || fields[0] === 'X') return undefined;
-    return fields[19];
-  } catch {
-    return undefined;
-  }
-}
-
-/** Local ports with a socket in LISTEN state (IPv4 and IPv6), from /proc/net/tcp*. */
-function listeningPorts(): Set<number> {
-  const ports = new Set<number>();
-  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
-    let text = '';
-    try {
-      text = readFileSync(file, 'utf8');
-    } catch {
-      continue;
-    }
-    for (const line of text.split('\n').slice(1)) {
-      const f = line.trim().split(/\s+/);
-      if (f[3] === '0A' && f[1] !== undefined) ports.add(Number.parseInt(f[1].split(':')[1] ?? '', 16));
-    }
-  }
-  return ports;
-}
-
-/** PIDs of live processes whose command line mentions `needle`. */
-function processesMentioning(needle: string): string[] {
-  const hits: string[] = [];
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
-    try {
-      const cmd = readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0').join(' ');
-      if (cmd.includes(needle) && startTimeOf(Number(name)) !== undefined)
-        hits.push(`${name}: ${cmd.trim()}`);
-    } catch {
-      // exited meanwhile
-    }
-  }
-  return hits;
-}
-
-/** A free port in 20000..32767 (below the ephemeral range); with `pair`, P and P+1 both free. */
-async function quietPort(taken: Set<number>, pair: boolean): Promise<number> {
-  for (let i = 0; i < 200; i++) {
-    const p = 20_000 + Math.floor(Math.random() * 12_700);
-    const ps = pair ? [p, p + 1] : [p];
-    if (ps.some((x) => taken.has(x))) continue;
-    if ((await Promise.all(ps.map((x) => isPortFree(x)))).every(Boolean)) {
-      for (const x of ps) taken.add(x);
-      return p;
-    }
-  }
-  throw new Error('no free port in 20000..32767');
-}
-
 describe('demo: one command to an agent fetching through a TPM-backed tunnel', () => {
   let processes: { file: string; pid: number; start: string }[] = [];
   let pgDir = '';
@@ -150,10 +92,10 @@ describe('demo: one command to an agent fetching through a TPM-backed tunnel', (
     // handed one of them between the choice here and the demo binding it.
     const taken = new Set<number>();
     for (const name of ['GATEWAY', 'ADMIN', 'PG', 'DOCSTORE', 'MESSAGING', 'SIDECAR']) {
-      ports[name] = await quietPort(taken, false);
+      ports[name] = await quietFreePort({ taken });
     }
     for (const name of ['SWTPM', 'PRINCIPAL_SWTPM']) {
-      const p = await quietPort(taken, true);
+      const p = await quietFreePort({ pair: true, taken });
       ports[name] = p;
       ports[`${name}_CTRL`] = p + 1;
     }
@@ -384,7 +326,7 @@ describe('demo: one command to an agent fetching through a TPM-backed tunnel', (
       processes = recordedProcesses(stateDir);
       // postgres, 2 mocks, gateway, principal swtpm/dbus/abrmd, and for each agent swtpm/dbus/abrmd/sidecar.
       expect(processes.length).toBeGreaterThanOrEqual(15);
-      for (const p of processes) expect(startTimeOf(p.pid), p.file).toBe(p.start);
+      for (const p of processes) expect(processStartTime(p.pid), p.file).toBe(p.start);
       const before = listeningPorts();
       for (const name of ['GATEWAY', 'ADMIN', 'PG', 'DOCSTORE', 'MESSAGING', 'PRINCIPAL_SWTPM', 'SWTPM']) {
         expect(before.has(ports[name] as number), `${name} listening before teardown`).toBe(true);
@@ -394,7 +336,8 @@ describe('demo: one command to an agent fetching through a TPM-backed tunnel', (
       tornDown = true;
       expect(r.code, explain(r)).toBe(0);
 
-      for (const p of processes) expect(startTimeOf(p.pid), `${p.file} (pid ${p.pid})`).not.toBe(p.start);
+      for (const p of processes)
+        expect(processStartTime(p.pid), `${p.file} (pid ${p.pid})`).not.toBe(p.start);
       expect(processesMentioning(tmp)).toEqual([]);
       expect(processesMentioning(pgDir)).toEqual([]);
       // Nothing listens on any port the demo was given (a bind test could trip over an unrelated client

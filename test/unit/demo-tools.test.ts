@@ -1,9 +1,21 @@
-// The demo's Node helpers: the mock services' routing and the config.toml writer.
+// The demo's Node helpers: the mock services' routing, the config.toml writer, and the port and process
+// helpers of dev-support/ that demo/lib.sh (through dev-support/cli.ts) and the demo's e2e test rely on.
 
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import net from 'node:net';
 import { parse } from 'smol-toml';
 import { describe, expect, it } from 'vitest';
 import { route } from '../../demo/mock-service.js';
 import { applyValues, renderConfig, tomlValue } from '../../demo/write-config.js';
+import { isPortFree, quietFreePort } from '../../dev-support/ports.js';
+import {
+  listeningPorts,
+  processAlive,
+  processesMentioning,
+  processStartTime,
+} from '../../dev-support/proc.js';
 
 describe('mock-service route', () => {
   it('answers /health for any service', () => {
@@ -88,5 +100,50 @@ describe('write-config', () => {
     expect(tomlValue('a"b\\c')).toBe('"a\\"b\\\\c"');
     expect(tomlValue([1, 'x'])).toBe('[1, "x"]');
     expect(tomlValue({ 'a.b': true })).toBe('{ "a.b" = true }');
+  });
+});
+
+describe('quietFreePort', () => {
+  it('hands out distinct free ports below the ephemeral range, pairs as P and P+1', async () => {
+    const taken = new Set<number>();
+    const singles: number[] = [];
+    for (let i = 0; i < 10; i++) singles.push(await quietFreePort({ taken }));
+    const pair = await quietFreePort({ pair: true, taken });
+    expect(new Set([...singles, pair, pair + 1]).size).toBe(12);
+    for (const p of [...singles, pair, pair + 1]) {
+      expect(p).toBeGreaterThanOrEqual(20_000);
+      expect(p).toBeLessThanOrEqual(32_767);
+      expect(taken.has(p)).toBe(true);
+      expect(await isPortFree(p)).toBe(true);
+    }
+  });
+});
+
+describe('proc', () => {
+  it('tells a live process by its start time and forgets it once it has exited', async () => {
+    expect(processStartTime(process.pid)).toMatch(/^\d+$/);
+    const marker = `agw-proc-test-${randomBytes(6).toString('hex')}`;
+    const child = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60_000)', marker], {
+      stdio: 'ignore',
+    });
+    await once(child, 'spawn');
+    const pid = child.pid as number;
+    expect(processAlive(pid)).toBe(true);
+    expect(processesMentioning(marker)).toEqual([expect.stringMatching(new RegExp(`^${pid}: .*${marker}`))]);
+    child.kill('SIGKILL');
+    await once(child, 'exit');
+    expect(processAlive(pid)).toBe(false);
+    expect(processStartTime(pid)).toBeUndefined();
+    expect(processesMentioning(marker)).toEqual([]);
+  });
+
+  it('lists a listening port until its server closes', async () => {
+    const port = await quietFreePort();
+    const server = net.createServer().listen(port, '127.0.0.1');
+    await once(server, 'listening');
+    expect(listeningPorts().has(port)).toBe(true);
+    server.close();
+    await once(server, 'close');
+    expect(listeningPorts().has(port)).toBe(false);
   });
 });
