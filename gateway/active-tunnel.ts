@@ -7,11 +7,14 @@ import type { Socket } from 'node:net';
 import type { DenyReason, Grant, LiveTunnel } from './authorization.js';
 import type { ConnectHandlerDeps } from './connect-handler.js';
 import type { ByteTotals } from './metrics.js';
+import type { Logger } from './telemetry.js';
 import { Tunnel, type TunnelEndReason, type TunnelOwner } from './tunnel.js';
 
-/** A "CONNECT allowed" line not yet written (see ConnectHandler.logAllowed). */
+/**
+ * A "CONNECT allowed" line not yet written: policy and guard agreed, and the line waits for the outcome.
+ * The tunnel writes it after its 200; connect-handler.ts writes it before a 502 or an abandoned dial.
+ */
 export type AllowedLine = {
-  readonly handler: { logAllowed(line: AllowedLine): void };
   readonly fields: DecisionFields;
   readonly grant: Grant;
   readonly cached: boolean;
@@ -25,6 +28,21 @@ export type DecisionFields = {
   destination?: string;
   trace_id?: string;
 };
+
+/** The "CONNECT allowed" decision line (docs/contract.md "CONNECT: answers and log lines"). */
+export function logAllowed(logger: Logger, line: AllowedLine): void {
+  logger.info(
+    {
+      ...line.fields,
+      policy_decision: 'allow',
+      deny_reason: null,
+      permission_id: line.grant.permissionId,
+      signing_key_id: line.grant.signingKeyId,
+      decision_cached: line.cached,
+    },
+    'CONNECT allowed',
+  );
+}
 
 let tunnelSeq = 0;
 
@@ -91,7 +109,7 @@ export class ActiveTunnel implements LiveTunnel, TunnelOwner {
     const line = this.allowedLine;
     if (line === undefined) return;
     this.allowedLine = undefined;
-    line.handler.logAllowed(line);
+    logAllowed(this.deps.logger, line);
   }
 
   tunnelClosed(t: Tunnel): void {

@@ -16,7 +16,7 @@ import { type Span, SpanStatusCode, type Tracer } from '@opentelemetry/api';
 import { LRUCache } from 'lru-cache';
 import { type Destination, InvalidDestinationError, normalizeDestination } from '../core/destination.js';
 import type { IdentityResult, PeerIdentity } from '../core/identity-extension.js';
-import { ActiveTunnel, type AllowedLine, type DecisionFields } from './active-tunnel.js';
+import { ActiveTunnel, type AllowedLine, type DecisionFields, logAllowed } from './active-tunnel.js';
 import type { AddressBudget } from './address-limits.js';
 import type { Authorizer, DenyReason, Grant, TunnelLimits, TunnelTracker } from './authorization.js';
 import type { ByteTotals, GatewayMetrics, OpenTunnelBytes } from './metrics.js';
@@ -199,7 +199,7 @@ export class ConnectHandler implements OpenTunnelBytes {
       // Counted now (policy and guard agree); its log line is written once the outcome is known, and
       // on success only after the 200 has gone out (ActiveTunnel.afterResponse).
       this.countAllowed(span, grant);
-      const allowedLine: AllowedLine = { handler: this, fields, grant, cached: decision.cached };
+      const allowedLine: AllowedLine = { fields, grant, cached: decision.cached };
 
       if (isGone(stream)) return this.abandonedAfterAllow(span, allowedLine, 'client went away before dial');
       if (!resolution.ok)
@@ -258,21 +258,6 @@ export class ConnectHandler implements OpenTunnelBytes {
     span.setAttribute('agent_gateway.permission_id', grant.permissionId);
   }
 
-  /** @internal The "CONNECT allowed" decision line. */
-  logAllowed(line: AllowedLine): void {
-    this.deps.logger.info(
-      {
-        ...line.fields,
-        policy_decision: 'allow',
-        deny_reason: null,
-        permission_id: line.grant.permissionId,
-        signing_key_id: line.grant.signingKeyId,
-        decision_cached: line.cached,
-      },
-      'CONNECT allowed',
-    );
-  }
-
   private dialFailed(
     stream: ServerHttp2Stream,
     span: Span,
@@ -280,7 +265,7 @@ export class ConnectHandler implements OpenTunnelBytes {
     reason: DialFailureReason,
     detail: string,
   ): void {
-    this.logAllowed(allowed);
+    logAllowed(this.deps.logger, allowed);
     this.deps.metrics.upstreamConnectFailures.inc({ reason });
     this.deps.logger.warn(
       { ...allowed.fields, dial_error: reason, detail: boundedLogValue(detail), status: 502 },
@@ -290,7 +275,7 @@ export class ConnectHandler implements OpenTunnelBytes {
   }
 
   private abandonedAfterAllow(span: Span, allowed: AllowedLine, detail: string): void {
-    this.logAllowed(allowed);
+    logAllowed(this.deps.logger, allowed);
     this.abandoned(span, allowed.fields, detail);
   }
 
