@@ -16,7 +16,7 @@ AGENTS_DIR="$STATE_DIR/demo-agents"
 TABRMD_TCTI="tabrmd:bus_type=session"
 DEMO_CLIENT_EXT_OID="1.3.6.1.4.1.57264.1.1"
 
-# Local demo values, not production guidance (see demo/README-quickstart.md). Env overrides win.
+# Local demo values, not production guidance (see README "Settings and security notes"). Env overrides win.
 DEFAULT_TPM_USER_PIN="demo-user-pin-1234"
 DEFAULT_TPM_SO_PIN="demo-so-pin-5678"
 DEFAULT_PG_SUPERUSER_PASSWORD="demo-postgres-password"
