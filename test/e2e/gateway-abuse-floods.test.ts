@@ -1,33 +1,29 @@
-// Abuse resistance (issue #7): a real gateway process, a real (own) PostgreSQL, loopback only. Each case
-// checks what the gateway does to the abusive client AND that an unrelated well-behaved client on another
-// connection (another identity) still moves 4 MiB through an echo tunnel, sha256-checked, during or
-// right after the abuse. Every loop is bounded; assertions are on behaviour, not on timing.
-import { createHash, randomBytes } from 'node:crypto';
+// Abuse resistance (issue #7), protocol floods, slow peers and readiness: a real gateway process, a real
+// (own) PostgreSQL that the readiness case stops, loopback only. Each case checks what the gateway does to
+// the abusive client AND that an unrelated well-behaved client on another connection (another identity)
+// still moves 4 MiB through an echo tunnel, sha256-checked, during or right after the abuse. Every loop is
+// bounded; assertions are on behaviour, not on timing. The limits are in gateway-abuse-limits.test.ts.
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http2, { constants } from 'node:http2';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Carrier, createCarrier, createPrincipalKey, createTestCa } from '../../dev-support/pki.js';
-import { createMigratedDatabase, type PgHandle, startPostgres } from '../../dev-support/postgres.js';
-import { grant } from '../../dev-support/registry-seed.js';
+import type { Carrier } from '../../dev-support/pki.js';
+import type { PgHandle } from '../../dev-support/postgres.js';
+import { goodTransfer, MiB } from '../support/abuse-clients.js';
 import {
   closed,
-  closeSession,
   connectH2,
   type GatewayProcess,
   openTunnel,
-  roundTrip,
-  scrapeMetric,
   startGatewayProcess,
-  type TunnelResult,
 } from '../support/gateway.js';
+import { startOwnRegistry } from '../support/own-registry.js';
 import { frame, hpackLiteral, rawH2 } from '../support/raw-h2.js';
 import { patternBlock, startEchoServer, type Upstream } from '../support/upstreams.js';
 
-const MiB = 1024 * 1024;
 const HANDSHAKE_TIMEOUT_MS = 1000;
 
-const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Resident set size of a process, in bytes (Linux /proc). */
@@ -37,42 +33,12 @@ function rssBytes(pid: number): number {
   return Number(m[1]) * 1024;
 }
 
-/**
- * The well-behaved client: its own connection, its own identity, one tunnel to the echo destination,
- * 4 MiB there and back, byte-exact.
- */
-async function goodTransfer(
-  gw: GatewayProcess,
-  carrier: Carrier,
-  destination = 'echo.test:443',
-): Promise<void> {
-  const session = await connectH2(gw.port, { ca: gw.caPem, carrier });
-  try {
-    const t = await openTunnel(session, destination);
-    expect(t.status, `good client CONNECT: ${String(t.headers['agent-gateway-deny-reason'])}`).toBe(200);
-    const payload = randomBytes(4 * MiB);
-    const back = await roundTrip(t.stream, payload, payload.length, 60_000);
-    expect(back.length).toBe(payload.length);
-    expect(sha256(back)).toBe(sha256(payload));
-    t.stream.end();
-    await closed(t.stream);
-  } finally {
-    await closeSession(session);
-  }
-}
-
 describe('gateway abuse resistance (issue #7)', () => {
   let pg: PgHandle;
-  let dbUrl: string;
   let echo: Upstream;
-  /** Tight limits: rate 5/s burst 5, 2 tunnels per identity, 4 in total. */
-  let gwLimits: GatewayProcess;
-  /** Default limits, small handshake timeout: everything else. */
+  /** Default limits, small handshake timeout. */
   let gw: GatewayProcess;
   let good: Carrier;
-  let burst: Carrier;
-  let hog: Carrier;
-  let hog2: Carrier;
   let abuser: Carrier;
   // The flooding destination for the slow-reader case: streams until told to stop, counting what the
   // gateway accepted from it (socket.write with backpressure honoured).
@@ -82,12 +48,15 @@ describe('gateway abuse resistance (issue #7)', () => {
   const floodSockets = new Set<net.Socket>();
   const FLOOD_TOTAL = 64 * MiB;
 
-  const counter = async (g: GatewayProcess, series: string) =>
-    (await scrapeMetric(g.adminPort!, `agent_gateway_${series}`)) ?? 0;
-
   beforeAll(async () => {
-    pg = await startPostgres();
-    dbUrl = await createMigratedDatabase(pg.url, 'gateway_abuse');
+    const registry = await startOwnRegistry({
+      dbName: 'gateway_abuse_floods',
+      principalId: 'org-abuse',
+      identities: ['agent-good', 'agent-abuser'],
+      destinations: ['echo.test:443', 'flood.test:443'],
+    });
+    pg = registry.pg;
+    [good, abuser] = registry.carriers as [Carrier, Carrier];
     echo = await startEchoServer();
     flood = net.createServer((socket) => {
       floodSockets.add(socket);
@@ -109,144 +78,27 @@ describe('gateway abuse resistance (issue #7)', () => {
     floodPort = await new Promise<number>((resolve) =>
       flood.listen({ host: '127.0.0.1', port: 0 }, () => resolve((flood.address() as net.AddressInfo).port)),
     );
-
-    [good, burst, hog, hog2, abuser] = (await Promise.all(
-      ['agent-good', 'agent-burst', 'agent-hog', 'agent-hog2', 'agent-abuser'].map((id) => createCarrier(id)),
-    )) as [Carrier, Carrier, Carrier, Carrier, Carrier];
-    const principal = createPrincipalKey();
-    for (const c of [good, burst, hog, hog2, abuser]) {
-      for (const destination of ['echo.test:443', 'flood.test:443']) {
-        await grant(dbUrl, {
-          principalId: 'org-abuse',
-          principal,
-          identity: c.identity,
-          subjectSpkiDer: c.spkiDer,
-          destination,
-        });
-      }
-    }
-    const overrides = {
-      'echo.test:443': `127.0.0.1:${echo.port}`,
-      'flood.test:443': `127.0.0.1:${floodPort}`,
-    };
-    const ca = await createTestCa();
-    [gwLimits, gw] = await Promise.all([
-      startGatewayProcess({
-        databaseUrl: dbUrl,
-        ca,
-        config: {
-          upstream: { overrides },
-          limits: {
-            connect_rate_per_identity: 5,
-            connect_burst_per_identity: 5,
-            max_tunnels_per_identity: 2,
-            max_tunnels: 4,
+    gw = await startGatewayProcess({
+      databaseUrl: registry.dbUrl,
+      config: {
+        server: { handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS },
+        upstream: {
+          overrides: {
+            'echo.test:443': `127.0.0.1:${echo.port}`,
+            'flood.test:443': `127.0.0.1:${floodPort}`,
           },
         },
-      }),
-      startGatewayProcess({
-        databaseUrl: dbUrl,
-        ca,
-        config: {
-          server: { handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS },
-          upstream: { overrides },
-          observability: { log_level: 'info' },
-        },
-      }),
-    ]);
+        observability: { log_level: 'info' },
+      },
+    });
   });
 
   afterAll(async () => {
-    await Promise.all([gwLimits?.cleanup(), gw?.cleanup()]);
+    await gw?.cleanup();
     for (const s of floodSockets) s.destroy();
     await new Promise<void>((r) => (flood ? flood.close(() => r()) : r()));
     await echo?.close();
     await pg?.destroy();
-  });
-
-  describe('limits', () => {
-    it('rate-limits a CONNECT burst with 429 rate_limited (header, log line, metric)', async () => {
-      const before = await counter(gwLimits, 'limit_rejections_total{reason="rate_limited"}');
-      const s = await connectH2(gwLimits.port, { ca: gwLimits.caPem, carrier: burst });
-      let tunnels: TunnelResult[] = [];
-      try {
-        const burstDone = Promise.all(Array.from({ length: 20 }, () => openTunnel(s, 'echo.test:443')));
-        const [res] = await Promise.all([burstDone, goodTransfer(gwLimits, good)]);
-        tunnels = res;
-        const reasons = tunnels.map((t) =>
-          t.status === 200 ? 'ok' : String(t.headers['agent-gateway-deny-reason']),
-        );
-        for (const t of tunnels) expect([200, 429]).toContain(t.status);
-        // Burst 5 (of which at most 2 become tunnels: max_tunnels_per_identity), the rest refused.
-        expect(reasons.filter((r) => r === 'rate_limited').length).toBeGreaterThanOrEqual(10);
-        expect(reasons.filter((r) => r === 'ok').length).toBeLessThanOrEqual(2);
-      } finally {
-        for (const t of tunnels) t.stream.close();
-        await closeSession(s);
-      }
-      const line = await gwLimits.proc.waitForLog(
-        (l) => l.json?.['msg'] === 'CONNECT denied' && l.json?.['deny_reason'] === 'rate_limited',
-      );
-      expect(line.json).toMatchObject({ source_identity: 'agent-burst', policy_decision: 'deny' });
-      expect(await counter(gwLimits, 'limit_rejections_total{reason="rate_limited"}')).toBeGreaterThanOrEqual(
-        before + 10,
-      );
-      await goodTransfer(gwLimits, good);
-    });
-
-    it('refuses a third concurrent tunnel of one identity (429 identity_tunnel_limit), then the whole gateway at max_tunnels (503 tunnel_limit)', async () => {
-      // Let the earlier burst's tunnels close and the identity's bucket refill.
-      await expect.poll(() => counter(gwLimits, 'tunnels_open'), { timeout: 10_000 }).toBe(0);
-      await sleep(1200);
-      const identityBefore = await counter(
-        gwLimits,
-        'limit_rejections_total{reason="identity_tunnel_limit"}',
-      );
-      const totalBefore = await counter(gwLimits, 'limit_rejections_total{reason="tunnel_limit"}');
-      const a = await connectH2(gwLimits.port, { ca: gwLimits.caPem, carrier: hog });
-      const b = await connectH2(gwLimits.port, { ca: gwLimits.caPem, carrier: hog2 });
-      const held: TunnelResult[] = [];
-      try {
-        for (let i = 0; i < 2; i++) held.push(await openTunnel(a, 'echo.test:443'));
-        expect(held.map((t) => t.status)).toEqual([200, 200]);
-        const third = await openTunnel(a, 'echo.test:443');
-        expect(third.status).toBe(429);
-        expect(third.headers['agent-gateway-deny-reason']).toBe('identity_tunnel_limit');
-        // Another identity is unaffected by agent-hog's limit (3 of 4 tunnels open while it runs).
-        await goodTransfer(gwLimits, good);
-        expect(await counter(gwLimits, 'limit_rejections_total{reason="identity_tunnel_limit"}')).toBe(
-          identityBefore + 1,
-        );
-
-        for (let i = 0; i < 2; i++) held.push(await openTunnel(b, 'echo.test:443'));
-        expect(held.map((t) => t.status)).toEqual([200, 200, 200, 200]);
-        const full = await connectH2(gwLimits.port, { ca: gwLimits.caPem, carrier: good });
-        try {
-          const refused = await openTunnel(full, 'echo.test:443');
-          expect(refused.status).toBe(503);
-          expect(refused.headers['agent-gateway-deny-reason']).toBe('tunnel_limit');
-        } finally {
-          await closeSession(full);
-        }
-        expect(await counter(gwLimits, 'limit_rejections_total{reason="tunnel_limit"}')).toBe(
-          totalBefore + 1,
-        );
-        const line = await gwLimits.proc.waitForLog(
-          (l) => l.json?.['msg'] === 'CONNECT denied' && l.json?.['deny_reason'] === 'tunnel_limit',
-        );
-        expect(line.json).toMatchObject({ source_identity: 'agent-good' });
-
-        // A slot freed is a slot usable: the good client gets through once one tunnel closes.
-        const released = held.pop()!;
-        released.stream.end();
-        await closed(released.stream);
-        await expect.poll(() => counter(gwLimits, 'tunnels_open'), { timeout: 10_000 }).toBe(3);
-        await goodTransfer(gwLimits, good);
-      } finally {
-        for (const t of held) t.stream.close();
-        await Promise.all([closeSession(a), closeSession(b)]);
-      }
-    }, 90_000);
   });
 
   describe('protocol floods', () => {
