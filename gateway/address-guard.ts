@@ -11,6 +11,7 @@
  * default and allowed only by listing the IPv6 prefix (docs/contract.md, "Dialing").
  */
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
+import { LRUCache } from 'lru-cache';
 
 export type Cidr = {
   readonly text: string;
@@ -59,7 +60,9 @@ export function mappedIPv4(ip: string): string | undefined {
 }
 
 /** Verdicts remembered; the rules never change in a process, so a remembered verdict never goes stale. */
-const VERDICT_CACHE_ENTRIES = 4096;
+export const VERDICT_CACHE_ENTRIES = 4096;
+// lru-cache's get() defaults its options to a fresh {}; one shared object keeps a hit allocation-free.
+const GET_OPTIONS: LRUCache.GetOptions<string, boolean, unknown> = {};
 
 export class AddressGuard {
   // One list per family: node's BlockList matches an IPv6 rule such as ::ffff:0:0/96 against every IPv4
@@ -69,8 +72,9 @@ export class AddressGuard {
   private readonly allow4 = new BlockList();
   private readonly allow6 = new BlockList();
   // BlockList.check builds a SocketAddress and walks every rule on each call; a gateway dials the same
-  // few addresses over and over.
-  private readonly verdicts = new Map<string, boolean>();
+  // few addresses over and over. Bounded like every other cache here (lru-cache): a destination that
+  // resolves to ever-new addresses evicts the least recently dialled, not the agents' few.
+  private readonly verdicts = new LRUCache<string, boolean>({ max: VERDICT_CACHE_ENTRIES });
 
   constructor(deny: readonly Cidr[], allow: readonly Cidr[]) {
     for (const c of deny)
@@ -81,13 +85,17 @@ export class AddressGuard {
 
   /** True when `ip` (a literal IPv4 or IPv6 address) may be dialled. */
   permits(ip: string): boolean {
-    let verdict = this.verdicts.get(ip);
+    let verdict = this.verdicts.get(ip, GET_OPTIONS);
     if (verdict === undefined) {
       verdict = this.check(ip);
-      if (this.verdicts.size >= VERDICT_CACHE_ENTRIES) this.verdicts.clear();
       this.verdicts.set(ip, verdict);
     }
     return verdict;
+  }
+
+  /** Verdicts remembered now (at most VERDICT_CACHE_ENTRIES). */
+  get cachedVerdicts(): number {
+    return this.verdicts.size;
   }
 
   private check(ip: string): boolean {

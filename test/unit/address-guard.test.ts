@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { AddressGuard, parseCidr } from '../../gateway/address-guard.js';
+import { AddressGuard, parseCidr, VERDICT_CACHE_ENTRIES } from '../../gateway/address-guard.js';
 import { DEFAULT_DENY_CIDRS } from '../../gateway/config.js';
 
 const defaults = new AddressGuard(DEFAULT_DENY_CIDRS.map(parseCidr), []);
@@ -100,4 +100,31 @@ describe('default address guard', () => {
       expect(() => parseCidr(text)).toThrow();
     },
   );
+});
+
+describe('verdict cache', () => {
+  // Even i: a public address (permitted); odd i: RFC 1918 (denied).
+  const address = (i: number) => `${i % 2 === 0 ? 8 : 10}.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`;
+  const verdictsOf = (guard: AddressGuard, from: number, to: number) => {
+    const wrong: string[] = [];
+    for (let i = from; i < to; i++) if (guard.permits(address(i)) !== (i % 2 === 0)) wrong.push(address(i));
+    return wrong;
+  };
+
+  it('remembers a verdict once, however often the address is dialled', () => {
+    const guard = new AddressGuard(DEFAULT_DENY_CIDRS.map(parseCidr), []);
+    for (let n = 0; n < 3; n++) expect(guard.permits('10.0.0.1')).toBe(false);
+    expect(guard.cachedVerdicts).toBe(1);
+  });
+
+  it('keeps at most VERDICT_CACHE_ENTRIES, the most recently dialled, and judges evicted ones afresh', () => {
+    const guard = new AddressGuard(DEFAULT_DENY_CIDRS.map(parseCidr), []);
+    const extra = 100;
+    expect(verdictsOf(guard, 0, VERDICT_CACHE_ENTRIES + extra)).toEqual([]);
+    // Unbounded it would hold every address; emptied when full it would hold only the last `extra`.
+    expect(guard.cachedVerdicts).toBe(VERDICT_CACHE_ENTRIES);
+    // The first addresses were evicted; asked again, each gets the same verdict from the rules.
+    expect(verdictsOf(guard, 0, extra)).toEqual([]);
+    expect(guard.cachedVerdicts).toBe(VERDICT_CACHE_ENTRIES);
+  });
 });
