@@ -112,6 +112,11 @@ export class LiveRevocation implements TunnelTracker {
       metrics: this.metrics,
       logger: this.logger,
     });
+    // Expiry batches run beside the scheduler's one-at-a-time loop, so they may overlap a change batch
+    // and each other, and the recheck lane has no in-flight cap. What waits on it stays bounded all the
+    // same: each batch asks at most `concurrency` questions at once, and a tunnel is in one expiry batch
+    // per deadline (then regranted to a later one or ended), so the questions are at most concurrency
+    // plus the open tunnels (limits.max_tunnels per process); the lane's pool bounds what runs.
     this.expiry = new ExpiryQueue<TrackedTunnel>(
       (due) => void this.batch.run(due, 'expiry'),
       opts.now ?? nowMicros,
