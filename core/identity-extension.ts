@@ -3,11 +3,21 @@
  * exactly one DER UTF8String, plus the exact SubjectPublicKeyInfo DER of the leaf certificate.
  * The certificate chain is never trusted; the TLS handshake's proof of possession binds the key.
  */
-import * as asn1js from 'asn1js';
 import { errorText } from './error-text.js';
+import {
+  DEFAULT_IDENTITY_OID,
+  decodeIdentityExtensionValue,
+  encodeIdentityExtensionValue,
+} from './identity-value.js';
 import { x509 } from './x509.js';
 
-export const DEFAULT_IDENTITY_OID = '1.3.6.1.4.1.57264.1.1';
+export {
+  DEFAULT_IDENTITY_OID,
+  encodeIdentityExtensionValue,
+  identityLengthError,
+  isValidOid,
+  MAX_IDENTITY_BYTES,
+} from './identity-value.js';
 
 export type IdentityFailure =
   | 'missing_client_certificate'
@@ -20,29 +30,6 @@ export type PeerIdentity = { readonly identity: string; readonly spkiDer: Buffer
 export type IdentityResult =
   | { readonly ok: true; readonly peer: PeerIdentity }
   | { readonly ok: false; readonly reason: IdentityFailure; readonly detail: string };
-
-const OID_PATTERN = /^[0-2](\.(0|[1-9]\d*))+$/;
-
-/**
- * Longest identity accepted, in UTF-8 bytes. Anyone can put any identity in a certificate, and the
- * identity is a map key, a log field and a registry query parameter: unbounded, one certificate would
- * cost every one of those (docs/contract.md "Identity").
- */
-export const MAX_IDENTITY_BYTES = 256;
-
-const CONTROL_CHARACTER = /[\u0000-\u001f\u007f]/;
-
-/** Why `identity` can never be accepted by the gateway for its length, or undefined when it fits. */
-export function identityLengthError(identity: string): string | undefined {
-  const bytes = Buffer.byteLength(identity, 'utf8');
-  return bytes > MAX_IDENTITY_BYTES
-    ? `identity is ${bytes} bytes, longer than ${MAX_IDENTITY_BYTES}`
-    : undefined;
-}
-
-export function isValidOid(oid: string): boolean {
-  return OID_PATTERN.test(oid);
-}
 
 /** Read identity and SPKI from a leaf certificate's DER. Never throws. */
 export function readPeerIdentity(certDer: Uint8Array | undefined, oid: string): IdentityResult {
@@ -72,57 +59,14 @@ export function readPeerIdentity(certDer: Uint8Array | undefined, oid: string): 
       detail: `no extension ${oid} in client certificate`,
     };
   }
-  const decoded = decodeUtf8StringExact(extension.value);
+  const decoded = decodeIdentityExtensionValue(extension.value);
   if (typeof decoded !== 'string') {
     return { ok: false, reason: 'invalid_identity_extension', detail: `extension ${oid}: ${decoded.error}` };
   }
   return { ok: true, peer: { identity: decoded, spkiDer } };
 }
 
-/** DER of a UTF8String holding `identity`: the extension value a carrier certificate carries. */
-export function encodeIdentityExtensionValue(identity: string): ArrayBuffer {
-  return new asn1js.Utf8String({ value: identity }).toBER(false);
-}
-
 /** A non-critical X.509 extension at `oid` carrying `identity`. */
 export function identityExtension(identity: string, oid = DEFAULT_IDENTITY_OID): x509.Extension {
   return new x509.Extension(oid, false, encodeIdentityExtensionValue(identity));
-}
-
-/** Exactly one DER UTF8String with no trailing bytes and valid UTF-8 contents, non-empty. */
-function decodeUtf8StringExact(value: ArrayBuffer): string | { error: string } {
-  let parsed: ReturnType<typeof asn1js.fromBER>;
-  try {
-    parsed = asn1js.fromBER(value);
-  } catch (err) {
-    // asn1js reports most malformed input as offset -1 but throws on some (an empty GeneralizedTime),
-    // and the caller promises never to throw (found by test/fuzz/identity-extension.fuzz.ts).
-    return { error: `not DER: ${errorText(err)}` };
-  }
-  if (parsed.offset === -1) return { error: `not DER: ${parsed.result.error}` };
-  if (parsed.offset !== value.byteLength) return { error: 'trailing bytes after the UTF8String' };
-  if (!(parsed.result instanceof asn1js.Utf8String)) {
-    return { error: `expected UTF8String, found ${parsed.result.constructor.name}` };
-  }
-  if (parsed.result.idBlock.isConstructed) return { error: 'constructed UTF8String is not DER' };
-  const bytes = parsed.result.valueBlock.valueHexView;
-  if (bytes.byteLength > MAX_IDENTITY_BYTES) {
-    return { error: `identity is ${bytes.byteLength} bytes, longer than ${MAX_IDENTITY_BYTES}` };
-  }
-  let text: string;
-  try {
-    text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
-  } catch {
-    return { error: 'UTF8String contents are not valid UTF-8' };
-  }
-  if (text === '') return { error: 'identity is empty' };
-  // Never grantable (the registry CLI refuses them), and a NUL cannot even be a query parameter:
-  // PostgreSQL rejects it, so every CONNECT would cost a failed query.
-  if (CONTROL_CHARACTER.test(text)) return { error: 'identity contains a control character' };
-  // BER parsing also accepts a long-form length or a high-tag-number tag for the same string; DER has
-  // exactly one encoding (docs/contract.md "Identity"), so anything else is refused.
-  if (!Buffer.from(encodeIdentityExtensionValue(text)).equals(new Uint8Array(value))) {
-    return { error: 'not DER: tag or length not in its shortest form' };
-  }
-  return text;
 }

@@ -8,7 +8,7 @@ import { accessSync, constants as fsConstants } from 'node:fs';
 import { isIP } from 'node:net';
 import { Command, Option } from 'commander';
 import { type HostPort, parseHostPort } from '../core/host-port.js';
-import { DEFAULT_IDENTITY_OID, identityLengthError, isValidOid } from '../core/identity-extension.js';
+import { DEFAULT_IDENTITY_OID, identityLengthError, isValidOid } from '../core/identity-value.js';
 import {
   AgentAccessError,
   type ListenAddress,

@@ -15,7 +15,6 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { certificateSpki, createCarrierCertificate } from '../core/carrier-cert.js';
 import { p256PublicKey } from '../core/ecdsa.js';
 import { errorText } from '../core/error-text.js';
 import type { ProvisionOptions } from './options.js';
@@ -85,6 +84,9 @@ export async function provision(opts: ProvisionOptions, logger: Logger): Promise
   if (key === undefined) throw new ProvisionError(`nothing persisted at ${handle} after provisioning`);
   p256PublicKey(key.spkiDer);
 
+  // Imported here rather than at the top: main.ts imports this module for every run, and a running
+  // sidecar must not carry @peculiar/x509 in its heap (bench/README.md "Idle memory").
+  const { certificateSpki, createCarrierCertificate } = await import('../core/carrier-cert.js');
   const cert = await createCarrierCertificate({
     subjectSpkiDer: key.spkiDer,
     identity: opts.identity,

@@ -5,10 +5,8 @@
  */
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { certificateSpki } from '../core/carrier-cert.js';
 import { errorText } from '../core/error-text.js';
-import { readPeerIdentity } from '../core/identity-extension.js';
-import { x509 } from '../core/x509.js';
+import { certificateDer, readCarrierIdentity } from './carrier-identity.js';
 import { GatewaySession } from './gateway-session.js';
 import { isLoopbackHost, type RunOptions } from './options.js';
 import { ProxyServer } from './proxy-server.js';
@@ -86,16 +84,15 @@ export async function startSidecar(
   let certSpki: Buffer;
   let identity: string;
   try {
-    const der = Buffer.from(new x509.X509Certificate(certPem).rawData);
-    certSpki = certificateSpki(der);
-    const peer = readPeerIdentity(der, opts.identityOid);
-    if (!peer.ok) {
+    const carrier = readCarrierIdentity(certificateDer(certPem), opts.identityOid);
+    if (!carrier.ok) {
       throw new SidecarStartupError(
         'certificate_without_identity',
-        `--client-cert ${opts.clientCertPath}: ${peer.detail}; the gateway would deny every CONNECT`,
+        `--client-cert ${opts.clientCertPath}: ${carrier.detail}; the gateway would deny every CONNECT`,
       );
     }
-    identity = peer.peer.identity;
+    certSpki = carrier.spkiDer;
+    identity = carrier.identity;
   } catch (err) {
     if (err instanceof SidecarStartupError) throw err;
     throw new SidecarStartupError(
@@ -104,7 +101,7 @@ export async function startSidecar(
     );
   }
   try {
-    new x509.X509Certificate(caPem);
+    certificateDer(caPem);
   } catch (err) {
     throw new SidecarStartupError(
       'ca_unreadable',

@@ -3,16 +3,10 @@
  * OTEL_EXPORTER_OTLP_ENDPOINT is set, as in the original sidecar: spans go out over OTLP gRPC and each
  * CONNECT to the gateway carries W3C trace context so the gateway's span joins the same trace.
  */
-import {
-  type Context,
-  propagation,
-  ROOT_CONTEXT,
-  type Span,
-  SpanKind,
-  SpanStatusCode,
-  trace,
-} from '@opentelemetry/api';
 import { pino } from 'pino';
+
+/** The OpenTelemetry API, loaded with the SDK: a sidecar without tracing never has it in memory. */
+type OtelApi = typeof import('@opentelemetry/api');
 
 export type Logger = pino.Logger;
 
@@ -27,8 +21,7 @@ export function createLogger(level: string): Logger {
   });
 }
 
-export type Tracing = {
-  readonly enabled: boolean;
+export type Tracing = ({ readonly enabled: false } | { readonly enabled: true; readonly api: OtelApi }) & {
   /** Flush pending spans; safe to call when tracing is off. */
   shutdown(): Promise<void>;
 };
@@ -37,7 +30,8 @@ export async function startTracing(logger: Logger, env: NodeJS.ProcessEnv = proc
   const endpoint = env['OTEL_EXPORTER_OTLP_ENDPOINT']?.trim();
   if (endpoint === undefined || endpoint === '') return { enabled: false, shutdown: async () => {} };
   // Loaded only when tracing is on: the SDK and gRPC add about a second to start-up on a small machine.
-  const [{ NodeSDK }, { OTLPTraceExporter }] = await Promise.all([
+  const [api, { NodeSDK }, { OTLPTraceExporter }] = await Promise.all([
+    import('@opentelemetry/api'),
     import('@opentelemetry/sdk-node'),
     import('@opentelemetry/exporter-trace-otlp-grpc'),
   ]);
@@ -53,6 +47,7 @@ export async function startTracing(logger: Logger, env: NodeJS.ProcessEnv = proc
   logger.info({ otlp_endpoint: endpoint }, 'tracing enabled');
   return {
     enabled: true,
+    api,
     shutdown: () =>
       sdk.shutdown().catch((err: unknown) => {
         logger.warn({ err }, 'flushing spans failed');
@@ -62,7 +57,6 @@ export async function startTracing(logger: Logger, env: NodeJS.ProcessEnv = proc
 
 /** One agent CONNECT as a client span, and the headers that carry it to the gateway. */
 export type ConnectTrace = {
-  readonly span: Span;
   /** `traceparent` (and `tracestate`) when tracing is on; empty otherwise. */
   readonly headers: Record<string, string>;
   /** Hex trace id for log correlation, undefined when tracing is off. */
@@ -70,7 +64,12 @@ export type ConnectTrace = {
   end(outcome: { status?: number; error?: string }): void;
 };
 
-const tracer = () => trace.getTracer(SERVICE_NAME);
+// Shared by every untraced CONNECT; frozen so no caller can leak a header into the next one.
+const UNTRACED: ConnectTrace = Object.freeze({
+  headers: Object.freeze({}),
+  traceId: undefined,
+  end: () => {},
+});
 
 /**
  * Start the span for one CONNECT. An agent that itself sends `traceparent` on its CONNECT gets its trace
@@ -81,20 +80,20 @@ export function startConnectTrace(
   authority: string,
   agentHeaders: Record<string, string | string[] | undefined>,
 ): ConnectTrace {
-  if (!tracing.enabled) {
-    const span = trace.wrapSpanContext({ traceId: '', spanId: '', traceFlags: 0 });
-    return { span, headers: {}, traceId: undefined, end: () => {} };
-  }
-  const parent: Context = propagation.extract(ROOT_CONTEXT, agentHeaders);
-  const span = tracer().startSpan(
+  if (!tracing.enabled) return UNTRACED;
+  const { propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace } = tracing.api;
+  const parent = propagation.extract(ROOT_CONTEXT, agentHeaders);
+  const span = trace.getTracer(SERVICE_NAME).startSpan(
     'sidecar CONNECT',
-    { kind: SpanKind.CLIENT, attributes: { 'http.request.method': 'CONNECT', 'server.address': authority } },
+    {
+      kind: SpanKind.CLIENT,
+      attributes: { 'http.request.method': 'CONNECT', 'server.address': authority },
+    },
     parent,
   );
   const headers: Record<string, string> = {};
   propagation.inject(trace.setSpan(parent, span), headers);
   return {
-    span,
     headers,
     traceId: span.spanContext().traceId,
     end: ({ status, error }) => {
