@@ -6,6 +6,7 @@
  */
 import { ALGORITHM_ECDSA_P256_SHA256 } from './ecdsa.js';
 import { AmbiguousFieldError, canonicalPermissionBytes } from './permission-bytes.js';
+import { canonicalPrincipalKeyBytes, canonicalScopeBytes } from './root-signed-bytes.js';
 import { InvalidTimestampError, type Micros, parseTimestamp } from './timestamp.js';
 
 export type PermissionRow = {
@@ -28,6 +29,9 @@ export type SignerRow = {
   readonly notBefore: string;
   readonly notAfter: string;
   readonly revokedAt: string | null;
+  /** The root that signed this row (docs/contract.md "Root of trust"); absent or null = not rooted. */
+  readonly rootKeyId?: string | null | undefined;
+  readonly rootSignature?: Buffer | null | undefined;
 };
 
 export type ScopeRow = {
@@ -37,7 +41,20 @@ export type ScopeRow = {
   readonly notBefore: string;
   readonly notAfter: string;
   readonly revokedAt: string | null;
+  readonly rootKeyId?: string | null | undefined;
+  readonly rootSignature?: Buffer | null | undefined;
+  /**
+   * A revoked scope row with the same signed fields (signing key, destination, window) exists: this row
+   * could carry that row's root signature, so with trust roots it counts as revoked too.
+   */
+  readonly replaysRevoked?: boolean | undefined;
 };
+
+/**
+ * The configured roots (gateway `policy.trust_roots`): root key id (core/root-signed-bytes.ts rootKeyId)
+ * → SPKI DER. Empty = no root of trust, decisions exactly as without it.
+ */
+export type TrustRoots = ReadonlyMap<string, Buffer>;
 
 /** One permission row with its signer and the signer's best scope row for that destination. */
 export type Candidate = {
@@ -65,8 +82,10 @@ export const CANDIDATE_DENY_REASONS = [
   'signer_not_yet_valid',
   'signer_expired',
   'signer_algorithm_unsupported',
+  'signer_not_rooted',
   'scope_missing',
   'scope_revoked',
+  'scope_not_rooted',
   'scope_window_too_narrow',
   'signature_invalid',
 ] as const;
@@ -108,10 +127,11 @@ export function decide(
   candidates: readonly Candidate[],
   now: Micros,
   verify: SignatureVerifier,
+  roots?: TrustRoots,
 ): Decision {
   const evaluations: Evaluation[] = [];
   for (const candidate of candidates) {
-    const verdict = evaluateCandidate(request, candidate, now, verify);
+    const verdict = evaluateCandidate(request, candidate, now, verify, roots);
     evaluations.push({ candidate, verdict });
     if (verdict.ok) return { allow: true, candidate, validUntil: verdict.validUntil, evaluations };
   }
@@ -132,8 +152,10 @@ export function evaluateCandidate(
   candidate: Candidate,
   now: Micros,
   verify: SignatureVerifier,
+  roots?: TrustRoots,
 ): CandidateVerdict {
   const { permission: p, signer: k, scope: s } = candidate;
+  const rooted = roots !== undefined && roots.size > 0;
   const deny = (reason: CandidateDenyReason, detail: string): CandidateVerdict => ({
     ok: false,
     reason,
@@ -170,6 +192,12 @@ export function evaluateCandidate(
     if (k.algorithm !== ALGORITHM_ECDSA_P256_SHA256) {
       return deny('signer_algorithm_unsupported', `signing key ${k.keyId} has algorithm ${k.algorithm}`);
     }
+    const kNotBefore = parseTimestamp(k.notBefore);
+    if (rooted) {
+      const keyBytes = canonicalPrincipalKeyBytes({ ...k, notBefore: kNotBefore, notAfter: kNotAfter });
+      const why = rootFailure(k, keyBytes, roots, verify);
+      if (why !== null) return deny('signer_not_rooted', `signing key ${k.keyId} ${why}`);
+    }
 
     if (s === null || s.signingKeyId !== k.keyId || s.destination !== p.destination) {
       return deny('scope_missing', `signing key ${k.keyId} has no delegation scope for ${p.destination}`);
@@ -179,8 +207,26 @@ export function evaluateCandidate(
         'scope_revoked',
         `scope ${s.id} of ${k.keyId} for ${s.destination} revoked at ${s.revokedAt}`,
       );
+    const sNotBefore = parseTimestamp(s.notBefore);
     const sNotAfter = parseTimestamp(s.notAfter);
-    if (parseTimestamp(s.notBefore) > pNotBefore || sNotAfter < pNotAfter) {
+    if (rooted) {
+      if (s.replaysRevoked === true) {
+        return deny(
+          'scope_revoked',
+          `scope ${s.id} repeats the signed fields of a revoked scope of ${k.keyId} for ${s.destination}`,
+        );
+      }
+      const scopeBytes = canonicalScopeBytes({ ...s, notBefore: sNotBefore, notAfter: sNotAfter });
+      const why = rootFailure(s, scopeBytes, roots, verify);
+      if (why !== null) return deny('scope_not_rooted', `scope ${s.id} of ${k.keyId} ${why}`);
+      if (sNotBefore < kNotBefore || sNotAfter > kNotAfter) {
+        return deny(
+          'scope_not_rooted',
+          `scope ${s.id} [${s.notBefore}, ${s.notAfter}] does not lie within signing key ${k.keyId} [${k.notBefore}, ${k.notAfter}]`,
+        );
+      }
+    }
+    if (sNotBefore > pNotBefore || sNotAfter < pNotAfter) {
       return deny(
         'scope_window_too_narrow',
         `scope ${s.id} [${s.notBefore}, ${s.notAfter}] does not cover permission ${p.permissionId} [${p.notBefore}, ${p.notAfter}]`,
@@ -209,6 +255,22 @@ export function evaluateCandidate(
     }
     throw err;
   }
+}
+
+/** Why a row's root signature does not count (null when it does): docs/contract.md "Root of trust". */
+function rootFailure(
+  row: { readonly rootKeyId?: string | null | undefined; readonly rootSignature?: Buffer | null | undefined },
+  message: Buffer,
+  roots: TrustRoots,
+  verify: SignatureVerifier,
+): string | null {
+  if (row.rootKeyId == null || row.rootSignature == null) return 'has no root signature';
+  const root = roots.get(row.rootKeyId);
+  if (root === undefined) return `is signed by root ${row.rootKeyId}, which is not a configured trust root`;
+  if (!verify(root, message, row.rootSignature)) {
+    return `has a root signature that does not verify with root ${row.rootKeyId}`;
+  }
+  return null;
 }
 
 function minMicros(...values: Micros[]): Micros {

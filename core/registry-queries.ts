@@ -15,6 +15,17 @@ export function tsText(column: string): string {
   return `to_char(${column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`;
 }
 
+/**
+ * The root columns of migrations/0006 read through to_jsonb, which yields NULL where the column does
+ * not exist: one statement serves registries of every schema version (before 6 nothing is rooted).
+ * A bytea becomes `\x<hex>` text in JSON (bytea_output = hex, the default; with `escape` the decode
+ * fails and the lookup fails closed as registry_unavailable).
+ */
+function rootColumns(alias: 'k' | 's'): string {
+  return `to_jsonb(${alias}) ->> 'root_key_id' AS ${alias}_root_key_id,
+  decode(substr(to_jsonb(${alias}) ->> 'root_signature', 3), 'hex') AS ${alias}_root_signature`;
+}
+
 const CANDIDATE_COLUMNS = `
   p.permission_id, p.signing_key_id, p.subject_identity, p.subject_public_key_spki_der, p.destination,
   ${tsText('p.not_before')} AS p_not_before, ${tsText('p.not_after')} AS p_not_after,
@@ -24,10 +35,17 @@ const CANDIDATE_COLUMNS = `
   ${tsText('k.revoked_at')} AS k_revoked_at,
   s.id::text AS s_id, s.signing_key_id AS s_signing_key_id, s.destination AS s_destination,
   ${tsText('s.not_before')} AS s_not_before, ${tsText('s.not_after')} AS s_not_after,
-  ${tsText('s.revoked_at')} AS s_revoked_at`;
+  ${tsText('s.revoked_at')} AS s_revoked_at,
+  ${rootColumns('k')}, ${rootColumns('s')},
+  EXISTS (SELECT 1 FROM principal_key_permissions r
+          WHERE r.revoked_at IS NOT NULL AND r.signing_key_id = s.signing_key_id
+            AND r.destination = s.destination AND r.not_before = s.not_before
+            AND r.not_after = s.not_after AND r.id <> s.id) AS s_replays_revoked`;
 
 // The signer's scope row for this destination that best explains the decision: an active covering row
-// if there is one, else the active row closest to covering, else (explain only) a revoked one.
+// if there is one, else the active row closest to covering, else (explain only) a revoked one. Among
+// those, a root-signed row that repeats no revoked row's signed fields first: with trust roots set it is
+// the one that can allow (docs/contract.md "Root of trust").
 const SCOPE_LATERAL = (activeOnly: boolean) => `
   LEFT JOIN LATERAL (
     SELECT sc.* FROM principal_key_permissions sc
@@ -35,6 +53,11 @@ const SCOPE_LATERAL = (activeOnly: boolean) => `
       ${activeOnly ? 'AND sc.revoked_at IS NULL' : ''}
     ORDER BY (sc.revoked_at IS NULL) DESC,
              (sc.not_before <= p.not_before AND sc.not_after >= p.not_after) DESC,
+             (to_jsonb(sc) ->> 'root_signature' IS NOT NULL) DESC,
+             NOT EXISTS (SELECT 1 FROM principal_key_permissions rv
+                         WHERE rv.revoked_at IS NOT NULL AND rv.signing_key_id = sc.signing_key_id
+                           AND rv.destination = sc.destination AND rv.not_before = sc.not_before
+                           AND rv.not_after = sc.not_after AND rv.id <> sc.id) DESC,
              sc.not_after DESC, sc.id DESC
     LIMIT 1
   ) s ON true`;
@@ -83,6 +106,11 @@ type CandidateRecord = {
   s_not_before: string | null;
   s_not_after: string | null;
   s_revoked_at: string | null;
+  k_root_key_id: string | null;
+  k_root_signature: Buffer | null;
+  s_root_key_id: string | null;
+  s_root_signature: Buffer | null;
+  s_replays_revoked: boolean | null;
 };
 
 export function candidateFromRecord(r: CandidateRecord): Candidate {
@@ -109,6 +137,8 @@ export function candidateFromRecord(r: CandidateRecord): Candidate {
             notBefore: r.k_not_before ?? '',
             notAfter: r.k_not_after ?? '',
             revokedAt: r.k_revoked_at,
+            rootKeyId: r.k_root_key_id,
+            rootSignature: r.k_root_signature,
           },
     scope:
       r.s_id === null
@@ -120,6 +150,9 @@ export function candidateFromRecord(r: CandidateRecord): Candidate {
             notBefore: r.s_not_before ?? '',
             notAfter: r.s_not_after ?? '',
             revokedAt: r.s_revoked_at,
+            rootKeyId: r.s_root_key_id,
+            rootSignature: r.s_root_signature,
+            replaysRevoked: r.s_replays_revoked === true,
           },
   };
 }
