@@ -116,7 +116,8 @@ function findObjects(
   });
 }
 
-function spkiFromObject(
+/** SPKI of an EC key object (public, or tpm2-pkcs11's private object, which also has CKA_EC_POINT). */
+export function spkiFromObject(
   lib: pkcs11js.PKCS11,
   session: pkcs11js.Handle,
   object: pkcs11js.Handle,

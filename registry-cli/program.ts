@@ -15,6 +15,11 @@ import { registerPrincipalKey } from './commands/register-principal-key.js';
 import type { Env } from './env.js';
 import { EXIT_ENVIRONMENT, EXIT_OK, type ExitCode, toCliError } from './errors.js';
 import type { Io } from './io.js';
+import { addRootCommands, ROOT_ENVIRONMENT_HELP } from './program-root.js';
+import { parseRootKeyId } from './root-key.js';
+import { loadTrustRoots } from './trust-roots.js';
+
+const collect = (value: string, previous: string[]) => [...previous, value];
 
 const ENVIRONMENT_HELP = `
 Environment:
@@ -67,16 +72,19 @@ export function buildProgram(env: Env, io: Io, setExit: (code: ExitCode) => void
         "revokes the old key's scopes",
     )
     .option('--public-key-out <file>', 'also write the public key (PEM SubjectPublicKeyInfo) to <file>')
-    .addHelpText('after', ENVIRONMENT_HELP)
-    .action((keyId: string, days: string, o: { replace?: boolean; publicKeyOut?: string }) =>
-      run(() =>
-        registerPrincipalKey(ctx, {
-          keyId,
-          validDays: parseValidDays(days),
-          replace: o.replace === true,
-          publicKeyOut: o.publicKeyOut,
-        }),
-      )(),
+    .option('--root-key <ROOT_KEY_ID>', 'sign the registration with this root key (init-root prints its id)')
+    .addHelpText('after', ENVIRONMENT_HELP + ROOT_ENVIRONMENT_HELP)
+    .action(
+      (keyId: string, days: string, o: { replace?: boolean; publicKeyOut?: string; rootKey?: string }) =>
+        run(() =>
+          registerPrincipalKey(ctx, {
+            keyId,
+            validDays: parseValidDays(days),
+            replace: o.replace === true,
+            publicKeyOut: o.publicKeyOut,
+            rootKeyId: o.rootKey === undefined ? undefined : parseRootKeyId(o.rootKey),
+          }),
+        )(),
     );
 
   program
@@ -87,14 +95,19 @@ export function buildProgram(env: Env, io: Io, setExit: (code: ExitCode) => void
     )
     .argument('<KEY_ID>', 'registered principal key id')
     .argument('<DEST...>', 'destinations, host[:port] or [v6][:port] (port defaults to 443)')
-    .option('--valid-days <N>', 'validity from now', '365')
-    .addHelpText('after', ENVIRONMENT_HELP)
-    .action((keyId: string, destinations: string[], o: { validDays: string }) =>
+    .option('--valid-days <N>', 'validity from now (default 365; with --root-key, until the key expires)')
+    .option(
+      '--root-key <ROOT_KEY_ID>',
+      "sign each scope row with this root key; refused when the scope would outlast the key's window",
+    )
+    .addHelpText('after', ENVIRONMENT_HELP + ROOT_ENVIRONMENT_HELP)
+    .action((keyId: string, destinations: string[], o: { validDays?: string; rootKey?: string }) =>
       run(() =>
         grantPrincipalScope(ctx, {
           keyId,
           destinations,
-          validDays: parseValidDays(o.validDays, '--valid-days'),
+          validDays: o.validDays === undefined ? undefined : parseValidDays(o.validDays, '--valid-days'),
+          rootKeyId: o.rootKey === undefined ? undefined : parseRootKeyId(o.rootKey),
         }),
       )(),
     );
@@ -202,10 +215,34 @@ export function buildProgram(env: Env, io: Io, setExit: (code: ExitCode) => void
     .argument('<SPKI>', 'agent public key: PEM/DER public key or certificate file, or hex of the DER')
     .argument('<DEST>', 'destination as the agent would send it')
     .option('--json', 'print JSON')
+    .option('--trust-root <BASE64>', 'a trust root as in policy.trust_roots (repeatable)', collect, [])
+    .option(
+      '--trust-root-file <PEM>',
+      'a trust root PEM file as in policy.trust_root_files (repeatable)',
+      collect,
+      [],
+    )
+    .option('--config <FILE>', "the gateway's config file: judge with its [policy] trust roots")
     .addHelpText('after', ENVIRONMENT_HELP)
-    .action((subjectIdentity: string, spki: string, destination: string, o: { json?: boolean }) =>
-      run(() => checkPermission(ctx, { subjectIdentity, spki, destination, json: o.json === true }))(),
+    .action(
+      (
+        subjectIdentity: string,
+        spki: string,
+        destination: string,
+        o: { json?: boolean; trustRoot: string[]; trustRootFile: string[]; config?: string },
+      ) =>
+        run(async () =>
+          checkPermission(ctx, {
+            subjectIdentity,
+            spki,
+            destination,
+            json: o.json === true,
+            roots: loadTrustRoots(o, ctx.env),
+          }),
+        )(),
     );
+
+  addRootCommands(program, ctx, run, ENVIRONMENT_HELP);
 
   program
     .command('migrate')

@@ -2,7 +2,8 @@
  * agent-permissions check SUBJECT_IDENTITY SPKI DEST: would the gateway allow this CONNECT now, and why.
  * It runs the gateway's own code against the live registry: the gateway's candidate query and decide()
  * give the answer (exit 0 allow, 1 deny); every row for the triple, revoked or expired ones included,
- * is evaluated with the same policy to say why each does or does not count.
+ * is evaluated with the same policy to say why each does or does not count, link by link from the root
+ * (registry-cli/check-chain.ts), judged under the trust roots given.
  */
 import { InvalidDestinationError, normalizeDestination } from '../../core/destination.js';
 import {
@@ -12,10 +13,12 @@ import {
   type Decision,
   decide,
   evaluateCandidate,
+  type TrustRoots,
 } from '../../core/policy.js';
 import { fetchActiveCandidates, fetchExplainCandidates } from '../../core/registry-queries.js';
 import { readSpkiInput, spkiFingerprint } from '../../core/spki-input.js';
 import { formatTimestamp } from '../../core/timestamp.js';
+import { explainChain } from '../check-chain.js';
 import { databaseNow, withRegistry } from '../db.js';
 import { databaseFromEnv } from '../env.js';
 import { EXIT_OK, EXIT_REFUSED, type ExitCode, toCliError, UsageError } from '../errors.js';
@@ -27,6 +30,8 @@ export type CheckOptions = {
   readonly spki: string;
   readonly destination: string;
   readonly json: boolean;
+  /** The gateway's trust roots (registry-cli/trust-roots.ts); empty = a gateway without roots. */
+  readonly roots: TrustRoots;
 };
 
 export async function checkPermission(ctx: CommandContext, opts: CheckOptions): Promise<ExitCode> {
@@ -53,11 +58,11 @@ export async function checkPermission(ctx: CommandContext, opts: CheckOptions): 
       const all = await fetchExplainCandidates(db, request);
       return {
         now,
-        gateway: decide(request, active, now.micros, verifySignature),
-        explain: decide(request, all, now.micros, verifySignature),
+        gateway: decide(request, active, now.micros, verifySignature, opts.roots),
+        explain: decide(request, all, now.micros, verifySignature, opts.roots),
         rows: all.map((candidate) => ({
           candidate,
-          verdict: evaluateCandidate(request, candidate, now.micros, verifySignature),
+          verdict: evaluateCandidate(request, candidate, now.micros, verifySignature, opts.roots),
         })),
       };
     }),
@@ -80,7 +85,8 @@ export async function checkPermission(ctx: CommandContext, opts: CheckOptions): 
         subject_identity: request.identity,
         subject_public_key_sha256: spkiFingerprint(spkiDer),
         destination,
-        rows: rows.map(({ candidate, verdict }) => rowJson(candidate, verdict)),
+        trust_roots: [...opts.roots.keys()],
+        rows: rows.map(({ candidate, verdict }) => rowJson(candidate, verdict, opts.roots)),
       }),
     );
   } else {
@@ -97,6 +103,11 @@ export async function checkPermission(ctx: CommandContext, opts: CheckOptions): 
     ctx.io.out(`  agent public key sha256: ${spkiFingerprint(spkiDer)}`);
     ctx.io.out(`  destination: ${destination}`);
     ctx.io.out(`  registry time: ${now.text}`);
+    ctx.io.out(
+      opts.roots.size === 0
+        ? '  trust roots: none given (--trust-root, --trust-root-file, --config): judged as a gateway without roots'
+        : `  trust roots: ${[...opts.roots.keys()].join(', ')}`,
+    );
     ctx.io.out(`rows considered: ${rows.length}`);
     for (const { candidate, verdict } of rows) {
       const p = candidate.permission;
@@ -104,6 +115,8 @@ export async function checkPermission(ctx: CommandContext, opts: CheckOptions): 
         `  ${p.permissionId} signed by ${p.signingKeyId}, ${p.notBefore} .. ${p.notAfter}: ` +
           (verdict.ok ? 'allow' : `deny ${verdict.reason}: ${verdict.detail}`),
       );
+      for (const l of explainChain(candidate, verdict, opts.roots))
+        ctx.io.out(`    ${l.link}: ${l.name}: ${l.valid ? 'ok' : 'FAILS'}: ${l.why}`);
     }
   }
   if (gateway.allow !== explain.allow) {
@@ -122,7 +135,11 @@ function denyReason(gateway: Decision, explain: Decision): { reason: string; det
   return gateway.allow ? { reason: '', detail: '' } : { reason: gateway.reason, detail: gateway.detail };
 }
 
-function rowJson(candidate: Candidate, verdict: CandidateVerdict): Record<string, unknown> {
+function rowJson(
+  candidate: Candidate,
+  verdict: CandidateVerdict,
+  roots: TrustRoots,
+): Record<string, unknown> {
   const p = candidate.permission;
   return {
     permission_id: p.permissionId,
@@ -131,6 +148,13 @@ function rowJson(candidate: Candidate, verdict: CandidateVerdict): Record<string
     not_after: p.notAfter,
     revoked_at: p.revokedAt,
     scope_id: candidate.scope?.id ?? null,
+    chain: explainChain(candidate, verdict, roots).map((l) => ({
+      link: l.link,
+      name: l.name,
+      signed_by: l.signedBy,
+      valid: l.valid,
+      why: l.why,
+    })),
     verdict: verdict.ok ? 'allow' : 'deny',
     ...(verdict.ok
       ? { valid_until: formatTimestamp(verdict.validUntil) }

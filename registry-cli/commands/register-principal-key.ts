@@ -5,7 +5,8 @@
  * not_after = greatest(existing, now + VALID_DAYS). A different key already registered under KEY_ID is
  * replaced only with --replace, which in the same transaction revokes the scopes delegated to the old
  * key; while KEY_ID is registered nothing is created in the TPM without it: the registry is read before
- * the token is touched.
+ * the token is touched. With --root-key the row as written is signed by that root; without it, a change
+ * to a root-signed row's window or key is refused (it would void the signature).
  */
 import { writeFileSync } from 'node:fs';
 import { errorText } from '../../core/error-text.js';
@@ -29,6 +30,8 @@ import {
   type SigningKeyRefresh,
   type SigningKeyRow,
 } from '../registry-writes.js';
+import { openRootSigner } from '../root-key.js';
+import { refuseVoidingKeySignature, rootSignKey } from '../root-sign.js';
 
 export type RegisterOptions = {
   readonly keyId: string;
@@ -36,12 +39,16 @@ export type RegisterOptions = {
   readonly replace: boolean;
   /** Also write the public key (PEM SPKI) here. */
   readonly publicKeyOut?: string | undefined;
+  /** Root-sign the registration (docs/contract.md "Root of trust"). */
+  readonly rootKeyId?: string | undefined;
 };
 
 export async function registerPrincipalKey(ctx: CommandContext, opts: RegisterOptions): Promise<ExitCode> {
   const keyId = checkKeyId(opts.keyId);
   const target = databaseFromEnv(ctx.env);
   const signerOptions = signerOptionsFromEnv(keyId, ctx.env);
+  // A root that is not in its token must fail before a principal key is created in the TPM.
+  if (opts.rootKeyId !== undefined) openRootSigner(ctx.env, opts.rootKeyId).close();
 
   const result = await withRegistry(target, (registry) =>
     registry.transaction(async (db) => {
@@ -107,6 +114,8 @@ export async function registerPrincipalKey(ctx: CommandContext, opts: RegisterOp
         revokedScopes = await revokeScopes(db, keyId);
         action = 'replaced';
       }
+      if (opts.rootKeyId !== undefined) await rootSignKey(ctx.env, db, keyId, opts.rootKeyId);
+      else if (existing !== undefined) await refuseVoidingKeySignature(db, existing, row);
       return { row, action, created, refresh, revokedScopes };
     }),
   );
@@ -125,6 +134,7 @@ export async function registerPrincipalKey(ctx: CommandContext, opts: RegisterOp
   );
   ctx.io.out(`  public key sha256: ${spkiFingerprint(result.row.spkiDer)}`);
   ctx.io.out(`  valid: ${result.row.notBefore} .. ${result.row.notAfter}`);
+  if (opts.rootKeyId !== undefined) ctx.io.out(`  signed by root ${opts.rootKeyId}`);
   if (result.action === 'replaced') {
     const scopes = result.revokedScopes;
     ctx.io.out(

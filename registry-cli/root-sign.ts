@@ -1,0 +1,103 @@
+/**
+ * Root-signing one row inside a command's transaction (register-principal-key / grant-principal-scope
+ * --root-key), and the guard that keeps a command without --root-key from silently voiding a root
+ * signature by changing the signed fields of a rooted row (docs/contract.md "Root of trust").
+ */
+import type pg from 'pg';
+import { fetchSchemaVersion } from '../core/registry-queries.js';
+import { rootKeyId } from '../core/root-signed-bytes.js';
+import type { Env } from './env.js';
+import { Refusal } from './errors.js';
+import { openRootSigner } from './root-key.js';
+import {
+  assertRootSchema,
+  ROOT_SCHEMA_VERSION,
+  type RootableScope,
+  type RootMark,
+  recordRootKey,
+  rootableKeys,
+  rootableScopes,
+  setKeyRootSignature,
+  setScopeRootSignature,
+} from './root-writes.js';
+import { assertScopeNests, keyBytes, scopeBytes } from './rooting.js';
+
+/** Sign the key row as it now stands with root `id` and store the signature. */
+export async function rootSignKey(env: Env, db: pg.ClientBase, keyId: string, id: string): Promise<RootMark> {
+  await assertRootSchema(db);
+  const [key] = await rootableKeys(db, keyId);
+  const signer = openRootSigner(env, id);
+  try {
+    if (signer.spkiDer.equals(key!.spkiDer)) {
+      throw new Refusal(`root ${id} is the key of principal ${keyId} itself; a root cannot vouch for itself`);
+    }
+    const m = { rootKeyId: id, rootSignature: signer.sign(keyBytes(key!)) };
+    await recordRootKey(db, rootKeyId(signer.spkiDer), signer.spkiDer, null);
+    await setKeyRootSignature(db, keyId, m);
+    return m;
+  } finally {
+    signer.close();
+  }
+}
+
+/** Sign the scope row as it now stands with root `id`, refusing first when it outlasts its key. */
+export async function rootSignScope(
+  env: Env,
+  db: pg.ClientBase,
+  scopeId: string,
+  id: string,
+): Promise<RootableScope> {
+  await assertRootSchema(db);
+  const [scope] = await rootableScopes(db, scopeId);
+  assertScopeNests(scope!, { notBefore: scope!.keyNotBefore, notAfter: scope!.keyNotAfter });
+  const signer = openRootSigner(env, id);
+  try {
+    const m = { rootKeyId: id, rootSignature: signer.sign(scopeBytes(scope!)) };
+    await recordRootKey(db, rootKeyId(signer.spkiDer), signer.spkiDer, null);
+    await setScopeRootSignature(db, scopeId, m);
+    return { ...scope!, ...m };
+  } finally {
+    signer.close();
+  }
+}
+
+type Signed = { readonly notBefore: string; readonly notAfter: string };
+
+/**
+ * A refresh without --root-key changed the signed fields of a row a root signed: the signature no longer
+ * verifies and, with trust roots, the gateway would deny everything the row carries. Refuse (the caller's
+ * transaction rolls back) and say how to re-sign.
+ */
+export async function refuseVoidingKeySignature(
+  db: pg.ClientBase,
+  before: Signed & { readonly spkiDer: Buffer },
+  after: Signed & { readonly keyId: string; readonly spkiDer: Buffer },
+): Promise<void> {
+  if (sameFields(before, after) && before.spkiDer.equals(after.spkiDer)) return;
+  if ((await fetchSchemaVersion(db)) < ROOT_SCHEMA_VERSION) return;
+  const [row] = await rootableKeys(db, after.keyId);
+  if (row?.rootKeyId == null) return;
+  throw new Refusal(
+    `principal key ${after.keyId} is signed by root ${row.rootKeyId}; this change of its window or key would ` +
+      `void that signature and, with trust roots configured, every grant it carries: pass --root-key ${row.rootKeyId} ` +
+      'to re-sign it (or root-withdraw.sh first). Nothing was changed',
+  );
+}
+
+/** The same guard for a scope row a refresh extended. */
+export async function refuseVoidingScopeSignature(
+  db: pg.ClientBase,
+  changed: boolean,
+  after: { readonly id: string; readonly signingKeyId: string; readonly destination: string },
+): Promise<void> {
+  if (!changed) return;
+  if ((await fetchSchemaVersion(db)) < ROOT_SCHEMA_VERSION) return;
+  const [row] = await rootableScopes(db, after.id);
+  if (row?.rootKeyId == null) return;
+  throw new Refusal(
+    `scope ${after.id} (${after.signingKeyId} -> ${after.destination}) is signed by root ${row.rootKeyId}; ` +
+      `extending it would void that signature: pass --root-key ${row.rootKeyId} to re-sign it. Nothing was changed`,
+  );
+}
+
+const sameFields = (a: Signed, b: Signed) => a.notBefore === b.notBefore && a.notAfter === b.notAfter;
