@@ -26,6 +26,7 @@ import {
   decide,
   type PolicyDenyReason,
   type SignatureVerifier,
+  type TrustRoots,
 } from '../core/policy.js';
 import { type Micros, nowMicros } from '../core/timestamp.js';
 import type { AuthorizeResult, Authorizer, Grant } from './authorization.js';
@@ -58,6 +59,8 @@ export type AuthorizerOptions = {
   readonly keyCacheMaxEntries?: number | undefined;
   /** Recent changes remembered for grantMayBeStale(); older grants are simply re-checked. */
   readonly changeLogSize?: number | undefined;
+  /** policy.trust_roots (docs/contract.md "Root of trust"); absent or empty = none. */
+  readonly trustRoots?: TrustRoots | undefined;
 };
 
 /** The uncached decision, with "could not ask" kept apart from "asked and denied". */
@@ -83,6 +86,7 @@ export class RegistryAuthorizer implements Authorizer {
   private readonly allowSeconds: { observe(seconds: number): void } | undefined;
   private readonly denySeconds: { observe(seconds: number): void } | undefined;
   private listenerUp = false;
+  private trustRoots: TrustRoots;
   private generation = 0;
   private readonly changeLog: { gen: number; change: RegistryChange }[] = [];
   private readonly changeLogSize: number;
@@ -107,6 +111,7 @@ export class RegistryAuthorizer implements Authorizer {
     this.denials = new LRUCache({ max });
     this.changeLogSize = opts.changeLogSize ?? 4096;
     this.verifier = cachingVerifier(opts.keyCacheMaxEntries ?? 1024);
+    this.trustRoots = opts.trustRoots ?? new Map();
     // Bound once: resolving a labelled series hashes the label object on every call.
     this.allowSeconds = opts.metrics?.decisionSeconds.labels({ result: 'allow' });
     this.denySeconds = opts.metrics?.decisionSeconds.labels({ result: 'deny' });
@@ -227,7 +232,7 @@ export class RegistryAuthorizer implements Authorizer {
       return { kind: 'unavailable', detail: errorText(err), busy };
     }
     try {
-      const decision = decide(request, candidates, now, this.verifier);
+      const decision = decide(request, candidates, now, this.verifier, this.trustRoots);
       if (!decision.allow) return { kind: 'deny', reason: decision.reason, detail: decision.detail };
       const { permission, scope } = decision.candidate;
       return {
@@ -298,6 +303,15 @@ export class RegistryAuthorizer implements Authorizer {
       if (changeTouchesGrant(entry.change, grant)) return true;
     }
     return false;
+  }
+
+  /**
+   * SIGHUP with other trust roots. Decisions from now on use `roots`; the caller then runs the EVERYTHING
+   * path of live revocation (LiveRevocation.handleChange), which empties both caches, marks every grant
+   * decided before as stale and re-checks every open tunnel, so a removed root ends what it authorized.
+   */
+  setTrustRoots(roots: TrustRoots): void {
+    this.trustRoots = roots;
   }
 
   /** Record a grant produced by evaluate() as decided at `gen` (live revocation swaps these in). */

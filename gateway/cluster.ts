@@ -221,6 +221,7 @@ export function attachWorker(gateway: RunningGateway, logger: Logger, exit: () =
     switch (message?.type) {
       case 'agent_gateway:reload':
         gateway.reloadTls();
+        gateway.reloadTrustRoots();
         break;
       case 'agent_gateway:drain':
         exit();

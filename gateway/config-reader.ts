@@ -153,6 +153,23 @@ export class ConfigReader {
     });
   }
 
+  /**
+   * An array of strings, each mapped by `parse`; an entry it throws on is a ConfigError naming
+   * `name[index]`.
+   */
+  list<T>(name: string, parse: (entry: string) => T): T[] {
+    const v = this.value(name) ?? [];
+    if (!Array.isArray(v) || !v.every((x) => typeof x === 'string'))
+      this.fail(name, 'must be an array of strings');
+    return v.map((entry: string, i: number) => {
+      try {
+        return parse(entry);
+      } catch (err) {
+        return this.fail(`${name}[${i}]`, errorText(err));
+      }
+    });
+  }
+
   /** A table whose keys are destinations (normalized like grants) and whose values are "host:port". */
   overrides(name: string): Map<string, HostPort> {
     const v = this.value(name);

@@ -9,8 +9,10 @@ import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { parse as parseToml } from 'smol-toml';
 import { errorText } from '../core/error-text.js';
+import type { TrustRoots } from '../core/policy.js';
 import type { Cidr } from './address-guard.js';
 import { ConfigError, ConfigReader, type HostPort, type LogLevel, type Raw } from './config-reader.js';
+import { trustRootFromBase64, trustRootFromFile } from './trust-roots.js';
 
 export {
   ConfigError,
@@ -103,6 +105,11 @@ export type GatewayConfig = {
     readonly decisionCacheTtlMs: number;
     /** Policy denials remembered this long (dropped by any registry change); 0 = off. */
     readonly denialCacheTtlMs: number;
+    /**
+     * policy.trust_roots and policy.trust_root_files, by root key id; empty = no root of trust
+     * (docs/contract.md "Root of trust").
+     */
+    readonly trustRoots: TrustRoots;
   };
 };
 
@@ -250,6 +257,10 @@ function readConfig(r: ConfigReader, path: string, env: NodeJS.ProcessEnv): Gate
       decisionCacheMaxEntries: p.int('decision_cache_max_entries', 10_000, 0, 10_000_000),
       decisionCacheTtlMs: p.int('decision_cache_ttl_ms', 30_000, 0, 86_400_000),
       denialCacheTtlMs: p.int('denial_cache_ttl_ms', 2_000, 0, 60_000),
+      trustRoots: new Map([
+        ...p.list('trust_roots', trustRootFromBase64),
+        ...p.list('trust_root_files', trustRootFromFile),
+      ]),
     },
   };
 }

@@ -16,8 +16,10 @@ import { limitsFromConfig } from './limits.js';
 import { LiveRevocation } from './live-revocation.js';
 import { type GatewayMetrics, metrics as processMetrics } from './metrics.js';
 import { Registry, RegistrySchemaError, RegistryUnavailableError } from './registry.js';
+import { EVERYTHING } from './registry-changes.js';
 import { GatewayServer } from './server.js';
 import type { Telemetry } from './telemetry.js';
+import { ROOT_SCHEMA_VERSION, TrustRootsInForce } from './trust-roots-reload.js';
 import { UpstreamDialer } from './upstream-dialer.js';
 
 export class GatewayStartupError extends Error {
@@ -35,6 +37,11 @@ export type RunningGateway = {
   readonly adminAddress: string | undefined;
   /** SIGHUP: re-read the TLS certificate and key; false (old kept) when they are bad. */
   reloadTls(): boolean;
+  /**
+   * SIGHUP: re-read policy.trust_roots / trust_root_files from the config file; false (old roots kept,
+   * error logged) when the file is bad. A change re-checks every open tunnel.
+   */
+  reloadTrustRoots(): boolean;
   /** SIGTERM: stop accepting, finish open tunnels up to drain_timeout_ms, then release everything. */
   shutdown(): Promise<void>;
   /** Second signal: reset what is still open; shutdown() then completes promptly. */
@@ -78,6 +85,12 @@ export async function startGateway(
   try {
     const schema = await checkSchema(registry);
     logger.info({ schema_version: schema.version }, 'registry schema accepted');
+    const roots = new TrustRootsInForce(config, logger);
+    if (config.policy.trustRoots.size > 0 && schema.version < ROOT_SCHEMA_VERSION) {
+      throw new GatewayStartupError(
+        `policy.trust_roots is set but the registry schema version is ${schema.version}: root signatures need version ${ROOT_SCHEMA_VERSION} (run the migrations: agent_gateway_registry migrate)`,
+      );
+    }
     await registry.warm();
 
     const authorizer = new RegistryAuthorizer({
@@ -87,6 +100,7 @@ export async function startGateway(
       denialTtlMs: config.policy.denialCacheTtlMs,
       metrics,
       logger,
+      trustRoots: config.policy.trustRoots,
     });
     const revocation = new LiveRevocation({
       authorizer,
@@ -181,6 +195,11 @@ export async function startGateway(
       address,
       adminAddress: admin === undefined ? undefined : `${admin.address.host}:${admin.address.port}`,
       reloadTls: () => gatewayServer.reloadTls(),
+      reloadTrustRoots: () =>
+        roots.reload((next) => {
+          authorizer.setTrustRoots(next);
+          revocation.handleChange(EVERYTHING);
+        }),
       isDraining: () => gatewayServer.isDraining,
       forceClose: () => gatewayServer.forceClose(),
       shutdown() {

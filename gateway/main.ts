@@ -11,7 +11,8 @@
  *
  * Exit codes: 0 after a clean drain; 2 for a bad command line or config; 1 when the gateway cannot
  * start (registry schema missing or unknown, database unreachable, TLS material bad, port taken).
- * Signals: SIGTERM/SIGINT drain (a second one resets what is left), SIGHUP reloads the TLS certificate.
+ * Signals: SIGTERM/SIGINT drain (a second one resets what is left), SIGHUP reloads the TLS certificate
+ * and the trust roots (policy.trust_roots, policy.trust_root_files).
  */
 import cluster from 'node:cluster';
 import { Command, CommanderError } from 'commander';
@@ -129,8 +130,9 @@ async function serve(config: GatewayConfig): Promise<number> {
     process.on('SIGTERM', () => drain('SIGTERM'));
     process.on('SIGINT', () => drain('SIGINT'));
     process.on('SIGHUP', () => {
-      logger.info('SIGHUP: reloading TLS certificate');
+      logger.info('SIGHUP: reloading TLS certificate and trust roots');
       gateway.reloadTls();
+      gateway.reloadTrustRoots();
     });
     if (isWorker) attachWorker(gateway, logger, () => drain('primary'));
   });
