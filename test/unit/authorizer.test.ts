@@ -3,64 +3,11 @@
 import { describe, expect, it } from 'vitest';
 import type { Destination } from '../../core/destination.js';
 import { normalizeDestination } from '../../core/destination.js';
-import type { AccessRequest, Candidate } from '../../core/policy.js';
-import type { Micros } from '../../core/timestamp.js';
-import type { AuthorizeResult, Grant } from '../../gateway/authorization.js';
-import { type CandidateSource, RegistryAuthorizer } from '../../gateway/authorizer.js';
-import { createGatewayMetrics } from '../../gateway/metrics.js';
+import type { Grant } from '../../gateway/authorization.js';
+import { RegistryAuthorizer } from '../../gateway/authorizer.js';
 import { RegistryUnavailableError } from '../../gateway/registry.js';
-import { allowedCandidate, ts } from './fixtures/signed-rows.js';
-
-const NOW = ts('2026-05-10T12:00:00.000000Z');
-
-class FakeRegistry implements CandidateSource {
-  calls = 0;
-  rows: Candidate[] = [];
-  fail: Error | undefined;
-  /** When set, queries wait for release(). */
-  gate: Promise<void> | undefined;
-  async activeCandidates(_request: AccessRequest, _now: Micros): Promise<Candidate[]> {
-    this.calls++;
-    const rows = this.rows;
-    const fail = this.fail;
-    if (this.gate) await this.gate;
-    if (fail) throw fail;
-    return rows;
-  }
-}
-
-function setup(
-  opts: { cacheMaxEntries?: number; cacheTtlMs?: number; denialTtlMs?: number; listenerUp?: boolean } = {},
-) {
-  const fx = allowedCandidate(NOW);
-  const registry = new FakeRegistry();
-  registry.rows = [fx.candidate];
-  let now = NOW;
-  const metrics = createGatewayMetrics({ defaultMetrics: false });
-  const authorizer = new RegistryAuthorizer({
-    registry,
-    cacheMaxEntries: opts.cacheMaxEntries ?? 100,
-    cacheTtlMs: opts.cacheTtlMs ?? 30_000,
-    denialTtlMs: opts.denialTtlMs,
-    metrics,
-    now: () => now,
-  });
-  if (opts.listenerUp ?? true) authorizer.setListenerUp(true);
-  const peer = { identity: fx.request.identity, spkiDer: fx.request.spkiDer };
-  const dest: Destination = normalizeDestination(fx.request.destination);
-  return {
-    fx,
-    registry,
-    authorizer,
-    metrics,
-    peer,
-    dest,
-    authorize: () => authorizer.authorize(peer, dest),
-    advance: (micros: bigint) => (now += micros),
-  };
-}
-
-const kind = (r: AuthorizeResult) => (r.allow ? (r.cached ? 'allow(cached)' : 'allow') : `deny(${r.reason})`);
+import { FakeRegistry, holdQueries, kind, NOW, setup } from './fixtures/authorizer-setup.js';
+import { allowedCandidate } from './fixtures/signed-rows.js';
 
 describe('RegistryAuthorizer', () => {
   it('allows, then serves the same triple from the cache', async () => {
@@ -173,12 +120,81 @@ describe('RegistryAuthorizer', () => {
     expect(s.registry.calls).toBe(4);
   });
 
-  it('is off with 0 entries or 0 ttl', async () => {
-    for (const opts of [{ cacheMaxEntries: 0 }, { cacheTtlMs: 0 }]) {
+  // [options, allow cached?, denial cached?, cacheStats().enabled]
+  const CACHE_SWITCHES = [
+    [{ cacheMaxEntries: 0, denialTtlMs: 1000 }, false, false, false],
+    [{ cacheTtlMs: 0 }, false, false, false],
+    [{ cacheTtlMs: 0, denialTtlMs: 1000 }, false, true, true],
+    [{ cacheTtlMs: 1000 }, true, false, true],
+  ] as const;
+  it.each(CACHE_SWITCHES)(
+    'with %j: allows cached %s, denials cached %s, enabled %s',
+    async (opts, allows, denials, on) => {
       const s = setup(opts);
       await s.authorize();
-      expect(kind(await s.authorize())).toBe('allow');
-    }
+      expect(kind(await s.authorize())).toBe(allows ? 'allow(cached)' : 'allow');
+      s.registry.rows = [];
+      s.authorizer.onRegistryChange({ table: '*' });
+      await s.authorize();
+      const calls = s.registry.calls;
+      await s.authorize();
+      expect(s.registry.calls).toBe(denials ? calls : calls + 1);
+      expect(s.authorizer.cacheStats().enabled).toBe(on);
+    },
+  );
+
+  it('a denial is served until exactly its ttl has passed', async () => {
+    const s = setup({ denialTtlMs: 2000 });
+    s.registry.rows = [];
+    await s.authorize();
+    s.advance(1_999_999n);
+    await s.authorize();
+    expect(s.registry.calls).toBe(1);
+    s.advance(1n);
+    await s.authorize();
+    expect(s.registry.calls).toBe(2);
+  });
+
+  it('a grant served from the cache is fresh until a change touches it', async () => {
+    const s = setup();
+    await s.authorize();
+    s.authorizer.onRegistryChange({ table: 'principal_signing_keys', signingKeyId: 'org-bob' });
+    const hit = await s.authorize();
+    if (!hit.allow || !hit.cached) throw new Error('expected a cache hit');
+    expect(s.authorizer.grantMayBeStale(hit.grant)).toBe(false);
+    s.authorizer.onRegistryChange({ table: 'principal_signing_keys', signingKeyId: 'org-alice' });
+    expect(s.authorizer.grantMayBeStale(hit.grant)).toBe(true);
+  });
+
+  it('the listener going down and up again: a repeat report changes nothing, a transition forgets', async () => {
+    const s = setup({ denialTtlMs: 60_000 });
+    const first = await s.authorize();
+    if (!first.allow) throw new Error('expected allow');
+    const gen = s.authorizer.currentGeneration();
+    s.authorizer.setListenerUp(true); // already up
+    expect(s.authorizer.currentGeneration()).toBe(gen);
+    expect(s.authorizer.grantMayBeStale(first.grant)).toBe(false);
+    expect(kind(await s.authorize())).toBe('allow(cached)');
+
+    // A lookup that started before a down-and-up must not be cached: it was never covered by a notification.
+    const release = holdQueries(s.registry);
+    s.authorizer.setListenerUp(false);
+    s.authorizer.setListenerUp(true);
+    const inflight = s.authorize();
+    s.authorizer.setListenerUp(false);
+    s.authorizer.setListenerUp(true);
+    release();
+    expect(kind(await inflight)).toBe('allow');
+    expect(s.authorizer.cacheStats().entries).toBe(0);
+    expect(s.authorizer.grantMayBeStale(first.grant)).toBe(true);
+
+    // A cached denial does not survive a transition either.
+    s.registry.rows = [];
+    expect(kind(await s.authorize())).toBe('deny(no_permission)');
+    s.authorizer.setListenerUp(false);
+    s.authorizer.setListenerUp(true);
+    s.registry.rows = [s.fx.candidate];
+    expect(kind(await s.authorize())).toBe('allow');
   });
 
   // Which notifications evict the cached grant (perm-1 / org-alice / api.example.com:443).
@@ -284,6 +300,7 @@ describe('RegistryAuthorizer', () => {
     short.advance(1n);
     short.registry.rows = [];
     expect(kind(await short.authorize())).toBe('deny(no_permission)');
+    expect(short.authorizer.cacheStats().entries).toBe(0); // the expired entry went, not only unused
   });
 
   it('is a bounded LRU', async () => {
@@ -344,5 +361,19 @@ describe('RegistryAuthorizer', () => {
     expect(a.grantMayBeStale(r.grant)).toBe(false);
     a.onRegistryChange({ table: 'principal_signing_keys', signingKeyId: 'other-5' });
     expect(a.grantMayBeStale(r.grant)).toBe(true);
+  });
+
+  it('grantMayBeStale: a log trimmed to its size still reaches back to a grant decided inside it', async () => {
+    // changeLogSize 4: the listener coming up is change 1; the grant is decided after change 3.
+    const s = setup({ changeLogSize: 4 });
+    for (const id of ['x-2', 'x-3'])
+      s.authorizer.onRegistryChange({ table: 'principal_signing_keys', signingKeyId: id });
+    const r = await s.authorize();
+    if (!r.allow) throw new Error('expected allow');
+    for (const id of ['x-4', 'x-5'])
+      s.authorizer.onRegistryChange({ table: 'principal_signing_keys', signingKeyId: id });
+    expect(s.authorizer.grantMayBeStale(r.grant)).toBe(false);
+    // An unknown grant object is stale even when the remembered changes would not touch it.
+    expect(s.authorizer.grantMayBeStale({ ...r.grant })).toBe(true);
   });
 });
