@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import type { PeerIdentity } from '../../core/identity-extension.js';
 import type { LimitRejection } from '../../gateway/authorization.js';
-import { GatewayLimits } from '../../gateway/limits.js';
+import { GatewayLimits, limitsFromConfig, TokenBuckets } from '../../gateway/limits.js';
 import { createGatewayMetrics } from '../../gateway/metrics.js';
 
 const peers = new Map<string, PeerIdentity>();
@@ -105,6 +105,71 @@ describe('connect rate (token bucket)', () => {
   });
 });
 
+describe('TokenBuckets', () => {
+  // rate 10/s, burst 3: empty → full in 300 ms. Each step: [advance ms, action, expected].
+  type Step = readonly [number, 'take' | 'refund' | 'size', boolean | number];
+  const SCRIPTS: readonly (readonly [string, readonly Step[]])[] = [
+    [
+      'a bucket is forgotten just after it would have refilled from empty',
+      [
+        [0, 'take', true],
+        [0, 'take', true],
+        [0, 'take', true],
+        [0, 'size', 1],
+        [300, 'size', 1],
+        [1, 'size', 0],
+      ],
+    ],
+    [
+      'a refund gives one token back',
+      [
+        [0, 'take', true],
+        [0, 'take', true],
+        [0, 'take', true],
+        [0, 'take', false],
+        [0, 'refund', 0],
+        [0, 'take', true],
+        [0, 'take', false],
+      ],
+    ],
+    [
+      'a refund that fills the bucket forgets it',
+      [
+        [0, 'take', true],
+        [0, 'size', 1],
+        [0, 'refund', 0],
+        [0, 'size', 0],
+      ],
+    ],
+    [
+      'a refund never grows a bucket past its burst',
+      [
+        [0, 'refund', 0],
+        [0, 'refund', 0],
+        [0, 'take', true],
+        [0, 'take', true],
+        [0, 'take', true],
+        [0, 'take', false],
+      ],
+    ],
+  ];
+  it.each(SCRIPTS)('%s', (_name, steps) => {
+    let now = 1000;
+    const buckets = new TokenBuckets(10, 3, 100, () => now);
+    steps.forEach(([ms, action, expected], i) => {
+      now += ms;
+      if (action === 'take') expect(buckets.take('k'), `step ${i}`).toBe(expected);
+      else if (action === 'refund') buckets.refund('k');
+      else expect(buckets.size, `step ${i}`).toBe(expected);
+    });
+  });
+
+  it('runs on the monotonic clock when none is given', () => {
+    const buckets = new TokenBuckets(1, 2, 100);
+    expect([buckets.take('k'), buckets.take('k'), buckets.take('k')]).toEqual([true, true, false]);
+  });
+});
+
 describe('keyed by the proven key, not the claimed identity', () => {
   it('another key claiming the same identity spends its own bucket', () => {
     const { limits } = setup();
@@ -151,5 +216,40 @@ describe('tunnel slots', () => {
     expect(limits.stats()).toMatchObject({ tunnels: 2, identitiesWithTunnels: 2 });
     expect(await rejections(metrics, 'identity_tunnel_limit')).toBe(1);
     expect(await rejections(metrics, 'tunnel_limit')).toBe(1);
+  });
+
+  it('releasing one of two tunnels frees one slot of that key', () => {
+    const { limits } = setup({ maxTunnelsPerIdentity: 2 });
+    const first = limits.acquireTunnel(peer('a'));
+    expect(isRejection(limits.acquireTunnel(peer('a')))).toBe(false);
+    if (isRejection(first)) throw new Error('unreachable');
+    first.release();
+    expect(limits.stats()).toMatchObject({ tunnels: 1, identitiesWithTunnels: 1 });
+    expect(isRejection(limits.acquireTunnel(peer('a')))).toBe(false);
+    expect(limits.acquireTunnel(peer('a'))).toEqual({ status: 429, reason: 'identity_tunnel_limit' });
+  });
+});
+
+describe('without metrics, from config', () => {
+  it('rejects without a metrics registry to count in', () => {
+    const { limits } = setup({ metrics: undefined, connectBurstPerIdentity: 1, maxTunnels: 0 });
+    expect(limits.admitConnect(peer('a'))).toBeUndefined();
+    expect(limits.admitConnect(peer('a'))).toEqual(RATE_LIMITED);
+    expect(limits.acquireTunnel(peer('a'))).toEqual({ status: 503, reason: 'tunnel_limit' });
+  });
+
+  it('limitsFromConfig applies every [limits] value', () => {
+    const limits = limitsFromConfig({
+      maxTunnels: 2,
+      maxTunnelsPerIdentity: 1,
+      connectRatePerIdentity: 0.001,
+      connectBurstPerIdentity: 2,
+    });
+    expect([limits.admitConnect(peer('a')), limits.admitConnect(peer('a'))]).toEqual([undefined, undefined]);
+    expect(limits.admitConnect(peer('a'))).toEqual(RATE_LIMITED);
+    expect(isRejection(limits.acquireTunnel(peer('a')))).toBe(false);
+    expect(limits.acquireTunnel(peer('a'))).toEqual({ status: 429, reason: 'identity_tunnel_limit' });
+    expect(isRejection(limits.acquireTunnel(peer('b')))).toBe(false);
+    expect(limits.acquireTunnel(peer('c'))).toEqual({ status: 503, reason: 'tunnel_limit' });
   });
 });
