@@ -40,9 +40,12 @@ export function parseTimestamp(text: string): Micros {
     string,
     string,
   ];
-  const ms = Date.UTC(Number(y), Number(mo) - 1, Number(d), Number(h), Number(mi), Number(s));
-  const back = new Date(ms);
-  // Date.UTC rolls 2026-02-31 over to March (and month 13 into the next year); a registry value like
+  // setUTCFullYear, not Date.UTC, which reads years 0..99 as 1900..1999: formatTimestamp writes them.
+  const back = new Date(0);
+  back.setUTCFullYear(Number(y), Number(mo) - 1, Number(d));
+  back.setUTCHours(Number(h), Number(mi), Number(s));
+  const ms = back.getTime();
+  // Date rolls 2026-02-31 over to March (and month 13 into the next year); a registry value like
   // that is corrupt, not a date. Every component must survive the round trip.
   if (
     Number.isNaN(ms) ||

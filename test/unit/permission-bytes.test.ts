@@ -4,7 +4,7 @@ import { createPrivateKey, createPublicKey, sign } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { p256PublicKey, verifyDerSignature } from '../../core/ecdsa.js';
 import { AmbiguousFieldError, canonicalPermissionBytes } from '../../core/permission-bytes.js';
-import { formatTimestamp, InvalidTimestampError, parseTimestamp } from '../../core/timestamp.js';
+import { formatTimestamp, InvalidTimestampError, microsToMs, parseTimestamp } from '../../core/timestamp.js';
 
 const SPKI_HEX =
   '3059301306072a8648ce3d020106082a8648ce3d03010703420004f5e823027ecaa454c6bdf3af9c85f710b3c405a5fa915cc183838ced657a8d25dbd47025ac7962b41ff7e2bc5defb823c50dbca4eb8eecaecff296dd3f42129d';
@@ -72,6 +72,28 @@ describe('canonical permission bytes (docs/contract.md)', () => {
     expect(() => canonicalPermissionBytes({ ...FIELDS, ...patch })).toThrow(field);
   });
 
+  it('refuses an unpaired surrogate (no UTF-8 form) and keeps a paired one', () => {
+    for (const field of ['perm\ud800', 'perm\udc00x']) {
+      expect(() => canonicalPermissionBytes({ ...FIELDS, permissionId: field })).toThrow(
+        new AmbiguousFieldError(
+          'permission_id',
+          field,
+          'contains an unpaired UTF-16 surrogate (not Unicode text)',
+        ),
+      );
+    }
+    const text = canonicalPermissionBytes({ ...FIELDS, subjectIdentity: 'agent-\u{1f916}' }).toString('utf8');
+    expect(text).toContain('\nsubject_identity=agent-\u{1f916}\n');
+  });
+
+  it('names the field and why in its error', () => {
+    const err = new AmbiguousFieldError('destination', 'a\n');
+    expect([err.name, err.message]).toEqual([
+      'AmbiguousFieldError',
+      'destination "a\\n" contains a control character (such as a newline): it would make the signed text ambiguous',
+    ]);
+  });
+
   it('keeps "=" in a value (each line splits at its first "=")', () => {
     const text = canonicalPermissionBytes({ ...FIELDS, permissionId: 'a=b' }).toString();
     expect(text).toContain('\npermission_id=a=b\n');
@@ -89,6 +111,9 @@ describe('timestamps at microsecond precision', () => {
     '1969-12-31T23:59:59.999999Z',
     '2000-02-29T00:00:00.500000Z',
     '9999-12-31T23:59:59.999999Z',
+    // Years below 100 too: the first and last instants formatTimestamp writes both parse back.
+    '0000-01-01T00:00:00.000000Z',
+    '0099-12-31T23:59:59.999999Z',
   ])('%s round-trips', (text) => {
     expect(formatTimestamp(parseTimestamp(text))).toBe(text);
   });
@@ -115,8 +140,40 @@ describe('timestamps at microsecond precision', () => {
     '2026-05-01T00:60:00.000000Z',
     '2026-05-01T24:00:00.000000Z',
     '2026-05-01T00:00:60.000000Z',
+    'x2026-05-01T00:00:00.000000Z',
+    '2026-05-01T00:00:00.000000Zx',
+    '2026-05-01T00:00:00.000000Z\n',
     '',
   ])('refuses %j', (text) => {
-    expect(() => parseTimestamp(text)).toThrow(InvalidTimestampError);
+    expect(() => parseTimestamp(text)).toThrow(
+      new InvalidTimestampError(text, 'expected YYYY-MM-DDTHH:MM:SS.ffffffZ'),
+    );
+    expect(() => parseTimestamp(text)).toThrow(`invalid timestamp ${JSON.stringify(text)}: expected`);
+  });
+
+  // Microseconds → text at both ends of the years 0000..9999 and one microsecond past them.
+  const RANGE: readonly (readonly [bigint, string | null])[] = [
+    [-62_167_219_200_000_000n, '0000-01-01T00:00:00.000000Z'],
+    [-62_167_219_200_000_001n, null],
+    [253_402_300_799_999_999n, '9999-12-31T23:59:59.999999Z'],
+    [253_402_300_800_000_000n, null],
+    [-1n, '1969-12-31T23:59:59.999999Z'],
+    [-1_000_001n, '1969-12-31T23:59:58.999999Z'],
+  ];
+  it.each(RANGE)('formats %s as %s', (micros, text) => {
+    if (text === null) {
+      expect(() => formatTimestamp(micros)).toThrow(
+        new InvalidTimestampError(String(micros), 'microseconds outside the years 0000..9999'),
+      );
+    } else {
+      expect(formatTimestamp(micros)).toBe(text);
+      expect(parseTimestamp(text)).toBe(micros);
+    }
+  });
+
+  it('microsToMs truncates to whole milliseconds', () => {
+    expect([microsToMs(1_999n), microsToMs(2_000n), microsToMs(1_778_414_400_000_123n)]).toEqual([
+      1, 2, 1_778_414_400_000,
+    ]);
   });
 });
