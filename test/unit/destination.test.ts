@@ -33,8 +33,8 @@ const TABLE: readonly Row[] = [
   ['api.example.com:-1', refused(/not a number/)],
   ['api.example.com:+443', refused(/not a number/)],
   // empty host / empty input
-  ['', refused(/empty/)],
-  ['   ', refused(/empty/)],
+  ['', refused(/: empty$/)],
+  ['   ', refused(/: empty$/)],
   [':443', refused(/empty host/)],
   // trailing dot refused, not stripped
   ['api.example.com.', refused(/trailing dot/)],
@@ -50,6 +50,18 @@ const TABLE: readonly Row[] = [
   ['0x7f.0.0.1', refused(/strict dotted-quad/)],
   ['010.0.0.1', refused(/strict dotted-quad/)],
   ['2130706433', refused(/strict dotted-quad/)],
+  ['1.2.3.4.5', refused(/strict dotted-quad/)],
+  ['250.251.252.255', '250.251.252.255:443'],
+  ['201.224.249.200', '201.224.249.200:443'],
+  ['10.20.30.40', '10.20.30.40:443'],
+  // a numeric (or 0x) last label reads as IPv4 to the WHATWG parser; a numeric first label does not
+  ['foo.123', refused(/strict dotted-quad/)],
+  ['foo.0x', refused(/strict dotted-quad/)],
+  ['foo.0x1f', refused(/strict dotted-quad/)],
+  ['1password.com', '1password.com:443'],
+  // full-width digits become an IPv4 address only after IDNA mapping
+  ['\uff11\uff12\uff17.\uff10.\uff10.\uff11', refused(/strict dotted-quad/)],
+  ['\ufffd.example', refused(/not a valid host name/)],
   // IPv6: RFC 5952 compression, brackets, default port, zone ids refused
   ['[::1]', '[::1]:443'],
   ['[::1]:8443', '[::1]:8443'],
@@ -79,6 +91,7 @@ const TABLE: readonly Row[] = [
   ['bad-.example', refused(/invalid host label/)],
   ['a..b', refused(/.+/)],
   [`${'a'.repeat(64)}.example`, refused(/.+/)],
+  [`${'a.'.repeat(125)}com`, `${'a.'.repeat(125)}com:443`], // 253 characters, the longest
   [`${'a.'.repeat(127)}com`, refused(/too long/)],
 ];
 
@@ -96,9 +109,17 @@ describe('normalizeDestination (docs/contract.md)', () => {
         error = err;
       }
       expect(error).toBeInstanceOf(InvalidDestinationError);
+      expect((error as Error).name).toBe('InvalidDestinationError');
       expect((error as Error).message).toMatch(expected.refused);
       expect(tryNormalizeDestination(input)).toBeUndefined();
     }
+  });
+
+  it('tryNormalizeDestination returns the destination, and throws what is not a refusal', () => {
+    expect(tryNormalizeDestination(' API.example.com:80 ')).toEqual(
+      normalizeDestination('api.example.com:80'),
+    );
+    expect(() => tryNormalizeDestination(undefined as unknown as string)).toThrow(TypeError);
   });
 
   it('reports the dialable host and kind', () => {
