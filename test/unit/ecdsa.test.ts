@@ -108,6 +108,38 @@ describe('ECDSA P-256 row signatures', () => {
     expect(verifyDerSignature(p256PublicKey(k.spkiDer), msg, rawToDer(raw))).toBe(true);
   });
 
+  it('raw r||s must have two equal, non-empty halves', () => {
+    for (const length of [0, 1, 63]) {
+      expect(() => rawToDer(new Uint8Array(length))).toThrow(`raw ECDSA signature has odd length ${length}`);
+    }
+    expect(decodeDer(rawToDer(Uint8Array.from([0, 1, 0, 2])))).toEqual({ r: 1n, s: 2n });
+  });
+
+  it('says why a signer key is refused', () => {
+    const p384 = generateKeyPairSync('ec', { namedCurve: 'P-384' }).publicKey.export({
+      type: 'spki',
+      format: 'der',
+    });
+    const ed = generateKeyPairSync('ed25519').publicKey.export({ type: 'spki', format: 'der' });
+    const TEXTS = [
+      [p384, 'invalid public key: expected an EC P-256 key, got ec secp384r1'],
+      [ed, 'invalid public key: expected an EC P-256 key, got ed25519'],
+    ] as const;
+    for (const [spki, text] of TEXTS) {
+      expect(() => p256PublicKey(spki)).toThrow(
+        expect.objectContaining({ name: 'InvalidPublicKeyError', message: text }),
+      );
+    }
+    expect(() => p256PublicKey(Buffer.from('garbage'))).toThrow(
+      /^invalid public key: SPKI does not parse \(.+\)$/,
+    );
+  });
+
+  it('a key that cannot verify ECDSA at all is a failed verification, not a throw', () => {
+    const ed = generateKeyPairSync('ed25519').publicKey;
+    expect(verifyDerSignature(ed, Buffer.from('m'), Buffer.alloc(64))).toBe(false);
+  });
+
   it('refuses non-P-256 signer keys', () => {
     expect(() => p256PublicKey(Buffer.from('garbage'))).toThrow(InvalidPublicKeyError);
     const p384 = generateKeyPairSync('ec', { namedCurve: 'P-384' }).publicKey.export({
