@@ -119,6 +119,11 @@ const CASES: Case[] = [
     expected: 'signer_not_yet_valid',
   },
   {
+    name: 'signer valid from exactly now',
+    build: (fx) => one(fx, withSigner(fx, { notBefore: t(NOW) })),
+    expected: 'allow',
+  },
+  {
     name: 'signer algorithm unsupported',
     build: (fx) => one(fx, withSigner(fx, { algorithm: 'rsa_pss_sha256' })),
     expected: 'signer_algorithm_unsupported',
