@@ -4,7 +4,12 @@
 #   ./demo/demo.sh setup      install what is missing, then start PostgreSQL, the mock HTTPS services
 #                             docstore and messaging, the gateway, a TPM-backed principal org-alice and a
 #                             TPM-backed agent agent-alpha, and prove one request through the tunnel.
+#                             Natively, a registry root key in its own swtpm signs org-alice's key and
+#                             scope, and the gateway trusts only that root (policy.trust_roots).
 #                             Safe to re-run: what is running is reused.
+#   ./demo/demo.sh attack-db  as the registry's admin role, without the root key, insert a principal key,
+#                             a scope and a signed grant for agent-mallory; the gateway answers 403
+#                             signer_not_rooted; the inserted rows are then revoked
 #   ./demo/demo.sh status     what is running
 #   ./demo/demo.sh teardown   stop everything the demo started and remove all of its files
 #
@@ -15,8 +20,9 @@
 #   AGENT_GATEWAY_TPM_USER_PIN / _SO_PIN  TPM token PINs (default: demo values)
 #   AGENT_GATEWAY_DEMO_TPM2_PKCS11_STORE  the principal's tpm2-pkcs11 store (default: in the state dir)
 #   AGENT_GATEWAY_DEMO_SWTPM_PORT, AGENT_GATEWAY_DEMO_TPM_HANDLE   the agent's swtpm port and key handle
-#   AGENT_GATEWAY_DEMO_{GATEWAY,ADMIN,PG,DOCSTORE,MESSAGING,PRINCIPAL_SWTPM,SIDECAR}_PORT   listening ports
-#     (defaults 8443 9090 5432 9441 9442 2331 3128; a taken port is replaced by a free one)
+#   AGENT_GATEWAY_DEMO_{GATEWAY,ADMIN,PG,DOCSTORE,MESSAGING,PRINCIPAL_SWTPM,ROOT_SWTPM,SIDECAR}_PORT
+#     listening ports (defaults 8443 9090 5432 9441 9442 2331 2333 3128; a taken port is replaced by a
+#     free one)
 #   AGENT_GATEWAY_DEMO_CONFIG           config file (default: <repo>/config.toml)
 #   AGENT_GATEWAY_DEMO_CERTS_DIR        demo TLS material (default: <repo>/certs)
 #   AGENT_GATEWAY_DEMO_CONFIG_EXAMPLE   the file config.toml is written from (default: config.example.toml)
@@ -36,6 +42,12 @@ PRINCIPAL_SCOPE=(docstore messaging api.anthropic.com)
 DEMO_AGENT="agent-alpha"
 DEMO_AGENT_GRANTS=(docstore messaging)
 MOCKS=(docstore messaging)
+ROOT_LABEL="demo-root"
+ROOT_TOKEN_LABEL="agent-gateway-root"
+# The scope is signed by the root, so it must end within the key's window (one year from registration).
+ROOTED_SCOPE_DAYS=364
+ATTACK_AGENT="agent-mallory"
+ATTACK_DEST="docstore"
 PKGS=(postgresql swtpm swtpm-tools tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtpm2-pkcs11-1
   libtpm2-pkcs11-tools libengine-pkcs11-openssl opensc dbus openssl curl ca-certificates)
 # Only needed when npm has to compile pkcs11js.
@@ -124,6 +136,41 @@ registry_cli() {
     principal_env
     logged "$script" "$@"
   )
+}
+
+root_dir() { printf '%s/root' "$STATE_DIR"; }
+
+# root_env: the registry CLI's environment for the root key: its own swtpm and tpm2-pkcs11 store, never the
+# principal's (README "With a root of trust": in production a hardware token kept offline).
+root_env() {
+  local dir
+  dir="$(root_dir)"
+  tpm_env_exports "$dir/tpm"
+  export TPM2_PKCS11_STORE="$dir/tpm2-pkcs11"
+  export AGENT_GATEWAY_ROOT_TOKEN_LABEL="$ROOT_TOKEN_LABEL"
+  export AGENT_GATEWAY_ROOT_USER_PIN="$AGENT_GATEWAY_TPM_USER_PIN"
+  export AGENT_GATEWAY_DATABASE_URL
+  AGENT_GATEWAY_DATABASE_URL="$(state_get DB_ADMIN_URL)"
+}
+
+# root_cli SCRIPT ARGS...: the registry CLI as the root's holder; its stdout is printed (and logged).
+root_cli() {
+  local script="$DEMO_ROOT/registry-cli/$1" out rc=0
+  shift
+  [ -x "$script" ] || die "$script is missing"
+  printf '+ %s\n' "$(redact "$script $*")" >>"${CURRENT_LOG:-/dev/null}"
+  out="$(
+    root_env
+    "$script" "$@" 2>>"${CURRENT_LOG:-/dev/null}"
+  )" || rc=$?
+  printf '%s\n' "$out" >>"${CURRENT_LOG:-/dev/null}"
+  printf '%s' "$out"
+  return "$rc"
+}
+
+# psql_admin ARGS...: psql as the registry's admin role (DB_ADMIN_URL), the role attack-db plays.
+psql_admin() {
+  psql -X -q -v ON_ERROR_STOP=1 -d "$(state_get DB_ADMIN_URL)" "$@"
 }
 
 # ---- setup steps ----------------------------------------------------------------------------------------
@@ -306,6 +353,36 @@ SQL
   step_done
 }
 
+step_root() {
+  local dir log port out id b64
+  dir="$(root_dir)"
+  log="$STATE_DIR/logs/root.log"
+  step "Creating the registry root key (its own swtpm-backed tpm2-pkcs11 token) for policy.trust_roots" "$log"
+  mkdir -p "$dir/tpm2-pkcs11"
+  chmod 700 "$dir" "$dir/tpm2-pkcs11"
+  if ! tpm_running "$dir/tpm"; then
+    port="$(settle_port ROOT_SWTPM_PORT AGENT_GATEWAY_DEMO_ROOT_SWTPM_PORT 2333 "$dir/tpm/swtpm.proc")"
+    if ! port_free $((port + 1)); then
+      state_del ROOT_SWTPM_PORT
+      port="$(free_port_pair)"
+      state_set ROOT_SWTPM_PORT "$port"
+    fi
+    tpm_up "$dir/tpm" "$port" "$log"
+    info "    swtpm on 127.0.0.1:$port/$((port + 1)) + tpm2-abrmd (state: $dir/tpm)"
+  fi
+  # init-root finds the key again on a re-run: the same root, the same trust_roots line.
+  out="$(root_cli init-root.sh "$ROOT_LABEL" --description "agent_gateway demo root ($dir)")" ||
+    die "creating the root key failed (see $log)"
+  id="$(sed -n 's/^root_key_id: //p' <<<"$out")"
+  b64="$(sed -n 's/^trust_roots = \["\(.*\)"\]$/\1/p' <<<"$out")"
+  [[ "$id" =~ ^sha256:[0-9a-f]{64}$ ]] && [ -n "$b64" ] || die "init-root.sh printed no root id and key (see $log)"
+  state_set ROOT_KEY_ID "$id"
+  state_set ROOT_SPKI_B64 "$b64"
+  info "    root $ROOT_LABEL in token $ROOT_TOKEN_LABEL (store: $dir/tpm2-pkcs11)"
+  info "    root_key_id $id"
+  step_done
+}
+
 # use_existing_config FILE: the user's own config.toml is used as it is; take the gateway and admin ports
 # from it and say what the demo needs from it.
 use_existing_config() {
@@ -356,28 +433,29 @@ step_config() {
   local certs values
   certs="$(certs_dir)"
   values="$(node -e '
-    const [gw, admin, certs, db, doc, msg, oid] = process.argv.slice(1);
+    const [gw, admin, certs, db, doc, msg, oid, root] = process.argv.slice(1);
     process.stdout.write(JSON.stringify({
       server: {
         listen_addr: `127.0.0.1:${gw}`, tls_cert_path: `${certs}/server.pem`, tls_key_path: `${certs}/server-key.pem`,
         workers: 1, drain_timeout_ms: 5000,
       },
-      policy: { client_ext_oid: oid, database_url: db, database_url_env: null },
+      policy: { client_ext_oid: oid, database_url: db, database_url_env: null, trust_roots: root ? [root] : [] },
       upstream: {
         allow_cidrs: ["127.0.0.1/32"],
         overrides: { "docstore:443": `127.0.0.1:${doc}`, "messaging:443": `127.0.0.1:${msg}` },
       },
       admin: { listen_addr: `127.0.0.1:${admin}` },
     }));' "$GATEWAY_PORT" "$ADMIN_PORT" "$certs" "$(state_get DB_GATEWAY_URL)" "$DOCSTORE_PORT" "$MESSAGING_PORT" \
-    "$DEMO_CLIENT_EXT_OID")"
+    "$DEMO_CLIENT_EXT_OID" "$(state_get ROOT_SPKI_B64)")"
   logged node "$(node_prog demo/write-config.js)" --example "$example" --out "$cfg" --values "$values" \
     --header "Written by demo/demo.sh setup from config.example.toml; removed by demo/demo.sh teardown.
 The gateway reaches the demo's loopback mock services through [upstream] overrides (like curl --resolve).
-The database password is a local demo value."
+The database password is a local demo value. [policy] trust_roots holds the demo root's public key."
   chmod 600 "$cfg"
   state_set CONFIG_WRITTEN 1
   state_set CONFIG_SHA256 "$(sha_of "$cfg")"
   info "    $cfg (docstore:443 -> 127.0.0.1:$DOCSTORE_PORT, messaging:443 -> 127.0.0.1:$MESSAGING_PORT)"
+  [ -z "$(state_get ROOT_KEY_ID)" ] || info "    [policy] trust_roots = the demo root's public key (root_key_id $(state_get ROOT_KEY_ID | cut -c1-19)…)"
   step_done
 }
 
@@ -463,20 +541,76 @@ step_principal() {
   chmod 700 "$store"
   store="$(cd "$store" && pwd)"
   state_set PRINCIPAL_STORE "$store"
-  local replace=()
-  [ "${AGENT_GATEWAY_DEMO_REPLACE_PRINCIPAL:-0}" = 1 ] && replace=(--replace)
-  if ! registry_cli register-principal-key.sh "$PRINCIPAL" "${replace[@]}"; then
-    if tail -n 3 "$log" | grep -q 'registered with a different public key'; then
-      die "$PRINCIPAL is already registered in this database with another key (an earlier demo's TPM?). To register this TPM's key instead, re-run with AGENT_GATEWAY_DEMO_REPLACE_PRINCIPAL=1 (permissions signed by the old key stop working)."
+  local root
+  root="$(state_get ROOT_KEY_ID)"
+  if [ -n "$root" ] && [ "$(rooted_rows key "$root")" = "$PRINCIPAL" ]; then
+    # Re-registering would move the key's window, voiding the root's signature on it.
+    info "    key $PRINCIPAL is registered and signed by the root: left as it is"
+  else
+    local replace=()
+    [ "${AGENT_GATEWAY_DEMO_REPLACE_PRINCIPAL:-0}" = 1 ] && replace=(--replace)
+    if ! registry_cli register-principal-key.sh "$PRINCIPAL" "${replace[@]}"; then
+      if tail -n 3 "$log" | grep -q 'registered with a different public key'; then
+        die "$PRINCIPAL is already registered in this database with another key (an earlier demo's TPM?). To register this TPM's key instead, re-run with AGENT_GATEWAY_DEMO_REPLACE_PRINCIPAL=1 (permissions signed by the old key stop working)."
+      fi
+      die "registering $PRINCIPAL failed (see $log)"
     fi
-    die "registering $PRINCIPAL failed (see $log)"
   fi
   info "    key $PRINCIPAL in token ${AGENT_GATEWAY_TPM_TOKEN_LABEL} (store: $store)"
   step_done
 
-  step "Granting $PRINCIPAL the scope: ${PRINCIPAL_SCOPE[*]}" "$log"
-  registry_cli grant-principal-scope.sh "$PRINCIPAL" "${PRINCIPAL_SCOPE[@]}"
+  if [ -z "$root" ]; then
+    step "Granting $PRINCIPAL the scope: ${PRINCIPAL_SCOPE[*]}" "$log"
+    registry_cli grant-principal-scope.sh "$PRINCIPAL" "${PRINCIPAL_SCOPE[@]}"
+    step_done
+    return 0
+  fi
+  step "Granting $PRINCIPAL the scope: ${PRINCIPAL_SCOPE[*]}; the root signs her key and scope" "$log"
+  local rooted d missing=()
+  rooted=" $(rooted_rows scope "$root" | tr '\n' ' ') "
+  for d in "${PRINCIPAL_SCOPE[@]}"; do
+    [[ "$d" == *:* ]] || d="$d:443"
+    [[ "$rooted" == *" $d "* ]] || missing+=("$d")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    registry_cli grant-principal-scope.sh "$PRINCIPAL" "${missing[@]}" --valid-days "$ROOTED_SCOPE_DAYS"
+  fi
+  root_sign_principal "$root"
   step_done
+}
+
+# rooted_rows key|scope ROOT: org-alice's active key id, or her active scopes' destinations, that carry a
+# signature by ROOT (the demo checks the id; the gateway verifies the signature).
+rooted_rows() {
+  local sql
+  if [ "$1" = key ]; then
+    sql="SELECT key_id FROM principal_signing_keys WHERE key_id = :'p' AND revoked_at IS NULL AND not_after > now() AND root_key_id = :'r'"
+  else
+    sql="SELECT destination FROM principal_key_permissions WHERE signing_key_id = :'p' AND revoked_at IS NULL AND not_after > now() AND root_key_id = :'r' ORDER BY destination"
+  fi
+  psql_admin -tA -v "p=$PRINCIPAL" -v "r=$2" <<<"$sql;"
+}
+
+# root_sign_principal ROOT: the root (in its own token) signs org-alice's rows that it has not signed. The
+# root's token and the principal's are in different TPMs, and a PKCS#11 process talks to one, so this is
+# root-sign-pending.sh run as the root's holder rather than --root-key on the principal's commands. It signs
+# every pending row, so first make sure they are all org-alice's: never sign rows the demo did not make.
+root_sign_principal() {
+  local root="$1" listed rows foreign out
+  listed="$(root_cli root-sign-pending.sh --root-key "$root" </dev/null)" || true
+  if grep -q '^nothing to sign' <<<"$listed"; then
+    info "    key $PRINCIPAL and her scope are signed by root $(cut -c1-19 <<<"$root")…"
+    return 0
+  fi
+  rows="$(grep -E '^  (key|scope) ' <<<"$listed")" || die "root-sign-pending.sh listed nothing to sign (see $CURRENT_LOG)"
+  foreign="$(grep -vE "^  key $PRINCIPAL, |^  scope [0-9]+: $PRINCIPAL -> " <<<"$rows")" || true
+  if [ -n "$foreign" ]; then
+    die "the registry holds active rows the demo did not make and no root signed; the demo root signs only $PRINCIPAL's:
+$foreign"
+  fi
+  out="$(root_cli root-sign-pending.sh --root-key "$root" --yes)" || die "root-signing $PRINCIPAL's rows failed (see $CURRENT_LOG)"
+  info "    root-sign-pending.sh --root-key $(cut -c1-19 <<<"$root")… --yes (as the root's holder, its own TPM):"
+  info "      $(grep '^signed ' <<<"$out")"
 }
 
 step_agent() {
@@ -590,7 +724,7 @@ cmd_setup() {
   local runtime="${AGENT_GATEWAY_DEMO_RUNTIME:-$(state_get RUNTIME)}"
   runtime="${runtime:-native}"
   case "$runtime" in
-    native) STEP_TOTAL=13 ;;
+    native) STEP_TOTAL=14 ;;
     compose)
       STEP_TOTAL=9
       find_compose || die "AGENT_GATEWAY_DEMO_RUNTIME=compose needs docker compose or podman compose"
@@ -611,6 +745,7 @@ cmd_setup() {
   else
     step_postgres
     step_migrations
+    step_root
     step_config
     step_mocks
     step_gateway
@@ -623,8 +758,132 @@ cmd_setup() {
 
 Demo ready. Next:
   ./demo/demo-agent.sh prompt $DEMO_AGENT --prompt "Access https://docstore/documents using curl"
-  ./demo/demo.sh teardown      # stop everything and remove all demo state
 EOF
+  [ "$runtime" = compose ] || info "  ./demo/demo.sh attack-db     # a database-only attacker's grant meets the root of trust"
+  info "  ./demo/demo.sh teardown      # stop everything and remove all demo state"
+}
+
+# ---- attack-db: a database-only attacker meets the root of trust ---------------------------------------
+
+# attack_sql VAR=VALUE... <<<SQL: one psql call as the admin role, variables bound with -v (never spliced
+# into the SQL text); prints the query's tuples.
+attack_sql() {
+  local args=() kv
+  for kv in "$@"; do args+=(-v "$kv"); done
+  psql_admin -tA "${args[@]}"
+}
+
+cmd_attack_db() {
+  [ -f "$DEMO_ENV_FILE" ] && [ -n "$(state_get GATEWAY_PORT)" ] || die "no demo in $STATE_DIR: run ./demo/demo.sh setup first"
+  load_secrets
+  local root role
+  root="$(state_get ROOT_KEY_ID)"
+  [ -n "$root" ] || die "this demo has no root of trust (the compose runtime, or set up before roots): ./demo/demo.sh teardown, then setup"
+  pid_alive "$STATE_DIR/run/gateway.pid" >/dev/null || die "the demo gateway is not running: ./demo/demo.sh setup"
+  role="$(sed -E 's#^postgresql://([^:@]*).*#\1#' <<<"$(state_get DB_ADMIN_URL)")"
+  local work tag key_id perm_id agent="$ATTACK_AGENT" dest="$ATTACK_DEST:443" adir
+  work="$(mktemp -d "$STATE_DIR/attack-db.XXXXXX")"
+  # shellcheck disable=SC2064 # expand now: the trap must remove this run's directory
+  trap "rm -rf '$work'" EXIT
+  CURRENT_LOG="$STATE_DIR/logs/attack-db.log"
+  tag="$(date -u +%Y%m%dT%H%M%S)-$$"
+  key_id="attacker-$tag"
+  perm_id="attack-$tag"
+  adir="$AGENTS_DIR/$agent"
+  info "attack-db: the registry's admin role ($role), without the root key, grants $agent $dest"
+  info "(gateway: policy.trust_roots = root $root)"
+
+  info "0. agent $agent: its own swtpm and TPM key, nothing signed for it by $PRINCIPAL"
+  if [ -f "$adir/agent.env" ]; then
+    "$DEMO_ROOT/demo/demo-agent.sh" start "$agent" >>"$CURRENT_LOG" 2>&1 || die "starting $agent failed (see $CURRENT_LOG)"
+  else
+    "$DEMO_ROOT/demo/demo-agent.sh" create --identity "$agent" >>"$CURRENT_LOG" 2>&1 || die "creating $agent failed (see $CURRENT_LOG)"
+  fi
+
+  local spki window nb na
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/attacker.key" 2>>"$CURRENT_LOG"
+  spki="$(openssl pkey -in "$work/attacker.key" -pubout -outform DER | od -An -v -tx1 | tr -d ' \n')"
+  # The window in the database's clock and the exact text the signed bytes use (docs/contract.md "Signed
+  # bytes": UTC, six fractional digits).
+  window="$(attack_sql <<<"SELECT to_char((date_trunc('second', now()) - interval '1 minute') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') || ' ' || to_char((date_trunc('second', now()) + interval '1 day') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"');")"
+  read -r nb na <<<"$window"
+  info "1. inserting principal key $key_id (a fresh P-256 key made with openssl) as $role"
+  attack_sql "k=$key_id" "spki=$spki" "nb=$nb" "na=$na" >/dev/null <<'SQL'
+INSERT INTO principal_signing_keys (key_id, algorithm, public_key_spki_der, not_before, not_after)
+VALUES (:'k', 'ecdsa_p256_sha256', decode(:'spki', 'hex'), :'nb', :'na');
+SQL
+
+  local scope_id
+  info "2. inserting scope $key_id -> $dest as $role"
+  scope_id="$(attack_sql "k=$key_id" "d=$dest" "nb=$nb" "na=$na" <<'SQL'
+INSERT INTO principal_key_permissions (signing_key_id, destination, not_before, not_after)
+VALUES (:'k', :'d', :'nb', :'na') RETURNING id;
+SQL
+)"
+
+  local subject
+  subject="$(od -An -v -tx1 "$adir/spki.der" | tr -d ' \n')"
+  info "3. inserting permission $perm_id: $agent (its TPM key) -> $dest, signed with the attacker's key"
+  # The permission's signed bytes (docs/contract.md "Signed bytes"), signed the way any attacker can.
+  printf 'agent-gateway-permission-v1\npermission_id=%s\nsigning_key_id=%s\nsubject_identity=%s\nsubject_public_key_spki_der=%s\ndestination=%s\nnot_before=%s\nnot_after=%s\n' \
+    "$perm_id" "$key_id" "$agent" "$subject" "$dest" "$nb" "$na" >"$work/permission.txt"
+  openssl dgst -sha256 -sign "$work/attacker.key" -out "$work/permission.sig" "$work/permission.txt"
+  attack_sql "p=$perm_id" "k=$key_id" "a=$agent" "spki=$subject" "d=$dest" "nb=$nb" "na=$na" \
+    "sig=$(od -An -v -tx1 "$work/permission.sig" | tr -d ' \n')" >/dev/null <<'SQL'
+INSERT INTO permission_registry (permission_id, signing_key_id, subject_identity, subject_public_key_spki_der,
+  destination, not_before, not_after, signature)
+VALUES (:'p', :'k', :'a', decode(:'spki', 'hex'), :'d', :'nb', :'na', decode(:'sig', 'hex'));
+SQL
+
+  local sidecar status gwlog from reason
+  sidecar="$(state_get SIDECAR_PORT "$adir/agent.env")"
+  gwlog="$STATE_DIR/logs/gateway.log"
+  from=$(($(stat -c %s "$gwlog") + 1))
+  info "4. $agent: GET https://$ATTACK_DEST/health through its sidecar and the gateway"
+  status="$(https_proxy="http://agent:$(tr -d '\n' <"$adir/proxy.token")@127.0.0.1:$sidecar" \
+    curl -sS --max-time 30 --noproxy '' --cacert "$(certs_dir)/mock-ca.pem" -o "$work/body" \
+    -w '%{http_connect} %{http_code}' "https://$ATTACK_DEST/health" 2>>"$CURRENT_LOG")" || true
+  sleep 0.2
+  # The gateway's log line for this CONNECT: its deny reason (the 403 also carries it in the
+  # agent-gateway-deny-reason header, which the sidecar does not pass on to the agent).
+  reason="$(tail -c "+$from" "$gwlog" | node -e '
+    const agent = process.argv[1];
+    let last;
+    for (const line of require("node:fs").readFileSync(0, "utf8").split("\n")) {
+      try {
+        const j = JSON.parse(line);
+        if (j.source_identity === agent && /^CONNECT (denied|allowed)$/.test(j.msg)) last = j;
+      } catch {}
+    }
+    if (!last) process.exit(0);
+    const verdict = last.deny_reason ? `${last.status} ${last.deny_reason}` : "allowed";
+    const shown = { policy_decision: last.policy_decision, deny_reason: last.deny_reason, deny_detail: last.deny_detail, status: last.status, msg: last.msg };
+    process.stdout.write(`${verdict}\t${JSON.stringify(shown)}`);
+  ' "$agent")"
+  info "   curl: CONNECT $dest -> ${status%% *}"
+  info "   gateway log: ${reason#*$'\t'}"
+  local verdict="${reason%%$'\t'*}"
+  info "   → ${verdict:-no gateway log line}"
+
+  info "5. agent-permissions.sh check --config $(config_path) $agent <its SPKI> $ATTACK_DEST"
+  (
+    export AGENT_GATEWAY_DATABASE_URL
+    AGENT_GATEWAY_DATABASE_URL="$(state_get DB_ADMIN_URL)"
+    "$DEMO_ROOT/registry-cli/agent-permissions.sh" check --config "$(config_path)" "$agent" "$adir/spki.der" "$ATTACK_DEST" 2>&1
+  ) | sed 's/^/   /' >&2 || true
+
+  info "6. cleaning up: revoking the three rows (migration 0005 forbids DELETE; revoked_at is final)"
+  attack_sql "p=$perm_id" "k=$key_id" "s=$scope_id" >/dev/null <<'SQL'
+UPDATE permission_registry SET revoked_at = now() WHERE permission_id = :'p';
+UPDATE principal_key_permissions SET revoked_at = now() WHERE id = :'s';
+UPDATE principal_signing_keys SET revoked_at = now() WHERE key_id = :'k';
+SQL
+  info "   revoked permission $perm_id, scope $scope_id, key $key_id"
+  if [ "$verdict" = "403 signer_not_rooted" ]; then
+    info "The admin role alone granted nothing: without a root signature its key is not a principal."
+  else
+    die "expected 403 signer_not_rooted, got: ${verdict:-no answer} (is policy.trust_roots set in $(config_path)?)"
+  fi
 }
 
 # ---- status ---------------------------------------------------------------------------------------------
@@ -650,6 +909,9 @@ cmd_status() {
   show_proc gateway "$STATE_DIR/run/gateway.pid" "127.0.0.1:$(state_get GATEWAY_PORT)"
   show_proc "principal swtpm" "$(principal_dir)/tpm/swtpm.proc" "127.0.0.1:$(state_get PRINCIPAL_SWTPM_PORT)"
   show_proc "principal tpm2-abrmd" "$(principal_dir)/tpm/abrmd.proc"
+  if [ -n "$(state_get ROOT_KEY_ID)" ]; then
+    show_proc "root swtpm" "$(root_dir)/tpm/swtpm.proc" "127.0.0.1:$(state_get ROOT_SWTPM_PORT), $(state_get ROOT_KEY_ID | cut -c1-19)…"
+  fi
   local d h
   for d in "$AGENTS_DIR"/*/; do
     [ -f "$d/agent.env" ] || continue
@@ -689,6 +951,10 @@ cmd_teardown() {
   pid_stop "$STATE_DIR/run/mock-messaging.pid" "mock messaging"
   info "==> Stopping the principal's TPM"
   tpm_down "$(principal_dir)/tpm"
+  if [ -d "$(root_dir)/tpm" ]; then
+    info "==> Stopping the root's TPM"
+    tpm_down "$(root_dir)/tpm"
+  fi
 
   pgdir="$(state_get PG_DIR)"
   if [ "$(state_get PG_MODE)" = local ] && [ -n "$pgdir" ]; then
@@ -742,7 +1008,7 @@ cmd_teardown() {
 
   if [ -d "$STATE_DIR" ]; then
     info "==> Removing $STATE_DIR"
-    rm -rf "$AGENTS_DIR" "$(principal_dir)" "$STATE_DIR/run" "$STATE_DIR/logs" "$STATE_DIR/postgres"
+    rm -rf "$AGENTS_DIR" "$(principal_dir)" "$(root_dir)" "$STATE_DIR/run" "$STATE_DIR/logs" "$STATE_DIR/postgres"
     rm -f "$DEMO_ENV_FILE".*
     local parents
     parents="$(state_get CREATED_PARENTS)"
@@ -763,6 +1029,7 @@ cmd_teardown() {
 case "${1:-}" in
   setup) cmd_setup ;;
   teardown) cmd_teardown ;;
+  attack-db) cmd_attack_db ;;
   status) cmd_status ;;
   -h | --help | help) usage 0 ;;
   *) usage 2 >&2 ;;
