@@ -194,9 +194,9 @@ export function evaluateCandidate(
     }
     const kNotBefore = parseTimestamp(k.notBefore);
     if (rooted) {
-      const keyBytes = canonicalPrincipalKeyBytes({ ...k, notBefore: kNotBefore, notAfter: kNotAfter });
-      const why = rootFailure(k, keyBytes, roots, verify);
-      if (why !== null) return deny('signer_not_rooted', `signing key ${k.keyId} ${why}`);
+      const failure = signerRootFailure(k, roots, verify);
+      if (failure !== null)
+        return deny('signer_not_rooted', `signing key ${k.keyId} ${rootFailureText(failure)}`);
     }
 
     if (s === null || s.signingKeyId !== k.keyId || s.destination !== p.destination) {
@@ -216,17 +216,23 @@ export function evaluateCandidate(
           `scope ${s.id} repeats the signed fields of a revoked scope of ${k.keyId} for ${s.destination}`,
         );
       }
-      const scopeBytes = canonicalScopeBytes({ ...s, notBefore: sNotBefore, notAfter: sNotAfter });
-      const why = rootFailure(s, scopeBytes, roots, verify);
-      if (why !== null) return deny('scope_not_rooted', `scope ${s.id} of ${k.keyId} ${why}`);
-      if (sNotBefore < kNotBefore || sNotAfter > kNotAfter) {
+      const failure = scopeRootFailure(s, roots, verify);
+      if (failure !== null)
+        return deny('scope_not_rooted', `scope ${s.id} of ${k.keyId} ${rootFailureText(failure)}`);
+      const keyWindow = { notBefore: kNotBefore, notAfter: kNotAfter };
+      if (!windowWithin({ notBefore: sNotBefore, notAfter: sNotAfter }, keyWindow)) {
         return deny(
           'scope_not_rooted',
           `scope ${s.id} [${s.notBefore}, ${s.notAfter}] does not lie within signing key ${k.keyId} [${k.notBefore}, ${k.notAfter}]`,
         );
       }
     }
-    if (sNotBefore > pNotBefore || sNotAfter < pNotAfter) {
+    if (
+      !windowWithin(
+        { notBefore: pNotBefore, notAfter: pNotAfter },
+        { notBefore: sNotBefore, notAfter: sNotAfter },
+      )
+    ) {
       return deny(
         'scope_window_too_narrow',
         `scope ${s.id} [${s.notBefore}, ${s.notAfter}] does not cover permission ${p.permissionId} [${p.notBefore}, ${p.notAfter}]`,
@@ -257,20 +263,103 @@ export function evaluateCandidate(
   }
 }
 
-/** Why a row's root signature does not count (null when it does): docs/contract.md "Root of trust". */
-function rootFailure(
-  row: { readonly rootKeyId?: string | null | undefined; readonly rootSignature?: Buffer | null | undefined },
-  message: Buffer,
+/**
+ * Why a row's root signature does not count (docs/contract.md "Root of trust"). Exported with the checks
+ * below so that `agent-permissions check` explains each link with the very rule that decides it.
+ */
+export type RootFailure =
+  | { readonly kind: 'unsigned' }
+  | { readonly kind: 'unknown_root'; readonly rootKeyId: string }
+  | { readonly kind: 'bad_signature'; readonly rootKeyId: string };
+
+type RootMarked = {
+  readonly rootKeyId?: string | null | undefined;
+  readonly rootSignature?: Buffer | null | undefined;
+};
+
+type RootSignedKey = Pick<
+  SignerRow,
+  'keyId' | 'algorithm' | 'spkiDer' | 'notBefore' | 'notAfter' | 'rootKeyId' | 'rootSignature'
+>;
+type RootSignedScope = Pick<
+  ScopeRow,
+  'signingKeyId' | 'destination' | 'notBefore' | 'notAfter' | 'rootKeyId' | 'rootSignature'
+>;
+
+/**
+ * What a root signs for a key row as stored: canonicalPrincipalKeyBytes of its fields. Throws
+ * InvalidTimestampError / AmbiguousFieldError for a row that has none (evaluateCandidate: invalid_row).
+ */
+export function keyRowRootBytes(k: Omit<RootSignedKey, 'rootKeyId' | 'rootSignature'>): Buffer {
+  return canonicalPrincipalKeyBytes({
+    keyId: k.keyId,
+    algorithm: k.algorithm,
+    spkiDer: k.spkiDer,
+    notBefore: parseTimestamp(k.notBefore),
+    notAfter: parseTimestamp(k.notAfter),
+  });
+}
+
+/** What a root signs for a scope row as stored: canonicalScopeBytes of its fields (throws as above). */
+export function scopeRowRootBytes(s: Omit<RootSignedScope, 'rootKeyId' | 'rootSignature'>): Buffer {
+  return canonicalScopeBytes({
+    signingKeyId: s.signingKeyId,
+    destination: s.destination,
+    notBefore: parseTimestamp(s.notBefore),
+    notAfter: parseTimestamp(s.notAfter),
+  });
+}
+
+/** The key row's root signature: null when it counts under `roots`. Throws as keyRowRootBytes. */
+export function signerRootFailure(
+  k: RootSignedKey,
   roots: TrustRoots,
   verify: SignatureVerifier,
-): string | null {
-  if (row.rootKeyId == null || row.rootSignature == null) return 'has no root signature';
+): RootFailure | null {
+  return rootFailure(k, () => keyRowRootBytes(k), roots, verify);
+}
+
+/** The scope row's root signature: null when it counts under `roots`. Throws as scopeRowRootBytes. */
+export function scopeRootFailure(
+  s: RootSignedScope,
+  roots: TrustRoots,
+  verify: SignatureVerifier,
+): RootFailure | null {
+  return rootFailure(s, () => scopeRowRootBytes(s), roots, verify);
+}
+
+function rootFailure(
+  row: RootMarked,
+  message: () => Buffer,
+  roots: TrustRoots,
+  verify: SignatureVerifier,
+): RootFailure | null {
+  if (row.rootKeyId == null || row.rootSignature == null) return { kind: 'unsigned' };
   const root = roots.get(row.rootKeyId);
-  if (root === undefined) return `is signed by root ${row.rootKeyId}, which is not a configured trust root`;
-  if (!verify(root, message, row.rootSignature)) {
-    return `has a root signature that does not verify with root ${row.rootKeyId}`;
-  }
+  if (root === undefined) return { kind: 'unknown_root', rootKeyId: row.rootKeyId };
+  if (!verify(root, message(), row.rootSignature)) return { kind: 'bad_signature', rootKeyId: row.rootKeyId };
   return null;
+}
+
+function rootFailureText(f: RootFailure): string {
+  switch (f.kind) {
+    case 'unsigned':
+      return 'has no root signature';
+    case 'unknown_root':
+      return `is signed by root ${f.rootKeyId}, which is not a configured trust root`;
+    case 'bad_signature':
+      return `has a root signature that does not verify with root ${f.rootKeyId}`;
+  }
+}
+
+type MicrosWindow = { readonly notBefore: Micros; readonly notAfter: Micros };
+
+/**
+ * Windows nest (docs/contract.md "Root of trust"): `inner` lies within `outer`, bounds included. The
+ * rule for a scope within its key and a permission within its scope; the CLI refuses by it before signing.
+ */
+export function windowWithin(inner: MicrosWindow, outer: MicrosWindow): boolean {
+  return inner.notBefore >= outer.notBefore && inner.notAfter <= outer.notAfter;
 }
 
 function minMicros(...values: Micros[]): Micros {

@@ -3,8 +3,17 @@
  * → scope → permission (docs/contract.md "Root of trust"). The decision itself is core/policy.ts's; this
  * says for each link which root or key signed it and whether that signature counts under the roots given.
  */
-import type { Candidate, CandidateVerdict, TrustRoots } from '../core/policy.js';
-import { keyBytes, scopeBytes, windowNestError } from './rooting.js';
+import { AmbiguousFieldError } from '../core/permission-bytes.js';
+import {
+  type Candidate,
+  type CandidateVerdict,
+  type RootFailure,
+  scopeRootFailure,
+  signerRootFailure,
+  type TrustRoots,
+} from '../core/policy.js';
+import { InvalidTimestampError } from '../core/timestamp.js';
+import { windowNestError } from './rooting.js';
 import { verifySignature } from './verify.js';
 
 export type ChainLink = {
@@ -20,27 +29,41 @@ type Marked = {
   readonly rootSignature?: Buffer | null | undefined;
 };
 
-function rootLink(m: Marked, bytes: () => Buffer, roots: TrustRoots): { valid: boolean; why: string } {
-  if (m.rootKeyId == null || m.rootSignature == null) {
-    return {
-      valid: roots.size === 0,
-      why: roots.size === 0 ? 'no root signature (none required: no trust roots)' : 'no root signature',
-    };
+/**
+ * One root link in words. With roots the verdict is core/policy.ts's own (`failure`, the check that
+ * decides signer_not_rooted / scope_not_rooted), so the explanation cannot disagree with the decision.
+ */
+function rootLink(
+  m: Marked,
+  failure: () => RootFailure | null,
+  roots: TrustRoots,
+): { valid: boolean; why: string } {
+  if (roots.size === 0) {
+    return m.rootKeyId == null || m.rootSignature == null
+      ? { valid: true, why: 'no root signature (none required: no trust roots)' }
+      : { valid: true, why: `signed by root ${m.rootKeyId} (not checked: no trust roots given)` };
   }
-  if (roots.size === 0)
-    return { valid: true, why: `signed by root ${m.rootKeyId} (not checked: no trust roots given)` };
-  const root = roots.get(m.rootKeyId);
-  if (root === undefined)
-    return { valid: false, why: `signed by root ${m.rootKeyId}, which is not a given trust root` };
-  let ok: boolean;
+  let f: RootFailure | null;
   try {
-    ok = verifySignature(root, bytes(), m.rootSignature);
-  } catch {
-    ok = false;
+    f = failure();
+  } catch (err) {
+    // The policy denies such a row invalid_row: it has no canonical bytes a root could have signed.
+    if (err instanceof InvalidTimestampError || err instanceof AmbiguousFieldError)
+      return { valid: false, why: `the row has no canonical bytes to verify: ${err.message}` };
+    throw err;
   }
-  return ok
-    ? { valid: true, why: `signed by root ${m.rootKeyId}: valid` }
-    : { valid: false, why: `the signature of root ${m.rootKeyId} does not verify over the row as stored` };
+  if (f === null) return { valid: true, why: `signed by root ${m.rootKeyId}: valid` };
+  switch (f.kind) {
+    case 'unsigned':
+      return { valid: false, why: 'no root signature' };
+    case 'unknown_root':
+      return { valid: false, why: `signed by root ${f.rootKeyId}, which is not a given trust root` };
+    case 'bad_signature':
+      return {
+        valid: false,
+        why: `the signature of root ${f.rootKeyId} does not verify over the row as stored`,
+      };
+  }
 }
 
 export function explainChain(c: Candidate, verdict: CandidateVerdict, roots: TrustRoots): ChainLink[] {
@@ -56,7 +79,7 @@ export function explainChain(c: Candidate, verdict: CandidateVerdict, roots: Tru
       why: 'key not registered',
     });
   } else {
-    const r = rootLink(k, () => keyBytes(k), roots);
+    const r = rootLink(k, () => signerRootFailure(k, roots, verifySignature), roots);
     links.push({
       link: 'root -> key',
       name: `principal key ${k.keyId}`,
@@ -75,7 +98,7 @@ export function explainChain(c: Candidate, verdict: CandidateVerdict, roots: Tru
     });
   } else {
     const name = `scope ${s.id} (${s.signingKeyId} -> ${s.destination})`;
-    let r = rootLink(s, () => scopeBytes(s), roots);
+    let r = rootLink(s, () => scopeRootFailure(s, roots, verifySignature), roots);
     const nest = k === null ? undefined : windowNestError('scope', s, `key ${k.keyId}`, k);
     if (roots.size > 0 && r.valid && s.replaysRevoked === true)
       r = {

@@ -3,49 +3,41 @@
  * of a key or scope row as it stands, whether a row's signature verifies under a root, and the nesting
  * of windows the gateway demands (a scope within its key's window), refused before anything is signed.
  */
-import { canonicalPrincipalKeyBytes, canonicalScopeBytes } from '../core/root-signed-bytes.js';
+import {
+  keyRowRootBytes,
+  scopeRootFailure,
+  scopeRowRootBytes,
+  signerRootFailure,
+  windowWithin,
+} from '../core/policy.js';
 import { parseTimestamp } from '../core/timestamp.js';
 import { Refusal } from './errors.js';
-import type { RootableKey, RootableScope, RootMark } from './root-writes.js';
+import type { RootableKey, RootableScope } from './root-writes.js';
 import { verifySignature } from './verify.js';
 
 type KeyFields = Pick<RootableKey, 'keyId' | 'algorithm' | 'spkiDer' | 'notBefore' | 'notAfter'>;
 type ScopeFields = Pick<RootableScope, 'signingKeyId' | 'destination' | 'notBefore' | 'notAfter'>;
 
-export function keyBytes(k: KeyFields): Buffer {
-  return canonicalPrincipalKeyBytes({
-    keyId: k.keyId,
-    algorithm: k.algorithm,
-    spkiDer: k.spkiDer,
-    notBefore: parseTimestamp(k.notBefore),
-    notAfter: parseTimestamp(k.notAfter),
-  });
-}
+export const keyBytes = (k: KeyFields): Buffer => keyRowRootBytes(k);
+export const scopeBytes = (s: ScopeFields): Buffer => scopeRowRootBytes(s);
 
-export function scopeBytes(s: ScopeFields): Buffer {
-  return canonicalScopeBytes({
-    signingKeyId: s.signingKeyId,
-    destination: s.destination,
-    notBefore: parseTimestamp(s.notBefore),
-    notAfter: parseTimestamp(s.notAfter),
-  });
+/** Does the row carry a signature by root `rootId` (public key `rootSpki`)? The gateway's own check. */
+export function keySignedBy(k: RootableKey, rootId: string, rootSpki: Buffer): boolean {
+  return signerRootFailure(k, new Map([[rootId, rootSpki]]), verifySignature) === null;
 }
-
-/** Does the row carry a signature by root `rootId` (public key `rootSpki`) over `bytes`? */
-export function signedBy(m: RootMark, rootId: string, rootSpki: Buffer, bytes: Buffer): boolean {
-  return (
-    m.rootKeyId === rootId && m.rootSignature !== null && verifySignature(rootSpki, bytes, m.rootSignature)
-  );
+export function scopeSignedBy(s: RootableScope, rootId: string, rootSpki: Buffer): boolean {
+  return scopeRootFailure(s, new Map([[rootId, rootSpki]]), verifySignature) === null;
 }
 
 type Window = { readonly notBefore: string; readonly notAfter: string };
 
-/** Why `inner` does not lie within `outer`, or undefined when it does. */
+/** Why `inner` does not lie within `outer` (core/policy.ts windowWithin), or undefined when it does. */
 export function windowNestError(innerName: string, inner: Window, outerName: string, outer: Window) {
-  const within =
-    parseTimestamp(inner.notBefore) >= parseTimestamp(outer.notBefore) &&
-    parseTimestamp(inner.notAfter) <= parseTimestamp(outer.notAfter);
-  return within
+  const micros = (w: Window) => ({
+    notBefore: parseTimestamp(w.notBefore),
+    notAfter: parseTimestamp(w.notAfter),
+  });
+  return windowWithin(micros(inner), micros(outer))
     ? undefined
     : `${innerName} window ${inner.notBefore} .. ${inner.notAfter} is not within ${outerName} window ` +
         `${outer.notBefore} .. ${outer.notAfter}`;

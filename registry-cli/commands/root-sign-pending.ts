@@ -21,7 +21,7 @@ import {
   setKeyRootSignature,
   setScopeRootSignature,
 } from '../root-writes.js';
-import { keyBytes, scopeBytes, signedBy, windowNestError } from '../rooting.js';
+import { keyBytes, keySignedBy, scopeBytes, scopeSignedBy, windowNestError } from '../rooting.js';
 
 export type SignPendingOptions = { readonly rootKeyId: string; readonly yes: boolean };
 
@@ -37,10 +37,8 @@ export async function rootSignPending(ctx: CommandContext, opts: SignPendingOpti
     return await withRegistry(target, (registry) =>
       registry.transaction(async (db) => {
         await assertRootSchema(db);
-        const keys = (await rootableKeys(db)).filter((k) => !signedBy(k, id, signer.spkiDer, keyBytes(k)));
-        const scopes = (await rootableScopes(db)).filter(
-          (s) => !signedBy(s, id, signer.spkiDer, scopeBytes(s)),
-        );
+        const keys = (await rootableKeys(db)).filter((k) => !keySignedBy(k, id, signer.spkiDer));
+        const scopes = (await rootableScopes(db)).filter((s) => !scopeSignedBy(s, id, signer.spkiDer));
         if (keys.length === 0 && scopes.length === 0) {
           ctx.io.out(`nothing to sign: every active key and scope row is signed by ${id}`);
           return EXIT_OK;
