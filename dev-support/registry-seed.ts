@@ -132,8 +132,11 @@ export type GrantSpec = Omit<PermissionSpec, 'permissionId'> & { readonly permis
 /** Principal + scope + signed permission: everything one allowed CONNECT needs. Returns the permission id. */
 export async function grant(databaseUrl: string, g: GrantSpec): Promise<string> {
   const permissionId = g.permissionId ?? `perm-${process.pid}-${++permissionSeq}`;
-  await seedPrincipal(databaseUrl, { principalId: g.principalId, principal: g.principal });
-  await seedScope(databaseUrl, { principalId: g.principalId, destination: g.destination });
+  // One window for key and scope, computed once: two calls can fall on different seconds, and a scope
+  // ending after its key is scope_not_rooted under trust roots (docs/contract.md "Root of trust").
+  const window = windowFromNow(-2, 60);
+  await seedPrincipal(databaseUrl, { principalId: g.principalId, principal: g.principal, window });
+  await seedScope(databaseUrl, { principalId: g.principalId, destination: g.destination, window });
   await seedPermission(databaseUrl, { ...g, permissionId });
   return permissionId;
 }
