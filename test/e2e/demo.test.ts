@@ -2,127 +2,42 @@
 // with free ports: setup proves one request through a TPM-backed tunnel; a second agent with a narrower
 // grant is denied where the first is allowed; a deleted agent's permissions are revoked and a new key under
 // the same identity is denied; teardown leaves no process, port or file behind.
-import { type Dirent, existsSync, lstatSync, readdirSync, readFileSync, statSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
+import { existsSync, lstatSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { quietFreePort } from '../../dev-support/ports.js';
 import { listeningPorts, processesMentioning, processStartTime } from '../../dev-support/proc.js';
 import { repoRoot } from '../../dev-support/repo-root.js';
-import { type CommandResult, runCommand } from '../../dev-support/run-command.js';
+import { runCommand } from '../../dev-support/run-command.js';
+import {
+  createDemoRun,
+  type DemoRun,
+  explain,
+  MINUTE,
+  type RecordedProcess,
+  readStateFile,
+  recordedProcesses,
+} from '../support/demo-run.js';
 
-const MINUTE = 60_000;
-
+let demo: DemoRun;
 let tmp = '';
 let stateDir = '';
-let env: NodeJS.ProcessEnv = {};
 /** Ports handed to the demo; each must be free again after teardown. */
-const ports: Record<string, number> = {};
-
-function demoEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const e: NodeJS.ProcessEnv = { ...process.env };
-  // Nothing of the caller's database or TPM set-up may leak into the demo.
-  for (const k of Object.keys(e)) {
-    if (
-      /^(AGENT_GATEWAY_|TPM2|PKCS11_|DATABASE_URL$|PG[A-Z]+$|DBUS_SESSION_BUS_ADDRESS$|OPENSSL_ENGINES$)/.test(
-        k,
-      ) ||
-      /^(https?|all|no)_proxy$/i.test(k)
-    ) {
-      delete e[k];
-    }
-  }
-  return { ...e, ...env, ...extra };
-}
-
-async function run(script: string, args: string[], timeoutMs = 5 * MINUTE): Promise<CommandResult> {
-  return runCommand(path.join(repoRoot, 'demo', script), args, { env: demoEnv(), timeoutMs, cwd: repoRoot });
-}
-
-function explain(r: CommandResult): string {
-  return `exit ${r.code}\n--- stdout ---\n${r.stdout}\n--- stderr ---\n${r.stderr}`;
-}
-
-/** KEY=value lines of a demo state file. */
-function readStateFile(file: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const line of readFileSync(file, 'utf8').split('\n')) {
-    const i = line.indexOf('=');
-    if (i > 0) out[line.slice(0, i)] = line.slice(i + 1);
-  }
-  return out;
-}
-
-/** Every "PID STARTTIME" the demo recorded (run/*.pid, agents' sidecar.pid, tpm/*.proc). */
-function recordedProcesses(dir: string): { file: string; pid: number; start: string }[] {
-  const found: { file: string; pid: number; start: string }[] = [];
-  const walk = (d: string) => {
-    let entries: Dirent[];
-    try {
-      entries = readdirSync(d, { withFileTypes: true });
-    } catch {
-      return;
-    }
-    for (const e of entries) {
-      const p = path.join(d, e.name);
-      if (e.isDirectory() && !e.isSymbolicLink()) walk(p);
-      else if (e.isFile() && /\.(pid|proc)$/.test(e.name)) {
-        const [pid, start] = readFileSync(p, 'utf8').trim().split(/\s+/);
-        if (pid !== undefined && start !== undefined && /^\d+$/.test(pid)) {
-          found.push({ file: p, pid: Number(pid), start });
-        }
-      }
-    }
-  };
-  walk(dir);
-  return found;
-}
+let ports: Record<string, number> = {};
+const run: DemoRun['run'] = (...a) => demo.run(...a);
+const demoEnv: DemoRun['env'] = (extra) => demo.env(extra);
 
 describe('demo: one command to an agent fetching through a TPM-backed tunnel', () => {
-  let processes: { file: string; pid: number; start: string }[] = [];
+  let processes: RecordedProcess[] = [];
   let pgDir = '';
   let alphaSpki = '';
-  let tornDown = false;
 
   beforeAll(async () => {
-    tmp = await mkdtemp(path.join(os.tmpdir(), 'agw-demo-e2e-'));
-    stateDir = path.join(tmp, 'state');
-    // Ports below the kernel's ephemeral range, so no client socket (of this run or another test) is
-    // handed one of them between the choice here and the demo binding it.
-    const taken = new Set<number>();
-    for (const name of ['GATEWAY', 'ADMIN', 'PG', 'DOCSTORE', 'MESSAGING', 'SIDECAR']) {
-      ports[name] = await quietFreePort({ taken });
-    }
-    for (const name of ['SWTPM', 'PRINCIPAL_SWTPM']) {
-      const p = await quietFreePort({ pair: true, taken });
-      ports[name] = p;
-      ports[`${name}_CTRL`] = p + 1;
-    }
-    env = {
-      AGENT_GATEWAY_DEMO_STATE_DIR: stateDir,
-      AGENT_GATEWAY_DEMO_CERTS_DIR: path.join(tmp, 'certs'),
-      AGENT_GATEWAY_DEMO_CONFIG: path.join(tmp, 'config.toml'),
-      // The test command installs packages and builds before any test runs.
-      AGENT_GATEWAY_DEMO_SKIP_APT: '1',
-      AGENT_GATEWAY_DEMO_SKIP_BUILD: '1',
-      // The built-in agent (curl), whatever AI tool this machine has.
-      AGENT_GATEWAY_DEMO_AGENT_CMD: 'builtin:fetch',
-    };
-    for (const [name, port] of Object.entries(ports)) {
-      if (!name.endsWith('_CTRL')) env[`AGENT_GATEWAY_DEMO_${name}_PORT`] = String(port);
-    }
-    // Only for trying the demo against another example file; normally config.example.toml.
-    const example = process.env['AGENT_GATEWAY_DEMO_CONFIG_EXAMPLE'];
-    if (example) env['AGENT_GATEWAY_DEMO_CONFIG_EXAMPLE'] = example;
+    demo = await createDemoRun('agw-demo-e2e-');
+    ({ tmp, stateDir, ports } = demo);
   });
 
   afterAll(async () => {
-    if (!tornDown && tmp !== '') {
-      // A failed test still must not leave the demo running.
-      await run('demo.sh', ['teardown'], 2 * MINUTE).catch(() => undefined);
-    }
-    if (tmp !== '') await rm(tmp, { recursive: true, force: true });
+    if (demo !== undefined) await demo.cleanUp();
   }, 3 * MINUTE);
 
   it(
@@ -134,7 +49,7 @@ describe('demo: one command to an agent fetching through a TPM-backed tunnel', (
         status: 'ok',
         service: 'docstore',
       });
-      for (let i = 1; i <= 13; i++) expect(r.stderr).toContain(`==> [${i}/13]`);
+      for (let i = 1; i <= 14; i++) expect(r.stderr).toContain(`==> [${i}/14]`);
 
       const state = readStateFile(path.join(stateDir, 'demo.env'));
       expect(state['GATEWAY_PORT']).toBe(String(ports['GATEWAY']));
@@ -324,16 +239,26 @@ describe('demo: one command to an agent fetching through a TPM-backed tunnel', (
     'teardown leaves no demo process, port or file',
     async () => {
       processes = recordedProcesses(stateDir);
-      // postgres, 2 mocks, gateway, principal swtpm/dbus/abrmd, and for each agent swtpm/dbus/abrmd/sidecar.
-      expect(processes.length).toBeGreaterThanOrEqual(15);
+      // postgres, 2 mocks, gateway, principal and root swtpm/dbus/abrmd, and for each agent
+      // swtpm/dbus/abrmd/sidecar.
+      expect(processes.length).toBeGreaterThanOrEqual(18);
       for (const p of processes) expect(processStartTime(p.pid), p.file).toBe(p.start);
       const before = listeningPorts();
-      for (const name of ['GATEWAY', 'ADMIN', 'PG', 'DOCSTORE', 'MESSAGING', 'PRINCIPAL_SWTPM', 'SWTPM']) {
+      for (const name of [
+        'GATEWAY',
+        'ADMIN',
+        'PG',
+        'DOCSTORE',
+        'MESSAGING',
+        'PRINCIPAL_SWTPM',
+        'ROOT_SWTPM',
+        'SWTPM',
+      ]) {
         expect(before.has(ports[name] as number), `${name} listening before teardown`).toBe(true);
       }
 
       const r = await run('demo.sh', ['teardown'], 3 * MINUTE);
-      tornDown = true;
+      demo.tornDown = true;
       expect(r.code, explain(r)).toBe(0);
 
       for (const p of processes)
