@@ -149,6 +149,28 @@ export const DEFAULT_DENY_CIDRS = [
 
 /** Read and validate; throws ConfigError. `env` supplies database_url_env and AGENT_GATEWAY_LOG_STDOUT. */
 export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): GatewayConfig {
+  return parseConfig(readRaw(path), path, env);
+}
+
+/**
+ * Only the trust roots of a config file (policy.trust_roots and policy.trust_root_files), read by the
+ * same code as loadConfig: what `agent-permissions check --config` judges with. Other keys are checked
+ * only for their names, so an admin's shell need not hold, say, the gateway's database URL variable.
+ */
+export function loadConfigTrustRoots(path: string): TrustRoots {
+  const r = new ConfigReader(path, readRaw(path), '', new Set());
+  r.rejectUnknown(CONFIG_KEYS);
+  return readTrustRoots(r.section('policy', true));
+}
+
+function readTrustRoots(p: ConfigReader): TrustRoots {
+  return new Map([
+    ...p.list('trust_roots', trustRootFromBase64),
+    ...p.list('trust_root_files', trustRootFromFile),
+  ]);
+}
+
+function readRaw(path: string): Raw {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -161,7 +183,7 @@ export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): 
   } catch (err) {
     throw new ConfigError(path, '(syntax)', errorText(err).split('\n')[0] ?? 'invalid TOML');
   }
-  return parseConfig(raw, path, env);
+  return raw;
 }
 
 /**
@@ -257,10 +279,7 @@ function readConfig(r: ConfigReader, path: string, env: NodeJS.ProcessEnv): Gate
       decisionCacheMaxEntries: p.int('decision_cache_max_entries', 10_000, 0, 10_000_000),
       decisionCacheTtlMs: p.int('decision_cache_ttl_ms', 30_000, 0, 86_400_000),
       denialCacheTtlMs: p.int('denial_cache_ttl_ms', 2_000, 0, 60_000),
-      trustRoots: new Map([
-        ...p.list('trust_roots', trustRootFromBase64),
-        ...p.list('trust_root_files', trustRootFromFile),
-      ]),
+      trustRoots: readTrustRoots(p),
     },
   };
 }

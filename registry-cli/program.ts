@@ -237,7 +237,7 @@ export function buildProgram(env: Env, io: Io, setExit: (code: ExitCode) => void
             spki,
             destination,
             json: o.json === true,
-            roots: loadTrustRoots(o, ctx.env),
+            roots: loadTrustRoots(o),
           }),
         )(),
     );

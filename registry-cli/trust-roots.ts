@@ -1,15 +1,15 @@
 /**
  * The trust roots `agent-permissions check` judges with: --trust-root (base64 SPKI DER, as in the
  * gateway's policy.trust_roots), --trust-root-file (PEM PUBLIC KEY, as in policy.trust_root_files) and
- * --config (the gateway's config file, read by the gateway's own loader). Parsed by the gateway's code
- * (gateway/trust-roots.ts), so check accepts exactly what the gateway accepts; a bad entry is a usage
- * error naming it.
+ * --config (the gateway's config file: only its policy.trust_roots and policy.trust_root_files, read by
+ * the gateway's own loader, so the admin's environment need not hold the gateway's database URL).
+ * Parsed by the gateway's code (gateway/trust-roots.ts, gateway/config.ts), so check accepts exactly
+ * what the gateway accepts; a bad entry is a usage error naming it.
  */
 import { errorText } from '../core/error-text.js';
 import type { TrustRoots } from '../core/policy.js';
-import { loadConfig } from '../gateway/config.js';
+import { loadConfigTrustRoots } from '../gateway/config.js';
 import { trustRootFromBase64, trustRootFromFile } from '../gateway/trust-roots.js';
-import type { Env } from './env.js';
 import { UsageError } from './errors.js';
 
 export type TrustRootArgs = {
@@ -19,7 +19,7 @@ export type TrustRootArgs = {
 };
 
 /** The roots by id; an empty map when none is given (check then judges as a gateway without roots). */
-export function loadTrustRoots(args: TrustRootArgs, env: Env): TrustRoots {
+export function loadTrustRoots(args: TrustRootArgs): TrustRoots {
   const roots = new Map<string, Buffer>();
   const add = (what: string, parse: () => [string, Buffer]) => {
     try {
@@ -34,7 +34,7 @@ export function loadTrustRoots(args: TrustRootArgs, env: Env): TrustRoots {
   if (args.config !== undefined) {
     let configured: TrustRoots;
     try {
-      configured = loadConfig(args.config, { ...env }).policy.trustRoots;
+      configured = loadConfigTrustRoots(args.config);
     } catch (err) {
       throw new UsageError(`--config ${args.config}: ${errorText(err)}`, { cause: err });
     }

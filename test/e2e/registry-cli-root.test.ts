@@ -2,7 +2,11 @@
 // real swtpm through tpm2-pkcs11, rooted registration and delegation verified with core's query and
 // policy under the root's SPKI, refusals of non-nesting windows and bad input, `check`'s chain, and
 // root-sign-pending migrating and rotating a registry. The steps build on each other and run in order.
+import { readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { spkiToPem } from '../../core/spki-input.js';
+import { repoRoot } from '../../dev-support/repo-root.js';
 import {
   expectExitAnswering,
   gatewayDecision,
@@ -18,6 +22,7 @@ import {
   expectExit,
   registryCliSuite,
   snapshot,
+  work,
 } from '../support/registry-cli-suite.js';
 
 registryCliSuite('registry_cli_root', { migrated: true });
@@ -167,6 +172,45 @@ describe('registry CLI root of trust', () => {
       valid: false,
       why: 'no root signature',
     });
+  });
+
+  it("check --config judges with a gateway config file's trust roots, whatever its database URL", async () => {
+    // The gateway's own example config, its database URL in a variable the admin's shell does not have.
+    const example = readFileSync(path.join(repoRoot, 'config.example.toml'), 'utf8');
+    const config = (roots: string, files: string) => {
+      const file = path.join(work, `gateway-${Math.random().toString(36).slice(2)}.toml`);
+      const text = example
+        .replace(/^database_url_env = .*$/m, 'database_url_env = "AGW_GATEWAY_ONLY_DATABASE_URL"')
+        .replace(/^trust_roots = \[\]$/m, `trust_roots = ${roots}`)
+        .replace(/^trust_root_files = \[\]$/m, `trust_root_files = ${files}`);
+      expect(text).not.toBe(example);
+      writeFileSync(file, text);
+      return file;
+    };
+    const check = (code: number, file: string) =>
+      expectExit(code, ['agent-permissions', 'check', 'agent-alpha', agentPem, 'docstore', '--config', file]);
+    const pem = path.join(work, 'root-a.pem');
+    writeFileSync(pem, spkiToPem(rootA.spkiDer));
+    for (const file of [config(`["${rootA.base64}"]`, '[]'), config('[]', JSON.stringify([pem]))]) {
+      const ok = await check(0, file);
+      expect(ok.stdout).toContain(`  trust roots: ${rootA.id}\n`);
+      expect(ok.stdout).toContain(
+        `root -> key: principal key org-alice: ok: signed by root ${rootA.id}: valid`,
+      );
+    }
+    // A root the rows are not signed by: the same denial the gateway would give.
+    const other = spkiToPem(agentSpki);
+    writeFileSync(pem, other);
+    const denied = await check(1, config('[]', JSON.stringify([pem])));
+    expect(denied.stdout).toMatch(
+      /^deny: signer_not_rooted: signing key org-alice is signed by root sha256:/,
+    );
+    // What the gateway refuses to start with, check refuses too, naming the entry.
+    const bad = await check(2, config('["bm90IGEga2V5"]', '[]'));
+    expect(bad.stderr).toContain('policy.trust_roots[0]');
+    const typo = path.join(work, 'gateway-typo.toml');
+    writeFileSync(typo, example.replace(/^trust_roots = \[\]$/m, `trust_root = ["${rootA.base64}"]`));
+    expect((await check(2, typo)).stderr).toContain('policy.trust_root: unknown key');
   });
 
   it('root-sign-pending lists exactly the unsigned rows, asks, and signs them', async () => {
