@@ -25,7 +25,14 @@ export function loadTrustRoots(args: TrustRootArgs): TrustRoots {
     try {
       roots.set(...parse());
     } catch (err) {
-      throw new UsageError(`${what} is not a P-256 public key: ${errorText(err)}`, { cause: err });
+      // A file that cannot be read is not a bad key: say which of the two it is.
+      const unreadable = err instanceof Error && 'syscall' in err;
+      throw new UsageError(
+        unreadable
+          ? `${what}: cannot read: ${errorText(err)}`
+          : `${what} is not a P-256 public key: ${errorText(err)}`,
+        { cause: err },
+      );
     }
   };
   for (const [i, b64] of args.trustRoot.entries())
