@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { normalizeDestination } from '../../core/destination.js';
 import { RegistryUnavailableError } from '../../gateway/registry.js';
 import { kind, NOW, recordingLogger, setup } from './fixtures/authorizer-setup.js';
-import { allowedCandidate } from './fixtures/signed-rows.js';
+import { allowedCandidate, newP256 } from './fixtures/signed-rows.js';
 
 describe('RegistryAuthorizer decisions', () => {
   it('asks CONNECT lookups on the lookup lane and re-checks on the recheck lane', async () => {
@@ -28,6 +28,7 @@ describe('RegistryAuthorizer decisions', () => {
     s.registry.fail = err;
     expect(kind(await s.authorize())).toBe(answer);
     expect(logger.lines).toEqual(logged);
+    expect(logger.fields).toEqual(logged.length > 0 ? [{ err: 'boom' }] : []);
   });
 
   it('a signer key that does not parse denies with signature_invalid, every time', async () => {
@@ -52,6 +53,20 @@ describe('RegistryAuthorizer decisions', () => {
     expect(kind(r)).toBe('deny(registry_unavailable)');
     expect(!r.allow && r.detail).toMatch(/^policy evaluation failed: /);
     expect(logger.lines).toEqual([['error', 'policy evaluation failed']]);
+    expect(logger.fields).toEqual([{ err: expect.any(String) }]);
+  });
+
+  it('decides with the trust roots it was given, and with new ones once set', async () => {
+    // The fixture's rows carry no root signatures: with any root configured they are not rooted.
+    const roots = new Map([['a-root', newP256().spkiDer]]);
+    const rooted = setup({ trustRoots: roots, listenerUp: false });
+    expect(kind(await rooted.authorize())).toBe('deny(signer_not_rooted)');
+    rooted.authorizer.setTrustRoots(new Map());
+    expect(kind(await rooted.authorize())).toBe('allow');
+    const plain = setup({ listenerUp: false });
+    expect(kind(await plain.authorize())).toBe('allow');
+    plain.authorizer.setTrustRoots(roots);
+    expect(kind(await plain.authorize())).toBe('deny(signer_not_rooted)');
   });
 
   it('times every decision under its result, in seconds', async () => {
