@@ -47,7 +47,7 @@ import {
   processTree,
   rssBytes,
 } from './support/proc.js';
-import { type Managed, spawnLogged } from './support/spawn.js';
+import { interpreterFlags, type Managed, spawnLogged } from './support/spawn.js';
 import { ratio, type Spread, show, spread, table } from './support/stats.js';
 import {
   COUNTED,
@@ -96,6 +96,7 @@ type Options = {
   gatewayLogLevel: string;
   gatewayDecisionCache: boolean;
   gatewayNodeArgs: string[];
+  sidecarNodeArgs: string[];
   opTimeoutMs: number;
   maxMinutes: number;
   out: string;
@@ -132,6 +133,7 @@ function options(): Options {
       'gateway-log-level': { type: 'string' },
       'gateway-decision-cache': { type: 'string' },
       'gateway-node-args': { type: 'string' },
+      'sidecar-node-args': { type: 'string' },
       'op-timeout-s': { type: 'string' },
       'max-minutes': { type: 'string' },
       out: { type: 'string' },
@@ -146,7 +148,8 @@ function options(): Options {
         '  [--idle-per-connection N] [--settle-ms N] [--verify-mib N] [--lines a,b,c,d]\n' +
         '  [--figures single,conc,latency,newconn,idle,scale] [--dirs up,down] [--gateway-workers N] [--gateway-log-level L]\n' +
         '  [--scale-workers 1,2,...] [--scale-connections N]\n' +
-        '  [--gateway-decision-cache on|off] [--gateway-node-args "..."] [--op-timeout-s N] [--max-minutes N]\n' +
+        '  [--gateway-decision-cache on|off] [--gateway-node-args "..."] [--sidecar-node-args "..."]\n' +
+        '  [--op-timeout-s N] [--max-minutes N]\n' +
         '  [--extra-proxy FILE (line x: a proxy script taking --port --cert --key)] [--extra-proxy-node-args "..."]\n' +
         '  [--syscalls]\n' +
         '  [--out FILE] [--keep]\n' +
@@ -205,6 +208,7 @@ function options(): Options {
     gatewayLogLevel: str('gateway-log-level') ?? 'info',
     gatewayDecisionCache: (str('gateway-decision-cache') ?? 'on') !== 'off',
     gatewayNodeArgs: (str('gateway-node-args') ?? '').split(' ').filter(Boolean),
+    sidecarNodeArgs: (str('sidecar-node-args') ?? '').split(' ').filter(Boolean),
     opTimeoutMs: num('op-timeout-s', 300, 120) * 1000,
     maxMinutes: num('max-minutes', 90, 5),
     out: str('out') ?? path.join(repoRoot, 'bench', 'results', `${stamp}.json`),
@@ -412,15 +416,6 @@ function gatewayToml(
     `decision_cache_max_entries = ${o.gatewayDecisionCache ? 10_000 : 0}`,
     '',
   ].join('\n');
-}
-
-/**
- * The node flags an entry point's `#!/usr/bin/env -S node …` line passes: the gateway is measured as
- * `agent_gateway` runs, not as a bare `node main.js` would.
- */
-function interpreterFlags(script: string): string[] {
-  const first = readFileSync(script, 'utf8').split('\n', 1)[0] ?? '';
-  return /^#!\/usr\/bin\/env -S node (.+)$/.exec(first)?.[1]?.split(' ').filter(Boolean) ?? [];
 }
 
 // ---------- measurements ----------
@@ -901,6 +896,7 @@ async function main(): Promise<void> {
   let client: LoadClient | undefined;
   let gatewayConfig = '';
   let gatewayNodeFlags: string[] = [];
+  let sidecarNodeFlags: string[] = [];
   const deadline = t0 + o.maxMinutes * 60_000;
   const timeLeft = () => Date.now() < deadline;
 
@@ -1033,7 +1029,12 @@ async function main(): Promise<void> {
             c.components = [{ name: 'gateway', pids: () => processTree(proc.pid) }];
           }
           if (d) {
+            sidecarNodeFlags = [
+              ...interpreterFlags(path.join(repoRoot, 'dist', 'sidecar', 'main.js')),
+              ...o.sidecarNodeArgs,
+            ];
             const reason = await startSidecarLine(d, {
+              nodeFlags: sidecarNodeFlags,
               work,
               caPath,
               gatewayPort,
@@ -1169,6 +1170,7 @@ async function main(): Promise<void> {
           options: { ...o, figures: [...o.figures] },
           gatewayConfig,
           gatewayNodeFlags,
+          sidecarNodeFlags,
           lines: [...lines, ...scaleLines].map((l) => ({
             id: l.id,
             label: l.label,
@@ -1204,6 +1206,7 @@ async function main(): Promise<void> {
 async function startSidecarLine(
   d: Line,
   ctx: {
+    nodeFlags: string[];
     work: string;
     caPath: string;
     gatewayPort: number;
@@ -1288,7 +1291,7 @@ async function startSidecarLine(
     'sidecar',
     process.execPath,
     [
-      ...interpreterFlags(sidecarMain),
+      ...ctx.nodeFlags,
       sidecarMain,
       ...tpmFlags,
       '--listen',

@@ -124,3 +124,47 @@ export function machineBusySeconds(): number {
   const busy = (f[0] ?? 0) + (f[1] ?? 0) + (f[2] ?? 0) + (f[5] ?? 0) + (f[6] ?? 0) + (f[7] ?? 0);
   return busy / ticksPerSecond();
 }
+
+/** One process's memory as the kernel counts it, in bytes (`/proc/<pid>/status` and `smaps_rollup`). */
+export type MemoryReading = {
+  /** Resident now (anonymous + file-backed + shmem). */
+  readonly rss: number;
+  /** Peak resident since start. */
+  readonly hwm: number;
+  /** Resident anonymous pages: heap, stacks, malloc arenas; private to the process. */
+  readonly anon: number;
+  /** Resident file-backed pages: the node binary and shared libraries, shared with other processes. */
+  readonly file: number;
+  /** Proportional set size: file pages divided among the processes mapping them (0 if unreadable). */
+  readonly pss: number;
+  /** Unique set size (Private_Clean + Private_Dirty): what the kernel gets back when the process exits. */
+  readonly uss: number;
+};
+
+export function memoryOf(pid: number): MemoryReading | undefined {
+  let status: string;
+  try {
+    status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const kib = (text: string, field: string) =>
+    Number(new RegExp(`^${field}:\\s+(\\d+)\\s+kB`, 'm').exec(text)?.[1] ?? 0) * 1024;
+  let pss = 0;
+  let uss = 0;
+  try {
+    const rollup = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+    pss = kib(rollup, 'Pss');
+    uss = kib(rollup, 'Private_Clean') + kib(rollup, 'Private_Dirty');
+  } catch {
+    // older kernel or no permission
+  }
+  return {
+    rss: kib(status, 'VmRSS'),
+    hwm: kib(status, 'VmHWM'),
+    anon: kib(status, 'RssAnon'),
+    file: kib(status, 'RssFile'),
+    pss,
+    uss,
+  };
+}

@@ -74,3 +74,12 @@ export function spawnLogged(
     },
   };
 }
+
+/**
+ * The node flags an entry point's `#!/usr/bin/env -S node …` line passes: the gateway and the sidecar are
+ * measured as `agent_gateway` and `agent_gateway_sidecar` run, not as a bare `node main.js` would.
+ */
+export function interpreterFlags(script: string): string[] {
+  const first = readFileSync(script, 'utf8').split('\n', 1)[0] ?? '';
+  return /^#!\/usr\/bin\/env -S node (.+)$/.exec(first)?.[1]?.split(' ').filter(Boolean) ?? [];
+}
