@@ -1,10 +1,14 @@
-#!/usr/bin/env -S node --initial-heap-size=64 --max-semi-space-size=8
+#!/usr/bin/env -S node --initial-heap-size=64 --max-semi-space-size=1
 /**
  * agent_gateway_sidecar: flags → start, signals → drain. Exit codes: 0 clean (including a SIGTERM
  * drain), 2 bad flags, 3 start-up refused (certificate, TPM, key, token), 4 TPM failure while running.
  *
- * The heap flags are the gateway's, for the same reason (gateway/main.ts): with V8's defaults the
- * sidecar ran ~36 full mark-compacts per GiB tunnelled (bench line d, --trace-gc).
+ * The interpreter line sizes V8's heap for a sidecar. The 64 MB initial heap is the gateway's, for the
+ * same reason (gateway/main.ts): without it full mark-compacts run back to back while bytes flow. The
+ * young generation is 1 MB, not the gateway's 8: every chunk tunnelled is a Buffer whose memory lives
+ * outside the V8 heap until a scavenge frees it, and a sidecar idles most of its life, when nothing
+ * collects, so a larger young generation leaves an idle sidecar holding tens of MiB more after its
+ * last transfer, for no CPU saving (figures: bench/README.md "Idle memory").
  */
 import { CommanderError } from 'commander';
 import { errorText } from '../core/error-text.js';
