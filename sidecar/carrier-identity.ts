@@ -41,11 +41,13 @@ export function readCarrierIdentity(der: Uint8Array, oid: string): CarrierIdenti
   const isContext = (f: asn1js.AsnType | undefined, tag: number) =>
     f !== undefined && f.idBlock.tagClass === TAG_CLASS_CONTEXT && f.idBlock.tagNumber === tag;
   // version [0] is optional; then serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo.
-  const spki = fields[(isContext(fields[0], VERSION_TAG) ? 1 : 0) + 5];
+  const spkiAt = (isContext(fields[0], VERSION_TAG) ? 1 : 0) + 5;
+  const spki = fields[spkiAt];
   if (!(spki instanceof asn1js.Sequence)) return { ok: false, detail: 'certificate has no public key' };
   const spkiDer = Buffer.from(spki.valueBeforeDecodeView);
-  const wrapper = fields.find((f) => isContext(f, EXTENSIONS_TAG)) as asn1js.Constructed | undefined;
-  const list = wrapper?.valueBlock.value[0];
+  // After the key only issuerUniqueID [1] and subjectUniqueID [2] may come before the extensions [3].
+  const wrapper = fields.slice(spkiAt + 1).find((f) => isContext(f, EXTENSIONS_TAG));
+  const list = wrapper instanceof asn1js.Constructed ? wrapper.valueBlock.value[0] : undefined;
   const extensions = list instanceof asn1js.Sequence ? list.valueBlock.value : [];
   for (const ext of extensions) {
     if (!(ext instanceof asn1js.Sequence)) continue;

@@ -1,6 +1,6 @@
 // The sidecar reads its own carrier certificate without @peculiar/x509 (sidecar/carrier-identity.ts); it
 // must see exactly what the gateway's reader (core/identity-extension.ts) sees in the same bytes.
-import { generateKeyPairSync } from 'node:crypto';
+import { generateKeyPairSync, X509Certificate } from 'node:crypto';
 import * as fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { createCarrierCertificate } from '../../core/carrier-cert.js';
@@ -10,6 +10,15 @@ import { certificateDer as fuzzCertificateDer, TEMPLATE_SPKI_DER } from '../fuzz
 import { derLikeValue } from '../fuzz/identity-extension.fuzz.js';
 
 const OTHER_OID = '1.3.6.1.4.1.57264.1.2';
+
+function parsesInOpenSsl(der: Uint8Array): boolean {
+  try {
+    new X509Certificate(der);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 function p256Spki(): Buffer {
   return generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).publicKey.export({
@@ -78,5 +87,47 @@ describe('sidecar carrier identity', () => {
     );
     // The property must have compared accepted identities too, not only refusals.
     expect(accepted).toBeGreaterThan(20);
+  });
+
+  it('never throws on a damaged certificate, and agrees with the gateway on any that OpenSSL parses', () => {
+    const good = fuzzCertificateDer([
+      { oid: OTHER_OID, value: Buffer.from('0c0178', 'hex') },
+      { oid: DEFAULT_IDENTITY_OID, value: Buffer.from('0c056167656e74', 'hex') },
+    ]);
+    let accepted = 0;
+    fc.assert(
+      fc.property(
+        fc.array(fc.tuple(fc.constantFrom('flip', 'insert', 'delete', 'truncate'), fc.nat(), fc.nat(255)), {
+          minLength: 1,
+          maxLength: 3,
+        }),
+        (edits) => {
+          const bytes = [...good];
+          for (const [how, at, b] of edits) {
+            const i = at % (bytes.length + 1);
+            if (how === 'flip') bytes[i % bytes.length] = b;
+            else if (how === 'insert') bytes.splice(i, 0, b);
+            else if (how === 'delete') bytes.splice(i % bytes.length, 1);
+            else bytes.length = i;
+          }
+          const der = new Uint8Array(bytes);
+          const sidecar = readCarrierIdentity(der, DEFAULT_IDENTITY_OID);
+          // The sidecar parses its certificate with OpenSSL first (certificateDer): bytes OpenSSL refuses
+          // never reach readCarrierIdentity, and @peculiar/x509 accepts some of those.
+          if (!parsesInOpenSsl(der)) return;
+          const gateway = readPeerIdentity(der, DEFAULT_IDENTITY_OID);
+          if (gateway.ok) {
+            accepted++;
+            expect(sidecar).toEqual({
+              ok: true,
+              identity: gateway.peer.identity,
+              spkiDer: gateway.peer.spkiDer,
+            });
+          }
+        },
+      ),
+      { numRuns: 1000 },
+    );
+    expect(accepted).toBeGreaterThan(0);
   });
 });
