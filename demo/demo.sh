@@ -353,6 +353,21 @@ SQL
   step_done
 }
 
+# tpm_ensure DIR STATE_KEY DEFAULT_PORT LOG: the TPM stack in DIR running, on the port recorded under
+# STATE_KEY (AGENT_GATEWAY_DEMO_<STATE_KEY> overrides, DEFAULT_PORT first time), or a free pair if taken.
+tpm_ensure() {
+  local dir="$1" key="$2" default="$3" log="$4" port
+  if tpm_running "$dir"; then return 0; fi
+  port="$(settle_port "$key" "AGENT_GATEWAY_DEMO_$key" "$default" "$dir/swtpm.proc")"
+  if ! port_free $((port + 1)); then
+    state_del "$key"
+    port="$(free_port_pair)"
+    state_set "$key" "$port"
+  fi
+  tpm_up "$dir" "$port" "$log"
+  info "    swtpm on 127.0.0.1:$port/$((port + 1)) + tpm2-abrmd (state: $dir)"
+}
+
 step_root() {
   local dir log port out id b64
   dir="$(root_dir)"
@@ -360,16 +375,7 @@ step_root() {
   step "Creating the registry root key (its own swtpm-backed tpm2-pkcs11 token) for policy.trust_roots" "$log"
   mkdir -p "$dir/tpm2-pkcs11"
   chmod 700 "$dir" "$dir/tpm2-pkcs11"
-  if ! tpm_running "$dir/tpm"; then
-    port="$(settle_port ROOT_SWTPM_PORT AGENT_GATEWAY_DEMO_ROOT_SWTPM_PORT 2333 "$dir/tpm/swtpm.proc")"
-    if ! port_free $((port + 1)); then
-      state_del ROOT_SWTPM_PORT
-      port="$(free_port_pair)"
-      state_set ROOT_SWTPM_PORT "$port"
-    fi
-    tpm_up "$dir/tpm" "$port" "$log"
-    info "    swtpm on 127.0.0.1:$port/$((port + 1)) + tpm2-abrmd (state: $dir/tpm)"
-  fi
+  tpm_ensure "$dir/tpm" ROOT_SWTPM_PORT 2333 "$log"
   # init-root finds the key again on a re-run: the same root, the same trust_roots line.
   out="$(root_cli init-root.sh "$ROOT_LABEL" --description "agent_gateway demo root ($dir)")" ||
     die "creating the root key failed (see $log)"
@@ -522,16 +528,7 @@ step_principal() {
   step "Registering principal $PRINCIPAL (its own swtpm-backed tpm2-pkcs11 store)" "$log"
   mkdir -p "$dir"
   chmod 700 "$dir"
-  if ! tpm_running "$dir/tpm"; then
-    port="$(settle_port PRINCIPAL_SWTPM_PORT AGENT_GATEWAY_DEMO_PRINCIPAL_SWTPM_PORT 2331 "$dir/tpm/swtpm.proc")"
-    if ! port_free $((port + 1)); then
-      state_del PRINCIPAL_SWTPM_PORT
-      port="$(free_port_pair)"
-      state_set PRINCIPAL_SWTPM_PORT "$port"
-    fi
-    tpm_up "$dir/tpm" "$port" "$log"
-    info "    swtpm on 127.0.0.1:$port/$((port + 1)) + tpm2-abrmd (state: $dir/tpm)"
-  fi
+  tpm_ensure "$dir/tpm" PRINCIPAL_SWTPM_PORT 2331 "$log"
   store="${AGENT_GATEWAY_DEMO_TPM2_PKCS11_STORE:-$(state_get PRINCIPAL_STORE)}"
   store="${store:-$dir/tpm2-pkcs11}"
   if [ ! -d "$store" ]; then

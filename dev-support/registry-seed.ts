@@ -24,7 +24,8 @@ export function windowFromNow(fromDays: number, toDays: number): Window {
   };
 }
 
-async function withClient<T>(databaseUrl: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+/** One short-lived registry connection for `fn` (seeding and test set-up, never the gateway's path). */
+export async function withClient<T>(databaseUrl: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
   const client = new pg.Client({ connectionString: databaseUrl });
   await client.connect();
   try {

@@ -6,21 +6,11 @@
 //   await rootSignPrincipal(dbUrl, 'org-alice', root);
 //   await rootSignScopes(dbUrl, 'org-alice', root);
 import { sign } from 'node:crypto';
-import pg from 'pg';
 import { tsText } from '../core/registry-queries.js';
 import { canonicalPrincipalKeyBytes, canonicalScopeBytes, rootKeyId } from '../core/root-signed-bytes.js';
 import { parseTimestamp } from '../core/timestamp.js';
 import type { PrincipalKey } from './pki.js';
-
-async function withClient<T>(databaseUrl: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: databaseUrl });
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end();
-  }
-}
+import { withClient } from './registry-seed.js';
 
 const signWith = (root: PrincipalKey, message: Buffer) =>
   sign('sha256', message, { key: root.privateKey, dsaEncoding: 'der' });
