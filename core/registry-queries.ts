@@ -10,9 +10,15 @@ import { formatTimestamp, type Micros } from './timestamp.js';
 export const MAX_CANDIDATES = 16;
 export const MAX_EXPLAIN_ROWS = 50;
 
-/** SQL expression rendering a timestamptz column as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (NULL stays NULL). */
+/**
+ * SQL expression rendering a timestamptz column as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (NULL stays NULL).
+ * to_char prints a BC year without its era, so 2025-06-01 BC would read as 2025-06-01 AD: a row could
+ * carry another row's signed text while comparing unequal in SQL (a revoked scope replayed BC). A BC
+ * value gets " BC" appended, which no canonical timestamp matches: the row is invalid_row.
+ */
 export function tsText(column: string): string {
-  return `to_char(${column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`;
+  return `(to_char(${column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') ||
+    CASE WHEN ${column} < '0001-01-01 00:00:00+00' THEN ' BC' ELSE '' END)`;
 }
 
 /**

@@ -155,6 +155,25 @@ describe('an attacker with the admin role and no root key', () => {
     expect(await r.connect(p.agent)).toEqual({ status: 403, reason: 'scope_revoked' });
   });
 
+  it("(d') replays it with not_before moved to the same instant BC (printed alike without an era): invalid_row", async () => {
+    const p = await r.rootedPrincipal('victim-d2', root);
+    expect(await r.connect(p.agent)).toEqual({ status: 200, reason: undefined });
+    await asAdmin(
+      'UPDATE principal_key_permissions SET revoked_at = now(), updated_at = now() WHERE signing_key_id = $1',
+      [p.keyId],
+    );
+    const outcome = await asAdmin(
+      `INSERT INTO principal_key_permissions (signing_key_id, destination, not_before, not_after, root_key_id, root_signature)
+       SELECT signing_key_id, destination,
+              ((to_char(not_before AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || ' BC')::timestamp AT TIME ZONE 'UTC'),
+              not_after, root_key_id, root_signature
+       FROM principal_key_permissions WHERE signing_key_id = $1`,
+      [p.keyId],
+    );
+    expect(outcome).toBe('done');
+    expect(await r.connect(p.agent)).toEqual({ status: 403, reason: 'invalid_row' });
+  });
+
   it('(e) signs with a root of their own, recorded in registry_root_keys but not configured', async () => {
     const own = createPrincipalKey();
     const ownId = rootKeyId(own.spkiDer);
