@@ -5,9 +5,9 @@
  * The interpreter line sizes V8's heap for a proxy. With V8's defaults a forwarding gateway's live old
  * generation leaves no more room below the allocation limit than one young generation, so nearly every
  * scavenge is followed by a full mark-compact; a 64 MB initial heap and an 8 MB young generation keep
- * them away (figures: bench/README.md, "Third round", item 3). Cluster workers inherit the flags through
- * process.execArgv; NODE_OPTIONS accepts neither, and `node dist/gateway/main.js` bypasses this line:
- * pass the flags yourself then.
+ * most of them away (figures: bench/README.md, "Third round", item 3; re-measured in "Heap flags on
+ * Node 24"). Cluster workers inherit the flags through process.execArgv; NODE_OPTIONS accepts neither,
+ * and `node dist/gateway/main.js` bypasses this line: pass the flags yourself then.
  *
  * Exit codes: 0 after a clean drain; 2 for a bad command line or config; 1 when the gateway cannot
  * start (registry schema missing or unknown, database unreachable, TLS material bad, port taken).
