@@ -414,6 +414,10 @@ function gatewayToml(
     '[policy]',
     `database_url = "${p.databaseUrl}"`,
     `decision_cache_max_entries = ${o.gatewayDecisionCache ? 10_000 : 0}`,
+    '# the idle figure opens 250 CONNECTs at once per connection; when the decision cache is dropped',
+    '# (every registry change, every full re-check) they all become lookups at once: let them queue',
+    'max_lookups_in_flight = 5000',
+    'pool_acquire_timeout_ms = 30000',
     '',
   ].join('\n');
 }
