@@ -6,6 +6,7 @@
  * leak.
  */
 import { webcrypto } from 'node:crypto';
+import { readTbsFields } from './certificate-fields.js';
 import { p256PublicKey } from './ecdsa.js';
 import {
   DEFAULT_IDENTITY_OID,
@@ -74,7 +75,9 @@ export async function createCarrierCertificate(req: CarrierCertificateRequest): 
 
 /** SubjectPublicKeyInfo DER of a PEM or DER certificate. */
 export function certificateSpki(cert: string | Uint8Array): Buffer {
-  return Buffer.from(new x509.X509Certificate(cert).publicKey.rawData);
+  const tbs = readTbsFields(new Uint8Array(new x509.X509Certificate(cert).rawData));
+  if (!tbs.ok) throw new Error(tbs.detail);
+  return tbs.spkiDer;
 }
 
 // Positive 127-bit serial: the top bit clear keeps the DER INTEGER positive without a padding byte.

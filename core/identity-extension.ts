@@ -3,6 +3,7 @@
  * exactly one DER UTF8String, plus the exact SubjectPublicKeyInfo DER of the leaf certificate.
  * The certificate chain is never trusted; the TLS handshake's proof of possession binds the key.
  */
+import { readTbsFields } from './certificate-fields.js';
 import { errorText } from './error-text.js';
 import {
   DEFAULT_IDENTITY_OID,
@@ -36,14 +37,12 @@ export function readPeerIdentity(certDer: Uint8Array | undefined, oid: string): 
   if (certDer === undefined || certDer.length === 0) {
     return { ok: false, reason: 'missing_client_certificate', detail: 'no client certificate presented' };
   }
-  let spkiDer: Buffer;
   let extension: x509.Extension | undefined;
   try {
     const cert = new x509.X509Certificate(certDer);
     // The extension list is decoded lazily and each known extension against its schema: a self-issued
     // certificate with, say, a malformed certificatePolicies throws here, after the constructor succeeded
     // (found by test/fuzz/identity-extension.fuzz.ts; it ended the gateway process).
-    spkiDer = Buffer.from(cert.publicKey.rawData);
     extension = cert.extensions.find((e) => e.type === oid);
   } catch (err) {
     return {
@@ -52,6 +51,10 @@ export function readPeerIdentity(certDer: Uint8Array | undefined, oid: string): 
       detail: `certificate does not parse: ${errorText(err)}`,
     };
   }
+  // The exact key bytes, not @peculiar/x509's re-encoding of them (core/certificate-fields.ts).
+  const tbs = readTbsFields(certDer);
+  if (!tbs.ok) return { ok: false, reason: 'invalid_client_certificate', detail: tbs.detail };
+  const spkiDer = tbs.spkiDer;
   if (extension === undefined) {
     return {
       ok: false,

@@ -8,7 +8,7 @@
  */
 import { X509Certificate } from 'node:crypto';
 import * as asn1js from 'asn1js';
-import { errorText } from '../core/error-text.js';
+import { isContextTag, readTbsFields } from '../core/certificate-fields.js';
 import { decodeIdentityExtensionValue } from '../core/identity-value.js';
 
 export type CarrierIdentity =
@@ -20,33 +20,15 @@ export function certificateDer(pem: string): Buffer {
   return new X509Certificate(pem).raw;
 }
 
-// Context-specific tags in TBSCertificate (RFC 5280 section 4.1).
-const TAG_CLASS_CONTEXT = 3;
-const VERSION_TAG = 0;
 const EXTENSIONS_TAG = 3;
 
 /** Identity (extension `oid`) and exact SubjectPublicKeyInfo DER of a certificate. Never throws. */
 export function readCarrierIdentity(der: Uint8Array, oid: string): CarrierIdentity {
-  let fields: asn1js.AsnType[];
-  try {
-    const parsed = asn1js.fromBER(der);
-    if (parsed.offset === -1)
-      return { ok: false, detail: `certificate does not parse: ${parsed.result.error}` };
-    const tbs = (parsed.result as asn1js.Sequence).valueBlock.value[0];
-    if (!(tbs instanceof asn1js.Sequence)) return { ok: false, detail: 'certificate has no TBSCertificate' };
-    fields = tbs.valueBlock.value;
-  } catch (err) {
-    return { ok: false, detail: `certificate does not parse: ${errorText(err)}` };
-  }
-  const isContext = (f: asn1js.AsnType | undefined, tag: number) =>
-    f !== undefined && f.idBlock.tagClass === TAG_CLASS_CONTEXT && f.idBlock.tagNumber === tag;
-  // version [0] is optional; then serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo.
-  const spkiAt = (isContext(fields[0], VERSION_TAG) ? 1 : 0) + 5;
-  const spki = fields[spkiAt];
-  if (!(spki instanceof asn1js.Sequence)) return { ok: false, detail: 'certificate has no public key' };
-  const spkiDer = Buffer.from(spki.valueBeforeDecodeView);
+  const tbs = readTbsFields(der);
+  if (!tbs.ok) return tbs;
+  const { fields, spkiAt, spkiDer } = tbs;
   // After the key only issuerUniqueID [1] and subjectUniqueID [2] may come before the extensions [3].
-  const wrapper = fields.slice(spkiAt + 1).find((f) => isContext(f, EXTENSIONS_TAG));
+  const wrapper = fields.slice(spkiAt + 1).find((f) => isContextTag(f, EXTENSIONS_TAG));
   const list = wrapper instanceof asn1js.Constructed ? wrapper.valueBlock.value[0] : undefined;
   const extensions = list instanceof asn1js.Sequence ? list.valueBlock.value : [];
   for (const ext of extensions) {

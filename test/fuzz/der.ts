@@ -53,7 +53,10 @@ export const TEMPLATE_SPKI_DER: Buffer = generateKeyPairSync('ec', { namedCurve:
 export type RawExtension = { readonly oid: string; readonly critical?: boolean; readonly value: Uint8Array };
 
 /** A v3 certificate DER with these extensions in this order (none: no extensions field at all). */
-export function certificateDer(extensions: readonly RawExtension[]): Buffer {
+export function certificateDer(
+  extensions: readonly RawExtension[],
+  spkiDer: Uint8Array = TEMPLATE_SPKI_DER,
+): Buffer {
   const parts = [
     tlv(0xa0, tlv(INTEGER, Buffer.from([2]))),
     tlv(INTEGER, Buffer.from([1])),
@@ -61,7 +64,7 @@ export function certificateDer(extensions: readonly RawExtension[]): Buffer {
     NAME,
     VALIDITY,
     NAME,
-    TEMPLATE_SPKI_DER,
+    spkiDer,
   ];
   if (extensions.length > 0) {
     const encoded = extensions.map((e) =>

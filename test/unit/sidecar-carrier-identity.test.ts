@@ -89,6 +89,27 @@ describe('sidecar carrier identity', () => {
     expect(accepted).toBeGreaterThan(20);
   });
 
+  it('reports the key bytes exactly as the certificate carries them, in the gateway and the sidecar', () => {
+    // A BIT STRING with 4 unused bits: @peculiar/x509 re-encodes it with none, so the gateway used to
+    // see a key the certificate does not carry (a fast-check counterexample from CI).
+    const spki = Buffer.from(TEMPLATE_SPKI_DER);
+    const bitString = spki.indexOf(Buffer.from([0x03, 0x42, 0x00, 0x04]));
+    expect(bitString).toBeGreaterThan(0);
+    spki[bitString + 2] = 4;
+    const der = fuzzCertificateDer(
+      [{ oid: DEFAULT_IDENTITY_OID, value: Buffer.from('0c056167656e74', 'hex') }],
+      spki,
+    );
+    const gateway = readPeerIdentity(der, DEFAULT_IDENTITY_OID);
+    expect(gateway).toEqual({ ok: true, peer: { identity: 'agent', spkiDer: spki } });
+    expect(readCarrierIdentity(der, DEFAULT_IDENTITY_OID)).toEqual({
+      ok: true,
+      identity: 'agent',
+      spkiDer: spki,
+    });
+    expect(gateway.ok && gateway.peer.spkiDer.equals(TEMPLATE_SPKI_DER)).toBe(false);
+  });
+
   it('never throws on a damaged certificate, and agrees with the gateway on any that OpenSSL parses', () => {
     const good = fuzzCertificateDer([
       { oid: OTHER_OID, value: Buffer.from('0c0178', 'hex') },
