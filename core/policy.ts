@@ -216,7 +216,7 @@ export function evaluateCandidate(
           `scope ${s.id} repeats the signed fields of a revoked scope of ${k.keyId} for ${s.destination}`,
         );
       }
-      const failure = scopeRootFailure(s, roots, verify);
+      const failure = scopeRootFailure(s, k.spkiDer, roots, verify);
       if (failure !== null)
         return deny('scope_not_rooted', `scope ${s.id} of ${k.keyId} ${rootFailureText(failure)}`);
       const keyWindow = { notBefore: kNotBefore, notAfter: kNotAfter };
@@ -300,10 +300,17 @@ export function keyRowRootBytes(k: Omit<RootSignedKey, 'rootKeyId' | 'rootSignat
   });
 }
 
-/** What a root signs for a scope row as stored: canonicalScopeBytes of its fields (throws as above). */
-export function scopeRowRootBytes(s: Omit<RootSignedScope, 'rootKeyId' | 'rootSignature'>): Buffer {
+/**
+ * What a root signs for a scope row as stored, delegated to the key whose SPKI is `keySpkiDer` (the
+ * signer row's): canonicalScopeBytes of its fields (throws as above).
+ */
+export function scopeRowRootBytes(
+  s: Omit<RootSignedScope, 'rootKeyId' | 'rootSignature'>,
+  keySpkiDer: Uint8Array,
+): Buffer {
   return canonicalScopeBytes({
     signingKeyId: s.signingKeyId,
+    signingKeySpkiDer: keySpkiDer,
     destination: s.destination,
     notBefore: parseTimestamp(s.notBefore),
     notAfter: parseTimestamp(s.notAfter),
@@ -319,13 +326,17 @@ export function signerRootFailure(
   return rootFailure(k, () => keyRowRootBytes(k), roots, verify);
 }
 
-/** The scope row's root signature: null when it counts under `roots`. Throws as scopeRowRootBytes. */
+/**
+ * The scope row's root signature, for the key whose SPKI is `keySpkiDer`: null when it counts under
+ * `roots`. Throws as scopeRowRootBytes.
+ */
 export function scopeRootFailure(
   s: RootSignedScope,
+  keySpkiDer: Uint8Array,
   roots: TrustRoots,
   verify: SignatureVerifier,
 ): RootFailure | null {
-  return rootFailure(s, () => scopeRowRootBytes(s), roots, verify);
+  return rootFailure(s, () => scopeRowRootBytes(s, keySpkiDer), roots, verify);
 }
 
 function rootFailure(

@@ -22,6 +22,11 @@ export type PrincipalKeyFields = {
 
 export type ScopeFields = {
   readonly signingKeyId: string;
+  /**
+   * The SPKI DER of the key the scope is delegated to, bound by its SHA-256: a scope signed for one key
+   * never counts for another key put under the same id (a replaced key's old row restored).
+   */
+  readonly signingKeySpkiDer: Uint8Array;
   /** Already normalized (core/destination.ts), as stored in the scope row. */
   readonly destination: string;
   readonly notBefore: Micros;
@@ -47,6 +52,7 @@ export function canonicalScopeBytes(s: ScopeFields): Buffer {
   const text =
     `${PRINCIPAL_SCOPE_FORMAT_V1}\n` +
     `signing_key_id=${s.signingKeyId}\n` +
+    `signing_key_spki_sha256=${createHash('sha256').update(s.signingKeySpkiDer).digest('hex')}\n` +
     `destination=${s.destination}\n` +
     `not_before=${formatTimestamp(s.notBefore)}\n` +
     `not_after=${formatTimestamp(s.notAfter)}\n`;

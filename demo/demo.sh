@@ -590,8 +590,9 @@ rooted_rows() {
 
 # root_sign_principal ROOT: the root (in its own token) signs org-alice's rows that it has not signed. The
 # root's token and the principal's are in different TPMs, and a PKCS#11 process talks to one, so this is
-# root-sign-pending.sh run as the root's holder rather than --root-key on the principal's commands. It signs
-# every pending row, so first make sure they are all org-alice's: never sign rows the demo did not make.
+# root-sign-pending.sh run as the root's holder rather than --root-key on the principal's commands. No root
+# signed them before (--sign-unvouched), so first make sure they are all org-alice's: never sign rows the
+# demo did not make.
 root_sign_principal() {
   local root="$1" listed rows foreign out
   listed="$(root_cli root-sign-pending.sh --root-key "$root" </dev/null)" || true
@@ -605,8 +606,8 @@ root_sign_principal() {
     die "the registry holds active rows the demo did not make and no root signed; the demo root signs only $PRINCIPAL's:
 $foreign"
   fi
-  out="$(root_cli root-sign-pending.sh --root-key "$root" --yes)" || die "root-signing $PRINCIPAL's rows failed (see $CURRENT_LOG)"
-  info "    root-sign-pending.sh --root-key $(cut -c1-19 <<<"$root")… --yes (as the root's holder, its own TPM):"
+  out="$(root_cli root-sign-pending.sh --root-key "$root" --sign-unvouched --yes)" || die "root-signing $PRINCIPAL's rows failed (see $CURRENT_LOG)"
+  info "    root-sign-pending.sh --root-key $(cut -c1-19 <<<"$root")… --sign-unvouched --yes (as the root's holder, its own TPM):"
   info "      $(grep '^signed ' <<<"$out")"
 }
 

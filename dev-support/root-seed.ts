@@ -64,15 +64,17 @@ export async function rootSignScopes(
   destination?: string,
 ): Promise<string[]> {
   return withClient(databaseUrl, async (c) => {
-    const r = await c.query<{ id: string; destination: string; nb: string; na: string }>(
-      `SELECT id::text AS id, destination, ${tsText('not_before')} AS nb, ${tsText('not_after')} AS na
-       FROM principal_key_permissions
-       WHERE signing_key_id = $1 AND revoked_at IS NULL AND ($2::text IS NULL OR destination = $2)`,
+    const r = await c.query<{ id: string; destination: string; nb: string; na: string; spki: Buffer }>(
+      `SELECT s.id::text AS id, s.destination, ${tsText('s.not_before')} AS nb, ${tsText('s.not_after')} AS na,
+         k.public_key_spki_der AS spki
+       FROM principal_key_permissions s JOIN principal_signing_keys k ON k.key_id = s.signing_key_id
+       WHERE s.signing_key_id = $1 AND s.revoked_at IS NULL AND ($2::text IS NULL OR s.destination = $2)`,
       [keyId, destination ?? null],
     );
     for (const row of r.rows) {
       const bytes = canonicalScopeBytes({
         signingKeyId: keyId,
+        signingKeySpkiDer: row.spki,
         destination: row.destination,
         notBefore: parseTimestamp(row.nb),
         notAfter: parseTimestamp(row.na),

@@ -18,7 +18,7 @@ export class TrustRootsInForce {
 
   constructor(
     private readonly config: GatewayConfig,
-    private readonly logger: Pick<Logger, 'info' | 'error'>,
+    private readonly logger: Pick<Logger, 'info' | 'warn' | 'error'>,
     private readonly env: NodeJS.ProcessEnv = process.env,
   ) {
     this.roots = config.policy.trustRoots;
@@ -45,8 +45,17 @@ export class TrustRootsInForce {
       this.log('SIGHUP: trust roots unchanged');
       return true;
     }
+    const hadRoots = this.roots.size > 0;
     this.roots = next;
     apply(next);
+    if (hadRoots && next.size === 0) {
+      // From here on the database alone grants again: an operator must never learn that from silence.
+      this.logger.warn(
+        { trust_root_ids: [], trust_roots_enabled: false },
+        'SIGHUP: trust roots removed; the registry is trusted as stored again (anyone who can write it can grant)',
+      );
+      return true;
+    }
     this.log('SIGHUP: trust roots changed; re-checking every open tunnel');
     return true;
   }

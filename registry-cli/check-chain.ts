@@ -98,7 +98,9 @@ export function explainChain(c: Candidate, verdict: CandidateVerdict, roots: Tru
     });
   } else {
     const name = `scope ${s.id} (${s.signingKeyId} -> ${s.destination})`;
-    let r = rootLink(s, () => scopeRootFailure(s, roots, verifySignature), roots);
+    // Without a key row no key's SPKI is bound: an empty one verifies nothing, as the gateway would not.
+    const keySpki = k?.spkiDer ?? Buffer.alloc(0);
+    let r = rootLink(s, () => scopeRootFailure(s, keySpki, roots, verifySignature), roots);
     const nest = k === null ? undefined : windowNestError('scope', s, `key ${k.keyId}`, k);
     if (roots.size > 0 && r.valid && s.replaysRevoked === true)
       r = {

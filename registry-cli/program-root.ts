@@ -9,6 +9,22 @@ import { rootWithdraw } from './commands/root-withdraw.js';
 import type { ExitCode } from './errors.js';
 import type { CommandContext } from './io.js';
 import { DEFAULT_ROOT_LABEL, parseRootKeyId } from './root-key.js';
+import { loadTrustRoots, type TrustRootArgs } from './trust-roots.js';
+
+const collect = (value: string, previous: string[]) => [...previous, value];
+
+/** --trust-root, --trust-root-file and --config, read by loadTrustRoots: `check` and root-sign-pending. */
+export function withTrustRootOptions(command: Command, what: string): Command {
+  return command
+    .option('--trust-root <BASE64>', `${what}: a root as in policy.trust_roots (repeatable)`, collect, [])
+    .option(
+      '--trust-root-file <PEM>',
+      `${what}: a root PEM file as in policy.trust_root_files (repeatable)`,
+      collect,
+      [],
+    )
+    .option('--config <FILE>', `${what}: the roots of the gateway's config file ([policy] trust roots)`);
+}
 
 export const ROOT_ENVIRONMENT_HELP = `
 Root key token (default: the principals' token above):
@@ -36,17 +52,29 @@ export function addRootCommands(
       run(() => initRoot(ctx, { label, description: o.description, publicKeyOut: o.publicKeyOut }))(),
     );
 
-  program
-    .command('root-sign-pending')
-    .description(
-      'List the active principal key and scope rows without a valid signature by root ID, ask, and sign them ' +
-        '(migrating a registry onto a root, or re-signing with a new root during a rotation).',
-    )
-    .requiredOption('--root-key <ID>', 'root key id (sha256:...) as init-root prints it')
+  withTrustRootOptions(
+    program
+      .command('root-sign-pending')
+      .description(
+        'List the active principal key and scope rows without a valid signature by root ID, ask, and sign ' +
+          'them: rows whose signature verifies under a root you name (a rotation), and with --sign-unvouched ' +
+          'the others too (migrating a registry onto its first root, after checking each public key).',
+      )
+      .requiredOption('--root-key <ID>', 'root key id (sha256:...) as init-root prints it'),
+    'vouch for the rows this root signed',
+  )
+    .option('--sign-unvouched', 'also sign rows no named root signed (check the listed public keys first)')
     .option('--yes', 'sign without asking')
     .addHelpText('after', environmentHelp + ROOT_ENVIRONMENT_HELP)
-    .action((o: { rootKey: string; yes?: boolean }) =>
-      run(() => rootSignPending(ctx, { rootKeyId: parseRootKeyId(o.rootKey), yes: o.yes === true }))(),
+    .action((o: TrustRootArgs & { rootKey: string; signUnvouched?: boolean; yes?: boolean }) =>
+      run(() =>
+        rootSignPending(ctx, {
+          rootKeyId: parseRootKeyId(o.rootKey),
+          vouchingRoots: loadTrustRoots(o),
+          signUnvouched: o.signUnvouched === true,
+          yes: o.yes === true,
+        }),
+      )(),
     );
 
   program

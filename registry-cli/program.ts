@@ -15,11 +15,9 @@ import { registerPrincipalKey } from './commands/register-principal-key.js';
 import type { Env } from './env.js';
 import { EXIT_ENVIRONMENT, EXIT_OK, type ExitCode, toCliError } from './errors.js';
 import type { Io } from './io.js';
-import { addRootCommands, ROOT_ENVIRONMENT_HELP } from './program-root.js';
+import { addRootCommands, ROOT_ENVIRONMENT_HELP, withTrustRootOptions } from './program-root.js';
 import { parseRootKeyId } from './root-key.js';
 import { loadTrustRoots } from './trust-roots.js';
-
-const collect = (value: string, previous: string[]) => [...previous, value];
 
 const ENVIRONMENT_HELP = `
 Environment:
@@ -205,24 +203,19 @@ export function buildProgram(env: Env, io: Io, setExit: (code: ExitCode) => void
       )(),
     );
 
-  permissions
-    .command('check')
-    .description(
-      "Say whether the gateway would allow SUBJECT_IDENTITY with key SPKI to reach DEST now, using the gateway's " +
-        'own policy code, and why, row by row. Exit 0 allow, 1 deny, 2 for an invalid DEST.',
-    )
-    .argument('<SUBJECT_IDENTITY>', 'agent identity')
-    .argument('<SPKI>', 'agent public key: PEM/DER public key or certificate file, or hex of the DER')
-    .argument('<DEST>', 'destination as the agent would send it')
-    .option('--json', 'print JSON')
-    .option('--trust-root <BASE64>', 'a trust root as in policy.trust_roots (repeatable)', collect, [])
-    .option(
-      '--trust-root-file <PEM>',
-      'a trust root PEM file as in policy.trust_root_files (repeatable)',
-      collect,
-      [],
-    )
-    .option('--config <FILE>', "the gateway's config file: judge with its [policy] trust roots")
+  withTrustRootOptions(
+    permissions
+      .command('check')
+      .description(
+        "Say whether the gateway would allow SUBJECT_IDENTITY with key SPKI to reach DEST now, using the gateway's " +
+          'own policy code, and why, row by row. Exit 0 allow, 1 deny, 2 for an invalid DEST.',
+      )
+      .argument('<SUBJECT_IDENTITY>', 'agent identity')
+      .argument('<SPKI>', 'agent public key: PEM/DER public key or certificate file, or hex of the DER')
+      .argument('<DEST>', 'destination as the agent would send it')
+      .option('--json', 'print JSON'),
+    'judge with this root',
+  )
     .addHelpText('after', ENVIRONMENT_HELP)
     .action(
       (

@@ -4,7 +4,7 @@
  * signature by changing the signed fields of a rooted row (docs/contract.md "Root of trust").
  */
 import type pg from 'pg';
-import { fetchSchemaVersion } from '../core/registry-queries.js';
+import { fetchSchemaVersion, tsText } from '../core/registry-queries.js';
 import { rootKeyId } from '../core/root-signed-bytes.js';
 import type { Env } from './env.js';
 import { Refusal } from './errors.js';
@@ -22,10 +22,37 @@ import {
 } from './root-writes.js';
 import { assertScopeNests, keyBytes, scopeBytes } from './rooting.js';
 
-/** Sign the key row as it now stands with root `id` and store the signature. */
-export async function rootSignKey(env: Env, db: pg.ClientBase, keyId: string, id: string): Promise<RootMark> {
+/**
+ * A root signs the end its command asked for (now + `days`, by the database clock of this transaction,
+ * which is the one the row was written with), never a later end the row already held: someone who can
+ * write the registry could have stretched it, and the operator never asked to vouch for that.
+ */
+async function refuseStretchedEnd(db: pg.ClientBase, what: string, w: Window, days: number): Promise<void> {
+  const r = await db.query<{ requested: string; beyond: boolean }>(
+    `SELECT ${tsText('(now() + make_interval(days => $1::int))')} AS requested,
+       $2::timestamptz > now() + make_interval(days => $1::int) AS beyond`,
+    [days, w.notAfter],
+  );
+  const { requested, beyond } = r.rows[0]!;
+  if (!beyond) return;
+  throw new Refusal(
+    `${what} window ${w.notBefore} .. ${w.notAfter} ends after the ${days} days asked for (${requested}); ` +
+      'a root signs only the end you ask for: pass --valid-days to cover that end if you vouch for it, or ' +
+      'correct the row first. Nothing was signed',
+  );
+}
+
+/** Sign the key row as it now stands with root `id` and store the signature; its end is at most now + `days`. */
+export async function rootSignKey(
+  env: Env,
+  db: pg.ClientBase,
+  keyId: string,
+  id: string,
+  days: number,
+): Promise<RootMark> {
   await assertRootSchema(db);
   const [key] = await rootableKeys(db, keyId);
+  await refuseStretchedEnd(db, `principal key ${keyId}`, key!, days);
   const signer = openRootSigner(env, id);
   try {
     if (signer.spkiDer.equals(key!.spkiDer)) {
@@ -40,15 +67,20 @@ export async function rootSignKey(env: Env, db: pg.ClientBase, keyId: string, id
   }
 }
 
-/** Sign the scope row as it now stands with root `id`, refusing first when it outlasts its key. */
+/**
+ * Sign the scope row as it now stands with root `id`, refusing first when it outlasts its key or ends
+ * after now + `days`.
+ */
 export async function rootSignScope(
   env: Env,
   db: pg.ClientBase,
   scopeId: string,
   id: string,
+  days: number,
 ): Promise<RootableScope> {
   await assertRootSchema(db);
   const [scope] = await rootableScopes(db, scopeId);
+  await refuseStretchedEnd(db, `scope ${scope!.signingKeyId} -> ${scope!.destination}`, scope!, days);
   assertScopeNests(scope!, { notBefore: scope!.keyNotBefore, notAfter: scope!.keyNotAfter });
   const signer = openRootSigner(env, id);
   try {
@@ -61,7 +93,7 @@ export async function rootSignScope(
   }
 }
 
-type Signed = { readonly notBefore: string; readonly notAfter: string };
+type Window = { readonly notBefore: string; readonly notAfter: string };
 
 /**
  * A refresh without --root-key changed the signed fields of a row a root signed: the signature no longer
@@ -70,8 +102,8 @@ type Signed = { readonly notBefore: string; readonly notAfter: string };
  */
 export async function refuseVoidingKeySignature(
   db: pg.ClientBase,
-  before: Signed & { readonly spkiDer: Buffer },
-  after: Signed & { readonly keyId: string; readonly spkiDer: Buffer },
+  before: Window & { readonly spkiDer: Buffer },
+  after: Window & { readonly keyId: string; readonly spkiDer: Buffer },
 ): Promise<void> {
   if (sameFields(before, after) && before.spkiDer.equals(after.spkiDer)) return;
   if ((await fetchSchemaVersion(db)) < ROOT_SCHEMA_VERSION) return;
@@ -100,4 +132,4 @@ export async function refuseVoidingScopeSignature(
   );
 }
 
-const sameFields = (a: Signed, b: Signed) => a.notBefore === b.notBefore && a.notAfter === b.notAfter;
+const sameFields = (a: Window, b: Window) => a.notBefore === b.notBefore && a.notAfter === b.notAfter;

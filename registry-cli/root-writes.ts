@@ -57,6 +57,8 @@ export type RootableScope = RootMark & {
   readonly notAfter: string;
   readonly keyNotBefore: string;
   readonly keyNotAfter: string;
+  /** Its key's SPKI DER, which the scope's root signature binds. */
+  readonly keySpkiDer: Buffer;
 };
 
 type MarkRecord = { root_key_id: string | null; root_signature: Buffer | null };
@@ -101,6 +103,7 @@ type ScopeRecord = MarkRecord & {
   not_after: string;
   k_not_before: string;
   k_not_after: string;
+  k_spki: Buffer;
 };
 
 /** Active scope rows of active keys, locked FOR UPDATE; one row when `scopeId` is given. */
@@ -108,7 +111,8 @@ export async function rootableScopes(db: pg.ClientBase, scopeId?: string): Promi
   const r = await db.query<ScopeRecord>(
     `SELECT s.id::text AS id, s.signing_key_id, s.destination, ${tsText('s.not_before')} AS not_before,
        ${tsText('s.not_after')} AS not_after, s.root_key_id, s.root_signature,
-       ${tsText('k.not_before')} AS k_not_before, ${tsText('k.not_after')} AS k_not_after
+       ${tsText('k.not_before')} AS k_not_before, ${tsText('k.not_after')} AS k_not_after,
+       k.public_key_spki_der AS k_spki
      FROM principal_key_permissions s JOIN principal_signing_keys k ON k.key_id = s.signing_key_id
      WHERE ($1::bigint IS NULL AND s.revoked_at IS NULL AND s.not_after > now()
             AND k.revoked_at IS NULL AND k.not_after > now())
@@ -124,6 +128,7 @@ export async function rootableScopes(db: pg.ClientBase, scopeId?: string): Promi
     notAfter: s.not_after,
     keyNotBefore: s.k_not_before,
     keyNotAfter: s.k_not_after,
+    keySpkiDer: s.k_spki,
     ...mark(s),
   }));
 }

@@ -16,17 +16,20 @@ import type { RootableKey, RootableScope } from './root-writes.js';
 import { verifySignature } from './verify.js';
 
 type KeyFields = Pick<RootableKey, 'keyId' | 'algorithm' | 'spkiDer' | 'notBefore' | 'notAfter'>;
-type ScopeFields = Pick<RootableScope, 'signingKeyId' | 'destination' | 'notBefore' | 'notAfter'>;
+type ScopeFields = Pick<
+  RootableScope,
+  'signingKeyId' | 'keySpkiDer' | 'destination' | 'notBefore' | 'notAfter'
+>;
 
 export const keyBytes = (k: KeyFields): Buffer => keyRowRootBytes(k);
-export const scopeBytes = (s: ScopeFields): Buffer => scopeRowRootBytes(s);
+export const scopeBytes = (s: ScopeFields): Buffer => scopeRowRootBytes(s, s.keySpkiDer);
 
 /** Does the row carry a signature by root `rootId` (public key `rootSpki`)? The gateway's own check. */
 export function keySignedBy(k: RootableKey, rootId: string, rootSpki: Buffer): boolean {
   return signerRootFailure(k, new Map([[rootId, rootSpki]]), verifySignature) === null;
 }
 export function scopeSignedBy(s: RootableScope, rootId: string, rootSpki: Buffer): boolean {
-  return scopeRootFailure(s, new Map([[rootId, rootSpki]]), verifySignature) === null;
+  return scopeRootFailure(s, s.keySpkiDer, new Map([[rootId, rootSpki]]), verifySignature) === null;
 }
 
 type Window = { readonly notBefore: string; readonly notAfter: string };

@@ -65,7 +65,7 @@ export async function grantPrincipalScope(ctx: CommandContext, opts: ScopeOption
         if (opts.rootKeyId === undefined) {
           await refuseVoidingScopeSignature(db, r.action === 'extended', r.scope);
         } else {
-          await rootSignScope(ctx.env, db, r.scope.id, opts.rootKeyId);
+          await rootSignScope(ctx.env, db, r.scope.id, opts.rootKeyId, days);
         }
         results.push(r);
       }

@@ -74,6 +74,15 @@ export async function initRoot(ctx: CommandContext, opts: InitRootOptions): Prom
   ctx.io.out(`root_key_id: ${id}`);
   ctx.io.out('gateway config, [policy] section (or trust_root_files with --public-key-out):');
   ctx.io.out(`trust_roots = ["${made.spkiDer.toString('base64')}"]`);
+  if (!ctx.env['AGENT_GATEWAY_ROOT_TOKEN_LABEL']) {
+    // Whoever can use the principals' token (its PIN is on every admin's machine) could then sign as the
+    // root, and the root of trust would be no stronger than that PIN.
+    ctx.io.err(
+      `warning: the root key is in the principals' token "${signerOptions.tokenLabel}" ` +
+        '(AGENT_GATEWAY_ROOT_TOKEN_LABEL is unset): anyone with that token and its PIN can sign as the root; ' +
+        'for production create it in a token of its own, kept offline',
+    );
+  }
   if (recorded === undefined) {
     ctx.io.err(
       'note: no database configured (AGENT_GATEWAY_DATABASE_URL): not recorded in registry_root_keys',

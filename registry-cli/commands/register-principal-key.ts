@@ -114,7 +114,7 @@ export async function registerPrincipalKey(ctx: CommandContext, opts: RegisterOp
         revokedScopes = await revokeScopes(db, keyId);
         action = 'replaced';
       }
-      if (opts.rootKeyId !== undefined) await rootSignKey(ctx.env, db, keyId, opts.rootKeyId);
+      if (opts.rootKeyId !== undefined) await rootSignKey(ctx.env, db, keyId, opts.rootKeyId, opts.validDays);
       else if (existing !== undefined) await refuseVoidingKeySignature(db, existing, row);
       return { row, action, created, refresh, revokedScopes };
     }),

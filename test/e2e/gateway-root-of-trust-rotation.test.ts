@@ -80,6 +80,20 @@ describe('root rotation A → B', () => {
     await r.setRootsAndHup([rootB]);
     await r.gw.waitForLogs('SIGHUP: trust roots unchanged');
   });
+
+  it('removing every root on SIGHUP is a warning, not an info line', async () => {
+    await r.setRootsAndHup([]);
+    const removed = await r.gw.waitForLogs(
+      'SIGHUP: trust roots removed; the registry is trusted as stored again (anyone who can write it can grant)',
+    );
+    expect(removed[0]!['level']).toBe('warn');
+    expect(removed[0]!['trust_roots_enabled']).toBe(false);
+    const before = r.gw.logs('SIGHUP: trust roots changed; re-checking every open tunnel').length;
+    await r.setRootsAndHup([rootB]);
+    await expect
+      .poll(() => r.gw.logs('SIGHUP: trust roots changed; re-checking every open tunnel').length)
+      .toBe(before + 1);
+  });
 });
 
 describe('withdrawing a root signature', () => {

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { canonicalPrincipalKeyBytes, canonicalScopeBytes, rootKeyId } from '../../core/root-signed-bytes.js';
 import { parseTimestamp } from '../../core/timestamp.js';
 import { createPrincipalKey } from '../../dev-support/pki.js';
-import { seedScope } from '../../dev-support/registry-seed.js';
+import { seedScope, windowFromNow } from '../../dev-support/registry-seed.js';
 import { rootSignPrincipal, rootSignScopes } from '../../dev-support/root-seed.js';
 import { DEST, type RootedRegistry, startRootedRegistry } from '../support/root-of-trust.js';
 
@@ -174,6 +174,40 @@ describe('an attacker with the admin role and no root key', () => {
     expect(await r.connect(p.agent)).toEqual({ status: 403, reason: 'invalid_row' });
   });
 
+  it("(f) puts a replaced key's old row back (old SPKI, old root signature) and grants with the old key: scope_not_rooted", async () => {
+    const p = await r.rootedPrincipal('victim-f', root);
+    expect(await r.connect(p.agent)).toEqual({ status: 200, reason: undefined });
+    const old = await r.admin.query<{ spki: Buffer; sig: Buffer }>(
+      'SELECT public_key_spki_der AS spki, root_signature AS sig FROM principal_signing_keys WHERE key_id = $1',
+      [p.keyId],
+    );
+    // The principal's key leaked, so it is replaced in place as register-principal-key --replace does:
+    // new SPKI, old scopes revoked, a new scope, key and scope signed anew by the root.
+    const next = createPrincipalKey();
+    await r.admin.query('UPDATE principal_signing_keys SET public_key_spki_der = $2 WHERE key_id = $1', [
+      p.keyId,
+      next.spkiDer,
+    ]);
+    await r.admin.query(
+      'UPDATE principal_key_permissions SET revoked_at = now(), updated_at = now() WHERE signing_key_id = $1',
+      [p.keyId],
+    );
+    // Within the key's window (-2 .. 60 days, set a moment ago) and covering the grant's (-1 .. 30).
+    await seedScope(r.dbUrl, { principalId: p.keyId, destination: DEST, window: windowFromNow(-1.5, 50) });
+    await rootSignPrincipal(r.dbUrl, p.keyId, root);
+    await rootSignScopes(r.dbUrl, p.keyId, root);
+    // The leaked key's grant no longer verifies: the chain above it is the new key's.
+    expect(await r.connect(p.agent)).toEqual({ status: 403, reason: 'signature_invalid' });
+    // The attack: whoever holds the leaked key and the admin role puts the old key row back.
+    expect(
+      await asAdmin(
+        'UPDATE principal_signing_keys SET public_key_spki_der = $2, root_signature = $3 WHERE key_id = $1',
+        [p.keyId, old.rows[0]?.spki, old.rows[0]?.sig],
+      ),
+    ).toBe('done');
+    expect(await r.connect(p.agent)).toEqual({ status: 403, reason: 'scope_not_rooted' });
+  });
+
   it('(e) signs with a root of their own, recorded in registry_root_keys but not configured', async () => {
     const own = createPrincipalKey();
     const ownId = rootKeyId(own.spkiDer);
@@ -219,10 +253,19 @@ describe('an attacker with the admin role and no root key', () => {
         ...w,
       }).length,
     ).toBeGreaterThan(0);
-    const scopeSig = sign('sha256', canonicalScopeBytes({ signingKeyId: p.keyId, destination: DEST, ...w }), {
-      key: root.privateKey,
-      dsaEncoding: 'der',
-    });
+    const scopeSig = sign(
+      'sha256',
+      canonicalScopeBytes({
+        signingKeyId: p.keyId,
+        signingKeySpkiDer: p.key.spkiDer,
+        destination: DEST,
+        ...w,
+      }),
+      {
+        key: root.privateKey,
+        dsaEncoding: 'der',
+      },
+    );
     await asAdmin(
       'UPDATE principal_signing_keys SET root_key_id = $2, root_signature = $3 WHERE key_id = $1',
       [p.keyId, rootKeyId(root.spkiDer), scopeSig],

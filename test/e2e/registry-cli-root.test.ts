@@ -2,6 +2,7 @@
 // real swtpm through tpm2-pkcs11, rooted registration and delegation verified with core's query and
 // policy under the root's SPKI, refusals of non-nesting windows and bad input, `check`'s chain, and
 // root-sign-pending migrating and rotating a registry. The steps build on each other and run in order.
+import { createHash, generateKeyPairSync } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -19,6 +20,7 @@ import {
 import {
   agentPem,
   agentSpki,
+  db,
   expectExit,
   registryCliSuite,
   snapshot,
@@ -213,35 +215,99 @@ describe('registry CLI root of trust', () => {
     expect((await check(2, typo)).stderr).toContain('policy.trust_root: unknown key');
   });
 
-  it('root-sign-pending lists exactly the unsigned rows, asks, and signs them', async () => {
+  it('root-sign-pending lists unvouched rows with their key fingerprints and signs them only when told', async () => {
     const before = await snapshot();
-    const no = await expectExitAnswering(1, ['root-sign-pending', '--root-key', rootA.id], 'n\n');
-    const listed = no.stdout.split('\n').filter((l) => /^ {2}(key|scope) /.test(l));
+    const bobKey = await db.query<{ spki: Buffer }>(
+      `SELECT public_key_spki_der AS spki FROM principal_signing_keys WHERE key_id = 'org-bob'`,
+    );
+    const bobFingerprint = `sha256:${createHash('sha256')
+      .update(bobKey.rows[0]?.spki ?? '')
+      .digest('hex')}`;
+    const plain = await expectExit(1, ['root-sign-pending', '--root-key', rootA.id, '--yes']);
+    const listed = plain.stdout.split('\n').filter((l) => /^ {2}(key|scope) /.test(l));
     expect(listed).toHaveLength(3);
-    expect(listed[0]).toMatch(/^ {2}key org-bob, .* \(unsigned\)$/);
+    expect(listed[0]).toMatch(
+      new RegExp(`^ {2}key org-bob, public key ${bobFingerprint}, .* \\(unvouched: unsigned\\)$`),
+    );
     expect(
       listed
         .slice(1)
         .map((l) => / -> (\S+),/.exec(l)?.[1])
         .sort(),
     ).toEqual(['messaging:8443', 'search:443']);
+    expect(plain.stdout).toContain('3 unvouched rows will not be signed');
+    expect(plain.stderr).toMatch(/nothing signed/);
+    expect(await snapshot()).toBe(before);
+
+    const no = await expectExitAnswering(
+      1,
+      ['root-sign-pending', '--root-key', rootA.id, '--sign-unvouched'],
+      'n\n',
+    );
     expect(no.stderr).toMatch(/nothing signed/);
     expect(await snapshot()).toBe(before);
 
-    const yes = await expectExitAnswering(0, ['root-sign-pending', '--root-key', rootA.id], 'y\n');
+    const yes = await expectExitAnswering(
+      0,
+      ['root-sign-pending', '--root-key', rootA.id, '--sign-unvouched'],
+      'y\n',
+    );
     expect(yes.stdout).toContain(`signed 1 key and 2 scope rows with root ${rootA.id}`);
     for (const dest of ['messaging:8443', 'search:443'])
       expect(deny(await gatewayDecision('agent-alpha', agentSpki, dest, rootsOf(rootA)))).toBe('allow');
-    const nothing = await expectExit(0, ['root-sign-pending', '--root-key', rootA.id, '--yes']);
+    const nothing = await expectExit(0, ['root-sign-pending', '--root-key', rootA.id]);
     expect(nothing.stdout).toMatch(/nothing to sign/);
   });
 
-  it('rotation: re-signing with root B replaces A, and the rows verify under B', async () => {
+  it('rotation: root B re-signs only the rows whose signature verifies under A, never a forged one', async () => {
     rootB = await initRoot('registry-root-b');
     expect(rootB.id).not.toBe(rootA.id);
-    const r = await expectExit(0, ['root-sign-pending', '--root-key', rootB.id, '--yes']);
+    // The attack: someone who can write the registry adds a key and a scope that claim root A, with a
+    // signature copied from a real row. Listed by its columns alone they look like A's rows.
+    const alice = await db.query<{ sig: Buffer }>(
+      `SELECT root_signature AS sig FROM principal_signing_keys WHERE key_id = 'org-alice'`,
+    );
+    const forgedSpki = generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).publicKey.export({
+      type: 'spki',
+      format: 'der',
+    });
+    await db.query(
+      `INSERT INTO principal_signing_keys (key_id, algorithm, public_key_spki_der, not_before, not_after,
+         root_key_id, root_signature)
+       VALUES ('org-mallory', 'ecdsa_p256_sha256', $1, now(), now() + interval '30 days', $2, $3)`,
+      [forgedSpki, rootA.id, alice.rows[0]?.sig],
+    );
+    await db.query(
+      `INSERT INTO principal_key_permissions (signing_key_id, destination, not_before, not_after,
+         root_key_id, root_signature)
+       SELECT 'org-mallory', 'search:443', now(), now() + interval '20 days', root_key_id, root_signature
+       FROM principal_key_permissions WHERE signing_key_id = 'org-alice' LIMIT 1`,
+    );
+
+    // Without a root to vouch for them every row is unvouched: nothing is signed.
+    const blind = await expectExit(1, ['root-sign-pending', '--root-key', rootB.id, '--yes']);
+    expect(blind.stdout).toContain(`(unvouched: claims root ${rootA.id}, not one you named)`);
+    expect(blind.stdout).toContain('7 unvouched rows will not be signed');
+
+    const r = await expectExit(0, [
+      'root-sign-pending',
+      '--root-key',
+      rootB.id,
+      '--trust-root',
+      rootA.base64,
+      '--yes',
+    ]);
     expect(r.stdout).toContain(`signed 2 key and 3 scope rows with root ${rootB.id}`);
-    expect(r.stdout).toContain(`(signed by ${rootA.id})`);
+    expect(r.stdout).toContain(`(vouched: ${rootA.id})`);
+    const forged = r.stdout.split('\n').filter((l) => l.includes('org-mallory'));
+    expect(forged).toHaveLength(2);
+    for (const l of forged)
+      expect(l).toContain(`(unvouched: claims root ${rootA.id}, but its signature does not verify)`);
+    expect(r.stdout).toContain('2 unvouched rows will not be signed');
+    expect(await rootColumns('org-mallory')).toEqual({
+      key: rootA.id,
+      scopes: [{ destination: 'search:443', root_key_id: rootA.id }],
+    });
     expect(await rootColumns('org-alice')).toEqual({
       key: rootB.id,
       scopes: [
@@ -253,6 +319,56 @@ describe('registry CLI root of trust', () => {
     expect(deny(await d([rootA, rootB]))).toBe('allow');
     expect(deny(await d([rootB]))).toBe('allow');
     expect(deny(await d([rootA]))).toBe('signer_not_rooted');
+    await db.query(
+      `UPDATE principal_key_permissions SET revoked_at = now() WHERE signing_key_id = 'org-mallory'`,
+    );
+    await db.query(`UPDATE principal_signing_keys SET revoked_at = now() WHERE key_id = 'org-mallory'`);
+  });
+
+  it('--root-key signs only the end it was asked for, never one stretched in the database', async () => {
+    const saved = await db.query<{ k: string; s: string }>(
+      `SELECT k.not_after::text AS k, s.not_after::text AS s FROM principal_signing_keys k
+       JOIN principal_key_permissions s ON s.signing_key_id = k.key_id AND s.destination = 'docstore:443'
+       WHERE k.key_id = 'org-alice'`,
+    );
+    // Someone who can write the registry stretches the rooted key and its scope, then waits for the
+    // next rooted refresh to vouch for the longer windows.
+    await db.query(
+      `UPDATE principal_signing_keys SET not_after = not_after + interval '5000 days' WHERE key_id = 'org-alice'`,
+    );
+    await db.query(
+      `UPDATE principal_key_permissions SET not_after = not_after + interval '100 days'
+       WHERE signing_key_id = 'org-alice' AND destination = 'docstore:443'`,
+    );
+    const before = await snapshot();
+    const key = await expectExit(1, ['register-principal-key', 'org-alice', '--root-key', rootB.id]);
+    expect(key.stderr).toMatch(
+      /principal key org-alice window \S+ \.\. \S+ ends after the 365 days asked for \(\S+\); a root signs only the end you ask for/,
+    );
+    const scope = await expectExit(1, [
+      'grant-principal-scope',
+      'org-alice',
+      'docstore',
+      '--valid-days',
+      '10',
+      '--root-key',
+      rootB.id,
+    ]);
+    expect(scope.stderr).toMatch(
+      /scope org-alice -> docstore:443 window \S+ \.\. \S+ ends after the 10 days asked for/,
+    );
+    expect(await snapshot()).toBe(before);
+    await db.query(`UPDATE principal_signing_keys SET not_after = $1 WHERE key_id = 'org-alice'`, [
+      saved.rows[0]?.k,
+    ]);
+    await db.query(
+      `UPDATE principal_key_permissions SET not_after = $1
+       WHERE signing_key_id = 'org-alice' AND destination = 'docstore:443'`,
+      [saved.rows[0]?.s],
+    );
+    expect(deny(await gatewayDecision('agent-alpha', agentSpki, 'docstore:443', rootsOf(rootB)))).toBe(
+      'allow',
+    );
   });
 
   it('a rooted key is not refreshed without --root-key; root-withdraw clears a signature', async () => {

@@ -29,9 +29,10 @@ function signKey(k: SignerRow, root: KeyObject): Buffer {
   });
   return sign('sha256', bytes, { key: root, dsaEncoding: 'der' });
 }
-function signScope(s: ScopeRow, root: KeyObject): Buffer {
+function signScope(s: ScopeRow, keySpki: Buffer, root: KeyObject): Buffer {
   const bytes = canonicalScopeBytes({
     ...s,
+    signingKeySpkiDer: keySpki,
     notBefore: parseTimestamp(s.notBefore),
     notAfter: parseTimestamp(s.notAfter),
   });
@@ -42,10 +43,10 @@ const rootedSigner = (k: SignerRow, root: P256): SignerRow => ({
   rootKeyId: rootKeyId(root.spkiDer),
   rootSignature: signKey(k, root.privateKey),
 });
-const rootedScope = (s: ScopeRow, root: P256): ScopeRow => ({
+const rootedScope = (s: ScopeRow, keySpki: Buffer, root: P256): ScopeRow => ({
   ...s,
   rootKeyId: rootKeyId(root.spkiDer),
-  rootSignature: signScope(s, root.privateKey),
+  rootSignature: signScope(s, keySpki, root.privateKey),
 });
 
 /** The allowed fixture with its key and scope rows signed by `root`. */
@@ -54,7 +55,7 @@ function rootedFixture(root: P256 = rootA) {
   const candidate: Candidate = {
     ...fx.candidate,
     signer: rootedSigner(fx.candidate.signer!, root),
-    scope: rootedScope(fx.candidate.scope!, root),
+    scope: rootedScope(fx.candidate.scope!, fx.candidate.signer!.spkiDer, root),
   };
   return { ...fx, candidate };
 }
@@ -77,7 +78,7 @@ const CASES: Case[] = [
     build: (fx) => ({
       ...fx.candidate,
       signer: rootedSigner(fx.candidate.signer!, rootB),
-      scope: rootedScope(fx.candidate.scope!, rootB),
+      scope: rootedScope(fx.candidate.scope!, fx.candidate.signer!.spkiDer, rootB),
     }),
     expected: 'allow',
   },
@@ -134,7 +135,10 @@ const CASES: Case[] = [
   },
   {
     name: 'scope signed by a root that is not configured',
-    build: (fx) => ({ ...fx.candidate, scope: rootedScope(fx.candidate.scope!, newP256()) }),
+    build: (fx) => ({
+      ...fx.candidate,
+      scope: rootedScope(fx.candidate.scope!, fx.candidate.signer!.spkiDer, newP256()),
+    }),
     expected: 'scope_not_rooted',
   },
   {
@@ -143,10 +147,19 @@ const CASES: Case[] = [
     expected: 'scope_not_rooted',
   },
   {
+    name: 'scope signed for another key under the same key id (a replaced key put back)',
+    build: (fx) => ({ ...fx.candidate, scope: rootedScope(fx.candidate.scope!, newP256().spkiDer, rootA) }),
+    expected: 'scope_not_rooted',
+  },
+  {
     name: 'scope moved to another destination after signing',
     build: (fx) =>
       withScope(fx, {
-        rootSignature: signScope({ ...fx.candidate.scope!, destination: 'x.example:443' }, rootA.privateKey),
+        rootSignature: signScope(
+          { ...fx.candidate.scope!, destination: 'x.example:443' },
+          fx.candidate.signer!.spkiDer,
+          rootA.privateKey,
+        ),
       }),
     expected: 'scope_not_rooted',
   },
@@ -170,7 +183,11 @@ const CASES: Case[] = [
     name: 'scope starts before its key (rooted, signed)',
     build: (fx) => ({
       ...fx.candidate,
-      scope: rootedScope({ ...fx.candidate.scope!, notBefore: t(NOW - 11n * DAY) }, rootA),
+      scope: rootedScope(
+        { ...fx.candidate.scope!, notBefore: t(NOW - 11n * DAY) },
+        fx.candidate.signer!.spkiDer,
+        rootA,
+      ),
     }),
     expected: 'scope_not_rooted',
   },
@@ -178,7 +195,11 @@ const CASES: Case[] = [
     name: 'scope ends after its key (rooted, signed)',
     build: (fx) => ({
       ...fx.candidate,
-      scope: rootedScope({ ...fx.candidate.scope!, notAfter: t(NOW + 366n * DAY) }, rootA),
+      scope: rootedScope(
+        { ...fx.candidate.scope!, notAfter: t(NOW + 366n * DAY) },
+        fx.candidate.signer!.spkiDer,
+        rootA,
+      ),
     }),
     expected: 'scope_not_rooted',
   },
@@ -191,7 +212,11 @@ const CASES: Case[] = [
     name: 'permission outlasts its rooted scope',
     build: (fx) => ({
       ...fx.candidate,
-      scope: rootedScope({ ...fx.candidate.scope!, notAfter: t(NOW + 10n * DAY) }, rootA),
+      scope: rootedScope(
+        { ...fx.candidate.scope!, notAfter: t(NOW + 10n * DAY) },
+        fx.candidate.signer!.spkiDer,
+        rootA,
+      ),
     }),
     expected: 'scope_window_too_narrow',
   },

@@ -33,7 +33,7 @@ const keySigned = (k: SignerRow, by = root): SignerRow => ({
 const scopeSigned = (s: ScopeRow, by = root): ScopeRow => ({
   ...s,
   rootKeyId: rootKeyId(by.spkiDer),
-  rootSignature: der(by, scopeRowRootBytes(s)),
+  rootSignature: der(by, scopeRowRootBytes(s, base.signer!.spkiDer)),
 });
 
 const fx = allowedCandidate(NOW);
@@ -66,7 +66,10 @@ const CASES: Case[] = [
   ['scope unsigned', withScope(base.scope!), 'scope_not_rooted', OK_KEY, 'no root signature'],
   [
     'scope signature by a stranger under the root id',
-    withScope({ ...rooted.scope!, rootSignature: der(stranger, scopeRowRootBytes(base.scope!)) }),
+    withScope({
+      ...rooted.scope!,
+      rootSignature: der(stranger, scopeRowRootBytes(base.scope!, base.signer!.spkiDer)),
+    }),
     'scope_not_rooted',
     OK_KEY,
     `the signature of root ${ROOT} does not verify over the row as stored`,

@@ -40,12 +40,13 @@ const KEY_SIGNATURE_HEX =
 const SCOPE_VECTOR =
   'agent-gateway-principal-scope-v1\n' +
   'signing_key_id=org-alice\n' +
+  'signing_key_spki_sha256=a619ef72daaeee6408b89eb6a7734fc012101dbcb2cbb85b0dfc42c65af36c4e\n' +
   'destination=api.example.com:443\n' +
   'not_before=2026-03-01T00:00:00.000000Z\n' +
   'not_after=2026-09-01T00:00:00.000000Z\n';
-const SCOPE_SHA256 = '2a065e0c1dff24b8ba6846a5f878c212c4faa0d4d0a62b0626ca686d512ff846';
+const SCOPE_SHA256 = 'a2bde23a29c30ab3863f740f4b573bfd38aa5aef6e79f70e2f0685dcc0a8d13b';
 const SCOPE_SIGNATURE_HEX =
-  '304502206f0910349f8822f5e580c2e7b4264196164079ffede31153e7205ac8d31d0f88022100ee92e78839287e0576f933924bf7aa318da118d2de1bcf930ea7931c6eacd0e8';
+  '3046022100e89824a9663662cf84cb1b7d0da4b453fd1b4ea372d3aaa8e16225ad6c4fa32a0221008a869f320946a073fc4f1ed5621ac1bde9d38b365f12f58ecf06ea916ee66f0b';
 
 const KEY_FIELDS = {
   keyId: 'org-alice',
@@ -56,6 +57,7 @@ const KEY_FIELDS = {
 };
 const SCOPE_FIELDS = {
   signingKeyId: 'org-alice',
+  signingKeySpkiDer: Buffer.from(PRINCIPAL_SPKI_HEX, 'hex'),
   destination: 'api.example.com:443',
   notBefore: parseTimestamp('2026-03-01T00:00:00.000000Z'),
   notAfter: parseTimestamp('2026-09-01T00:00:00.000000Z'),
@@ -123,6 +125,7 @@ describe('canonical scope bytes', () => {
     expect(verifyDerSignature(rootKey(), canonicalScopeBytes(SCOPE_FIELDS), sig)).toBe(true);
     for (const patch of [
       { signingKeyId: 'org-mallory' },
+      { signingKeySpkiDer: Buffer.from(ROOT_SPKI_B64, 'base64') },
       { destination: 'api.example.com:8443' },
       { notBefore: SCOPE_FIELDS.notBefore - 1n },
       { notAfter: SCOPE_FIELDS.notAfter + 1n },
