@@ -83,7 +83,7 @@ describe('lookup budget', () => {
     expect(limits.takeLookup('b')).toBeUndefined(); // other addresses unaffected
     advance(100); // one token at 10/s
     expect(limits.takeLookup('a')).toBeUndefined();
-    expect(limits.takeLookup('a')).toBeDefined();
+    expect(limits.takeLookup('a')).toEqual({ status: 429, reason: 'address_rate_limited' });
     expect(await rejections(metrics, 'address_rate_limited')).toBe(2);
   });
 

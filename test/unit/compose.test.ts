@@ -159,7 +159,7 @@ describe('Dockerfile', () => {
   it('runs as a non-root user and starts the gateway', () => {
     const runtime = text.slice(text.lastIndexOf('\nFROM '));
     const user = /^USER (\S+)/m.exec(runtime)?.[1];
-    expect(user).toBeDefined();
+    expect(user).toMatch(/^[a-z_][a-z0-9_-]*(:[a-z_][a-z0-9_-]*)?$|^[1-9][0-9]*(:[0-9]+)?$/);
     expect(user).not.toMatch(/^(0|root)(:|$)/);
     expect(runtime).toContain('ENTRYPOINT ["dist/gateway/main.js"]');
   });
