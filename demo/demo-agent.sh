@@ -5,9 +5,15 @@
 #   demo-agent.sh create --identity ID [--grant DEST]... [--handle H]   prints the handle (= ID by default)
 #   demo-agent.sh grant HANDLE DEST...                                   sign more permissions for it
 #   demo-agent.sh prompt HANDLE --prompt TEXT                            run the agent through its sidecar
+#   demo-agent.sh requests [--all] [--identity ID] [--json]             access requests: what agents were denied
+#   demo-agent.sh approve REQUEST_ID [--for DURATION | --days N]        org-alice signs what was requested
 #   demo-agent.sh delete HANDLE [--force]                                stop it, revoke its rows, remove it
 #   demo-agent.sh start HANDLE                                           (re)start its swtpm and sidecar
 #   demo-agent.sh list
+#
+# A CONNECT denied for want of a grant is recorded by the gateway as an access request; the 403 names it
+# (agent-gateway-request-id). requests lists them (pending by default) and approve has org-alice's TPM key
+# sign exactly that permission (agent-permissions.sh requests / approve, README "Access requests").
 #
 # prompt runs $AGENT_GATEWAY_DEMO_AGENT_CMD (the prompt is appended as the last argument) with
 # HTTPS_PROXY=http://agent:<token>@127.0.0.1:<sidecar port> (the sidecar refuses CONNECTs without the
@@ -54,11 +60,10 @@ need_agent() {
 aget() { state_get "$2" "$(agent_dir "$1")/agent.env"; }
 aset() { state_set "$2" "$3" "$(agent_dir "$1")/agent.env"; }
 
-# The registry CLI as the principal: database admin URL + the principal's TPM (started if needed).
-principal_cli() {
-  local script="$DEMO_ROOT/registry-cli/$1" pdir
-  shift
-  pdir="$STATE_DIR/principal/tpm"
+# principal_env: the registry CLI's environment as the principal: database admin URL + the principal's TPM
+# (started if needed). Run it in a subshell: it exports into the caller.
+principal_env() {
+  local pdir="$STATE_DIR/principal/tpm"
   if ! tpm_running "$pdir"; then
     local port
     port="$(state_get PRINCIPAL_SWTPM_PORT)"
@@ -69,13 +74,45 @@ principal_cli() {
     info "    starting the principal's TPM (swtpm 127.0.0.1:$port)"
     tpm_up "$pdir" "$port" "$STATE_DIR/logs/principal.log"
   fi
+  tpm_env_exports "$pdir"
+  export TPM2_PKCS11_STORE AGENT_GATEWAY_DATABASE_URL
+  TPM2_PKCS11_STORE="$(state_get PRINCIPAL_STORE)"
+  AGENT_GATEWAY_DATABASE_URL="$(state_get DB_ADMIN_URL)"
+}
+
+# The registry CLI as the principal, its output in the current log.
+principal_cli() {
+  local script="$DEMO_ROOT/registry-cli/$1"
+  shift
   (
-    tpm_env_exports "$pdir"
-    export TPM2_PKCS11_STORE AGENT_GATEWAY_DATABASE_URL
-    TPM2_PKCS11_STORE="$(state_get PRINCIPAL_STORE)"
-    AGENT_GATEWAY_DATABASE_URL="$(state_get DB_ADMIN_URL)"
+    principal_env
     logged "$script" "$@"
   )
+}
+
+# shown_cli ENV_FN SCRIPT ARGS...: the registry CLI in the environment ENV_FN sets up, its output shown (stdout
+# to stdout, stderr to stderr, in that order) and appended to the current log.
+shown_cli() {
+  local env_fn="$1" script="$DEMO_ROOT/registry-cli/$2" out err rc=0
+  shift 2
+  printf '+ %s\n' "$(redact "$script $*")" >>"${CURRENT_LOG:-/dev/null}"
+  err="$(mktemp)"
+  out="$(
+    "$env_fn" 2>>"$err" || exit 1
+    "$script" "$@" 2>>"$err"
+  )" || rc=$?
+  printf '%s\n' "$out" >>"${CURRENT_LOG:-/dev/null}"
+  cat "$err" >>"${CURRENT_LOG:-/dev/null}"
+  [ -z "$out" ] || printf '%s\n' "$out"
+  cat "$err" >&2
+  rm -f "$err"
+  return "$rc"
+}
+
+# registry_env: the database alone (admin URL), for reading the registry without any TPM.
+registry_env() {
+  export AGENT_GATEWAY_DATABASE_URL
+  AGENT_GATEWAY_DATABASE_URL="$(state_get DB_ADMIN_URL)"
 }
 
 sidecar_args() {
@@ -250,30 +287,39 @@ cmd_start() {
 
 # The agent when no AI tool is configured: fetch every https URL in the prompt, like an agent would.
 fetch_agent() {
-  local prompt="${*: -1}" urls url rc=0 err
+  local prompt="${*: -1}" urls url rc=0 err heads id
   mapfile -t urls < <(grep -oE 'https://[^][:space:]"'"'"'<>()]+' <<<"$prompt" | sed -E 's/[.,;:!?]+$//' | awk '!seen[$0]++')
   if [ "${#urls[@]}" -eq 0 ]; then
     echo "(no https:// URL in the prompt, nothing to fetch)"
     return 0
   fi
   err="$(mktemp)"
+  heads="$(mktemp)"
   for url in "${urls[@]}"; do
     echo "\$ curl $url"
-    if curl -sS --fail-with-body --max-time 30 "$url" 2>"$err"; then
+    # -D keeps the headers of every response, the sidecar's answer to the CONNECT included.
+    if curl -sS --fail-with-body --max-time 30 -D "$heads" "$url" 2>"$err"; then
       echo
       continue
     fi
     rc=1
     cat "$err" >&2
     if grep -q 'CONNECT tunnel failed, response 403' "$err"; then
+      # curl prints no body of a refused CONNECT, so the sidecar's headers are what the agent gets to read:
+      # the gateway's reason and, for a missing grant, the access request it recorded.
+      tr -d '\r' <"$heads" | grep -iE '^agent-gateway-(deny-reason|request-id):' | sed 's/^/< /' || true
+      id="$(tr -d '\r' <"$heads" | sed -n 's/^[Aa]gent-[Gg]ateway-[Rr]equest-[Ii]d: *\(req-[0-9a-f]\{20\}\)$/\1/p' | tail -n 1)"
       echo "(denied by the gateway: no active permission signed for this agent's identity and TPM key to that destination)"
+      if [ -n "$id" ]; then
+        echo "(the gateway recorded access request $id: a principal approves it with ./demo/demo-agent.sh approve $id)"
+      fi
     elif grep -q 'CONNECT tunnel failed, response 407' "$err"; then
       echo "(407: the sidecar wants this agent's token in the proxy URL, HTTPS_PROXY=http://agent:TOKEN@...)"
     elif grep -q 'CONNECT tunnel failed, response 502' "$err"; then
       echo "(502: the gateway is unreachable, or it could not reach the destination)"
     fi
   done
-  rm -f "$err"
+  rm -f "$err" "$heads"
   return "$rc"
 }
 
@@ -335,6 +381,60 @@ cmd_prompt() {
   )
 }
 
+cmd_requests() {
+  need_setup
+  CURRENT_LOG="$STATE_DIR/logs/requests.log"
+  shown_cli registry_env agent-permissions.sh requests "$@"
+}
+
+# The request's identity, SPKI (hex) and destination, tab-separated; empty when there is no such row.
+request_row() {
+  psql -X -q -tA -F $'\t' -v ON_ERROR_STOP=1 -d "$(state_get DB_ADMIN_URL)" -v "id=$1" <<'SQL'
+SELECT subject_identity, encode(subject_public_key_spki_der, 'hex'), destination
+FROM access_requests WHERE request_id = :'id';
+SQL
+}
+
+# handle_of IDENTITY SPKI_HEX: the demo agent with that identity and TPM key, if there is one.
+handle_of() {
+  local d
+  for d in "$AGENTS_DIR"/*/; do
+    [ -f "$d/agent.env" ] && [ -f "$d/spki.der" ] || continue
+    if [ "$(state_get IDENTITY "$d/agent.env")" = "$1" ] &&
+      [ "$(od -An -v -tx1 "$d/spki.der" | tr -d ' \n')" = "$2" ]; then
+      basename "$d"
+      return 0
+    fi
+  done
+  return 0
+}
+
+cmd_approve() {
+  local id="${1:-}" rc=0
+  case "$id" in
+    "" | -*) die "usage: approve REQUEST_ID [--for DURATION | --days N]   (ids: ./demo/demo-agent.sh requests)" ;;
+  esac
+  shift
+  need_setup
+  CURRENT_LOG="$STATE_DIR/logs/requests.log"
+  # Exactly the principal's `grant` path: her TPM key signs, under her rooted scope, only if the gateway's
+  # policy would honour the row; the CLI refuses what is not pending, unknown or outside her scope.
+  shown_cli principal_env agent-permissions.sh approve "$id" "$PRINCIPAL" "$@" || rc=$?
+  [ "$rc" = 0 ] || exit "$rc"
+  local row identity spki dest h
+  row="$(request_row "$id" 2>>"$CURRENT_LOG")" || true
+  IFS=$'\t' read -r identity spki dest <<<"$row"
+  [ -n "${dest:-}" ] || return 0
+  h="$(handle_of "$identity" "$spki")"
+  if [ -n "$h" ]; then
+    local shown="${dest%:443}"
+    if ! grep -qxF "$shown" "$(agent_dir "$h")/grants" 2>/dev/null; then printf '%s\n' "$shown" >>"$(agent_dir "$h")/grants"; fi
+    info "$PRINCIPAL signed: $identity may reach $dest; try again: ./demo/demo-agent.sh prompt $h --prompt \"...\""
+  else
+    info "$PRINCIPAL signed: $identity may reach $dest"
+  fi
+}
+
 cmd_delete() {
   local h="${1:-}" force=0 dir
   [ -n "$h" ] || die "usage: delete HANDLE [--force]"
@@ -378,6 +478,8 @@ case "${1:-}" in
   prompt) shift; cmd_prompt "$@" ;;
   delete) shift; cmd_delete "$@" ;;
   start) shift; cmd_start "$@" ;;
+  requests) shift; cmd_requests "$@" ;;
+  approve) shift; cmd_approve "$@" ;;
   list) cmd_list ;;
   -h | --help | help) usage 0 ;;
   *) usage 2 >&2 ;;
