@@ -46,6 +46,15 @@ export interface Authorizer {
   authorize(peer: PeerIdentity, destination: Destination): AuthorizeResult | Promise<AuthorizeResult>;
 }
 
+/**
+ * Access requests (docs/contract.md "Access requests"): told about every policy denial, it answers the
+ * request id for the 403 when the reason is one a grant would fix, and writes the request later.
+ * Never blocks and never throws.
+ */
+export interface AccessRequestRecorder {
+  record(peer: PeerIdentity, destination: Destination, reason: DenyReason): string | undefined;
+}
+
 /** An open tunnel as live revocation sees it. */
 export interface LiveTunnel {
   readonly id: string;

@@ -110,6 +110,13 @@ export class ConfigReader {
     return n;
   }
 
+  bool(name: string, fallback: boolean): boolean {
+    const v = this.value(name);
+    if (v === undefined) return fallback;
+    if (typeof v !== 'boolean') this.fail(name, 'must be true or false');
+    return v;
+  }
+
   hostPort(name: string, fallback: string): HostPort {
     const v = this.value(name) ?? fallback;
     if (typeof v !== 'string') this.fail(name, 'must be a "host:port" string');

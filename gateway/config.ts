@@ -81,6 +81,19 @@ export type GatewayConfig = {
     readonly otlpEndpoint: string | undefined;
     readonly logStdout: boolean;
   };
+  /** Access requests recorded from denials (docs/contract.md "Access requests"). */
+  readonly requests: {
+    /** Record requests and name them in the 403 (needs registry schema version 7). */
+    readonly enabled: boolean;
+    /** Pending rows beyond which no new row is inserted (existing rows are still bumped). */
+    readonly maxPending: number;
+    /** Denials recorded per identity + key per minute; 0 = unlimited. */
+    readonly ratePerIdentity: number;
+    /** How long a denial waits in memory before its batch is written. */
+    readonly flushIntervalMs: number;
+    /** A dismissed request is not re-opened by denials this long after it was dismissed. */
+    readonly dismissQuietHours: number;
+  };
   readonly policy: {
     readonly clientExtOid: string;
     readonly databaseUrl: string;
@@ -218,6 +231,7 @@ function readConfig(r: ConfigReader, path: string, env: NodeJS.ProcessEnv): Gate
   const a = r.section('admin', false);
   const o = r.section('observability', true);
   const p = r.section('policy', true);
+  const q = r.section('requests', false);
   return {
     path,
     server: {
@@ -280,6 +294,13 @@ function readConfig(r: ConfigReader, path: string, env: NodeJS.ProcessEnv): Gate
       decisionCacheTtlMs: p.int('decision_cache_ttl_ms', 30_000, 0, 86_400_000),
       denialCacheTtlMs: p.int('denial_cache_ttl_ms', 2_000, 0, 60_000),
       trustRoots: readTrustRoots(p),
+    },
+    requests: {
+      enabled: q.bool('enabled', true),
+      maxPending: q.int('max_pending', 10_000, 1, 10_000_000),
+      ratePerIdentity: q.int('rate_per_identity', 60, 0, 1_000_000),
+      flushIntervalMs: q.int('flush_interval_ms', 250, 10, 60_000),
+      dismissQuietHours: q.int('dismiss_quiet_hours', 24, 0, 87_600),
     },
   };
 }

@@ -18,7 +18,14 @@ import { type Destination, InvalidDestinationError, normalizeDestination } from 
 import type { IdentityResult, PeerIdentity } from '../core/identity-extension.js';
 import { ActiveTunnel, type AllowedLine, type DecisionFields, logAllowed } from './active-tunnel.js';
 import type { AddressBudget } from './address-limits.js';
-import type { Authorizer, DenyReason, Grant, TunnelLimits, TunnelTracker } from './authorization.js';
+import type {
+  AccessRequestRecorder,
+  Authorizer,
+  DenyReason,
+  Grant,
+  TunnelLimits,
+  TunnelTracker,
+} from './authorization.js';
 import type { ByteTotals, GatewayMetrics, OpenTunnelBytes } from './metrics.js';
 import type { Logger } from './telemetry.js';
 import { boundedLogValue, startConnectSpan, traceIdOf } from './telemetry.js';
@@ -29,6 +36,8 @@ const { NGHTTP2_NO_ERROR, NGHTTP2_INTERNAL_ERROR } = constants;
 
 /** Header carrying the deny reason (closed set, never the detail) so a client can tell denials apart. */
 export const DENY_REASON_HEADER = 'agent-gateway-deny-reason';
+/** Header naming the access request a denial recorded (docs/contract.md "Access requests"). */
+export const REQUEST_ID_HEADER = 'agent-gateway-request-id';
 
 export type ConnectHandlerDeps = {
   readonly authorizer: Authorizer;
@@ -43,6 +52,8 @@ export type ConnectHandlerDeps = {
   readonly tunnelIdleTimeoutMs: number;
   /** True once drain has begun: CONNECTs that reach us after that are refused with 503. */
   readonly isDraining: () => boolean;
+  /** Policy denials a grant would fix become access requests; undefined = off. */
+  readonly requests?: AccessRequestRecorder | undefined;
 };
 
 /** What the server knows about the connection a stream arrived on. */
@@ -134,8 +145,8 @@ export class ConnectHandler implements OpenTunnelBytes {
     };
     const traceId = traceIdOf(span);
     if (traceId !== undefined) fields.trace_id = traceId;
-    const deny = (status: number, reason: DenyReason, detail: string) =>
-      this.deny(stream, span, fields, status, reason, detail);
+    const deny = (status: number, reason: DenyReason, detail: string, requestId?: string) =>
+      this.deny(stream, span, fields, status, reason, detail, requestId);
 
     if (deps.isDraining()) return deny(503, 'draining', 'gateway is shutting down');
 
@@ -181,8 +192,11 @@ export class ConnectHandler implements OpenTunnelBytes {
       connection.markProven();
     }
     // registry_busy is the gateway's capacity, not the caller's fault: 503, like tunnel_limit.
-    if (!decision.allow)
-      return deny(decision.reason === 'registry_busy' ? 503 : 403, decision.reason, decision.detail);
+    if (!decision.allow) {
+      const requestId = deps.requests?.record(peer, destination, decision.reason);
+      const status = decision.reason === 'registry_busy' ? 503 : 403;
+      return deny(status, decision.reason, decision.detail, requestId);
+    }
     if (isGone(stream)) return this.abandoned(span, fields, 'client went away during authorization');
     const grant = decision.grant;
 
@@ -237,20 +251,24 @@ export class ConnectHandler implements OpenTunnelBytes {
     status: number,
     reason: DenyReason,
     detail: string,
+    requestId: string | undefined,
   ): void {
     this.deps.metrics.connectDecisions.inc({ result: 'deny', reason });
-    this.deps.logger.info(
-      {
-        ...fields,
-        policy_decision: 'deny',
-        deny_reason: reason,
-        deny_detail: boundedLogValue(detail),
-        status,
-      },
-      'CONNECT denied',
-    );
+    const line: Record<string, unknown> = {
+      ...fields,
+      policy_decision: 'deny',
+      deny_reason: reason,
+      deny_detail: boundedLogValue(detail),
+      status,
+    };
+    const headers: Record<string, string> = { [DENY_REASON_HEADER]: reason };
+    if (requestId !== undefined) {
+      line['request_id'] = requestId;
+      headers[REQUEST_ID_HEADER] = requestId;
+    }
+    this.deps.logger.info(line, 'CONNECT denied');
     span.setAttribute('agent_gateway.deny_reason', reason);
-    this.finish(stream, span, status, reason, { [DENY_REASON_HEADER]: reason });
+    this.finish(stream, span, status, reason, headers);
   }
 
   private countAllowed(span: Span, grant: Grant): void {

@@ -4,8 +4,10 @@
  * code main should use; everything after startup is the running gateway's business.
  */
 import type { AddressInfo } from 'node:net';
+import { ACCESS_REQUESTS_SCHEMA_VERSION } from '../core/access-request-id.js';
 import { errorText } from '../core/error-text.js';
 import { latestKnownVersion } from '../core/migrate.js';
+import { AccessRequests } from './access-requests.js';
 import { AddressGuard } from './address-guard.js';
 import { AddressLimits } from './address-limits.js';
 import { type AdminServer, startAdminServer } from './admin-server.js';
@@ -92,6 +94,8 @@ export async function startGateway(
       );
     }
     await registry.warm();
+    const requests = accessRequests(config, schema.version, registry, metrics, logger);
+    if (requests !== undefined) cleanup.push(() => requests.close());
 
     const authorizer = new RegistryAuthorizer({
       registry,
@@ -134,6 +138,7 @@ export async function startGateway(
       tracer: telemetry.tracer,
       tunnelIdleTimeoutMs: config.upstream.tunnelIdleTimeoutMs,
       isDraining: () => server?.isDraining ?? false,
+      requests,
     });
     try {
       server = new GatewayServer({
@@ -215,6 +220,38 @@ export async function startGateway(
     await unwind();
     throw err;
   }
+}
+
+/**
+ * The access-request recorder, or undefined when requests.enabled is off or the registry predates
+ * migrations/0007: then denials are answered as before, without a request id (docs/contract.md
+ * "Access requests").
+ */
+function accessRequests(
+  config: GatewayConfig,
+  schemaVersion: number,
+  registry: Registry,
+  metrics: GatewayMetrics,
+  logger: Telemetry['logger'],
+): AccessRequests | undefined {
+  const { enabled, maxPending, ratePerIdentity, flushIntervalMs, dismissQuietHours } = config.requests;
+  if (!enabled) return undefined;
+  if (schemaVersion < ACCESS_REQUESTS_SCHEMA_VERSION) {
+    logger.info(
+      { schema_version: schemaVersion, required: ACCESS_REQUESTS_SCHEMA_VERSION },
+      'access requests are not recorded: the registry has no access_requests table (run the migrations: agent_gateway_registry migrate)',
+    );
+    return undefined;
+  }
+  return new AccessRequests({
+    registry,
+    maxPending,
+    ratePerIdentity,
+    flushIntervalMs,
+    dismissQuietHours,
+    metrics,
+    logger,
+  });
 }
 
 async function checkSchema(registry: Registry): Promise<{ version: number; notifications: boolean }> {

@@ -73,7 +73,7 @@ export function createGatewayMetrics(opts: { defaultMetrics?: boolean; prefix?: 
     }),
     registryInFlight: new Gauge<'lane'>({
       name: 'agent_gateway_registry_in_flight',
-      help: 'Registry requests waiting for or holding a connection, by lane (lookup, recheck)',
+      help: 'Registry requests waiting for or holding a connection, by lane (lookup, recheck, record)',
       labelNames: ['lane'],
       registers,
     }),
@@ -109,6 +109,15 @@ export function createGatewayMetrics(opts: { defaultMetrics?: boolean; prefix?: 
     decisionCacheMisses: new Counter({
       name: 'agent_gateway_decision_cache_misses_total',
       help: 'CONNECT decisions that needed a registry lookup (including while the cache is bypassed)',
+      registers,
+    }),
+    accessRequests: new Counter<'outcome'>({
+      name: 'agent_gateway_access_requests_total',
+      help:
+        'Denials that leave an access request, by outcome: recorded (written), dropped_rate (over ' +
+        'requests.rate_per_identity), dropped_full (no room for a new row: requests.max_pending, or the ' +
+        'in-memory batch is full), failed (the batch could not be written)',
+      labelNames: ['outcome'],
       registers,
     }),
     denialCacheHits: new Counter({

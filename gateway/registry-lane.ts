@@ -2,7 +2,7 @@
  * One lane of the registry client: its own pg pool, a bounded wait for a connection, and an optional cap
  * on requests in flight. Lanes exist so that one kind of registry work can never starve another: CONNECT
  * lookups from any client who finished a TLS handshake (lookup) must not delay the re-checks that end
- * revoked tunnels (recheck). Beyond the cap a request fails at once (RegistryUnavailableError 'busy'),
+ * revoked tunnels (recheck), and neither may wait behind access-request writes (record). Beyond the cap a request fails at once (RegistryUnavailableError 'busy'),
  * so a flood gets fast answers instead of a queue that grows until every wait times out.
  */
 import pg from 'pg';
@@ -10,7 +10,7 @@ import type { Queryable } from '../core/registry-queries.js';
 import type { GatewayMetrics } from './metrics.js';
 import { type AuthorizationLogger, errorText, RegistryUnavailableError } from './registry-errors.js';
 
-export type LaneName = 'lookup' | 'recheck';
+export type LaneName = 'lookup' | 'recheck' | 'record';
 
 export type RegistryLaneOptions = {
   readonly name: LaneName;
@@ -19,6 +19,8 @@ export type RegistryLaneOptions = {
   readonly acquireTimeoutMs: number;
   /** Requests waiting for or holding a connection; beyond it, 'busy' at once. Undefined = unbounded. */
   readonly maxInFlight?: number | undefined;
+  /** What sets maxInFlight, named in the 'busy' error. */
+  readonly maxInFlightSource?: string | undefined;
   /**
    * Keep every connection open once made (warm()): a lane whose work must not wait cannot afford to open
    * a connection when it is needed, which under load takes longer than the acquire timeout.
@@ -75,7 +77,7 @@ export class RegistryLane {
       metrics?.registryErrors.inc({ kind: 'busy' });
       throw new RegistryUnavailableError(
         'busy',
-        `${this.inFlight + this.abandoned} registry ${this.opts.name}s in flight or still queued (policy.max_lookups_in_flight ${maxInFlight})`,
+        `${this.inFlight + this.abandoned} registry ${this.opts.name}s in flight or still queued (${this.opts.maxInFlightSource ?? 'cap'} ${maxInFlight})`,
       );
     }
     this.inFlight++;

@@ -1,7 +1,8 @@
 /**
  * The gateway's read-only registry client, in lanes (registry-lane.ts): `lookup` for CONNECT cache
  * misses (capped in flight, a fast 'busy' beyond the cap), `recheck` for live-tunnel re-checks on its
- * own connections, and the dedicated listen connection (registry-listener.ts) built from clientConfig().
+ * own connections, `record` for access-request writes (one connection; the registry's only writes, and
+ * only to access_requests: gateway/access-requests.ts), and the dedicated listen connection (registry-listener.ts) built from clientConfig().
  * Also the schema check at startup and a readiness ping. Every failure surfaces as
  * RegistryUnavailableError so callers have exactly one thing to fail closed on; nothing here retries,
  * because the next CONNECT is the retry and a dead connection is dropped from the pool.
@@ -84,6 +85,7 @@ export class Registry {
         clientConfig: this.clientConfig(app),
         maxConnections: opts.maxConnections,
         maxInFlight: opts.maxLookupsInFlight,
+        maxInFlightSource: 'policy.max_lookups_in_flight',
       }),
       recheck: new RegistryLane({
         ...common,
@@ -91,6 +93,16 @@ export class Registry {
         clientConfig: this.clientConfig(`${app}_recheck`, opts.recheckQueryTimeoutMs),
         maxConnections: opts.recheckConnections ?? 2,
         keepOpen: true,
+      }),
+      // Nobody waits on a record: one connection, opened on first use, and a flush that finds it taken
+      // fails at once rather than queueing (gateway/access-requests.ts flushes one batch at a time).
+      record: new RegistryLane({
+        ...common,
+        name: 'record',
+        clientConfig: this.clientConfig(`${app}_record`),
+        maxConnections: 1,
+        maxInFlight: 1,
+        maxInFlightSource: 'one access-request flush at a time',
       }),
     };
   }
@@ -191,6 +203,6 @@ export class Registry {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await Promise.all([this.lanes.lookup.close(), this.lanes.recheck.close()]);
+    await Promise.all(Object.values(this.lanes).map((lane) => lane.close()));
   }
 }

@@ -103,6 +103,13 @@ describe('gateway config: an original-style file', () => {
       denialCacheTtlMs: 2000,
       trustRoots: new Map(),
     });
+    expect(c.requests).toEqual({
+      enabled: true,
+      maxPending: 10_000,
+      ratePerIdentity: 60,
+      flushIntervalMs: 250,
+      dismissQuietHours: 24,
+    });
   });
 
   it('config.example.toml loads as-is and states exactly the defaults', () => {
@@ -234,6 +241,11 @@ describe('gateway config: every mistake names its key', () => {
       name: 'wrong type: section is a value',
       text: `http2 = 5\n${ORIGINAL}`,
       error: /http2: must be a table/,
+    },
+    {
+      name: 'wrong type: string for a boolean',
+      text: withLine('requests', 'enabled = "false"'),
+      error: /requests\.enabled: must be true or false/,
     },
     {
       name: 'out of range',
