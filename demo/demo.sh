@@ -327,7 +327,8 @@ step_migrations() {
     logged "$DEMO_ROOT/registry-cli/migrate.sh"
   )
   if [ "$(state_get PG_MODE)" = local ]; then
-    # Login roles IN ROLE the groups from migration 0002: read-only runtime for the gateway, admin for writes.
+    # Login roles IN ROLE the groups from migration 0002: runtime for the gateway (read-only but for
+    # access_requests, migration 0007), admin for writes.
     logged psql_super -d "$PG_DB" -v "admin_pw=$PG_ADMIN_PASSWORD" -v "gw_pw=$PG_GATEWAY_PASSWORD" <<SQL
 DO \$\$
 BEGIN
@@ -348,7 +349,7 @@ SQL
     port="$(state_get PG_PORT)"
     state_set DB_ADMIN_URL "postgresql://$PG_ADMIN_ROLE:$(url_encode "$PG_ADMIN_PASSWORD")@127.0.0.1:$port/$PG_DB"
     state_set DB_GATEWAY_URL "postgresql://$PG_GATEWAY_ROLE:$(url_encode "$PG_GATEWAY_PASSWORD")@127.0.0.1:$port/$PG_DB"
-    info "    roles: $PG_GATEWAY_ROLE (gateway, read-only), $PG_ADMIN_ROLE (registry writes)"
+    info "    roles: $PG_GATEWAY_ROLE (gateway: read-only, but records access requests), $PG_ADMIN_ROLE (registry writes)"
   fi
   step_done
 }
