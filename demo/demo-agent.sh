@@ -5,8 +5,8 @@
 #   demo-agent.sh create --identity ID [--grant DEST]... [--handle H]   prints the handle (= ID by default)
 #   demo-agent.sh grant HANDLE DEST...                                   sign more permissions for it
 #   demo-agent.sh prompt HANDLE --prompt TEXT                            run the agent through its sidecar
-#   demo-agent.sh requests [--all] [--identity ID] [--json]             access requests: what agents were denied
-#   demo-agent.sh approve REQUEST_ID [--for DURATION | --days N]        org-alice signs what was requested
+#   demo-agent.sh requests [--all] [--identity ID] [--json]              access requests: what agents were denied
+#   demo-agent.sh approve REQUEST_ID [--for DURATION | --days N]         org-alice signs what was requested
 #   demo-agent.sh delete HANDLE [--force]                                stop it, revoke its rows, remove it
 #   demo-agent.sh start HANDLE                                           (re)start its swtpm and sidecar
 #   demo-agent.sh list
