@@ -4,6 +4,7 @@
  * character, a KEY_ID with whitespace) is a usage error (exit 2) in every command; well-formed input the
  * gateway would not honour is a refusal (exit 1).
  */
+import { isAccessRequestId } from '../core/access-request-id.js';
 import { errorText } from '../core/error-text.js';
 import { assertEncodable } from '../core/permission-bytes.js';
 import { UsageError } from './errors.js';
@@ -59,4 +60,38 @@ export function parseLimit(text: string): number {
   if (!/^\d{1,7}$/.test(text) || Number(text) < 1)
     throw new UsageError(`--limit must be a positive number, got ${JSON.stringify(text)}`);
   return Number(text);
+}
+
+/** How long a new grant lasts: whole days (VALID_DAYS, --days) or, for shorter ones, minutes (--for). */
+export type Validity =
+  | { readonly days: number; readonly minutes?: never }
+  | { readonly minutes: number; readonly days?: never };
+
+const MINUTES_PER_DAY = 1440;
+const MINUTES_PER_UNIT = { m: 1, h: 60 } as const;
+
+/**
+ * A validity such as `30m`, `1h`, `12h` or `2d` (minutes, hours or days): approvals may be shorter than
+ * the day VALID_DAYS counts in.
+ */
+export function parseDuration(text: string, what = '--for'): Validity {
+  const m = /^(\d{1,8})([mhd])$/.exec(text.trim());
+  if (m === null) {
+    throw new UsageError(
+      `${what} must be a number with a unit m, h or d (30m, 1h, 12h, 2d), got ${JSON.stringify(text)}`,
+    );
+  }
+  const n = Number(m[1]);
+  const unit = m[2] as 'm' | 'h' | 'd';
+  const minutes = unit === 'd' ? n * MINUTES_PER_DAY : n * MINUTES_PER_UNIT[unit];
+  if (minutes < 1 || minutes > MAX_VALID_DAYS * MINUTES_PER_DAY)
+    throw new UsageError(`${what} must be between 1m and ${MAX_VALID_DAYS}d, got ${JSON.stringify(text)}`);
+  return unit === 'd' ? { days: n } : { minutes };
+}
+
+/** An access request id as the gateway names it (core/access-request-id.ts); anything else is exit 2. */
+export function parseRequestId(text: string): string {
+  if (!isAccessRequestId(text))
+    throw new UsageError(`REQUEST_ID must be req- and 20 lowercase hex digits, got ${JSON.stringify(text)}`);
+  return text;
 }

@@ -9,6 +9,7 @@ import type pg from 'pg';
 import { ALGORITHM_ECDSA_P256_SHA256 } from '../core/ecdsa.js';
 import type { PermissionRow, ScopeRow, SignerRow } from '../core/policy.js';
 import { tsText } from '../core/registry-queries.js';
+import type { Validity } from './args.js';
 
 /** The rows the CLI reads back have the shapes the policy decides on (core/policy.ts). */
 export type SigningKeyRow = SignerRow;
@@ -243,14 +244,15 @@ export async function activeScopes(
   return r.rows.map(scopeRow);
 }
 
-/** The window of a new grant: [now, now + validDays], both read back as canonical text. */
+/** The window of a new grant: [now, now + validity], both read back as canonical text. */
 export async function grantWindow(
   db: pg.ClientBase,
-  validDays: number,
+  validity: Validity,
 ): Promise<{ readonly notBefore: string; readonly notAfter: string }> {
   const r = await db.query<{ not_before: string; not_after: string }>(
-    `SELECT ${tsText('now()')} AS not_before, ${tsText(PLUS_DAYS('$1'))} AS not_after`,
-    [validDays],
+    `SELECT ${tsText('now()')} AS not_before,
+       ${tsText('(now() + make_interval(days => $1::int, mins => $2::int))')} AS not_after`,
+    [validity.days ?? 0, validity.minutes ?? 0],
   );
   const row = r.rows[0]!;
   return { notBefore: row.not_before, notAfter: row.not_after };
