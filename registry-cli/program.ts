@@ -15,6 +15,7 @@ import { registerPrincipalKey } from './commands/register-principal-key.js';
 import type { Env } from './env.js';
 import { EXIT_ENVIRONMENT, EXIT_OK, type ExitCode, toCliError } from './errors.js';
 import type { Io } from './io.js';
+import { addRequestCommands } from './program-requests.js';
 import { addRootCommands, ROOT_ENVIRONMENT_HELP, withTrustRootOptions } from './program-root.js';
 import { parseRootKeyId } from './root-key.js';
 import { loadTrustRoots } from './trust-roots.js';
@@ -112,7 +113,9 @@ export function buildProgram(env: Env, io: Io, setExit: (code: ExitCode) => void
 
   const permissions = program
     .command('agent-permissions')
-    .description('Grant, revoke, list and check the signed permissions of agents.');
+    .description(
+      'Grant, revoke, list and check the signed permissions of agents; list, approve and dismiss access requests.',
+    );
 
   permissions
     .command('grant')
@@ -235,6 +238,7 @@ export function buildProgram(env: Env, io: Io, setExit: (code: ExitCode) => void
         )(),
     );
 
+  addRequestCommands(permissions, ctx, run, ENVIRONMENT_HELP);
   addRootCommands(program, ctx, run, ENVIRONMENT_HELP);
 
   program

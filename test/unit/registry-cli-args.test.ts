@@ -3,7 +3,13 @@
 import { generateKeyPairSync } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { signerOptionsFromEnv } from '../../pkcs11/signer-options.js';
-import { checkField, checkKeyId, parseValidDays } from '../../registry-cli/args.js';
+import {
+  checkField,
+  checkKeyId,
+  parseDuration,
+  parseRequestId,
+  parseValidDays,
+} from '../../registry-cli/args.js';
 import { databaseFromEnv } from '../../registry-cli/env.js';
 import { EnvironmentError, UsageError } from '../../registry-cli/errors.js';
 import { runCli } from '../../registry-cli/program.js';
@@ -68,6 +74,29 @@ describe('argument checks', () => {
     expect(parseValidDays(' 365 ')).toBe(365);
     for (const bad of ['0', '-1', '1.5', 'ten', '', '36501', '1e3']) {
       expect(() => parseValidDays(bad)).toThrow(UsageError);
+    }
+  });
+
+  it('parses --for as minutes, hours or days (whole days stay days) and calls anything else a usage error', () => {
+    expect(parseDuration('30m')).toEqual({ minutes: 30 });
+    expect(parseDuration('1h')).toEqual({ minutes: 60 });
+    expect(parseDuration('12h')).toEqual({ minutes: 720 });
+    expect(parseDuration('2d')).toEqual({ days: 2 });
+    expect(parseDuration('36500d')).toEqual({ days: 36_500 });
+    for (const bad of ['0m', '30', '1.5h', '10s', 'h', '-1h', '1 h', '36501d', '1H', '']) {
+      expect(() => parseDuration(bad)).toThrow(UsageError);
+    }
+  });
+
+  it('takes request ids only in the gateway form', () => {
+    expect(parseRequestId('req-0123456789abcdef0123')).toBe('req-0123456789abcdef0123');
+    for (const bad of [
+      'req-0123456789ABCDEF0123',
+      'req-0123',
+      'req-0123456789abcdef01234',
+      ' req-0123456789abcdef0123',
+    ]) {
+      expect(() => parseRequestId(bad)).toThrow(UsageError);
     }
   });
 
@@ -140,6 +169,9 @@ describe('command line', () => {
     ['agent-permissions delete --help'],
     ['agent-permissions list --help'],
     ['agent-permissions check --help'],
+    ['agent-permissions requests --help'],
+    ['agent-permissions approve --help'],
+    ['agent-permissions dismiss --help'],
     ['migrate --help'],
   ])('%s prints usage and exits 0', async (args) => {
     const r = await run(args.split(' '));

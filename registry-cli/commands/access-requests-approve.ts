@@ -1,0 +1,196 @@
+/**
+ * agent-permissions approve REQUEST_ID KEY_ID [--for DURATION | --days N] [--permission-id ID], and
+ * approve --all-pending --identity ID KEY_ID [--yes]: sign the permission an access request asks for
+ * (its identity, agent key and destination) with the principal's TPM key, through exactly the code path
+ * of `grant` (registry-cli/sign-permission.ts: key, scope and the gateway's own policy), and mark the
+ * request approved with the permission id in the same transaction (docs/contract.md "Access requests").
+ */
+import { spkiFingerprint } from '../../core/spki-input.js';
+import { signerOptionsFromEnv } from '../../pkcs11/signer-options.js';
+import {
+  type AccessRequestRecord,
+  assertAccessRequestSchema,
+  listAccessRequests,
+  markApproved,
+  readAccessRequest,
+} from '../access-request-writes.js';
+import { checkField, checkKeyId, parseRequestId, type Validity } from '../args.js';
+import { withRegistry } from '../db.js';
+import { databaseFromEnv } from '../env.js';
+import { EXIT_OK, EXIT_REFUSED, type ExitCode, Refusal } from '../errors.js';
+import type { CommandContext } from '../io.js';
+import { countPermissions } from '../registry-writes.js';
+import { grantNotes, PrincipalSigner, type SignedGrant, signPermission } from '../sign-permission.js';
+import { printRequestTable, visible } from './access-requests-list.js';
+
+export type ApproveOptions = {
+  readonly requestId: string;
+  readonly keyId: string;
+  readonly validity: Validity;
+  readonly permissionId?: string | undefined;
+};
+
+export type ApproveAllOptions = {
+  readonly identity: string;
+  readonly keyId: string;
+  readonly validity: Validity;
+  readonly yes: boolean;
+};
+
+// What --all-pending lists and signs at most in one run.
+const MAX_BATCH = 1000;
+
+export async function approveRequest(ctx: CommandContext, opts: ApproveOptions): Promise<ExitCode> {
+  const requestId = parseRequestId(opts.requestId);
+  const keyId = checkKeyId(opts.keyId);
+  const permissionId =
+    opts.permissionId === undefined ? undefined : checkField('--permission-id', opts.permissionId);
+  const target = databaseFromEnv(ctx.env);
+  const signer = new PrincipalSigner(signerOptionsFromEnv(keyId, ctx.env));
+  try {
+    const approved = await withRegistry(target, (registry) =>
+      registry.transaction(async (db) => {
+        await assertAccessRequestSchema(db);
+        const request = await readAccessRequest(db, requestId);
+        if (request === undefined) throw new Refusal(`no access request ${requestId}`);
+        assertPending(request);
+        const known = await countPermissions(db, request.subjectIdentity, request.subjectSpkiDer, undefined);
+        return {
+          request,
+          known,
+          grant: await approveOne(db, signer, request, keyId, opts.validity, permissionId),
+        };
+      }),
+    );
+    const { request, known, grant } = approved;
+    printApproved(ctx, requestId, grant);
+    if (known === 0) {
+      ctx.io.err(
+        `note: this agent key had no permission as ${visible(request.subjectIdentity)} before; anyone can claim ` +
+          "an identity, so if it is not the agent's key, revoke: agent-permissions.sh delete IDENTITY SPKI",
+      );
+    }
+  } finally {
+    signer.close();
+  }
+  return EXIT_OK;
+}
+
+export async function approveAllPending(ctx: CommandContext, opts: ApproveAllOptions): Promise<ExitCode> {
+  const identity = checkField('--identity', opts.identity);
+  const keyId = checkKeyId(opts.keyId);
+  const target = databaseFromEnv(ctx.env);
+  const signer = new PrincipalSigner(signerOptionsFromEnv(keyId, ctx.env));
+  try {
+    return await withRegistry(target, async (registry) => {
+      // Listed and asked outside any transaction: no row stays locked while a principal reads.
+      const { rows, newKeys } = await registry.transaction(async (db) => {
+        await db.query('SET TRANSACTION READ ONLY');
+        await assertAccessRequestSchema(db);
+        const rows = await listAccessRequests(db, { pendingOnly: true, identity, limit: MAX_BATCH });
+        const newKeys = new Set<string>();
+        for (const r of rows) {
+          if ((await countPermissions(db, identity, r.subjectSpkiDer, undefined)) === 0)
+            newKeys.add(r.subjectSpkiSha256);
+        }
+        return { rows, newKeys };
+      });
+      if (rows.length === 0) {
+        ctx.io.err(`no pending access requests for ${visible(identity)}: nothing signed`);
+        return EXIT_REFUSED;
+      }
+      printRequestTable(ctx.io, rows, false);
+      if (rows.length === MAX_BATCH)
+        ctx.io.err(`note: only the ${MAX_BATCH} most recent requests are listed`);
+      warnAboutKeys(ctx, identity, rows, newKeys);
+      const question = `sign ${rows.length} permission${rows.length === 1 ? '' : 's'} for ${visible(identity)} with ${keyId}? [y/N] `;
+      if (!opts.yes && !((await ctx.io.confirm?.(question)) ?? false)) {
+        ctx.io.err('nothing signed (answer was not yes; --yes skips the question)');
+        return EXIT_REFUSED;
+      }
+      const grants = await registry.transaction(async (db) => {
+        const signed: [string, SignedGrant][] = [];
+        for (const r of rows)
+          signed.push([r.requestId, await approveOne(db, signer, r, keyId, opts.validity, undefined)]);
+        return signed;
+      });
+      for (const [requestId, grant] of grants) printApproved(ctx, requestId, grant);
+      ctx.io.out(`approved ${grants.length} access requests for ${visible(identity)}`);
+      return EXIT_OK;
+    });
+  } finally {
+    signer.close();
+  }
+}
+
+function assertPending(request: AccessRequestRecord): void {
+  if (request.status === 'pending') return;
+  const decided =
+    request.status === 'approved'
+      ? ` at ${request.decidedAt} by ${request.decidedBy} as ${request.permissionId}`
+      : ` at ${request.decidedAt}`;
+  throw new Refusal(`access request ${request.requestId} is ${request.status}${decided}, not pending`);
+}
+
+/** Sign the request's permission and mark it approved; a request decided meanwhile rolls it all back. */
+async function approveOne(
+  db: Parameters<typeof signPermission>[0],
+  signer: PrincipalSigner,
+  request: AccessRequestRecord,
+  keyId: string,
+  validity: Validity,
+  permissionId: string | undefined,
+): Promise<SignedGrant> {
+  const grant = await signPermission(db, signer, {
+    keyId,
+    subjectIdentity: request.subjectIdentity,
+    subjectSpkiDer: request.subjectSpkiDer,
+    destination: request.destination,
+    validity,
+    permissionId,
+    shorterWindowHint: (days) => `use --days of at most ${days} (or a shorter --for)`,
+  });
+  if ((await markApproved(db, request.requestId, grant.row.permissionId, keyId)) === undefined) {
+    const now = await readAccessRequest(db, request.requestId);
+    throw new Refusal(
+      `access request ${request.requestId} was decided meanwhile (now ${now?.status ?? 'gone'}); nothing was signed`,
+    );
+  }
+  return grant;
+}
+
+/**
+ * Anyone who reaches the gateway can claim any identity with a key of their own, so a request names a key,
+ * not a person. Point out keys that were never granted anything under this identity.
+ */
+function warnAboutKeys(
+  ctx: CommandContext,
+  identity: string,
+  rows: readonly AccessRequestRecord[],
+  newKeys: ReadonlySet<string>,
+): void {
+  const keys = new Set(rows.map((r) => r.subjectSpkiSha256));
+  for (const k of newKeys) {
+    ctx.io.err(
+      `warning: agent key sha256 ${k} has never been granted anything as ${visible(identity)}: ` +
+        "check it is the agent's key before signing",
+    );
+  }
+  if (keys.size > 1) {
+    ctx.io.err(
+      `warning: these requests come from ${keys.size} different agent keys claiming ${visible(identity)}`,
+    );
+  }
+}
+
+function printApproved(ctx: CommandContext, requestId: string, grant: SignedGrant): void {
+  const { row } = grant;
+  ctx.io.out(
+    `approved ${requestId}: ${visible(row.subjectIdentity)} -> ${row.destination}, permission ${row.permissionId} ` +
+      `signed by ${row.signingKeyId}`,
+  );
+  ctx.io.out(`  agent public key sha256: ${spkiFingerprint(row.subjectSpkiDer)}`);
+  ctx.io.out(`  valid: ${row.notBefore} .. ${row.notAfter}`);
+  ctx.io.out("  verified with the gateway's policy: allowed");
+  for (const note of grantNotes(grant)) ctx.io.err(note);
+}
