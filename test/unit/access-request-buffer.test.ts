@@ -60,7 +60,9 @@ describe('AccessRequestBuffer', () => {
   it('records ratePerMinute denials per proven key, refilled evenly over the minute', () => {
     const { buffer, advance } = setup(3);
     const a = peer('agent-a');
-    const outcomes = Array.from({ length: 5 }, (_, i) => buffer.add(`req-${i}`, a, `d${i}:443`, 'no_permission'));
+    const outcomes = Array.from({ length: 5 }, (_, i) =>
+      buffer.add(`req-${i}`, a, `d${i}:443`, 'no_permission'),
+    );
     expect(outcomes).toEqual(['buffered', 'buffered', 'buffered', 'dropped_rate', 'dropped_rate']);
     // Another key claiming the same identity, and another identity, have buckets of their own.
     expect(buffer.add('req-x', peer('agent-a', 'key-2'), 'd:443', 'no_permission')).toBe('buffered');
@@ -71,7 +73,14 @@ describe('AccessRequestBuffer', () => {
     advance(1_000);
     expect(buffer.add('req-5', a, 'd5:443', 'no_permission')).toBe('buffered');
     expect(buffer.add('req-6', a, 'd6:443', 'no_permission')).toBe('dropped_rate');
-    expect(buffer.take().map((e) => e.requestId)).toEqual(['req-0', 'req-1', 'req-2', 'req-x', 'req-y', 'req-5']);
+    expect(buffer.take().map((e) => e.requestId)).toEqual([
+      'req-0',
+      'req-1',
+      'req-2',
+      'req-x',
+      'req-y',
+      'req-5',
+    ]);
   });
 
   it('a repeat of a held request also spends the rate', () => {
