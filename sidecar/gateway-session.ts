@@ -46,6 +46,8 @@ export class InvalidAuthorityError extends Error {
 
 export type GatewayResponse = {
   readonly status: number;
+  /** The gateway's response headers (a denial's reason and request id are relayed to the agent). */
+  readonly headers: http2.IncomingHttpHeaders;
   readonly stream: http2.ClientHttp2Stream;
 };
 
@@ -251,7 +253,7 @@ export class GatewaySession {
     return new Promise((resolve, reject) => {
       const onResponse = (h: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader) => {
         cleanup();
-        resolve({ status: Number(h[':status']), stream });
+        resolve({ status: Number(h[':status']), headers: h, stream });
       };
       const onError = (err: Error) => {
         cleanup();

@@ -18,6 +18,7 @@ import {
   PROXY_AUTH_REALM,
   proxyAuthorizationValid,
 } from './agent-access.js';
+import { gatewayDenialResponse, plainResponse, readGatewayDenial } from './agent-answers.js';
 import { type GatewaySession, GatewayUnreachableError, InvalidAuthorityError } from './gateway-session.js';
 import { type Logger, startConnectTrace, type Tracing } from './telemetry.js';
 
@@ -162,7 +163,7 @@ export class ProxyServer {
     });
 
     gateway.connect(authority, trace.headers).then(
-      ({ status, stream }) => {
+      ({ status, headers, stream }) => {
         tunnel.stream = stream;
         const ms = Math.round((performance.now() - started) * 10) / 10;
         if (agentGone) {
@@ -173,8 +174,12 @@ export class ProxyServer {
           return;
         }
         if (status !== 200) {
-          log.info({ status, connect_ms: ms }, 'CONNECT denied by gateway');
-          socket.end(plainResponse(status, 'gateway denied request'));
+          const denial = readGatewayDenial(headers);
+          log.info(
+            { status, connect_ms: ms, deny_reason: denial.reason, request_id: denial.requestId },
+            'CONNECT denied by gateway',
+          );
+          socket.end(gatewayDenialResponse(status, authority, denial));
           abandonStream(stream);
           this.tunnels.delete(tunnel);
           trace.end({ status });
@@ -304,16 +309,4 @@ function abandonStream(stream: http2.ClientHttp2Stream): void {
   const timer = setTimeout(() => stream.close(http2.constants.NGHTTP2_CANCEL), ORPHAN_STREAM_GRACE_MS);
   timer.unref();
   stream.once('close', () => clearTimeout(timer));
-}
-
-function plainResponse(status: number, body: string, extra: Record<string, string> = {}): string {
-  const reason = http.STATUS_CODES[status] ?? 'Unknown';
-  const headers = {
-    'Content-Type': 'text/plain; charset=utf-8',
-    'Content-Length': String(Buffer.byteLength(body)),
-    Connection: 'close',
-    ...extra,
-  };
-  const lines = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`);
-  return `HTTP/1.1 ${status} ${reason}\r\n${lines.join('')}\r\n${body}`;
 }

@@ -7,6 +7,7 @@
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { accessRequestId } from '../../core/access-request-id.js';
 import { freePort } from '../../dev-support/ports.js';
 import { runCommand } from '../../dev-support/run-command.js';
 import type { TpmHandle } from '../../dev-support/swtpm.js';
@@ -103,14 +104,32 @@ describe.sequential('sidecar with a TPM key, end to end', () => {
     expect(established?.['tls_protocol']).toBe('TLSv1.3');
   });
 
-  it('answers 403 "gateway denied request" for a destination without a grant', async () => {
+  it("answers 403 for a destination without a grant with the gateway's reason, request id and what to do", async () => {
     const other = await freePort();
     const r = await curlConnectStatus(`https://localhost:${other}/`);
     expect(r.code).toBe(56);
     expect(r.stdout).toBe('403');
-    const raw = await rawConnect(sidecarPort, `localhost:${other}`);
-    expect(raw).toMatchObject({ status: 403, body: 'gateway denied request' });
-    expect((await gw.waitForLogs('CONNECT denied')).at(-1)?.['source_identity']).toBe(IDENTITY);
+    // The agent names the destination as it likes; the line names it as the request row does.
+    const raw = await rawConnect(sidecarPort, `LOCALHOST:${other}`);
+    const requestId = accessRequestId(IDENTITY, spkiDer, `localhost:${other}`);
+    expect(raw.status).toBe(403);
+    const headers = raw.headers.split('\r\n');
+    expect(headers).toContain('agent-gateway-deny-reason: no_permission');
+    expect(headers).toContain(`agent-gateway-request-id: ${requestId}`);
+    expect(raw.body).toBe(
+      `access to localhost:${other} requested as ${requestId}; ask a principal to approve it\n`,
+    );
+    const denied = (await gw.waitForLogs('CONNECT denied')).at(-1);
+    expect(denied?.['source_identity']).toBe(IDENTITY);
+    expect(denied?.['request_id']).toBe(requestId);
+    // What an agent running curl reads (curl -v prints the proxy's response headers).
+    const verbose = await curl([
+      '-v',
+      '-x',
+      `http://127.0.0.1:${sidecarPort}`,
+      `https://localhost:${other}/`,
+    ]);
+    expect(verbose.stderr).toContain(`< agent-gateway-request-id: ${requestId}`);
   });
 
   it('answers 405 to plain HTTP proxy requests', async () => {
