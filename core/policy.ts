@@ -44,8 +44,8 @@ export type ScopeRow = {
   readonly rootKeyId?: string | null | undefined;
   readonly rootSignature?: Buffer | null | undefined;
   /**
-   * A revoked scope row with the same signed fields (signing key, destination, window) exists: this row
-   * could carry that row's root signature, so with trust roots it counts as revoked too.
+   * A revoked scope row of the same key and destination has this row's window, or was revoked after
+   * this row's start (core/registry-queries.ts revokedDelegation): with trust roots it counts as revoked.
    */
   readonly replaysRevoked?: boolean | undefined;
 };
@@ -213,7 +213,7 @@ export function evaluateCandidate(
       if (s.replaysRevoked === true) {
         return deny(
           'scope_revoked',
-          `scope ${s.id} repeats the signed fields of a revoked scope of ${k.keyId} for ${s.destination}`,
+          `scope ${s.id} of ${k.keyId} for ${s.destination} is taken away by a revoked scope of that delegation (the same signed fields, or a revocation after its start)`,
         );
       }
       const failure = scopeRootFailure(s, k.spkiDer, roots, verify);

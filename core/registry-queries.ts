@@ -32,6 +32,22 @@ function rootColumns(alias: 'k' | 's'): string {
   decode(substr(to_jsonb(${alias}) ->> 'root_signature', 3), 'hex') AS ${alias}_root_signature`;
 }
 
+/**
+ * Does another, revoked scope row take scope row `alias` away (docs/contract.md "Root of trust")? A
+ * root signature covers a row's fields, not its history, so a revoked delegation must also void the
+ * signatures the root made for it earlier: a copy of the revoked row's signed fields, and any row of
+ * the same key and destination whose window starts before the revocation (an earlier window the root
+ * signed before a refresh, put back by someone who kept it). A delegation granted again after the
+ * revocation starts later (the CLI starts a new scope at now()), so it stays valid.
+ */
+export function revokedDelegation(alias: string, other: string): string {
+  return `EXISTS (SELECT 1 FROM principal_key_permissions ${other}
+          WHERE ${other}.revoked_at IS NOT NULL AND ${other}.signing_key_id = ${alias}.signing_key_id
+            AND ${other}.destination = ${alias}.destination AND ${other}.id <> ${alias}.id
+            AND ((${other}.not_before = ${alias}.not_before AND ${other}.not_after = ${alias}.not_after)
+                 OR ${other}.revoked_at > ${alias}.not_before))`;
+}
+
 const CANDIDATE_COLUMNS = `
   p.permission_id, p.signing_key_id, p.subject_identity, p.subject_public_key_spki_der, p.destination,
   ${tsText('p.not_before')} AS p_not_before, ${tsText('p.not_after')} AS p_not_after,
@@ -43,10 +59,7 @@ const CANDIDATE_COLUMNS = `
   ${tsText('s.not_before')} AS s_not_before, ${tsText('s.not_after')} AS s_not_after,
   ${tsText('s.revoked_at')} AS s_revoked_at,
   ${rootColumns('k')}, ${rootColumns('s')},
-  EXISTS (SELECT 1 FROM principal_key_permissions r
-          WHERE r.revoked_at IS NOT NULL AND r.signing_key_id = s.signing_key_id
-            AND r.destination = s.destination AND r.not_before = s.not_before
-            AND r.not_after = s.not_after AND r.id <> s.id) AS s_replays_revoked`;
+  ${revokedDelegation('s', 'r')} AS s_replays_revoked`;
 
 // The signer's scope row for this destination that best explains the decision: an active covering row
 // if there is one, else the active row closest to covering, else (explain only) a revoked one. Among
@@ -60,10 +73,7 @@ const SCOPE_LATERAL = (activeOnly: boolean) => `
     ORDER BY (sc.revoked_at IS NULL) DESC,
              (sc.not_before <= p.not_before AND sc.not_after >= p.not_after) DESC,
              (to_jsonb(sc) ->> 'root_signature' IS NOT NULL) DESC,
-             NOT EXISTS (SELECT 1 FROM principal_key_permissions rv
-                         WHERE rv.revoked_at IS NOT NULL AND rv.signing_key_id = sc.signing_key_id
-                           AND rv.destination = sc.destination AND rv.not_before = sc.not_before
-                           AND rv.not_after = sc.not_after AND rv.id <> sc.id) DESC,
+             NOT ${revokedDelegation('sc', 'rv')} DESC,
              sc.not_after DESC, sc.id DESC
     LIMIT 1
   ) s ON true`;

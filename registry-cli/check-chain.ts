@@ -105,7 +105,7 @@ export function explainChain(c: Candidate, verdict: CandidateVerdict, roots: Tru
     if (roots.size > 0 && r.valid && s.replaysRevoked === true)
       r = {
         valid: false,
-        why: `${r.why}, but it repeats the signed fields of a revoked scope: counts as revoked`,
+        why: `${r.why}, but a revoked scope of the same key and destination takes it away (the same signed fields, or revoked after its start): counts as revoked`,
       };
     else if (roots.size > 0 && r.valid && nest !== undefined)
       r = { valid: false, why: `${r.why}, but ${nest}` };

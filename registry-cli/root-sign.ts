@@ -20,29 +20,39 @@ import {
   setKeyRootSignature,
   setScopeRootSignature,
 } from './root-writes.js';
-import { assertScopeNests, keyBytes, scopeBytes } from './rooting.js';
+import { assertScopeNests, keyBytes, keySignedBy, scopeBytes, scopeSignedBy } from './rooting.js';
 
 /**
  * A root signs the end its command asked for (now + `days`, by the database clock of this transaction,
- * which is the one the row was written with), never a later end the row already held: someone who can
- * write the registry could have stretched it, and the operator never asked to vouch for that.
+ * which is the one the row was written with), or an end it had already signed for this row; never a
+ * later end that no signature of this root covers: someone who can write the registry could have
+ * stretched it, and the operator never asked to vouch for that.
  */
-async function refuseStretchedEnd(db: pg.ClientBase, what: string, w: Window, days: number): Promise<void> {
+async function refuseStretchedEnd(
+  db: pg.ClientBase,
+  what: string,
+  w: Window,
+  ask: { readonly days: number; readonly flag: string; readonly vouched: boolean },
+): Promise<void> {
+  if (ask.vouched) return;
   const r = await db.query<{ requested: string; beyond: boolean }>(
     `SELECT ${tsText('(now() + make_interval(days => $1::int))')} AS requested,
        $2::timestamptz > now() + make_interval(days => $1::int) AS beyond`,
-    [days, w.notAfter],
+    [ask.days, w.notAfter],
   );
   const { requested, beyond } = r.rows[0]!;
   if (!beyond) return;
   throw new Refusal(
-    `${what} window ${w.notBefore} .. ${w.notAfter} ends after the ${days} days asked for (${requested}); ` +
-      'a root signs only the end you ask for: pass --valid-days to cover that end if you vouch for it, or ' +
-      'correct the row first. Nothing was signed',
+    `${what} window ${w.notBefore} .. ${w.notAfter} ends after the ${ask.days} days asked for (${requested}), ` +
+      `and no signature of this root covers that end; a root signs only the end you ask for: pass ${ask.flag} ` +
+      'to cover it if you vouch for it, or correct the row first. Nothing was signed',
   );
 }
 
-/** Sign the key row as it now stands with root `id` and store the signature; its end is at most now + `days`. */
+/**
+ * Sign the key row as it now stands with root `id` and store the signature; its end is at most now +
+ * `days` unless this root already signed it.
+ */
 export async function rootSignKey(
   env: Env,
   db: pg.ClientBase,
@@ -52,12 +62,16 @@ export async function rootSignKey(
 ): Promise<RootMark> {
   await assertRootSchema(db);
   const [key] = await rootableKeys(db, keyId);
-  await refuseStretchedEnd(db, `principal key ${keyId}`, key!, days);
   const signer = openRootSigner(env, id);
   try {
     if (signer.spkiDer.equals(key!.spkiDer)) {
       throw new Refusal(`root ${id} is the key of principal ${keyId} itself; a root cannot vouch for itself`);
     }
+    await refuseStretchedEnd(db, `principal key ${keyId}`, key!, {
+      days,
+      flag: 'VALID_DAYS',
+      vouched: keySignedBy(key!, id, signer.spkiDer),
+    });
     const m = { rootKeyId: id, rootSignature: signer.sign(keyBytes(key!)) };
     await recordRootKey(db, rootKeyId(signer.spkiDer), signer.spkiDer, null);
     await setKeyRootSignature(db, keyId, m);
@@ -69,7 +83,7 @@ export async function rootSignKey(
 
 /**
  * Sign the scope row as it now stands with root `id`, refusing first when it outlasts its key or ends
- * after now + `days`.
+ * after now + `days` where this root had not signed that end.
  */
 export async function rootSignScope(
   env: Env,
@@ -80,10 +94,14 @@ export async function rootSignScope(
 ): Promise<RootableScope> {
   await assertRootSchema(db);
   const [scope] = await rootableScopes(db, scopeId);
-  await refuseStretchedEnd(db, `scope ${scope!.signingKeyId} -> ${scope!.destination}`, scope!, days);
   assertScopeNests(scope!, { notBefore: scope!.keyNotBefore, notAfter: scope!.keyNotAfter });
   const signer = openRootSigner(env, id);
   try {
+    await refuseStretchedEnd(db, `scope ${scope!.signingKeyId} -> ${scope!.destination}`, scope!, {
+      days,
+      flag: '--valid-days',
+      vouched: scopeSignedBy(scope!, id, signer.spkiDer),
+    });
     const m = { rootKeyId: id, rootSignature: signer.sign(scopeBytes(scope!)) };
     await recordRootKey(db, rootKeyId(signer.spkiDer), signer.spkiDer, null);
     await setScopeRootSignature(db, scopeId, m);

@@ -5,7 +5,7 @@
  * caller's transaction.
  */
 import type pg from 'pg';
-import { fetchSchemaVersion, tsText } from '../core/registry-queries.js';
+import { fetchSchemaVersion, revokedDelegation, tsText } from '../core/registry-queries.js';
 import { ROOT_ALGORITHM } from '../core/root-signed-bytes.js';
 import { EnvironmentError } from './errors.js';
 
@@ -59,6 +59,8 @@ export type RootableScope = RootMark & {
   readonly keyNotAfter: string;
   /** Its key's SPKI DER, which the scope's root signature binds. */
   readonly keySpkiDer: Buffer;
+  /** A revoked row of the same delegation takes it away (core/registry-queries.ts revokedDelegation). */
+  readonly revokedDelegation: boolean;
 };
 
 type MarkRecord = { root_key_id: string | null; root_signature: Buffer | null };
@@ -104,6 +106,7 @@ type ScopeRecord = MarkRecord & {
   k_not_before: string;
   k_not_after: string;
   k_spki: Buffer;
+  revoked_delegation: boolean;
 };
 
 /** Active scope rows of active keys, locked FOR UPDATE; one row when `scopeId` is given. */
@@ -112,7 +115,7 @@ export async function rootableScopes(db: pg.ClientBase, scopeId?: string): Promi
     `SELECT s.id::text AS id, s.signing_key_id, s.destination, ${tsText('s.not_before')} AS not_before,
        ${tsText('s.not_after')} AS not_after, s.root_key_id, s.root_signature,
        ${tsText('k.not_before')} AS k_not_before, ${tsText('k.not_after')} AS k_not_after,
-       k.public_key_spki_der AS k_spki
+       k.public_key_spki_der AS k_spki, ${revokedDelegation('s', 'r')} AS revoked_delegation
      FROM principal_key_permissions s JOIN principal_signing_keys k ON k.key_id = s.signing_key_id
      WHERE ($1::bigint IS NULL AND s.revoked_at IS NULL AND s.not_after > now()
             AND k.revoked_at IS NULL AND k.not_after > now())
@@ -129,6 +132,7 @@ export async function rootableScopes(db: pg.ClientBase, scopeId?: string): Promi
     keyNotBefore: s.k_not_before,
     keyNotAfter: s.k_not_after,
     keySpkiDer: s.k_spki,
+    revokedDelegation: s.revoked_delegation,
     ...mark(s),
   }));
 }

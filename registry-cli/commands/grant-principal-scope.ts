@@ -4,7 +4,9 @@
  * checking it lies within the key's window; without it, a root-signed row is never changed (that would
  * void its signature).
  */
+
 import { normalizeDestination } from '../../core/destination.js';
+import { spkiFingerprint } from '../../core/spki-input.js';
 import { MICROS_PER_DAY, type Micros, parseTimestamp } from '../../core/timestamp.js';
 import { checkKeyId } from '../args.js';
 import { databaseNow, withRegistry } from '../db.js';
@@ -76,7 +78,9 @@ export async function grantPrincipalScope(ctx: CommandContext, opts: ScopeOption
   for (const { scope, action } of results) {
     ctx.io.out(
       `scope ${keyId} -> ${scope.destination}: ${action}, valid ${scope.notBefore} .. ${scope.notAfter}` +
-        (opts.rootKeyId === undefined ? '' : `, signed by root ${opts.rootKeyId}`),
+        (opts.rootKeyId === undefined
+          ? ''
+          : `, signed by root ${opts.rootKeyId} for public key sha256 ${spkiFingerprint(key.spkiDer)}`),
     );
   }
   if (results.some((r) => parseTimestamp(r.scope.notAfter) > parseTimestamp(key.notAfter))) {

@@ -6,11 +6,11 @@
  * What the registry says about a row is not evidence: a `root_key_id` column can be written by anyone
  * who can write the table. So a row is re-signed only when its current signature verifies under a root
  * the operator names (--trust-root and friends, as `check` reads them: the old root during a rotation).
- * Every other row (never signed, signed by a root not named, or a signature that does not verify) is
- * "unvouched": it is listed with its key's public-key fingerprint, and signed only with
- * --sign-unvouched, for the first migration onto a root, after the operator has checked each
- * fingerprint against the principal's. A scope that does not lie within its key's window is refused
- * before anything is signed.
+ * A row never signed is "unvouched": it is listed with its key's public-key fingerprint and signed
+ * only with --sign-unvouched, for the first migration onto a root, after the operator has checked each
+ * fingerprint against the principal's. Anything else (a root not named, a signature that does not
+ * verify, a scope a revocation takes away) is never signed here. A scope that does not lie within its
+ * key's window is refused before anything is signed.
  */
 import { createHash } from 'node:crypto';
 import { errorText } from '../../core/error-text.js';
@@ -44,24 +44,44 @@ export type SignPendingOptions = {
 
 const fingerprint = (spkiDer: Buffer) => `sha256:${createHash('sha256').update(spkiDer).digest('hex')}`;
 
-/** Why a row is not vouched for, or undefined when its signature verifies under a vouching root. */
-function unvouchedWhy(failure: () => RootFailure | null): string | undefined {
+/**
+ * What root-sign-pending does with a row: sign it (its signature verifies under a root the operator
+ * named), sign it only with --sign-unvouched (an unsigned row), or never. Never: a signature that
+ * claims a root not named (name it, or root-withdraw the row), one that claims a root and does not verify (a copy from another row, or a row changed after signing; if it is genuine, root-withdraw
+ * it and check it like any unsigned row), a row with no canonical bytes, and a scope a revoked row of
+ * its delegation takes away (signing it anew would undo that revocation).
+ */
+type Verdict =
+  | { readonly kind: 'vouched'; readonly text: string }
+  | { readonly kind: 'unvouched'; readonly text: string }
+  | { readonly kind: 'never'; readonly text: string };
+
+function verdict(row: RootMarkText, failure: () => RootFailure | null, revoked = false): Verdict {
+  if (revoked)
+    return { kind: 'never', text: 'not signed: a revoked scope of this key and destination takes it away' };
   let f: RootFailure | null;
   try {
     f = failure();
   } catch (err) {
-    return `unvouched: the row does not encode: ${errorText(err)}`;
+    return { kind: 'never', text: `not signed: the row does not encode: ${errorText(err)}` };
   }
-  if (f === null) return undefined;
+  if (f === null) return { kind: 'vouched', text: `vouched: ${row.rootKeyId}` };
   switch (f.kind) {
     case 'unsigned':
-      return 'unvouched: unsigned';
+      return { kind: 'unvouched', text: 'unvouched: unsigned' };
     case 'unknown_root':
-      return `unvouched: claims root ${f.rootKeyId}, not one you named`;
+      return {
+        kind: 'never',
+        text: `not signed: claims root ${f.rootKeyId}, not one you named (name it to re-sign what it signed)`,
+      };
     case 'bad_signature':
-      return `unvouched: claims root ${f.rootKeyId}, but its signature does not verify`;
+      return {
+        kind: 'never',
+        text: `not signed: claims root ${f.rootKeyId}, but its signature does not verify`,
+      };
   }
 }
+type RootMarkText = { readonly rootKeyId: string | null };
 
 export async function rootSignPending(ctx: CommandContext, opts: SignPendingOptions): Promise<ExitCode> {
   const id = opts.rootKeyId;
@@ -75,12 +95,16 @@ export async function rootSignPending(ctx: CommandContext, opts: SignPendingOpti
         await assertRootSchema(db);
         const keys = (await rootableKeys(db))
           .filter((k) => !keySignedBy(k, id, signer.spkiDer))
-          .map((k) => ({ row: k, why: unvouchedWhy(() => signerRootFailure(k, roots, verifySignature)) }));
+          .map((k) => ({ row: k, v: verdict(k, () => signerRootFailure(k, roots, verifySignature)) }));
         const scopes = (await rootableScopes(db))
           .filter((s) => !scopeSignedBy(s, id, signer.spkiDer))
           .map((s) => ({
             row: s,
-            why: unvouchedWhy(() => scopeRootFailure(s, s.keySpkiDer, roots, verifySignature)),
+            v: verdict(
+              s,
+              () => scopeRootFailure(s, s.keySpkiDer, roots, verifySignature),
+              s.revokedDelegation,
+            ),
           }));
         if (keys.length === 0 && scopes.length === 0) {
           ctx.io.out(`nothing to sign: every active key and scope row is signed by ${id}`);
@@ -89,23 +113,25 @@ export async function rootSignPending(ctx: CommandContext, opts: SignPendingOpti
         const keyLine = (k: RootableKey) =>
           `key ${k.keyId}, public key ${fingerprint(k.spkiDer)}, ${k.notBefore} .. ${k.notAfter}`;
         const scopeLine = (s: RootableScope) =>
-          `scope ${s.id}: ${s.signingKeyId} -> ${s.destination}, ${s.notBefore} .. ${s.notAfter}`;
-        const vouchedKeys = keys.filter((k) => k.why === undefined).map((k) => k.row);
-        const vouchedScopes = scopes.filter((s) => s.why === undefined).map((s) => s.row);
-        const unvouched = keys.length + scopes.length - vouchedKeys.length - vouchedScopes.length;
+          `scope ${s.id}: ${s.signingKeyId} -> ${s.destination}, key ${fingerprint(s.keySpkiDer)}, ` +
+          `${s.notBefore} .. ${s.notAfter}`;
+        const signs = (v: Verdict) => v.kind === 'vouched' || (opts.signUnvouched && v.kind === 'unvouched');
         ctx.io.out(`rows not signed by root ${id}:`);
-        for (const k of keys) ctx.io.out(`  ${keyLine(k.row)} (${k.why ?? `vouched: ${k.row.rootKeyId}`})`);
-        for (const s of scopes)
-          ctx.io.out(`  ${scopeLine(s.row)} (${s.why ?? `vouched: ${s.row.rootKeyId}`})`);
-        const toSignKeys = opts.signUnvouched ? keys.map((k) => k.row) : vouchedKeys;
-        const toSignScopes = opts.signUnvouched ? scopes.map((s) => s.row) : vouchedScopes;
-        if (unvouched > 0 && !opts.signUnvouched) {
+        for (const k of keys) ctx.io.out(`  ${keyLine(k.row)} (${k.v.text})`);
+        for (const s of scopes) ctx.io.out(`  ${scopeLine(s.row)} (${s.v.text})`);
+        const toSignKeys = keys.filter((k) => signs(k.v)).map((k) => k.row);
+        const toSignScopes = scopes.filter((s) => signs(s.v)).map((s) => s.row);
+        const count = (kind: Verdict['kind']) =>
+          keys.filter((k) => k.v.kind === kind).length + scopes.filter((s) => s.v.kind === kind).length;
+        if (count('unvouched') > 0 && !opts.signUnvouched) {
           ctx.io.out(
-            `${unvouched} unvouched rows will not be signed: no root given with --trust-root, --trust-root-file ` +
+            `${count('unvouched')} unvouched rows will not be signed: no root given with --trust-root, --trust-root-file ` +
               'or --config signed them. Check each public key fingerprint with its principal, then sign them ' +
               'with --sign-unvouched',
           );
         }
+        if (count('never') > 0)
+          ctx.io.out(`${count('never')} rows are never signed by this command (see above)`);
         if (toSignKeys.length === 0 && toSignScopes.length === 0) {
           ctx.io.err('nothing signed');
           return EXIT_REFUSED;
@@ -125,8 +151,8 @@ export async function rootSignPending(ctx: CommandContext, opts: SignPendingOpti
               '(register-principal-key.sh KEY_ID VALID_DAYS) or revoke the scope first. Nothing was signed',
           );
         }
-        const count = toSignKeys.length + toSignScopes.length;
-        const question = `sign these ${count} rows${opts.signUnvouched ? ', unvouched ones included,' : ''} with root ${id}? [y/N] `;
+        const total = toSignKeys.length + toSignScopes.length;
+        const question = `sign these ${total} rows${opts.signUnvouched ? ', unvouched ones included,' : ''} with root ${id}? [y/N] `;
         if (!opts.yes && !((await ctx.io.confirm?.(question)) ?? false)) {
           ctx.io.err('nothing signed (answer was not yes; --yes skips the question)');
           return EXIT_REFUSED;

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { canonicalPrincipalKeyBytes, canonicalScopeBytes, rootKeyId } from '../../core/root-signed-bytes.js';
 import { parseTimestamp } from '../../core/timestamp.js';
 import { createPrincipalKey } from '../../dev-support/pki.js';
-import { seedScope, windowFromNow } from '../../dev-support/registry-seed.js';
+import { seedPermission, seedScope, windowFromNow } from '../../dev-support/registry-seed.js';
 import { rootSignPrincipal, rootSignScopes } from '../../dev-support/root-seed.js';
 import { DEST, type RootedRegistry, startRootedRegistry } from '../support/root-of-trust.js';
 
@@ -192,20 +192,69 @@ describe('an attacker with the admin role and no root key', () => {
       'UPDATE principal_key_permissions SET revoked_at = now(), updated_at = now() WHERE signing_key_id = $1',
       [p.keyId],
     );
-    // Within the key's window (-2 .. 60 days, set a moment ago) and covering the grant's (-1 .. 30).
-    await seedScope(r.dbUrl, { principalId: p.keyId, destination: DEST, window: windowFromNow(-1.5, 50) });
+    // A delegation granted again starts after the revocation, as the CLI's does (at now()); whole
+    // seconds here, so wait past the second the revocation fell in.
+    await new Promise((res) => setTimeout(res, 1100));
+    await seedScope(r.dbUrl, { principalId: p.keyId, destination: DEST, window: windowFromNow(0, 50) });
     await rootSignPrincipal(r.dbUrl, p.keyId, root);
     await rootSignScopes(r.dbUrl, p.keyId, root);
-    // The leaked key's grant no longer verifies: the chain above it is the new key's.
-    expect(await r.connect(p.agent)).toEqual({ status: 403, reason: 'signature_invalid' });
-    // The attack: whoever holds the leaked key and the admin role puts the old key row back.
+    // The leaked key's grant no longer counts: the chain above it is the new key's.
+    expect((await r.connect(p.agent)).status).toBe(403);
+    // The attack: whoever holds the leaked key and the admin role puts the old key row back and signs
+    // a grant with the leaked key inside the new scope's window.
     expect(
       await asAdmin(
         'UPDATE principal_signing_keys SET public_key_spki_der = $2, root_signature = $3 WHERE key_id = $1',
         [p.keyId, old.rows[0]?.spki, old.rows[0]?.sig],
       ),
     ).toBe('done');
+    await seedPermission(r.adminRoleUrl, {
+      permissionId: 'perm-victim-f-leaked',
+      principalId: p.keyId,
+      principal: p.key,
+      identity: p.agent.identity,
+      subjectSpkiDer: p.agent.spkiDer,
+      destination: DEST,
+      window: windowFromNow(0, 20),
+    });
     expect(await r.connect(p.agent)).toEqual({ status: 403, reason: 'scope_not_rooted' });
+  });
+
+  it("(g) puts back a revoked delegation's earlier window, signed by the root before a refresh: scope_revoked", async () => {
+    const p = await r.rootedPrincipal('victim-g', root);
+    expect(await r.connect(p.agent)).toEqual({ status: 200, reason: undefined });
+    const earlier = await r.admin.query<{ nb: string; na: string; rk: string; sig: Buffer }>(
+      `SELECT not_before::text AS nb, not_after::text AS na, root_key_id AS rk, root_signature AS sig
+       FROM principal_key_permissions WHERE signing_key_id = $1`,
+      [p.keyId],
+    );
+    // A legitimate refresh: key and scope extended and signed again by the root.
+    await r.admin.query(
+      `UPDATE principal_signing_keys SET not_after = not_after + interval '30 days' WHERE key_id = $1`,
+      [p.keyId],
+    );
+    await r.admin.query(
+      `UPDATE principal_key_permissions SET not_after = not_after + interval '10 days' WHERE signing_key_id = $1`,
+      [p.keyId],
+    );
+    await rootSignPrincipal(r.dbUrl, p.keyId, root);
+    await rootSignScopes(r.dbUrl, p.keyId, root);
+    expect(await r.connect(p.agent)).toEqual({ status: 200, reason: undefined });
+    await r.admin.query(
+      'UPDATE principal_key_permissions SET revoked_at = now(), updated_at = now() WHERE signing_key_id = $1',
+      [p.keyId],
+    );
+    expect((await r.connect(p.agent)).status).toBe(403);
+    // The attack: the window and signature from before the refresh, kept and put back as a new row.
+    const e = earlier.rows[0]!;
+    expect(
+      await asAdmin(
+        `INSERT INTO principal_key_permissions (signing_key_id, destination, not_before, not_after, root_key_id, root_signature)
+         VALUES ($1, $2, $3::timestamptz, $4::timestamptz, $5, $6)`,
+        [p.keyId, DEST, e.nb, e.na, e.rk, e.sig],
+      ),
+    ).toBe('done');
+    expect(await r.connect(p.agent)).toEqual({ status: 403, reason: 'scope_revoked' });
   });
 
   it('(e) signs with a root of their own, recorded in registry_root_keys but not configured', async () => {

@@ -286,8 +286,10 @@ describe('registry CLI root of trust', () => {
 
     // Without a root to vouch for them every row is unvouched: nothing is signed.
     const blind = await expectExit(1, ['root-sign-pending', '--root-key', rootB.id, '--yes']);
-    expect(blind.stdout).toContain(`(unvouched: claims root ${rootA.id}, not one you named)`);
-    expect(blind.stdout).toContain('7 unvouched rows will not be signed');
+    expect(blind.stdout).toContain(
+      `(not signed: claims root ${rootA.id}, not one you named (name it to re-sign what it signed))`,
+    );
+    expect(blind.stdout).toContain('7 rows are never signed by this command');
 
     const r = await expectExit(0, [
       'root-sign-pending',
@@ -302,12 +304,23 @@ describe('registry CLI root of trust', () => {
     const forged = r.stdout.split('\n').filter((l) => l.includes('org-mallory'));
     expect(forged).toHaveLength(2);
     for (const l of forged)
-      expect(l).toContain(`(unvouched: claims root ${rootA.id}, but its signature does not verify)`);
-    expect(r.stdout).toContain('2 unvouched rows will not be signed');
+      expect(l).toContain(`(not signed: claims root ${rootA.id}, but its signature does not verify)`);
+    expect(r.stdout).toContain('2 rows are never signed by this command');
+    expect(r.stdout).not.toContain('unvouched rows will not be signed');
     expect(await rootColumns('org-mallory')).toEqual({
       key: rootA.id,
       scopes: [{ destination: 'search:443', root_key_id: rootA.id }],
     });
+    // Not even --sign-unvouched signs a row whose signature claims a root and does not verify.
+    const forced = await expectExit(1, [
+      'root-sign-pending',
+      '--root-key',
+      rootB.id,
+      '--sign-unvouched',
+      '--yes',
+    ]);
+    expect(forced.stdout).toContain('2 rows are never signed by this command');
+    expect((await rootColumns('org-mallory')).key).toBe(rootA.id);
     expect(await rootColumns('org-alice')).toEqual({
       key: rootB.id,
       scopes: [
@@ -343,7 +356,7 @@ describe('registry CLI root of trust', () => {
     const before = await snapshot();
     const key = await expectExit(1, ['register-principal-key', 'org-alice', '--root-key', rootB.id]);
     expect(key.stderr).toMatch(
-      /principal key org-alice window \S+ \.\. \S+ ends after the 365 days asked for \(\S+\); a root signs only the end you ask for/,
+      /principal key org-alice window \S+ \.\. \S+ ends after the 365 days asked for \(\S+\), and no signature of this root covers that end; a root signs only the end you ask for: pass VALID_DAYS/,
     );
     const scope = await expectExit(1, [
       'grant-principal-scope',
@@ -355,7 +368,7 @@ describe('registry CLI root of trust', () => {
       rootB.id,
     ]);
     expect(scope.stderr).toMatch(
-      /scope org-alice -> docstore:443 window \S+ \.\. \S+ ends after the 10 days asked for/,
+      /scope org-alice -> docstore:443 window \S+ \.\. \S+ ends after the 10 days asked for \(\S+\), and no signature of this root covers that end; a root signs only the end you ask for: pass --valid-days/,
     );
     expect(await snapshot()).toBe(before);
     await db.query(`UPDATE principal_signing_keys SET not_after = $1 WHERE key_id = 'org-alice'`, [
@@ -366,6 +379,20 @@ describe('registry CLI root of trust', () => {
        WHERE signing_key_id = 'org-alice' AND destination = 'docstore:443'`,
       [saved.rows[0]?.s],
     );
+    expect(deny(await gatewayDecision('agent-alpha', agentSpki, 'docstore:443', rootsOf(rootB)))).toBe(
+      'allow',
+    );
+    // An end this root already signed is not a stretch: a rooted re-run asking for fewer days re-signs it.
+    const rerun = await expectExit(0, [
+      'grant-principal-scope',
+      'org-alice',
+      'docstore',
+      '--valid-days',
+      '10',
+      '--root-key',
+      rootB.id,
+    ]);
+    expect(rerun.stdout).toContain(`signed by root ${rootB.id}`);
     expect(deny(await gatewayDecision('agent-alpha', agentSpki, 'docstore:443', rootsOf(rootB)))).toBe(
       'allow',
     );

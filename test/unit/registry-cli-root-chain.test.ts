@@ -79,7 +79,7 @@ const CASES: Case[] = [
     withScope({ ...rooted.scope!, replaysRevoked: true }),
     'scope_revoked',
     OK_KEY,
-    `${OK_SCOPE}, but it repeats the signed fields of a revoked scope: counts as revoked`,
+    `${OK_SCOPE}, but a revoked scope of the same key and destination takes it away (the same signed fields, or revoked after its start): counts as revoked`,
   ],
   [
     'signed scope ending after its key',
