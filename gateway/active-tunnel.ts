@@ -18,6 +18,8 @@ export type AllowedLine = {
   readonly fields: DecisionFields;
   readonly grant: Grant;
   readonly cached: boolean;
+  /** The access request an observed CONNECT recorded (observe mode). */
+  readonly requestId?: string | undefined;
 };
 
 /** Fields every decision line carries; the first five are the original system's. */
@@ -31,6 +33,24 @@ export type DecisionFields = {
 
 /** The "CONNECT allowed" decision line (docs/contract.md "CONNECT: answers and log lines"). */
 export function logAllowed(logger: Logger, line: AllowedLine): void {
+  const observed = line.grant.observedDenyReason;
+  if (observed !== undefined) {
+    // Observe mode: allowed with no grant (docs/contract.md "Access requests", observe mode).
+    logger.info(
+      {
+        ...line.fields,
+        policy_decision: 'observe',
+        deny_reason: null,
+        observed_deny_reason: observed,
+        permission_id: null,
+        signing_key_id: null,
+        request_id: line.requestId ?? null,
+        decision_cached: line.cached,
+      },
+      'CONNECT allowed',
+    );
+    return;
+  }
   logger.info(
     {
       ...line.fields,
@@ -125,7 +145,7 @@ export class ActiveTunnel implements LiveTunnel, TunnelOwner {
       {
         ...this.fields,
         tunnel_id: this.id,
-        permission_id: this.grant.permissionId,
+        permission_id: this.grant.observedDenyReason === undefined ? this.grant.permissionId : null,
         bytes_client_to_dest: t.bytesClientToDest,
         bytes_dest_to_client: t.bytesDestToClient,
         duration_ms: Date.now() - t.startedAt,

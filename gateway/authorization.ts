@@ -32,6 +32,11 @@ export type Grant = {
   readonly scopeId: string;
   /** Earliest not_after of permission, signer and scope. */
   readonly validUntil: Micros;
+  /**
+   * Set when no row allowed this and observe mode let it through (gateway/observe-identities.ts): the
+   * reason it would have been denied. Then the ids above are empty and validUntil is the end of time.
+   */
+  readonly observedDenyReason?: 'no_permission' | undefined;
 };
 
 export type AuthorizeResult =

@@ -31,6 +31,7 @@ import {
 import { type Micros, nowMicros } from '../core/timestamp.js';
 import type { AuthorizeResult, Authorizer, Grant } from './authorization.js';
 import type { GatewayMetrics } from './metrics.js';
+import type { ObserveRule } from './observe-identities.js';
 import { changeTouchesGrant, EVERYTHING, type RegistryChange } from './registry-changes.js';
 import {
   type AuthorizationLogger,
@@ -61,6 +62,8 @@ export type AuthorizerOptions = {
   readonly changeLogSize?: number | undefined;
   /** policy.trust_roots (docs/contract.md "Root of trust"); absent or empty = none. */
   readonly trustRoots?: TrustRoots | undefined;
+  /** policy.observe_identities (gateway/observe-identities.ts); absent = observe nobody. */
+  readonly observe?: ObserveRule | undefined;
 };
 
 /** The uncached decision, with "could not ask" kept apart from "asked and denied". */
@@ -83,6 +86,7 @@ export class RegistryAuthorizer implements Authorizer {
   private readonly denials: LRUCache<string, DenialEntry>;
   private readonly denialTtlMicros: Micros;
   private readonly verifier: SignatureVerifier;
+  private readonly observe: ObserveRule | undefined;
   private readonly allowSeconds: { observe(seconds: number): void } | undefined;
   private readonly denySeconds: { observe(seconds: number): void } | undefined;
   private listenerUp = false;
@@ -112,6 +116,7 @@ export class RegistryAuthorizer implements Authorizer {
     this.changeLogSize = opts.changeLogSize ?? 4096;
     this.verifier = cachingVerifier(opts.keyCacheMaxEntries ?? 1024);
     this.trustRoots = opts.trustRoots ?? new Map();
+    this.observe = opts.observe?.enabled === true ? opts.observe : undefined;
     // Bound once: resolving a labelled series hashes the label object on every call.
     this.allowSeconds = opts.metrics?.decisionSeconds.labels({ result: 'allow' });
     this.denySeconds = opts.metrics?.decisionSeconds.labels({ result: 'deny' });
@@ -181,7 +186,16 @@ export class RegistryAuthorizer implements Authorizer {
       case 'allow': {
         const grant = evaluation.grant;
         this.grantGeneration.set(grant, gen);
-        if (key !== undefined && gen === this.generation && this.cacheTtlMicros > 0n && this.cacheUsable()) {
+        // An observed allow is not cached: no notification names it, yet a row written for this
+        // identity (even a revoked one) must end it at once.
+        const cacheable = grant.observedDenyReason === undefined;
+        if (
+          cacheable &&
+          key !== undefined &&
+          gen === this.generation &&
+          this.cacheTtlMicros > 0n &&
+          this.cacheUsable()
+        ) {
           const ttlEnd = now + this.cacheTtlMicros;
           // biome-ignore lint/complexity/useMathMinMax: Math.min does not take bigint.
           this.cache.set(key, { grant, expiresAt: ttlEnd < grant.validUntil ? ttlEnd : grant.validUntil });
@@ -233,7 +247,11 @@ export class RegistryAuthorizer implements Authorizer {
     }
     try {
       const decision = decide(request, candidates, now, this.verifier, this.trustRoots);
-      if (!decision.allow) return { kind: 'deny', reason: decision.reason, detail: decision.detail };
+      if (!decision.allow) {
+        if (decision.reason === 'no_permission' && this.observe?.listed(request.identity) === true)
+          return this.observeVerdict(request, now, lane, decision.detail);
+        return { kind: 'deny', reason: decision.reason, detail: decision.detail };
+      }
       const { permission, scope } = decision.candidate;
       return {
         kind: 'allow',
@@ -251,6 +269,26 @@ export class RegistryAuthorizer implements Authorizer {
       // decide() is pure and total over well-formed rows; reaching here is a bug, and a bug denies.
       this.logger.error({ err: errorText(err) }, 'policy evaluation failed');
       return { kind: 'unavailable', detail: `policy evaluation failed: ${errorText(err)}` };
+    }
+  }
+
+  /** Observe mode's half of evaluate(): the observed grant, or the no_permission it replaces. */
+  private async observeVerdict(
+    request: AccessRequest,
+    now: Micros,
+    lane: LaneName,
+    detail: string,
+  ): Promise<RegistryVerdict> {
+    try {
+      const grant = await this.observe!.observedGrant(request, now, lane);
+      if (grant !== undefined) return { kind: 'allow', grant };
+      return { kind: 'deny', reason: 'no_permission', detail };
+    } catch (err) {
+      if (!(err instanceof RegistryUnavailableError)) {
+        this.logger.error({ err: errorText(err) }, 'unexpected registry failure');
+      }
+      const busy = err instanceof RegistryUnavailableError && err.kind === 'busy';
+      return { kind: 'unavailable', detail: errorText(err), busy };
     }
   }
 

@@ -12,6 +12,7 @@ import { errorText } from '../core/error-text.js';
 import type { TrustRoots } from '../core/policy.js';
 import type { Cidr } from './address-guard.js';
 import { ConfigError, ConfigReader, type HostPort, type LogLevel, type Raw } from './config-reader.js';
+import { parseIdentityGlob } from './observe-identities.js';
 import { trustRootFromBase64, trustRootFromFile } from './trust-roots.js';
 
 export {
@@ -123,6 +124,11 @@ export type GatewayConfig = {
      * (docs/contract.md "Root of trust").
      */
     readonly trustRoots: TrustRoots;
+    /**
+     * policy.observe_identities: identities whose CONNECTs that lack only a grant are let through and
+     * recorded (gateway/observe-identities.ts); empty = none. Read at start only.
+     */
+    readonly observeIdentities: readonly RegExp[];
   };
 };
 
@@ -294,6 +300,7 @@ function readConfig(r: ConfigReader, path: string, env: NodeJS.ProcessEnv): Gate
       decisionCacheTtlMs: p.int('decision_cache_ttl_ms', 30_000, 0, 86_400_000),
       denialCacheTtlMs: p.int('denial_cache_ttl_ms', 2_000, 0, 60_000),
       trustRoots: readTrustRoots(p),
+      observeIdentities: p.list('observe_identities', parseIdentityGlob),
     },
     requests: {
       enabled: q.bool('enabled', true),

@@ -213,7 +213,12 @@ export class ConnectHandler implements OpenTunnelBytes {
       // Counted now (policy and guard agree); its log line is written once the outcome is known, and
       // on success only after the 200 has gone out (ActiveTunnel.afterResponse).
       this.countAllowed(span, grant);
-      const allowedLine: AllowedLine = { fields, grant, cached: decision.cached };
+      const allowedLine: AllowedLine = {
+        fields,
+        grant,
+        cached: decision.cached,
+        requestId: this.observed(peer, destination, grant),
+      };
 
       if (isGone(stream)) return this.abandonedAfterAllow(span, allowedLine, 'client went away before dial');
       if (!resolution.ok)
@@ -269,6 +274,17 @@ export class ConnectHandler implements OpenTunnelBytes {
     this.deps.logger.info(line, 'CONNECT denied');
     span.setAttribute('agent_gateway.deny_reason', reason);
     this.finish(stream, span, status, reason, headers);
+  }
+
+  /**
+   * Observe mode: an allow with no grant is counted and recorded as the access request its denial would
+   * have been (docs/contract.md "Access requests"); returns that request's id.
+   */
+  private observed(peer: PeerIdentity, destination: Destination, grant: Grant): string | undefined {
+    const reason = grant.observedDenyReason;
+    if (reason === undefined) return undefined;
+    this.deps.metrics.observedConnects.inc();
+    return this.deps.requests?.record(peer, destination, reason);
   }
 
   private countAllowed(span: Span, grant: Grant): void {

@@ -17,6 +17,7 @@ import { ConnectHandler } from './connect-handler.js';
 import { limitsFromConfig } from './limits.js';
 import { LiveRevocation } from './live-revocation.js';
 import { type GatewayMetrics, metrics as processMetrics } from './metrics.js';
+import { ObserveRule } from './observe-identities.js';
 import { Registry, RegistrySchemaError, RegistryUnavailableError } from './registry.js';
 import { EVERYTHING } from './registry-changes.js';
 import { GatewayServer } from './server.js';
@@ -105,6 +106,7 @@ export async function startGateway(
       metrics,
       logger,
       trustRoots: config.policy.trustRoots,
+      observe: new ObserveRule(config.policy.observeIdentities, registry),
     });
     const revocation = new LiveRevocation({
       authorizer,

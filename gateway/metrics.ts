@@ -120,6 +120,13 @@ export function createGatewayMetrics(opts: { defaultMetrics?: boolean; prefix?: 
       labelNames: ['outcome'],
       registers,
     }),
+    observedConnects: new Counter({
+      name: 'agent_gateway_observed_connects_total',
+      help:
+        'CONNECTs let through by policy.observe_identities that no grant allowed (would have been ' +
+        'denied no_permission)',
+      registers,
+    }),
     denialCacheHits: new Counter({
       name: 'agent_gateway_denial_cache_hits_total',
       help: 'CONNECT denials served from the short denial cache (no registry lookup)',

@@ -102,6 +102,7 @@ describe('gateway config: an original-style file', () => {
       decisionCacheTtlMs: 30_000,
       denialCacheTtlMs: 2000,
       trustRoots: new Map(),
+      observeIdentities: [],
     });
     expect(c.requests).toEqual({
       enabled: true,
