@@ -21,7 +21,9 @@ export type StoreOptions = {
 export type StoreResult = { readonly recorded: number; readonly droppedFull: number };
 
 // A row is re-opened (back to pending, decision cleared) by a denial that happened after its decision:
-// at once for an approved row (the grant it got no longer counts), and only after
+// for an approved row only when the grant it got no longer counts (revoked or ended; a denial that
+// raced the approval, seen after its transaction began but before it committed, must not undo it), and
+// only after
 // requests.dismiss_quiet_hours for a dismissed one. The denial's time is the database's now() minus the
 // age the gateway measured on its own monotonic clock, so no clock skew between hosts enters the rule.
 const UPSERT_SQL = `
@@ -32,7 +34,10 @@ WITH batch AS (
 ),
 reopen AS (
   SELECT a.request_id,
-         (a.status = 'approved' AND b.seen_at > coalesce(a.decided_at, '-infinity'))
+         (a.status = 'approved' AND b.seen_at > coalesce(a.decided_at, '-infinity')
+          AND NOT EXISTS (SELECT 1 FROM permission_registry p
+                           WHERE p.permission_id = a.permission_id AND p.revoked_at IS NULL
+                             AND p.not_after > b.seen_at))
          OR (a.status = 'dismissed'
              AND b.seen_at > coalesce(a.decided_at, '-infinity') + $9::integer * interval '1 hour') AS yes
     FROM access_requests a JOIN batch b USING (request_id)
@@ -58,6 +63,7 @@ inserted AS (
    WHERE NOT EXISTS (SELECT 1 FROM access_requests a WHERE a.request_id = b.request_id)
    ORDER BY b.ord
    LIMIT greatest(0, $8::bigint - (SELECT count(*) FROM access_requests WHERE status = 'pending'))
+  ON CONFLICT DO NOTHING
   RETURNING request_count
 )
 SELECT (SELECT coalesce(sum(n), 0) FROM bumped)::bigint AS bumped,

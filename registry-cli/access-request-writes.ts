@@ -137,3 +137,22 @@ export async function markDismissed(
   );
   return r.rows[0] === undefined ? undefined : record(r.rows[0]);
 }
+
+/**
+ * Active permissions of one agent key under an identity: the evidence that the key is the agent's (a
+ * principal granted it before), which approve asks for before signing a request (docs/contract.md
+ * "Access requests").
+ */
+export async function activePermissions(
+  db: pg.ClientBase,
+  identity: string,
+  spkiDer: Buffer,
+): Promise<number> {
+  const r = await db.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM permission_registry
+     WHERE subject_identity = $1 AND subject_public_key_spki_der = $2
+       AND revoked_at IS NULL AND not_after > now()`,
+    [identity, spkiDer],
+  );
+  return r.rows[0]!.n;
+}

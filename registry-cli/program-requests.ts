@@ -17,6 +17,7 @@ type ApproveFlags = {
   allPending?: boolean;
   identity?: string;
   yes?: boolean;
+  newKey?: boolean;
 };
 
 export function addRequestCommands(
@@ -67,6 +68,11 @@ export function addRequestCommands(
     )
     .option('--identity <ID>', 'with --all-pending: the agent identity')
     .option('--yes', 'with --all-pending: sign without asking')
+    .option(
+      '--new-key',
+      'also sign for agent keys with no active permission under the identity (anyone can claim an identity: ' +
+        "compare each key's fingerprint with the agent's first)",
+    )
     .addHelpText('after', environmentHelp)
     .action((first: string | undefined, second: string | undefined, o: ApproveFlags) =>
       run(async () => {
@@ -83,6 +89,7 @@ export function addRequestCommands(
             keyId: first,
             validity,
             yes: o.yes === true,
+            newKey: o.newKey === true,
           });
         }
         if (o.identity !== undefined || o.yes === true)
@@ -94,6 +101,7 @@ export function addRequestCommands(
           keyId: second,
           validity,
           permissionId: o.permissionId,
+          newKey: o.newKey === true,
         });
       })(),
     );

@@ -9,6 +9,7 @@ import { spkiFingerprint } from '../../core/spki-input.js';
 import { signerOptionsFromEnv } from '../../pkcs11/signer-options.js';
 import {
   type AccessRequestRecord,
+  activePermissions,
   assertAccessRequestSchema,
   listAccessRequests,
   markApproved,
@@ -19,7 +20,6 @@ import { withRegistry } from '../db.js';
 import { databaseFromEnv } from '../env.js';
 import { EXIT_OK, EXIT_REFUSED, type ExitCode, Refusal } from '../errors.js';
 import type { CommandContext } from '../io.js';
-import { countPermissions } from '../registry-writes.js';
 import { grantNotes, PrincipalSigner, type SignedGrant, signPermission } from '../sign-permission.js';
 import { printRequestTable, visible } from './access-requests-list.js';
 
@@ -28,6 +28,8 @@ export type ApproveOptions = {
   readonly keyId: string;
   readonly validity: Validity;
   readonly permissionId?: string | undefined;
+  /** Sign for an agent key with no active permission under the identity too. */
+  readonly newKey: boolean;
 };
 
 export type ApproveAllOptions = {
@@ -35,6 +37,7 @@ export type ApproveAllOptions = {
   readonly keyId: string;
   readonly validity: Validity;
   readonly yes: boolean;
+  readonly newKey: boolean;
 };
 
 // What --all-pending lists and signs at most in one run.
@@ -54,22 +57,20 @@ export async function approveRequest(ctx: CommandContext, opts: ApproveOptions):
         const request = await readAccessRequest(db, requestId);
         if (request === undefined) throw new Refusal(`no access request ${requestId}`);
         assertPending(request);
-        const known = await countPermissions(db, request.subjectIdentity, request.subjectSpkiDer, undefined);
-        return {
-          request,
-          known,
-          grant: await approveOne(db, signer, request, keyId, opts.validity, permissionId),
-        };
+        if (
+          !opts.newKey &&
+          (await activePermissions(db, request.subjectIdentity, request.subjectSpkiDer)) === 0
+        ) {
+          throw new Refusal(
+            `agent key sha256 ${request.subjectSpkiSha256} has no active permission as ` +
+              `${visible(request.subjectIdentity)}; anyone can claim an identity with a key of their own: ` +
+              "compare this fingerprint with the agent's key, then approve with --new-key. Nothing was signed",
+          );
+        }
+        return { grant: await approveOne(db, signer, request, keyId, opts.validity, permissionId) };
       }),
     );
-    const { request, known, grant } = approved;
-    printApproved(ctx, requestId, grant);
-    if (known === 0) {
-      ctx.io.err(
-        `note: this agent key had no permission as ${visible(request.subjectIdentity)} before; anyone can claim ` +
-          "an identity, so if it is not the agent's key, revoke: agent-permissions.sh delete IDENTITY SPKI",
-      );
-    }
+    printApproved(ctx, requestId, approved.grant);
   } finally {
     signer.close();
   }
@@ -90,19 +91,29 @@ export async function approveAllPending(ctx: CommandContext, opts: ApproveAllOpt
         const rows = await listAccessRequests(db, { pendingOnly: true, identity, limit: MAX_BATCH });
         const newKeys = new Set<string>();
         for (const r of rows) {
-          if ((await countPermissions(db, identity, r.subjectSpkiDer, undefined)) === 0)
+          if ((await activePermissions(db, identity, r.subjectSpkiDer)) === 0)
             newKeys.add(r.subjectSpkiSha256);
         }
-        return { rows, newKeys };
+        return { rows: opts.newKey ? rows : rows.filter((r) => !newKeys.has(r.subjectSpkiSha256)), newKeys };
       });
+      warnAboutKeys(ctx, identity, opts.newKey, newKeys);
       if (rows.length === 0) {
-        ctx.io.err(`no pending access requests for ${visible(identity)}: nothing signed`);
+        ctx.io.err(
+          newKeys.size > 0
+            ? `nothing signed: every pending request of ${visible(identity)} is from a key left out above`
+            : `no pending access requests for ${visible(identity)}: nothing signed`,
+        );
         return EXIT_REFUSED;
       }
       printRequestTable(ctx.io, rows, false);
       if (rows.length === MAX_BATCH)
         ctx.io.err(`note: only the ${MAX_BATCH} most recent requests are listed`);
-      warnAboutKeys(ctx, identity, rows, newKeys);
+      const keys = new Set(rows.map((r) => r.subjectSpkiSha256));
+      if (keys.size > 1) {
+        ctx.io.err(
+          `warning: these requests come from ${keys.size} different agent keys claiming ${visible(identity)}`,
+        );
+      }
       const question = `sign ${rows.length} permission${rows.length === 1 ? '' : 's'} for ${visible(identity)} with ${keyId}? [y/N] `;
       if (!opts.yes && !((await ctx.io.confirm?.(question)) ?? false)) {
         ctx.io.err('nothing signed (answer was not yes; --yes skips the question)');
@@ -161,24 +172,21 @@ async function approveOne(
 
 /**
  * Anyone who reaches the gateway can claim any identity with a key of their own, so a request names a key,
- * not a person. Point out keys that were never granted anything under this identity.
+ * not a person: requests from keys with no active permission under the identity are left out unless
+ * --new-key, and named either way.
  */
 function warnAboutKeys(
   ctx: CommandContext,
   identity: string,
-  rows: readonly AccessRequestRecord[],
+  included: boolean,
   newKeys: ReadonlySet<string>,
 ): void {
-  const keys = new Set(rows.map((r) => r.subjectSpkiSha256));
   for (const k of newKeys) {
     ctx.io.err(
-      `warning: agent key sha256 ${k} has never been granted anything as ${visible(identity)}: ` +
-        "check it is the agent's key before signing",
-    );
-  }
-  if (keys.size > 1) {
-    ctx.io.err(
-      `warning: these requests come from ${keys.size} different agent keys claiming ${visible(identity)}`,
+      included
+        ? `warning: agent key sha256 ${k} has no active permission as ${visible(identity)}: signing it too (--new-key)`
+        : `left out: agent key sha256 ${k} has no active permission as ${visible(identity)} ` +
+            "(compare it with the agent's key; --new-key signs it too)",
     );
   }
 }

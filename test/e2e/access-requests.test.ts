@@ -174,7 +174,7 @@ describe('access requests', () => {
   });
 
   it('a dismissed request stays quiet for dismiss_quiet_hours; an approved one denied again re-opens', async () => {
-    for (const d of ['quiet:443', 'stale:443', 'approved:443']) {
+    for (const d of ['quiet:443', 'stale:443', 'approved:443', 'raced:443']) {
       expect((await connect(d)).status).toBe(403);
       await waitForRequest(db, idOf(d));
     }
@@ -192,7 +192,17 @@ describe('access requests', () => {
               permission_id = 'perm-approved' WHERE request_id = $1`,
       [idOf('approved:443')],
     );
-    for (const d of ['quiet:443', 'stale:443', 'approved:443']) {
+    // A denial that raced the approval (seen after its transaction began, before it committed): the
+    // approval's grant counts, so the row stays approved.
+    const live = await db.query<{ id: string }>(
+      `SELECT permission_id AS id FROM permission_registry WHERE destination = 'granted:443' AND revoked_at IS NULL`,
+    );
+    await db.query(
+      `UPDATE access_requests SET status = 'approved', decided_at = now() - interval '1 minute',
+              decided_by = 'org-alice', permission_id = $2 WHERE request_id = $1`,
+      [idOf('raced:443'), live.rows[0]?.id],
+    );
+    for (const d of ['quiet:443', 'stale:443', 'approved:443', 'raced:443']) {
       const t = await connect(d);
       expect(t.status).toBe(403);
       expect(t.headers['agent-gateway-request-id']).toBe(idOf(d));
@@ -208,6 +218,12 @@ describe('access requests', () => {
       decided_at: null,
       decided_by: null,
       permission_id: null,
+    });
+    const raced = await waitForRequest(db, idOf('raced:443'), (r) => r.request_count === 2);
+    expect(raced).toMatchObject({
+      status: 'approved',
+      decided_by: 'org-alice',
+      permission_id: live.rows[0]?.id,
     });
   });
 });

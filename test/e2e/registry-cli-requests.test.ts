@@ -148,6 +148,21 @@ describe('registry CLI access requests end to end', () => {
 
   it('approve signs, with the TPM key, a permission the gateway policy allows, and marks the request approved', async () => {
     await expectExit(1, ['agent-permissions', 'check', 'agent-alpha', agentPem, 'docstore']);
+    // Anyone can claim agent-alpha with a key of their own: a key with no active permission under the
+    // identity is signed only when the principal says so.
+    const before = await everything();
+    const unsure = await expectExit(1, [
+      'agent-permissions',
+      'approve',
+      alphaDocstore,
+      'org-alice',
+      '--for',
+      '90m',
+    ]);
+    expect(unsure.stderr).toMatch(
+      /agent key sha256 [0-9a-f]{64} has no active permission as agent-alpha; .* approve with --new-key\. Nothing was signed/,
+    );
+    expect(await everything()).toBe(before);
     const r = await expectExit(0, [
       'agent-permissions',
       'approve',
@@ -155,6 +170,7 @@ describe('registry CLI access requests end to end', () => {
       'org-alice',
       '--for',
       '90m',
+      '--new-key',
     ]);
     const permissionId = /permission (perm-[0-9a-f-]{36}) signed by org-alice/.exec(r.stdout)?.[1];
     expect(r.stdout, r.stdout).toMatch(
@@ -231,7 +247,7 @@ describe('registry CLI access requests end to end', () => {
 
   it('refuses to approve a destination outside the principal scope, writing nothing', async () => {
     const before = await everything();
-    const r = await expectExit(1, ['agent-permissions', 'approve', alphaOutside, 'org-alice']);
+    const r = await expectExit(1, ['agent-permissions', 'approve', alphaOutside, 'org-alice', '--new-key']);
     expect(r.stderr).toMatch(/api\.example\.com:443 is outside the scope of principal key org-alice/);
     expect(await everything()).toBe(before);
     expect((await requestRow(alphaOutside))?.status).toBe('pending');
@@ -242,15 +258,26 @@ describe('registry CLI access requests end to end', () => {
     const before = await everything();
     const approveAll = ['approve', '--all-pending', '--identity', 'agent-beta', 'org-alice', '--days', '2'];
 
+    // agent-beta's key has no active permission: left out unless --new-key, even with --yes.
+    const leftOut = await expectExit(1, ['agent-permissions', ...approveAll, '--yes']);
+    expect(leftOut.stderr).toMatch(
+      /left out: agent key sha256 [0-9a-f]{64} has no active permission as agent-beta/,
+    );
+    expect(leftOut.stderr).toMatch(
+      /nothing signed: every pending request of agent-beta is from a key left out/,
+    );
+    expect(await everything()).toBe(before);
+    approveAll.push('--new-key');
+
     // No answer (stdin closed): nothing is signed.
     const declined = await expectExit(1, ['agent-permissions', ...approveAll]);
     expect(declined.stdout).toContain(betaDocstore);
     expect(declined.stdout).toContain(betaMessaging);
     expect(declined.stdout).not.toContain(betaDismissedEarlier);
     expect(declined.stderr).toMatch(/nothing signed/);
-    // agent-beta's key has never been granted anything: said before anyone answers.
+    // agent-beta's key has no active permission: said before anyone answers.
     expect(declined.stderr).toMatch(
-      /agent key sha256 [0-9a-f]{64} has never been granted anything as agent-beta/,
+      /warning: agent key sha256 [0-9a-f]{64} has no active permission as agent-beta: signing it too \(--new-key\)/,
     );
     expect(await everything()).toBe(before);
 
