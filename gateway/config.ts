@@ -94,6 +94,12 @@ export type GatewayConfig = {
     readonly flushIntervalMs: number;
     /** A dismissed request is not re-opened by denials this long after it was dismissed. */
     readonly dismissQuietHours: number;
+    /** How long a no_permission CONNECT of a key with a grant waits for one; 0 = answer at once. */
+    readonly holdMs: number;
+    /** CONNECTs held at once, per process. */
+    readonly maxHeld: number;
+    /** CONNECTs held at once per proven key (identity + SPKI), per process. */
+    readonly maxHeldPerIdentity: number;
   };
   readonly policy: {
     readonly clientExtOid: string;
@@ -308,6 +314,9 @@ function readConfig(r: ConfigReader, path: string, env: NodeJS.ProcessEnv): Gate
       ratePerIdentity: q.int('rate_per_identity', 60, 0, 1_000_000),
       flushIntervalMs: q.int('flush_interval_ms', 250, 10, 60_000),
       dismissQuietHours: q.int('dismiss_quiet_hours', 24, 0, 87_600),
+      holdMs: q.int('hold_ms', 0, 0, 600_000),
+      maxHeld: q.int('max_held', 100, 1, 100_000),
+      maxHeldPerIdentity: q.int('max_held_per_identity', 10, 1, 100_000),
     },
   };
 }

@@ -16,6 +16,7 @@ import { type Span, SpanStatusCode, type Tracer } from '@opentelemetry/api';
 import { LRUCache } from 'lru-cache';
 import { type Destination, InvalidDestinationError, normalizeDestination } from '../core/destination.js';
 import type { IdentityResult, PeerIdentity } from '../core/identity-extension.js';
+import type { AccessRequestHold } from './access-request-hold.js';
 import { ActiveTunnel, type AllowedLine, type DecisionFields, logAllowed } from './active-tunnel.js';
 import type { AddressBudget } from './address-limits.js';
 import type {
@@ -54,6 +55,8 @@ export type ConnectHandlerDeps = {
   readonly isDraining: () => boolean;
   /** Policy denials a grant would fix become access requests; undefined = off. */
   readonly requests?: AccessRequestRecorder | undefined;
+  /** requests.hold_ms > 0: a no_permission denial may wait for a grant (access-request-hold.ts). */
+  readonly hold?: AccessRequestHold | undefined;
 };
 
 /** What the server knows about the connection a stream arrived on. */
@@ -186,14 +189,23 @@ export class ConnectHandler implements OpenTunnelBytes {
     // Awaited only when pending: a cached decision (and a literal address below) continues in this turn
     // instead of queueing behind whatever else is in the microtask queue.
     const answer = deps.authorizer.authorize(peer, destination);
-    const decision = answer instanceof Promise ? await answer : answer;
+    let decision = answer instanceof Promise ? await answer : answer;
+    let requestId: string | undefined;
+    if (!decision.allow) {
+      // Recorded before any hold, so a principal can see the request and approve it while it waits.
+      requestId = deps.requests?.record(peer, destination, decision.reason);
+      if (decision.reason === 'no_permission' && deps.hold !== undefined) {
+        const held = await deps.hold.hold(peer, destination, stream);
+        if (held.kind === 'gone') return this.abandoned(span, fields, 'client went away while held');
+        if (held.kind === 'allow') decision = { allow: true, grant: held.grant, cached: false };
+      }
+    }
     if (decision.allow) {
       if (charged) deps.addressBudget.refundLookup(origin.addressKey);
       connection.markProven();
     }
     // registry_busy is the gateway's capacity, not the caller's fault: 503, like tunnel_limit.
     if (!decision.allow) {
-      const requestId = deps.requests?.record(peer, destination, decision.reason);
       const status = decision.reason === 'registry_busy' ? 503 : 403;
       return deny(status, decision.reason, decision.detail, requestId);
     }

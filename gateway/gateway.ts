@@ -7,6 +7,7 @@ import type { AddressInfo } from 'node:net';
 import { ACCESS_REQUESTS_SCHEMA_VERSION } from '../core/access-request-id.js';
 import { errorText } from '../core/error-text.js';
 import { latestKnownVersion } from '../core/migrate.js';
+import { AccessRequestHold } from './access-request-hold.js';
 import { AccessRequests } from './access-requests.js';
 import { AddressGuard } from './address-guard.js';
 import { AddressLimits } from './address-limits.js';
@@ -108,6 +109,14 @@ export async function startGateway(
       trustRoots: config.policy.trustRoots,
       observe: new ObserveRule(config.policy.observeIdentities, registry),
     });
+    const hold = holdFromConfig(
+      config,
+      authorizer,
+      registry,
+      () => revocation.state().listenerUp,
+      metrics,
+      logger,
+    );
     const revocation = new LiveRevocation({
       authorizer,
       clientConfig: registry.clientConfig('agent_gateway_listen'),
@@ -119,6 +128,7 @@ export async function startGateway(
       heartbeatTimeoutMs: config.policy.queryTimeoutMs + 1000,
       metrics,
       logger,
+      onChange: hold === undefined ? undefined : (change) => hold.onRegistryChange(change),
     });
     cleanup.push(() => revocation.close());
     await revocation.start();
@@ -141,6 +151,7 @@ export async function startGateway(
       tunnelIdleTimeoutMs: config.upstream.tunnelIdleTimeoutMs,
       isDraining: () => server?.isDraining ?? false,
       requests,
+      hold,
     });
     try {
       server = new GatewayServer({
@@ -212,7 +223,10 @@ export async function startGateway(
       shutdown() {
         shuttingDown ??= (async () => {
           // The admin server stays up during drain so /readyz can report it (503) to the balancer.
-          await gatewayServer.drain(config.server.drainTimeoutMs);
+          const drained = gatewayServer.drain(config.server.drainTimeoutMs);
+          // Held CONNECTs get their denial now rather than waiting out hold_ms (Access requests).
+          hold?.drain();
+          await drained;
           await unwind();
         })();
         return shuttingDown;
@@ -251,6 +265,29 @@ function accessRequests(
     ratePerIdentity,
     flushIntervalMs,
     dismissQuietHours,
+    metrics,
+    logger,
+  });
+}
+
+/** Hold mode, or undefined when requests.hold_ms is 0 (docs/contract.md "Access requests"). */
+function holdFromConfig(
+  config: GatewayConfig,
+  authorizer: RegistryAuthorizer,
+  registry: Registry,
+  listening: () => boolean,
+  metrics: GatewayMetrics,
+  logger: Telemetry['logger'],
+): AccessRequestHold | undefined {
+  const { holdMs, maxHeld, maxHeldPerIdentity } = config.requests;
+  if (holdMs === 0) return undefined;
+  return new AccessRequestHold({
+    holdMs,
+    maxHeld,
+    maxHeldPerIdentity,
+    authorizer,
+    registry,
+    listening,
     metrics,
     logger,
   });

@@ -58,6 +58,11 @@ export type LiveRevocationOptions = {
   readonly heartbeatTimeoutMs?: number | undefined;
   /** Re-check queries in flight at once (the recheck lane's size). */
   readonly recheckConcurrency?: number | undefined;
+  /**
+   * Told of every change after the authorizer, and of EVERYTHING when the listener comes back up (what
+   * changed meanwhile was never announced): held CONNECTs wake on it (access-request-hold.ts).
+   */
+  readonly onChange?: ((change: RegistryChange) => void) | undefined;
 };
 
 export type RevocationState = {
@@ -203,6 +208,7 @@ export class LiveRevocation implements TunnelTracker {
   /** Exposed for tests and for callers that learn of a change another way. */
   handleChange(change: RegistryChange): void {
     this.authorizer.onRegistryChange(change);
+    this.opts.onChange?.(change);
     if (change.table === '*') {
       this.scheduler.sweep(this.index.entries());
       this.scheduler.flushSoon();
@@ -221,6 +227,7 @@ export class LiveRevocation implements TunnelTracker {
     }
     this.stopPolling();
     // Changes made while we were not listening were never announced to us.
+    this.opts.onChange?.(EVERYTHING);
     if (this.index.size > 0) this.recheckEverything();
   }
 

@@ -127,6 +127,20 @@ export function createGatewayMetrics(opts: { defaultMetrics?: boolean; prefix?: 
         'denied no_permission)',
       registers,
     }),
+    accessRequestsHeld: new Gauge({
+      name: 'agent_gateway_access_requests_held',
+      help: 'CONNECTs held open waiting for a grant (requests.hold_ms)',
+      registers,
+    }),
+    accessRequestHolds: new Counter<'outcome'>({
+      name: 'agent_gateway_access_request_holds_total',
+      help:
+        'Denials for a missing grant considered for holding, by outcome: approved (a grant appeared, the ' +
+        'CONNECT went on), timeout (requests.hold_ms passed), refused_full (requests.max_held or ' +
+        'max_held_per_identity reached), cancelled (the client went away), drained (the gateway shut down)',
+      labelNames: ['outcome'],
+      registers,
+    }),
     denialCacheHits: new Counter({
       name: 'agent_gateway_denial_cache_hits_total',
       help: 'CONNECT denials served from the short denial cache (no registry lookup)',

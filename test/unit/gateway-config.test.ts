@@ -110,6 +110,9 @@ describe('gateway config: an original-style file', () => {
       ratePerIdentity: 60,
       flushIntervalMs: 250,
       dismissQuietHours: 24,
+      holdMs: 0,
+      maxHeld: 100,
+      maxHeldPerIdentity: 10,
     });
   });
 
