@@ -298,7 +298,7 @@ fetch_agent() {
   for url in "${urls[@]}"; do
     echo "\$ curl $url"
     # -D keeps the headers of every response, the sidecar's answer to the CONNECT included.
-    if curl -sS --fail-with-body --max-time 30 -D "$heads" "$url" 2>"$err"; then
+    if curl -sS --fail-with-body --max-time 90 -D "$heads" "$url" 2>"$err"; then
       echo
       continue
     fi

@@ -28,6 +28,7 @@
 #   AGENT_GATEWAY_DEMO_CONFIG_EXAMPLE   the file config.toml is written from (default: config.example.toml)
 #   AGENT_GATEWAY_DEMO_SKIP_APT=1 / AGENT_GATEWAY_DEMO_SKIP_BUILD=1   skip package install / npm build
 #   AGENT_GATEWAY_DEMO_RUNTIME=compose  run PostgreSQL, migrations, mocks and gateway from compose.yaml
+#   AGENT_GATEWAY_DEMO_HOLD_MS=30000    [requests] hold_ms: a denied agent with a grant waits that long for an approval
 #                                       (needs docker compose or podman compose); default: native
 # shellcheck disable=SC2016 # node -e scripts are single-quoted on purpose
 set -euo pipefail
@@ -439,8 +440,10 @@ step_config() {
   [ -f "$example" ] || die "$example is missing"
   local certs values
   certs="$(certs_dir)"
+  local hold_ms="${AGENT_GATEWAY_DEMO_HOLD_MS:-0}"
+  [[ "$hold_ms" =~ ^[0-9]+$ ]] || die "AGENT_GATEWAY_DEMO_HOLD_MS must be a number of milliseconds, got '$hold_ms'"
   values="$(node -e '
-    const [gw, admin, certs, db, doc, msg, oid, root] = process.argv.slice(1);
+    const [gw, admin, certs, db, doc, msg, oid, root, hold] = process.argv.slice(1);
     process.stdout.write(JSON.stringify({
       server: {
         listen_addr: `127.0.0.1:${gw}`, tls_cert_path: `${certs}/server.pem`, tls_key_path: `${certs}/server-key.pem`,
@@ -452,8 +455,9 @@ step_config() {
         overrides: { "docstore:443": `127.0.0.1:${doc}`, "messaging:443": `127.0.0.1:${msg}` },
       },
       admin: { listen_addr: `127.0.0.1:${admin}` },
+      requests: { hold_ms: Number(hold) },
     }));' "$GATEWAY_PORT" "$ADMIN_PORT" "$certs" "$(state_get DB_GATEWAY_URL)" "$DOCSTORE_PORT" "$MESSAGING_PORT" \
-    "$DEMO_CLIENT_EXT_OID" "$(state_get ROOT_SPKI_B64)")"
+    "$DEMO_CLIENT_EXT_OID" "$(state_get ROOT_SPKI_B64)" "$hold_ms")"
   logged node "$(node_prog demo/write-config.js)" --example "$example" --out "$cfg" --values "$values" \
     --header "Written by demo/demo.sh setup from config.example.toml; removed by demo/demo.sh teardown.
 The gateway reaches the demo's loopback mock services through [upstream] overrides (like curl --resolve).

@@ -3,8 +3,9 @@
 -- the registry CLI) or dismiss.
 --   * request_id is a pure function of the unique columns (core/access-request-id.ts), so the gateway
 --     names the request in its 403 without asking the database; the CHECKs hold the row to it.
---   * agent_gateway_requests may only read, insert and update this table; the gateway's runtime role is
---     made a member, so it can record requests and stays read-only for everything else.
+--   * agent_gateway_requests may only read this table, insert the recorded columns and update the
+--     counted and decided ones; the gateway's runtime role is made a member, so it can record requests
+--     and stays read-only for everything else.
 --   * No NOTIFY trigger: a registry notification empties the gateways' caches and re-checks tunnels, and
 --     nothing here grants anything. No DELETE for anyone.
 
@@ -17,7 +18,8 @@ CREATE TABLE access_requests (
     first_seen TIMESTAMPTZ NOT NULL DEFAULT now(),
     last_seen TIMESTAMPTZ NOT NULL DEFAULT now(),
     request_count BIGINT NOT NULL DEFAULT 1 CHECK (request_count > 0),
-    last_deny_reason TEXT NOT NULL,
+    last_deny_reason TEXT NOT NULL
+        CHECK (last_deny_reason IN ('no_permission', 'permission_expired', 'permission_revoked')),
     status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'approved', 'dismissed')),
     permission_id TEXT,
     decided_at TIMESTAMPTZ,
@@ -42,7 +44,14 @@ END
 $$;
 
 GRANT USAGE ON SCHEMA public TO agent_gateway_requests;
-GRANT SELECT, INSERT, UPDATE ON access_requests TO agent_gateway_requests;
+-- Column by column: the gateway records denials; it never writes a first_seen, and an approval's
+-- permission and decider only ever as the NULLs of a re-opened row.
+GRANT SELECT ON access_requests TO agent_gateway_requests;
+GRANT INSERT (request_id, subject_identity, subject_public_key_spki_der, subject_spki_sha256, destination,
+              request_count, last_deny_reason)
+    ON access_requests TO agent_gateway_requests;
+GRANT UPDATE (request_count, last_seen, last_deny_reason, status, permission_id, decided_at, decided_by)
+    ON access_requests TO agent_gateway_requests;
 GRANT agent_gateway_requests TO agent_gateway_runtime;
 
 GRANT SELECT, UPDATE ON access_requests TO agent_gateway_admin;

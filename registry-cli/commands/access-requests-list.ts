@@ -81,13 +81,13 @@ export function printRequestTable(io: Io, rows: readonly AccessRequestRecord[], 
     r.requestId,
     visible(r.subjectIdentity),
     r.subjectSpkiSha256.slice(0, 16),
-    r.destination,
+    visible(r.destination),
     String(r.requestCount),
     r.firstSeen,
     r.lastSeen,
-    r.lastDenyReason,
+    visible(r.lastDenyReason),
     r.status,
-    ...(withDecision ? [r.permissionId ?? '-'] : []),
+    ...(withDecision ? [visible(r.permissionId ?? '-')] : []),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...table.map((r) => r[i]!.length)));
   for (const r of [header, ...table])

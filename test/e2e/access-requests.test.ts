@@ -254,11 +254,9 @@ describe('the roles on access_requests', () => {
   ];
   // [role, table, privileges it has; every other of SELECT/INSERT/UPDATE/DELETE/TRUNCATE it lacks]
   const MATRIX: readonly (readonly [string, string, readonly string[]])[] = [
-    ...TABLES.map(
-      (t) =>
-        ['agent_gateway_requests', t, t === 'access_requests' ? ['SELECT', 'INSERT', 'UPDATE'] : []] as const,
-    ),
-    ['agent_gateway_runtime', 'access_requests', ['SELECT', 'INSERT', 'UPDATE']],
+    ...TABLES.map((t) => ['agent_gateway_requests', t, t === 'access_requests' ? ['SELECT'] : []] as const),
+    // INSERT and UPDATE on access_requests are granted column by column (next test).
+    ['agent_gateway_runtime', 'access_requests', ['SELECT']],
     ['agent_gateway_runtime', 'permission_registry', ['SELECT']],
     ['agent_gateway_runtime', 'principal_signing_keys', ['SELECT']],
     ['agent_gateway_admin', 'access_requests', ['SELECT', 'UPDATE']],
@@ -272,6 +270,36 @@ describe('the roles on access_requests', () => {
       ]);
       expect(r.rows[0]?.ok, `${role} ${privilege} ${table}`).toBe(has.includes(privilege));
     }
+  });
+
+  it('the recording role writes only the recorded and counted columns', async () => {
+    const can = async (column: string, privilege: string) =>
+      (
+        await c.query<{ ok: boolean }>(
+          "SELECT has_column_privilege('agent_gateway_requests', 'access_requests', $1, $2) AS ok",
+          [column, privilege],
+        )
+      ).rows[0]?.ok;
+    for (const column of [
+      'request_id',
+      'subject_identity',
+      'destination',
+      'request_count',
+      'last_deny_reason',
+    ])
+      expect(await can(column, 'INSERT'), `INSERT ${column}`).toBe(true);
+    for (const column of ['status', 'permission_id', 'decided_at', 'decided_by', 'first_seen', 'last_seen'])
+      expect(await can(column, 'INSERT'), `INSERT ${column}`).toBe(false);
+    for (const column of ['request_count', 'last_seen', 'status', 'permission_id'])
+      expect(await can(column, 'UPDATE'), `UPDATE ${column}`).toBe(true);
+    for (const column of [
+      'request_id',
+      'subject_identity',
+      'subject_public_key_spki_der',
+      'destination',
+      'first_seen',
+    ])
+      expect(await can(column, 'UPDATE'), `UPDATE ${column}`).toBe(false);
   });
 
   it('the runtime role can write a request but nothing else; a row must carry its own id', async () => {
