@@ -33,3 +33,8 @@ export function accessRequestId(identity: string, spkiDer: Uint8Array, destinati
 export function isAccessRequestId(text: string): boolean {
   return ACCESS_REQUEST_ID_PATTERN.test(text);
 }
+
+/** Header carrying the deny reason (closed set, never the detail) so a client can tell denials apart. */
+export const DENY_REASON_HEADER = 'agent-gateway-deny-reason';
+/** Header naming the access request a denial recorded (docs/contract.md "Access requests"). */
+export const REQUEST_ID_HEADER = 'agent-gateway-request-id';

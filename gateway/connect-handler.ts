@@ -11,9 +11,11 @@
  * but a tunnel limit or the address guard refuses counts as a deny with that reason. A CONNECT whose
  * client goes away before the decision gets neither.
  */
+
 import { constants, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import { type Span, SpanStatusCode, type Tracer } from '@opentelemetry/api';
 import { LRUCache } from 'lru-cache';
+import { DENY_REASON_HEADER, REQUEST_ID_HEADER } from '../core/access-request-id.js';
 import { type Destination, InvalidDestinationError, normalizeDestination } from '../core/destination.js';
 import type { IdentityResult, PeerIdentity } from '../core/identity-extension.js';
 import type { AccessRequestHold } from './access-request-hold.js';
@@ -34,11 +36,6 @@ import { gatewayReset, type TunnelEndReason } from './tunnel.js';
 import type { DialFailureReason, UpstreamDialer } from './upstream-dialer.js';
 
 const { NGHTTP2_NO_ERROR, NGHTTP2_INTERNAL_ERROR } = constants;
-
-/** Header carrying the deny reason (closed set, never the detail) so a client can tell denials apart. */
-export const DENY_REASON_HEADER = 'agent-gateway-deny-reason';
-/** Header naming the access request a denial recorded (docs/contract.md "Access requests"). */
-export const REQUEST_ID_HEADER = 'agent-gateway-request-id';
 
 export type ConnectHandlerDeps = {
   readonly authorizer: Authorizer;

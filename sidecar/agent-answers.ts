@@ -7,11 +7,12 @@
  */
 import http from 'node:http';
 import type http2 from 'node:http2';
-import { ACCESS_REQUEST_ID_PATTERN } from '../core/access-request-id.js';
+import {
+  ACCESS_REQUEST_ID_PATTERN,
+  DENY_REASON_HEADER,
+  REQUEST_ID_HEADER,
+} from '../core/access-request-id.js';
 import { tryNormalizeDestination } from '../core/destination.js';
-
-export const DENY_REASON_HEADER = 'agent-gateway-deny-reason';
-export const REQUEST_ID_HEADER = 'agent-gateway-request-id';
 
 // Only values of the gateway's own shapes are passed on: the reason is one of a closed set of snake_case
 // names, the id is `req-` + 20 hex digits (docs/contract.md "Access requests"). Anything else is dropped

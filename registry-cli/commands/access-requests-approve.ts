@@ -119,15 +119,32 @@ export async function approveAllPending(ctx: CommandContext, opts: ApproveAllOpt
         ctx.io.err('nothing signed (answer was not yes; --yes skips the question)');
         return EXIT_REFUSED;
       }
-      const grants = await registry.transaction(async (db) => {
+      const { grants, skipped } = await registry.transaction(async (db) => {
         const signed: [string, SignedGrant][] = [];
-        for (const r of rows)
-          signed.push([r.requestId, await approveOne(db, signer, r, keyId, opts.validity, undefined)]);
-        return signed;
+        const refused: [string, string][] = [];
+        // One request grant refuses (outside the scope, say) must not sink the others: each is signed
+        // behind a savepoint, and a refusal rolls back only that one.
+        for (const r of rows) {
+          await db.query('SAVEPOINT approve_one');
+          try {
+            signed.push([r.requestId, await signRequest(db, signer, r, keyId, opts.validity, undefined)]);
+            await db.query('RELEASE SAVEPOINT approve_one');
+          } catch (err) {
+            if (!(err instanceof Refusal)) throw err;
+            await db.query('ROLLBACK TO SAVEPOINT approve_one');
+            refused.push([r.requestId, err.message]);
+          }
+        }
+        // The rows are marked last, in id order, so no request row stays locked while the TPM signs
+        // (the gateways' recording updates them).
+        for (const [requestId, grant] of [...signed].sort(([a], [b]) => (a < b ? -1 : 1)))
+          await markOrRollBack(db, requestId, grant, keyId);
+        return { grants: signed, skipped: refused };
       });
       for (const [requestId, grant] of grants) printApproved(ctx, requestId, grant);
+      for (const [requestId, why] of skipped) ctx.io.err(`not approved ${requestId}: ${why}`);
       ctx.io.out(`approved ${grants.length} access requests for ${visible(identity)}`);
-      return EXIT_OK;
+      return grants.length > 0 ? EXIT_OK : EXIT_REFUSED;
     });
   } finally {
     signer.close();
@@ -152,7 +169,21 @@ async function approveOne(
   validity: Validity,
   permissionId: string | undefined,
 ): Promise<SignedGrant> {
-  const grant = await signPermission(db, signer, {
+  const grant = await signRequest(db, signer, request, keyId, validity, permissionId);
+  await markOrRollBack(db, request.requestId, grant, keyId);
+  return grant;
+}
+
+/** The permission a request asks for, signed through grant's code path. */
+function signRequest(
+  db: Parameters<typeof signPermission>[0],
+  signer: PrincipalSigner,
+  request: AccessRequestRecord,
+  keyId: string,
+  validity: Validity,
+  permissionId: string | undefined,
+): Promise<SignedGrant> {
+  return signPermission(db, signer, {
     keyId,
     subjectIdentity: request.subjectIdentity,
     subjectSpkiDer: request.subjectSpkiDer,
@@ -161,13 +192,21 @@ async function approveOne(
     permissionId,
     shorterWindowHint: (days) => `use --days of at most ${days} (or a shorter --for)`,
   });
-  if ((await markApproved(db, request.requestId, grant.row.permissionId, keyId)) === undefined) {
-    const now = await readAccessRequest(db, request.requestId);
+}
+
+/** Mark the request approved; one decided meanwhile refuses, and the caller's transaction rolls back. */
+async function markOrRollBack(
+  db: Parameters<typeof signPermission>[0],
+  requestId: string,
+  grant: SignedGrant,
+  keyId: string,
+): Promise<void> {
+  if ((await markApproved(db, requestId, grant.row.permissionId, keyId)) === undefined) {
+    const now = await readAccessRequest(db, requestId);
     throw new Refusal(
-      `access request ${request.requestId} was decided meanwhile (now ${now?.status ?? 'gone'}); nothing was signed`,
+      `access request ${requestId} was decided meanwhile (now ${now?.status ?? 'gone'}); nothing was signed`,
     );
   }
-  return grant;
 }
 
 /**

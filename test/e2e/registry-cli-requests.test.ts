@@ -255,6 +255,8 @@ describe('registry CLI access requests end to end', () => {
 
   it('approve --all-pending --identity lists, asks, and signs every pending request of the identity', async () => {
     const betaDocstore = await recordRequest('agent-beta', betaSpki, 'docstore:443', { count: 2 });
+    // Outside org-alice's scope: refused on its own, without sinking the others.
+    const betaOutside = await recordRequest('agent-beta', betaSpki, 'api.example.com:443');
     const before = await everything();
     const approveAll = ['approve', '--all-pending', '--identity', 'agent-beta', 'org-alice', '--days', '2'];
 
@@ -287,8 +289,12 @@ describe('registry CLI access requests end to end', () => {
       timeoutMs: 60_000,
     });
     expect(yes.code, yes.stderr).toBe(0);
-    expect(yes.stderr).toMatch(/sign 2 permissions for agent-beta with org-alice\? \[y\/N\]/);
+    expect(yes.stderr).toMatch(/sign 3 permissions for agent-beta with org-alice\? \[y\/N\]/);
     expect(yes.stdout).toMatch(/approved 2 access requests for agent-beta/);
+    expect(yes.stderr).toMatch(
+      new RegExp(`not approved ${betaOutside}: .*outside the scope of principal key org-alice`),
+    );
+    expect((await requestRow(betaOutside))?.status).toBe('pending');
     for (const [id, dest] of [
       [betaDocstore, 'docstore'],
       [betaMessaging, 'messaging:8443'],
@@ -309,10 +315,10 @@ describe('registry CLI access requests end to end', () => {
       });
     }
     expect((await requestRow(betaDismissedEarlier))?.status).toBe('dismissed');
-    // Nothing left: exit 1, nothing signed.
-    expect((await expectExit(1, ['agent-permissions', ...approveAll, '--yes'])).stderr).toMatch(
-      /no pending access requests for agent-beta/,
-    );
+    // Only the refused one is left: exit 1, nothing signed.
+    const rest = await expectExit(1, ['agent-permissions', ...approveAll, '--yes']);
+    expect(rest.stderr).toMatch(new RegExp(`not approved ${betaOutside}: `));
+    expect(rest.stdout).toMatch(/approved 0 access requests for agent-beta/);
   });
 
   it('dismiss marks a pending request dismissed, and only a pending one (as the admin role)', async () => {
