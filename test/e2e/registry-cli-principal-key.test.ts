@@ -29,6 +29,27 @@ import {
 
 registryCliSuite('registry_cli_principal_key', { migrated: false });
 
+/**
+ * As if the TPM had been reset: the registered key is not the one in the token any more. The swap is
+ * made with migrations/0008's trigger off, so the token's key is not recorded as retired by it (the
+ * simulation, not a replacement, changed the row) and --replace may register it again.
+ */
+async function swapKeyBehindTheCli(keyId: string, spki: Buffer): Promise<void> {
+  await db.query('BEGIN');
+  try {
+    await db.query('ALTER TABLE principal_signing_keys DISABLE TRIGGER principal_signing_keys_retire');
+    await db.query('UPDATE principal_signing_keys SET public_key_spki_der = $1 WHERE key_id = $2', [
+      spki,
+      keyId,
+    ]);
+    await db.query('ALTER TABLE principal_signing_keys ENABLE ALWAYS TRIGGER principal_signing_keys_retire');
+    await db.query('COMMIT');
+  } catch (err) {
+    await db.query('ROLLBACK');
+    throw err;
+  }
+}
+
 describe('registry CLI end to end', () => {
   it('refuses to work on a database without the registry schema (exit 2, says to migrate)', async () => {
     const r = await expectExit(2, ['agent-permissions', 'list']);
@@ -165,10 +186,7 @@ describe('registry CLI end to end', () => {
       type: 'spki',
       format: 'der',
     });
-    await db.query('UPDATE principal_signing_keys SET public_key_spki_der = $1 WHERE key_id = $2', [
-      stranger,
-      'org-alice',
-    ]);
+    await swapKeyBehindTheCli('org-alice', stranger);
     const before = await snapshot();
     const refused = await expectExit(1, ['register-principal-key', 'org-alice']);
     expect(refused.stderr).toMatch(/different public key.*--replace/);
@@ -192,10 +210,7 @@ describe('registry CLI end to end', () => {
       type: 'spki',
       format: 'der',
     });
-    await db.query('UPDATE principal_signing_keys SET public_key_spki_der = $1 WHERE key_id = $2', [
-      stranger,
-      'org-erin',
-    ]);
+    await swapKeyBehindTheCli('org-erin', stranger);
     const replaced = await expectExit(0, ['register-principal-key', 'org-erin', '--replace']);
     expect(replaced.stdout).toMatch(/^replaced principal key org-erin/);
     expect(replaced.stdout).toContain(
@@ -220,10 +235,7 @@ describe('registry CLI end to end', () => {
     await expectExit(0, ['grant-principal-scope', 'org-erin', 'docstore']);
     expect(await scopeRows('org-erin', 'docstore:443')).toHaveLength(2);
     // A replacement with no scope left to revoke says so.
-    await db.query('UPDATE principal_signing_keys SET public_key_spki_der = $1 WHERE key_id = $2', [
-      stranger,
-      'org-erin',
-    ]);
+    await swapKeyBehindTheCli('org-erin', stranger);
     await db.query(
       "UPDATE principal_key_permissions SET revoked_at = now() WHERE signing_key_id = 'org-erin' AND revoked_at IS NULL",
     );
