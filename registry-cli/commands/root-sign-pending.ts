@@ -12,10 +12,10 @@
  * verify, a scope a revocation takes away) is never signed here. A scope that does not lie within its
  * key's window is refused before anything is signed.
  */
-import { createHash } from 'node:crypto';
 import { errorText } from '../../core/error-text.js';
 import { type RootFailure, scopeRootFailure, signerRootFailure, type TrustRoots } from '../../core/policy.js';
 import { rootKeyId } from '../../core/root-signed-bytes.js';
+import { spkiFingerprint } from '../../core/spki-input.js';
 import { withRegistry } from '../db.js';
 import { databaseFromEnv } from '../env.js';
 import { EXIT_OK, EXIT_REFUSED, type ExitCode, Refusal } from '../errors.js';
@@ -42,7 +42,7 @@ export type SignPendingOptions = {
   readonly yes: boolean;
 };
 
-const fingerprint = (spkiDer: Buffer) => `sha256:${createHash('sha256').update(spkiDer).digest('hex')}`;
+const fingerprint = (spkiDer: Buffer) => `sha256:${spkiFingerprint(spkiDer)}`;
 
 /**
  * What root-sign-pending does with a row: sign it (its signature verifies under a root the operator
