@@ -21,10 +21,19 @@ import {
   type TunnelReceipt,
 } from '../../core/receipt-format.js';
 import { parseTimestamp } from '../../core/timestamp.js';
+import type { Carrier } from '../../dev-support/pki.js';
 import { withClient } from '../../dev-support/registry-seed.js';
 import { repoRoot } from '../../dev-support/repo-root.js';
 import { type CommandResult, runCommand } from '../../dev-support/run-command.js';
-import { GATEWAY_MAIN } from './gateway.js';
+import {
+  closed,
+  closeSession,
+  connectH2,
+  GATEWAY_MAIN,
+  type GatewayProcess,
+  openTunnel,
+  roundTrip,
+} from './gateway.js';
 
 export const REGISTRY_CLI = path.join(repoRoot, 'dist', 'registry-cli', 'cli.js');
 export const TIMESTAMP = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/;
@@ -279,4 +288,59 @@ export async function tamperedCopy(
     files.push(to);
   }
   return { files, seqs: [target.seq, target.seq + 1] };
+}
+
+/** Poll the chain until `done` holds (a line being written is not yet readable: try again). */
+export async function waitForChain(
+  receiptsPath: string,
+  gatewayId: string,
+  done: (chain: Chain) => boolean,
+  timeoutMs = 10_000,
+): Promise<Chain> {
+  const end = Date.now() + timeoutMs;
+  let last = 'no chain read yet';
+  for (;;) {
+    try {
+      const chain = await readChain(receiptsPath, gatewayId);
+      if (done(chain)) return chain;
+      last = `${chain.receipts.length} records, ${chain.tunnels.length} tunnels`;
+    } catch (err) {
+      last = (err as Error).message;
+    }
+    if (Date.now() > end) throw new Error(`chain ${gatewayId} not as wanted within ${timeoutMs} ms: ${last}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/**
+ * `n` echo tunnels to `authority` on one new connection, one after another, each sending a different
+ * number of bytes from `firstBytes` up and closing cleanly. Returns the byte counts sent.
+ */
+export async function echoTunnels(
+  gw: GatewayProcess,
+  carrier: Carrier,
+  authority: string,
+  n: number,
+  firstBytes = 1000,
+): Promise<number[]> {
+  const session = await connectH2(gw.port, { ca: gw.caPem, carrier });
+  const sent: number[] = [];
+  try {
+    for (let i = 0; i < n; i++) {
+      const t = await openTunnel(session, authority);
+      if (t.status !== 200)
+        throw new Error(
+          `CONNECT ${authority}: ${t.status} ${String(t.headers['agent-gateway-deny-reason'])}`,
+        );
+      const size = firstBytes + i;
+      await roundTrip(t.stream, Buffer.alloc(size, 0x61));
+      t.stream.end();
+      t.stream.resume();
+      await closed(t.stream);
+      sent.push(size);
+    }
+  } finally {
+    await closeSession(session);
+  }
+  return sent;
 }
