@@ -10,6 +10,7 @@
  * vouches for every record before it in the chain.
  */
 import { createHash } from 'node:crypto';
+import { receiptFieldProblem } from './receipt-fields.js';
 
 export const RECEIPT_FORMAT_VERSION = 1;
 /** `prev` of the first record a chain ever has. */
@@ -171,7 +172,8 @@ export class ReceiptFormatError extends Error {
 
 /**
  * Parse one line; throws ReceiptFormatError naming what is wrong: not JSON, unknown kind or version,
- * keys other than the kind's in its order, or bytes that are not the canonical encoding.
+ * keys other than the kind's in its order, a value of the wrong type (core/receipt-fields.ts), or bytes
+ * that are not the canonical encoding.
  */
 export function decodeReceipt(line: string): Receipt {
   let parsed: unknown;
@@ -197,6 +199,8 @@ export function decodeReceipt(line: string): Receipt {
     throw new ReceiptFormatError('seq is not a positive integer');
   if (typeof r.prev !== 'string' || !/^[0-9a-f]{64}$/.test(r.prev))
     throw new ReceiptFormatError('prev is not a lowercase hex SHA-256');
+  const problem = receiptFieldProblem(r);
+  if (problem !== null) throw new ReceiptFormatError(problem);
   if (encodeReceipt(r) !== line) throw new ReceiptFormatError('not the canonical encoding of its fields');
   return r;
 }
