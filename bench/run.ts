@@ -37,6 +37,16 @@ import {
   TABRMD_TCTI,
 } from '../dev-support/swtpm.js';
 import type { Direction, Op, OpResult, Response, Target } from './protocol.js';
+import {
+  RECEIPTS_LINES,
+  type ReceiptsLineId,
+  type ReceiptsRow,
+  receiptFiles,
+  receiptsReport,
+  receiptsToml,
+  type SigningCost,
+  signingCost,
+} from './receipts.js';
 import { createPki, SINK_NAME } from './support/pki.js';
 import { startBenchPostgres } from './support/postgres.js';
 import {
@@ -103,7 +113,7 @@ type Options = {
   keep: boolean;
 };
 
-const FIGURES = ['single', 'conc', 'latency', 'newconn', 'idle', 'scale'];
+const FIGURES = ['single', 'conc', 'latency', 'newconn', 'idle', 'scale', 'receipts'];
 
 function options(): Options {
   const { values } = parseArgs({
@@ -146,7 +156,7 @@ function options(): Options {
       'usage: npm run bench -- [--quick] [--reps N] [--single-mib N] [--conc-tunnels N] [--conc-mib N]\n' +
         '  [--conc-connections N] [--latency-count N] [--newconn-count N] [--idle-tunnels N] [--idle-cycles N]\n' +
         '  [--idle-per-connection N] [--settle-ms N] [--verify-mib N] [--lines a,b,c,d]\n' +
-        '  [--figures single,conc,latency,newconn,idle,scale] [--dirs up,down] [--gateway-workers N] [--gateway-log-level L]\n' +
+        '  [--figures single,conc,latency,newconn,idle,scale,receipts] [--dirs up,down] [--gateway-workers N] [--gateway-log-level L]\n' +
         '  [--scale-workers 1,2,...] [--scale-connections N]\n' +
         '  [--gateway-decision-cache on|off] [--gateway-node-args "..."] [--sidecar-node-args "..."]\n' +
         '  [--op-timeout-s N] [--max-minutes N]\n' +
@@ -256,7 +266,7 @@ type IdleCycle = {
 };
 
 type Line = {
-  readonly id: LineId | ScaleLineId;
+  readonly id: LineId | ScaleLineId | ReceiptsLineId;
   readonly label: string;
   target: Target | undefined;
   components: Component[];
@@ -266,7 +276,7 @@ type Line = {
   idle: { tunnels: number; baselineRssBytes: number; baselineFds: number; cycles: IdleCycle[] } | undefined;
 };
 
-function newLine(id: LineId | ScaleLineId, label = LABELS[id as LineId]): Line {
+function newLine(id: LineId | ScaleLineId | ReceiptsLineId, label = LABELS[id as LineId]): Line {
   return {
     id,
     label,
@@ -535,6 +545,91 @@ async function scaleFigure(
   }
 }
 
+/**
+ * Issue #17 (bench/receipts.ts): line (c) once per [receipts] setting, one gateway at a time, each
+ * measured for CPU per CONNECT (sequential CONNECT -> 200 -> close, then 1.5 s for the writer's flush and
+ * checkpoint) and, through transferFigure, CPU per GiB on one tunnel.
+ */
+async function receiptsFigure(
+  o: Options,
+  client: LoadClient,
+  sinkPids: () => number[],
+  spawn: (workers: number, name: string, extraToml?: string) => Promise<{ proc: Managed; port: number }>,
+  carrier: { certPem: string; keyPem: string },
+): Promise<{ rows: ReceiptsRow[]; lines: Line[] }> {
+  const rows: ReceiptsRow[] = [];
+  const lines: Line[] = [];
+  for (const { id, label } of RECEIPTS_LINES) {
+    const line = newLine(id, label);
+    lines.push(line);
+    const { toml, dir } = receiptsToml(id, o.work);
+    progress(`${label}: starting`);
+    try {
+      const { proc, port } = await spawn(o.gatewayWorkers, `gateway-${id}`, toml);
+      try {
+        line.target = {
+          kind: 'h2',
+          port,
+          authority: DESTINATION,
+          certPem: carrier.certPem,
+          keyPem: carrier.keyPem,
+        };
+        line.components = [{ name: 'gateway', pids: () => processTree(proc.pid) }];
+        const verified = await client.call({
+          op: 'verify',
+          line: id,
+          target: line.target,
+          bytes: o.verifyBytes,
+        });
+        if (!verified.ok) throw new Error(`verification failed: ${verified.error}`);
+        for (let rep = 1; rep <= o.reps; rep++) {
+          const p0 = cpuOf(line).reduce((a, b) => a + b, 0);
+          const r = await client.must({
+            op: 'latency',
+            line: id,
+            target: line.target,
+            count: o.latencyCount,
+          });
+          await sleep(1500);
+          const cpu = cpuOf(line).reduce((a, b) => a + b, 0) - p0;
+          const count = r.latency?.count ?? o.latencyCount;
+          record(line, 'receipts.cpuUsPerConnect', (cpu * 1e6) / count);
+          record(line, 'receipts.connectP50Us', r.latency?.p50Us ?? Number.NaN);
+          progress(`${label}: ${((cpu * 1e6) / count).toFixed(0)} CPU-us per CONNECT`);
+          for (const d of o.dirs) await transferFigure(o, client, line, sinkPids, 'single', d);
+        }
+      } finally {
+        await client.call({ op: 'reset', line: id });
+        await proc.stop();
+      }
+      const files = dir === undefined ? undefined : receiptFiles(dir);
+      rows.push({
+        label,
+        cpuUsPerConnect: s(line, 'receipts.cpuUsPerConnect'),
+        connectP50Us: s(line, 'receipts.connectP50Us'),
+        cpuPerGiBUp: s(line, 'single.up.proxyCpuPerGiB'),
+        cpuPerGiBDown: s(line, 'single.down.proxyCpuPerGiB'),
+        bytesPerReceipt: files === undefined || files.tunnels === 0 ? undefined : files.bytes / files.tunnels,
+        notMeasured: undefined,
+      });
+    } catch (err) {
+      line.notMeasured = (err as Error).message.split('\n')[0];
+      progress(`${label} FAILED: ${line.notMeasured}`);
+      await client.call({ op: 'transfer-close' });
+      rows.push({
+        label,
+        cpuUsPerConnect: undefined,
+        connectP50Us: undefined,
+        cpuPerGiBUp: undefined,
+        cpuPerGiBDown: undefined,
+        bytesPerReceipt: undefined,
+        notMeasured: line.notMeasured,
+      });
+    }
+  }
+  return { rows, lines };
+}
+
 async function latencyFigure(o: Options, client: LoadClient, line: Line): Promise<void> {
   const p0 = cpuOf(line).reduce((a, b) => a + b, 0);
   const r = await client.must({
@@ -636,7 +731,12 @@ function maxOf(line: Line, names: string[]): string {
   return all.length === 0 ? '–' : Math.max(...all).toFixed(2);
 }
 
-function report(o: Options, lines: Line[], scaleLines: Line[] = []): string {
+function report(
+  o: Options,
+  lines: Line[],
+  scaleLines: Line[] = [],
+  receipts: { rows: ReceiptsRow[]; cost: SigningCost | undefined } | undefined = undefined,
+): string {
   const a = lines.find((l) => l.id === 'a') as Line;
   const b = lines.find((l) => l.id === 'b');
   const measured = lines.filter((l) => l.notMeasured === undefined);
@@ -856,6 +956,7 @@ function report(o: Options, lines: Line[], scaleLines: Line[] = []): string {
       ),
     );
   }
+  if (receipts !== undefined) out.push('', receiptsReport(receipts.rows, receipts.cost, o.latencyCount));
   const skipped = lines.filter((l) => l.notMeasured !== undefined);
   if (skipped.length > 0) {
     out.push('', ...skipped.map((l) => `${l.label}: not measured: ${l.notMeasured}`));
@@ -976,7 +1077,11 @@ async function main(): Promise<void> {
     let gatewayPort = 0;
     /** Start a gateway on fresh ports against the bench registry; each gets its own config and log. */
     let spawnGateway:
-      | ((workers: number, name: string) => Promise<{ proc: Managed; port: number; config: string }>)
+      | ((
+          workers: number,
+          name: string,
+          extraToml?: string,
+        ) => Promise<{ proc: Managed; port: number; config: string }>)
       | undefined;
     if (c || d) {
       const gatewayMain = path.join(repoRoot, 'dist', 'gateway', 'main.js');
@@ -998,17 +1103,18 @@ async function main(): Promise<void> {
             destination: DESTINATION,
           });
           gatewayNodeFlags = [...interpreterFlags(gatewayMain), ...o.gatewayNodeArgs];
-          spawnGateway = async (workers, name) => {
+          spawnGateway = async (workers, name, extraToml = '') => {
             const port = await freePort();
-            const config = gatewayToml(o, {
-              workers,
-              port,
-              adminPort: await freePort(),
-              certPath: serverCert,
-              keyPath: serverKey,
-              databaseUrl: pg.databaseUrl,
-              sinkPort,
-            });
+            const config =
+              gatewayToml(o, {
+                workers,
+                port,
+                adminPort: await freePort(),
+                certPath: serverCert,
+                keyPath: serverKey,
+                databaseUrl: pg.databaseUrl,
+                sinkPort,
+              }) + extraToml;
             const proc = nodeScript(
               name,
               gatewayMain,
@@ -1159,10 +1265,19 @@ async function main(): Promise<void> {
         }
       }
     }
+    let receipts: { rows: ReceiptsRow[]; cost: SigningCost | undefined } | undefined;
+    if (o.figures.has('receipts') && spawnGateway !== undefined && byId('c')?.notMeasured === undefined) {
+      if (timeLeft()) {
+        const figure = await receiptsFigure(o, client, sinkPids, spawnGateway, carrier);
+        scaleLines.push(...figure.lines);
+        progress('receipts: raw signing cost (PEM, then PKCS#11 in swtpm)');
+        receipts = { rows: figure.rows, cost: await signingCost() };
+      }
+    }
     if (!timeLeft())
       for (const l of live) l.errors.push(`stopped early: --max-minutes ${o.maxMinutes} reached`);
 
-    const text = report(o, lines, scaleLines);
+    const text = report(o, lines, scaleLines, receipts);
     process.stdout.write(`\n${text}\n\n`);
     mkdirSync(path.dirname(o.out), { recursive: true });
     const summaries = Object.fromEntries(
