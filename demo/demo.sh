@@ -10,6 +10,9 @@
 #   ./demo/demo.sh attack-db  as the registry's admin role, without the root key, insert a principal key,
 #                             a scope and a signed grant for agent-mallory; the gateway answers 403
 #                             signer_not_rooted; the inserted rows are then revoked
+#   ./demo/demo.sh receipts   verify the demo gateway's tunnel receipts (README "Receipts and audit")
+#                             with the key `agent_gateway receipts-key` prints, list them, then tamper
+#                             with a copy and show receipts verify naming the edited record
 #   ./demo/demo.sh status     what is running
 #   ./demo/demo.sh teardown   stop everything the demo started and remove all of its files
 #
@@ -442,8 +445,9 @@ step_config() {
   certs="$(certs_dir)"
   local hold_ms="${AGENT_GATEWAY_DEMO_HOLD_MS:-0}"
   [[ "$hold_ms" =~ ^[0-9]+$ ]] || die "AGENT_GATEWAY_DEMO_HOLD_MS must be a number of milliseconds, got '$hold_ms'"
+  receipts_key
   values="$(node -e '
-    const [gw, admin, certs, db, doc, msg, oid, root, hold] = process.argv.slice(1);
+    const [gw, admin, certs, db, doc, msg, oid, root, hold, receipts] = process.argv.slice(1);
     process.stdout.write(JSON.stringify({
       server: {
         listen_addr: `127.0.0.1:${gw}`, tls_cert_path: `${certs}/server.pem`, tls_key_path: `${certs}/server-key.pem`,
@@ -456,18 +460,33 @@ step_config() {
       },
       admin: { listen_addr: `127.0.0.1:${admin}` },
       requests: { hold_ms: Number(hold) },
+      receipts: {
+        enabled: true, path: `${receipts}/receipts`, instance_id: "demo-gateway",
+        signing_key: `${receipts}/receipts.key`, include_denied: true,
+      },
     }));' "$GATEWAY_PORT" "$ADMIN_PORT" "$certs" "$(state_get DB_GATEWAY_URL)" "$DOCSTORE_PORT" "$MESSAGING_PORT" \
-    "$DEMO_CLIENT_EXT_OID" "$(state_get ROOT_SPKI_B64)" "$hold_ms")"
+    "$DEMO_CLIENT_EXT_OID" "$(state_get ROOT_SPKI_B64)" "$hold_ms" "$STATE_DIR")"
   logged node "$(node_prog demo/write-config.js)" --example "$example" --out "$cfg" --values "$values" \
     --header "Written by demo/demo.sh setup from config.example.toml; removed by demo/demo.sh teardown.
 The gateway reaches the demo's loopback mock services through [upstream] overrides (like curl --resolve).
-The database password is a local demo value. [policy] trust_roots holds the demo root's public key."
+The database password is a local demo value. [policy] trust_roots holds the demo root's public key.
+[receipts] writes a signed receipt of every tunnel (and denied CONNECT) to the demo's state dir."
   chmod 600 "$cfg"
   state_set CONFIG_WRITTEN 1
   state_set CONFIG_SHA256 "$(sha_of "$cfg")"
   info "    $cfg (docstore:443 -> 127.0.0.1:$DOCSTORE_PORT, messaging:443 -> 127.0.0.1:$MESSAGING_PORT)"
   [ -z "$(state_get ROOT_KEY_ID)" ] || info "    [policy] trust_roots = the demo root's public key (root_key_id $(state_get ROOT_KEY_ID | cut -c1-19)…)"
   step_done
+}
+
+# receipts_key: the gateway's receipt signing key, a PEM P-256 key in the state dir (README "Receipts and
+# audit"; in production it can live in a TPM: signing_key = "pkcs11:token=…;object=…").
+receipts_key() {
+  local key="$STATE_DIR/receipts.key"
+  [ -f "$key" ] && return 0
+  (umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$key" 2>>"$SETUP_LOG") ||
+    die "cannot create the receipt key $key"
+  info "    receipt signing key $key (PEM, P-256)"
 }
 
 step_mocks() {
@@ -1011,7 +1030,9 @@ cmd_teardown() {
 
   if [ -d "$STATE_DIR" ]; then
     info "==> Removing $STATE_DIR"
-    rm -rf "$AGENTS_DIR" "$(principal_dir)" "$(root_dir)" "$STATE_DIR/run" "$STATE_DIR/logs" "$STATE_DIR/postgres"
+    rm -rf "$AGENTS_DIR" "$(principal_dir)" "$(root_dir)" "$STATE_DIR/run" "$STATE_DIR/logs" "$STATE_DIR/postgres" \
+      "$STATE_DIR/receipts"
+    rm -f "$STATE_DIR/receipts.key" "$STATE_DIR/receipts.pub.pem"
     rm -f "$DEMO_ENV_FILE".*
     local parents
     parents="$(state_get CREATED_PARENTS)"
@@ -1026,6 +1047,65 @@ cmd_teardown() {
   info "Demo removed."
 }
 
+# ---- receipts: what an auditor does with the gateway's receipts -----------------------------------------
+
+cmd_receipts() {
+  local cfg dir pub files=() gw cli tamper rc=0
+  cfg="$(config_path)"
+  dir="$STATE_DIR/receipts/demo-gateway"
+  [ -f "$cfg" ] || die "no demo config: ./demo/demo.sh setup first"
+  [ -d "$dir" ] || die "no receipts in $dir yet: ./demo/demo.sh setup first (its proof request writes one)"
+  gw="$(node_prog gateway/main.js)"
+  cli="$(node_prog registry-cli/cli.js)"
+  pub="$STATE_DIR/receipts.pub.pem"
+  info "1. The gateway's receipt public key, as an auditor receives it:"
+  info "   \$ agent_gateway receipts-key --config $(basename "$cfg")"
+  node "$gw" receipts-key --config "$cfg" | tee "$pub.out" | sed 's/^/   /' >&2
+  sed -n '/-----BEGIN PUBLIC KEY-----/,/-----END PUBLIC KEY-----/p' "$pub.out" >"$pub"
+  rm -f "$pub.out"
+  mapfile -t files < <(find "$dir" -maxdepth 1 -name 'receipts-*.jsonl' | sort)
+  [ "${#files[@]}" -gt 0 ] || die "no receipt files in $dir"
+  info ""
+  info "2. Verify the chain, its signatures and every grant against the registry (the gateway is running, so"
+  info "   its newest records may not be signed yet: --allow-open-tail):"
+  info "   \$ agent_gateway_registry receipts verify ${files[*]#"$STATE_DIR/"} --gateway-key receipts.pub.pem --registry … --allow-open-tail"
+  node "$cli" receipts verify "${files[@]}" --gateway-key "$pub" --registry "$(state_get DB_ADMIN_URL)" \
+    --allow-open-tail 2>&1 | sed 's/^/   /' >&2 || rc=1
+  info ""
+  info "3. The receipts as a table:"
+  info "   \$ agent_gateway_registry receipts show …"
+  node "$cli" receipts show "${files[@]}" 2>&1 | tail -n 12 | sed 's/^/   /' >&2 || true
+  tamper="$(mktemp -d "${TMPDIR:-/tmp}/agw-receipts-tamper.XXXXXX")"
+  cp "${files[@]}" "$tamper/"
+  local edited
+  edited="$(node -e '
+    const fs = require("node:fs");
+    const [dir] = process.argv.slice(1);
+    const file = fs.readdirSync(dir).sort().map((n) => `${dir}/${n}`)
+      .find((f) => fs.readFileSync(f, "utf8").includes("\"kind\":\"tunnel\""));
+    const lines = fs.readFileSync(file, "utf8").split("\n");
+    const i = lines.findIndex((l) => l.includes("\"kind\":\"tunnel\""));
+    const before = lines[i];
+    lines[i] = before.replace(/"bytes_down":(\d+)/, (_, n) => `"bytes_down":${Number(n) + 1000000}`);
+    fs.writeFileSync(file, lines.join("\n"));
+    const seq = JSON.parse(before).seq;
+    process.stdout.write(`${file.split("/").pop()} line ${i + 1} (seq ${seq})`);
+  ' "$tamper")"
+  info ""
+  info "4. Someone adds 1,000,000 to bytes_down of one receipt in a copy ($edited) and verifies again:"
+  local out trc=0
+  out="$(node "$cli" receipts verify "$tamper"/receipts-*.jsonl --gateway-key "$pub" --allow-open-tail 2>&1)" || trc=$?
+  printf '%s\n' "$out" | sed 's/^/   /' >&2
+  rm -rf "$tamper"
+  if [ "$trc" = 0 ]; then
+    warn "receipts verify accepted the tampered copy"
+    rc=1
+  else
+    info "   → exit $trc: the edit is detected."
+  fi
+  return "$rc"
+}
+
 # Sourcing the file (for debugging one step) defines the functions without running anything.
 [[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
 
@@ -1033,6 +1113,7 @@ case "${1:-}" in
   setup) cmd_setup ;;
   teardown) cmd_teardown ;;
   attack-db) cmd_attack_db ;;
+  receipts) cmd_receipts ;;
   status) cmd_status ;;
   -h | --help | help) usage 0 ;;
   *) usage 2 >&2 ;;
