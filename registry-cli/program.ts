@@ -15,6 +15,7 @@ import { registerPrincipalKey } from './commands/register-principal-key.js';
 import type { Env } from './env.js';
 import { EXIT_ENVIRONMENT, EXIT_OK, type ExitCode, toCliError } from './errors.js';
 import type { Io } from './io.js';
+import { addReceiptCommands } from './program-receipts.js';
 import { addRequestCommands } from './program-requests.js';
 import { addRootCommands, ROOT_ENVIRONMENT_HELP, withTrustRootOptions } from './program-root.js';
 import { parseRootKeyId } from './root-key.js';
@@ -240,6 +241,7 @@ export function buildProgram(env: Env, io: Io, setExit: (code: ExitCode) => void
 
   addRequestCommands(permissions, ctx, run, ENVIRONMENT_HELP);
   addRootCommands(program, ctx, run, ENVIRONMENT_HELP);
+  addReceiptCommands(program, ctx, run, ENVIRONMENT_HELP);
 
   program
     .command('migrate')
