@@ -102,7 +102,7 @@ function writeReceipts(name: string, records: Omit<TunnelReceipt, 'seq' | 'prev'
     lines.push(line);
     prev = receiptHash(line);
   };
-  records.forEach((r, i) => push({ ...r, gateway, seq: i + 1, prev }));
+  for (const [i, r] of records.entries()) push({ ...r, gateway, seq: i + 1, prev });
   const cp: Omit<CheckpointReceipt, 'sig'> = {
     v: 1,
     kind: 'checkpoint',
