@@ -145,7 +145,7 @@ function walkChain(
           line,
           'seq_break',
           r.seq > expected
-            ? `expected seq ${expected}: ${r.seq - expected} record(s) missing (seq ${expected}..${r.seq - 1} deleted?)`
+            ? `expected seq ${expected}: ${missing(expected, r.seq - 1)} missing (deleted?)`
             : `expected seq ${expected}: seq ${r.seq} again or out of order (lines duplicated or reordered)`,
         );
       }
@@ -189,6 +189,10 @@ function walkChain(
       ? 'no valid checkpoint in the chain'
       : `after the last valid checkpoint (${where(lastCheckpoint)})`;
   for (const line of uncovered) problem(line, 'unsigned', `${after}: no signature covers this record`);
+}
+
+function missing(from: number, to: number): string {
+  return from === to ? `seq ${from}` : `seq ${from}..${to} (${to - from + 1} records)`;
 }
 
 function where(at: Location): string {

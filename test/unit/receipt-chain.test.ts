@@ -94,7 +94,7 @@ describe('receipt chain verification', () => {
     lines.splice(3, 1);
     const r = verify(file('r.jsonl', lines));
     expect(summary(r)).toEqual(['4:5:seq_break']);
-    expect(problems(r)[0]!.detail).toMatch(/1 record\(s\) missing \(seq 4\.\.4 deleted\?\)/);
+    expect(problems(r)[0]!.detail).toMatch(/expected seq 4: seq 4 missing \(deleted\?\)/);
   });
 
   it('two lines swapped: seq_break at both', () => {
