@@ -7,6 +7,7 @@ import type { Socket } from 'node:net';
 import type { DenyReason, Grant, LiveTunnel } from './authorization.js';
 import type { ConnectHandlerDeps } from './connect-handler.js';
 import type { ByteTotals } from './metrics.js';
+import { receiptMicros } from './receipts/receipt-time.js';
 import type { Logger } from './telemetry.js';
 import { Tunnel, type TunnelEndReason, type TunnelOwner } from './tunnel.js';
 
@@ -73,6 +74,10 @@ export class ActiveTunnel implements LiveTunnel, TunnelOwner {
   private tunnel: Tunnel | undefined;
   private untrack: (() => void) | undefined;
   private allowedLine: AllowedLine | undefined;
+  /** The grant the CONNECT was allowed by (a re-check may swap `grant`); its receipt names this one. */
+  private readonly allowedBy: Grant;
+  private dialled: readonly string[] = [];
+  private openedMicros = 0;
 
   constructor(
     private readonly fields: DecisionFields,
@@ -82,10 +87,15 @@ export class ActiveTunnel implements LiveTunnel, TunnelOwner {
     private readonly openSet: Set<ActiveTunnel>,
   ) {
     this.peerAddr = fields.source_peer_addr;
+    this.allowedBy = grant;
   }
 
-  start(stream: ServerHttp2Stream, socket: Socket, allowed: AllowedLine): void {
+  start(stream: ServerHttp2Stream, socket: Socket, allowed: AllowedLine, dialled: readonly string[]): void {
     this.allowedLine = allowed;
+    if (this.deps.receipts !== undefined) {
+      this.dialled = dialled;
+      this.openedMicros = receiptMicros();
+    }
     this.openSet.add(this);
     this.deps.metrics.tunnelsOpen.inc();
     this.tunnel = new Tunnel(stream, socket, this.deps.tunnelIdleTimeoutMs, this);
@@ -141,6 +151,16 @@ export class ActiveTunnel implements LiveTunnel, TunnelOwner {
     this.untrack?.();
     this.release();
     metrics.tunnelsOpen.dec();
+    this.deps.receipts?.tunnelEnded({
+      fields: this.fields,
+      grant: this.allowedBy,
+      dialled: this.dialled,
+      openedMicros: this.openedMicros,
+      bytesUp: t.bytesClientToDest,
+      bytesDown: t.bytesDestToClient,
+      endReason: t.endReason,
+      endDetail: t.endDetail,
+    });
     logger.info(
       {
         ...this.fields,

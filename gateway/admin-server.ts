@@ -24,6 +24,11 @@ export type AdminServerOptions = {
   readonly isDraining: () => boolean;
   /** Live revocation state; reported, not gating (polling still revokes, just later). */
   readonly revocationState?: (() => RevocationState) | undefined;
+  /**
+   * Why new CONNECTs are refused for want of receipts (receipts.on_failure = "deny"), or undefined;
+   * absent = receipts off.
+   */
+  readonly receiptsRefusing?: (() => string | undefined) | undefined;
   readonly logger?: AuthorizationLogger | undefined;
   /** A registry ping slower than this counts as failed. */
   readonly pingTimeoutMs?: number | undefined;
@@ -58,6 +63,10 @@ export async function startAdminServer(opts: AdminServerOptions): Promise<AdminS
       listener: opts.isAccepting() ? { ok: true } : { ok: false, detail: 'not accepting connections' },
       draining: opts.isDraining() ? { ok: false, detail: 'draining' } : { ok: true },
     };
+    if (opts.receiptsRefusing !== undefined) {
+      const refusing = opts.receiptsRefusing();
+      checks['receipts'] = refusing === undefined ? { ok: true } : { ok: false, detail: refusing };
+    }
     const failing = Object.entries(checks)
       .filter(([, c]) => !c.ok)
       .map(([name]) => name);

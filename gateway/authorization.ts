@@ -20,7 +20,9 @@ export type DenyReason =
   | 'address_rate_limited'
   | 'identity_tunnel_limit'
   | 'tunnel_limit'
-  | 'draining';
+  | 'draining'
+  /** Receipts cannot be written and receipts.on_failure is "deny" (docs/contract.md "Receipts"). */
+  | 'receipts_unavailable';
 
 /** What an allowed CONNECT was allowed by; recorded on the live tunnel so revocation can find it. */
 export type Grant = {
@@ -29,6 +31,12 @@ export type Grant = {
   readonly destination: string;
   readonly permissionId: string;
   readonly signingKeyId: string;
+  /**
+   * Lowercase hex SHA-256 of the permission row's canonical signed bytes (core/permission-bytes.ts) and
+   * the row's signature (DER, base64): what a receipt binds the tunnel to. Null for an observed grant.
+   */
+  readonly permissionSha256: string | null;
+  readonly permissionSignature: string | null;
   readonly scopeId: string;
   /** Earliest not_after of permission, signer and scope. */
   readonly validUntil: Micros;

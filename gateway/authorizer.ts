@@ -32,6 +32,7 @@ import { type Micros, nowMicros } from '../core/timestamp.js';
 import type { AuthorizeResult, Authorizer, Grant } from './authorization.js';
 import type { GatewayMetrics } from './metrics.js';
 import type { ObserveRule } from './observe-identities.js';
+import { permissionDigest } from './receipts/permission-digest.js';
 import { changeTouchesGrant, EVERYTHING, type RegistryChange } from './registry-changes.js';
 import {
   type AuthorizationLogger,
@@ -261,6 +262,9 @@ export class RegistryAuthorizer implements Authorizer {
           destination: request.destination,
           permissionId: permission.permissionId,
           signingKeyId: permission.signingKeyId,
+          // Once per registry lookup, never on a cache hit: the cached grant carries it.
+          permissionSha256: permissionDigest(permission),
+          permissionSignature: permission.signature.toString('base64'),
           scopeId: scope?.id ?? '',
           validUntil: decision.validUntil,
         },

@@ -13,6 +13,7 @@ import { type AdminServer, startAdminServer } from './admin-server.js';
 import type { GatewayConfig } from './config.js';
 import { GatewayStartupError, type RunningGateway } from './gateway.js';
 import type { GatewayMetrics } from './metrics.js';
+import { WORKER_INDEX_ENV } from './receipts/gateway-receipts.js';
 import { Registry, RegistrySchemaError } from './registry.js';
 import { loadTlsMaterial } from './server.js';
 import type { Logger } from './telemetry.js';
@@ -23,6 +24,8 @@ export type ToWorker =
   | { type: 'agent_gateway:force' };
 export type ToPrimary =
   | { type: 'agent_gateway:listening'; address: string }
+  /** Receipts state changed: why new CONNECTs are refused, or null (docs/contract.md "Receipts"). */
+  | { type: 'agent_gateway:receipts'; refusing: string | null }
   | { type: 'agent_gateway:startup_failed'; message: string; exitCode: number };
 
 const MAX_RESTARTS = 5;
@@ -30,6 +33,8 @@ const RESTART_WINDOW_MS = 60_000;
 const RESTART_DELAY_MS = 1_000;
 /** Beyond drain_timeout_ms, how long workers get to exit before they are killed. */
 const EXIT_GRACE_MS = 10_000;
+/** How often a worker looks at its receipts state to tell the primary of a change. */
+const RECEIPTS_REPORT_MS = 1_000;
 
 /** This worker's share of limits.max_connections (the limit is for the whole gateway). */
 export function perWorkerConnections(config: GatewayConfig): number {
@@ -66,6 +71,10 @@ export async function runPrimary(config: GatewayConfig, logger: Logger): Promise
 
 class Primary {
   private readonly listening = new Set<Worker>();
+  /** Each worker's index (1..N): its receipt chain's `-w<index>`, handed on to its replacement. */
+  private readonly indexes = new Map<Worker, number>();
+  /** Workers whose receipts refuse new CONNECTs, with why. */
+  private readonly receiptsRefusing = new Map<Worker, string>();
   private readonly restarts: number[] = [];
   private draining = false;
   private startupDone = false;
@@ -85,7 +94,7 @@ class Primary {
     });
     cluster.on('message', (worker, message: ToPrimary) => this.onMessage(worker, message));
     cluster.on('exit', (worker, code, signal) => this.onExit(worker, code, signal));
-    for (let i = 0; i < this.config.server.workers; i++) this.fork();
+    for (let i = 1; i <= this.config.server.workers; i++) this.fork(i);
 
     process.on('SIGHUP', () => this.broadcast({ type: 'agent_gateway:reload' }));
     let signals = 0;
@@ -108,8 +117,8 @@ class Primary {
     return code;
   }
 
-  private fork(): void {
-    cluster.fork();
+  private fork(index: number): void {
+    this.indexes.set(cluster.fork({ [WORKER_INDEX_ENV]: String(index) }), index);
   }
 
   private onMessage(worker: Worker, message: ToPrimary): void {
@@ -119,6 +128,9 @@ class Primary {
         this.startupDone = true;
         void this.startAdmin(message.address);
       }
+    } else if (message?.type === 'agent_gateway:receipts') {
+      if (message.refusing === null) this.receiptsRefusing.delete(worker);
+      else this.receiptsRefusing.set(worker, message.refusing);
     } else if (message?.type === 'agent_gateway:startup_failed') {
       // Every worker would fail the same way: stop now with the worker's message and exit code.
       if (!this.startupDone && !this.draining) {
@@ -144,6 +156,7 @@ class Primary {
           pingRegistry: () => this.registry.ping(),
           isAccepting: () => this.listening.size > 0 && !this.draining,
           isDraining: () => this.draining,
+          receiptsRefusing: this.config.receipts.enabled ? () => this.receiptsRefused() : undefined,
           logger: this.logger,
         });
       } catch (err) {
@@ -158,8 +171,17 @@ class Primary {
     this.logger.info({ listen_addr: address, workers: this.config.server.workers }, 'gateway listening');
   }
 
+  private receiptsRefused(): string | undefined {
+    const [first] = this.receiptsRefusing.values();
+    if (first === undefined) return undefined;
+    return `${this.receiptsRefusing.size} of ${this.config.server.workers} workers: ${first}`;
+  }
+
   private onExit(worker: Worker, code: number | null, signal: string | null): void {
     this.listening.delete(worker);
+    this.receiptsRefusing.delete(worker);
+    const index = this.indexes.get(worker) as number;
+    this.indexes.delete(worker);
     const alive = Object.keys(cluster.workers ?? {}).length;
     if (this.draining) {
       if (code !== 0 && this.exitCode === 0) this.exitCode = code ?? 1;
@@ -186,7 +208,7 @@ class Primary {
     }
     this.restarts.push(now);
     setTimeout(() => {
-      if (!this.draining) this.fork();
+      if (!this.draining) this.fork(index);
     }, RESTART_DELAY_MS).unref();
   }
 
@@ -231,6 +253,15 @@ export function attachWorker(gateway: RunningGateway, logger: Logger, exit: () =
         break;
     }
   });
+  let refusing: string | undefined;
+  const reportReceipts = () => {
+    const now = gateway.receiptsRefusing();
+    if (now === refusing || !process.connected) return;
+    refusing = now;
+    process.send?.({ type: 'agent_gateway:receipts', refusing: now ?? null } satisfies ToPrimary);
+  };
+  reportReceipts();
+  setInterval(reportReceipts, RECEIPTS_REPORT_MS).unref();
   process.on('disconnect', () => {
     logger.warn('primary process went away; draining');
     exit();

@@ -40,7 +40,8 @@ export class ConfigReader {
     return this.prefix === '' ? name : `${this.prefix}.${name}`;
   }
 
-  private fail(name: string, why: string): never {
+  /** A ConfigError naming this table's key `name` (for checks made after reading). */
+  fail(name: string, why: string): never {
     throw new ConfigError(this.file, this.key(name), why);
   }
 
@@ -115,6 +116,14 @@ export class ConfigReader {
     if (v === undefined) return fallback;
     if (typeof v !== 'boolean') this.fail(name, 'must be true or false');
     return v;
+  }
+
+  /** One of `allowed` (a string). */
+  choice<T extends string>(name: string, allowed: readonly T[], fallback: T): T {
+    const v = this.value(name) ?? fallback;
+    if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v))
+      this.fail(name, `must be one of ${allowed.map((a) => JSON.stringify(a)).join(', ')}`);
+    return v as T;
   }
 
   hostPort(name: string, fallback: string): HostPort {

@@ -13,6 +13,7 @@ import type { TrustRoots } from '../core/policy.js';
 import type { Cidr } from './address-guard.js';
 import { ConfigError, ConfigReader, type HostPort, type LogLevel, type Raw } from './config-reader.js';
 import { parseIdentityGlob } from './observe-identities.js';
+import { type ReceiptsConfig, readReceiptsConfig } from './receipts/receipts-config.js';
 import { trustRootFromBase64, trustRootFromFile } from './trust-roots.js';
 
 export {
@@ -136,6 +137,8 @@ export type GatewayConfig = {
      */
     readonly observeIdentities: readonly RegExp[];
   };
+  /** Tunnel receipts (docs/contract.md "Receipts"); enabled false = none. */
+  readonly receipts: ReceiptsConfig;
 };
 
 /**
@@ -186,6 +189,16 @@ export function loadConfigTrustRoots(path: string): TrustRoots {
   const r = new ConfigReader(path, readRaw(path), '', new Set());
   r.rejectUnknown(CONFIG_KEYS);
   return readTrustRoots(r.section('policy', true));
+}
+
+/**
+ * Only the [receipts] section (other keys checked for their names only): what `agent_gateway
+ * receipts-key --config` needs, without the database URL's environment variable.
+ */
+export function loadConfigReceipts(path: string): ReceiptsConfig {
+  const r = new ConfigReader(path, readRaw(path), '', new Set());
+  r.rejectUnknown(CONFIG_KEYS);
+  return readReceiptsConfig(r.section('receipts', false));
 }
 
 function readTrustRoots(p: ConfigReader): TrustRoots {
@@ -244,6 +257,7 @@ function readConfig(r: ConfigReader, path: string, env: NodeJS.ProcessEnv): Gate
   const o = r.section('observability', true);
   const p = r.section('policy', true);
   const q = r.section('requests', false);
+  const rc = r.section('receipts', false);
   return {
     path,
     server: {
@@ -318,6 +332,7 @@ function readConfig(r: ConfigReader, path: string, env: NodeJS.ProcessEnv): Gate
       maxHeld: q.int('max_held', 100, 1, 100_000),
       maxHeldPerIdentity: q.int('max_held_per_identity', 10, 1, 100_000),
     },
+    receipts: readReceiptsConfig(rc),
   };
 }
 
@@ -336,6 +351,14 @@ function checkAcrossKeys(c: GatewayConfig, path: string): void {
       path,
       'http2.max_session_memory_mb',
       'must exceed twice http2.connection_window_bytes, or a slow upstream gets the whole connection GOAWAYed',
+    );
+  }
+  const { receipts, server } = c;
+  if (receipts.enabled && server.workers > 1 && `${receipts.instanceId}-w${server.workers}`.length > 64) {
+    throw new ConfigError(
+      path,
+      'receipts.instance_id',
+      `with server.workers = ${server.workers} each worker's id is instance_id + "-w<index>", which must fit in 64 characters`,
     );
   }
   const fullRecheckIntervalMs = c.policy.revocationFullRecheckIntervalMs;

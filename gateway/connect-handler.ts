@@ -30,6 +30,7 @@ import type {
   TunnelTracker,
 } from './authorization.js';
 import type { ByteTotals, GatewayMetrics, OpenTunnelBytes } from './metrics.js';
+import type { GatewayReceipts } from './receipts/gateway-receipts.js';
 import type { Logger } from './telemetry.js';
 import { boundedLogValue, startConnectSpan, traceIdOf } from './telemetry.js';
 import { gatewayReset, type TunnelEndReason } from './tunnel.js';
@@ -54,6 +55,8 @@ export type ConnectHandlerDeps = {
   readonly requests?: AccessRequestRecorder | undefined;
   /** requests.hold_ms > 0: a no_permission denial may wait for a grant (access-request-hold.ts). */
   readonly hold?: AccessRequestHold | undefined;
+  /** Tunnel receipts (docs/contract.md "Receipts"); undefined = off. */
+  readonly receipts?: GatewayReceipts | undefined;
 };
 
 /** What the server knows about the connection a stream arrived on. */
@@ -146,9 +149,13 @@ export class ConnectHandler implements OpenTunnelBytes {
     const traceId = traceIdOf(span);
     if (traceId !== undefined) fields.trace_id = traceId;
     const deny = (status: number, reason: DenyReason, detail: string, requestId?: string) =>
-      this.deny(stream, span, fields, status, reason, detail, requestId);
+      this.deny(stream, span, fields, origin, status, reason, detail, requestId);
 
     if (deps.isDraining()) return deny(503, 'draining', 'gateway is shutting down');
+    // No tunnel the gateway cannot account for (docs/contract.md "Receipts", on_failure).
+    const unrecorded = deps.receipts?.refusing();
+    if (unrecorded !== undefined)
+      return deny(503, 'receipts_unavailable', `receipts cannot be written: ${unrecorded}`);
 
     let destination = this.normalized.get(authority, GET_OPTIONS);
     if (destination === undefined) {
@@ -251,7 +258,7 @@ export class ConnectHandler implements OpenTunnelBytes {
       span.setAttribute('http.response.status_code', 200);
       span.end();
       const live = new ActiveTunnel(fields, grant, slot.release, deps, this.open);
-      live.start(stream, connection.socket, allowedLine);
+      live.start(stream, connection.socket, allowedLine, connection.dialled);
       handedOver = true;
     } finally {
       if (!handedOver) slot.release();
@@ -262,12 +269,15 @@ export class ConnectHandler implements OpenTunnelBytes {
     stream: ServerHttp2Stream,
     span: Span,
     fields: DecisionFields,
+    origin: StreamOrigin,
     status: number,
     reason: DenyReason,
     detail: string,
     requestId: string | undefined,
   ): void {
     this.deps.metrics.connectDecisions.inc({ result: 'deny', reason });
+    const peer = origin.identity.ok ? origin.identity.peer : undefined;
+    this.deps.receipts?.denied(fields, peer, reason, boundedLogValue(detail));
     const line: Record<string, unknown> = {
       ...fields,
       policy_decision: 'deny',

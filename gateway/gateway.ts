@@ -19,6 +19,8 @@ import { limitsFromConfig } from './limits.js';
 import { LiveRevocation } from './live-revocation.js';
 import { type GatewayMetrics, metrics as processMetrics } from './metrics.js';
 import { ObserveRule } from './observe-identities.js';
+import { type GatewayReceipts, openReceipts } from './receipts/gateway-receipts.js';
+import { ReceiptKeyError } from './receipts/receipt-signer.js';
 import { Registry, RegistrySchemaError, RegistryUnavailableError } from './registry.js';
 import { EVERYTHING } from './registry-changes.js';
 import { GatewayServer } from './server.js';
@@ -51,6 +53,8 @@ export type RunningGateway = {
   /** Second signal: reset what is still open; shutdown() then completes promptly. */
   forceClose(): void;
   isDraining(): boolean;
+  /** Why new CONNECTs are refused for want of receipts (on_failure = "deny"), or undefined. */
+  receiptsRefusing(): string | undefined;
 };
 
 export type StartOptions = {
@@ -133,6 +137,9 @@ export async function startGateway(
     cleanup.push(() => revocation.close());
     await revocation.start();
 
+    const receipts = await receiptsFromConfig(config, metrics, logger);
+    if (receipts !== undefined) cleanup.push(() => receipts.close());
+
     let server: GatewayServer | undefined;
     const addressLimits = new AddressLimits({ ...config.limits, metrics });
     const handler = new ConnectHandler({
@@ -152,6 +159,7 @@ export async function startGateway(
       isDraining: () => server?.isDraining ?? false,
       requests,
       hold,
+      receipts,
     });
     try {
       server = new GatewayServer({
@@ -185,6 +193,7 @@ export async function startGateway(
           isAccepting: () => !gatewayServer.isDraining,
           isDraining: () => gatewayServer.isDraining,
           revocationState: () => revocation.state(),
+          receiptsRefusing: receipts === undefined ? undefined : () => receipts.refusing(),
           logger,
         });
       } catch (err) {
@@ -219,6 +228,7 @@ export async function startGateway(
           revocation.handleChange(EVERYTHING);
         }),
       isDraining: () => gatewayServer.isDraining,
+      receiptsRefusing: () => receipts?.refusing(),
       forceClose: () => gatewayServer.forceClose(),
       shutdown() {
         shuttingDown ??= (async () => {
@@ -227,6 +237,8 @@ export async function startGateway(
           // Held CONNECTs get their denial now rather than waiting out hold_ms (Access requests).
           hold?.drain();
           await drained;
+          if (receipts !== undefined) await tunnelsEnded(handler, TUNNEL_END_WAIT_MS);
+          // After the drain, so the stop checkpoint follows every tunnel's receipt (unwind closes it).
           await unwind();
         })();
         return shuttingDown;
@@ -268,6 +280,34 @@ function accessRequests(
     metrics,
     logger,
   });
+}
+
+/** After a drain, how long tunnels whose stream is gone get for their upstream socket's close. */
+const TUNNEL_END_WAIT_MS = 2000;
+
+/** Resolves once `handler` has no open tunnel (each has told its receipt), or after `ms`. */
+async function tunnelsEnded(handler: ConnectHandler, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (handler.openTunnels > 0 && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/**
+ * Receipts, or undefined when [receipts] is off. A key that cannot be used stops the start (exit 1,
+ * naming receipts.signing_key); a directory that cannot be written does not (docs/contract.md "Receipts").
+ */
+async function receiptsFromConfig(
+  config: GatewayConfig,
+  metrics: GatewayMetrics,
+  logger: Telemetry['logger'],
+): Promise<GatewayReceipts | undefined> {
+  try {
+    return await openReceipts(config.receipts, config.server.workers, process.env, metrics, logger);
+  } catch (err) {
+    if (err instanceof ReceiptKeyError) throw new GatewayStartupError(err.message);
+    throw new GatewayStartupError(`cannot start receipts: ${errorText(err)}`);
+  }
 }
 
 /** Hold mode, or undefined when requests.hold_ms is 0 (docs/contract.md "Access requests"). */

@@ -1,6 +1,7 @@
 #!/usr/bin/env -S node --initial-heap-size=64 --max-semi-space-size=8
 /**
  * agent_gateway --config config.toml
+ * agent_gateway receipts-key --config config.toml   (the receipt public key, for auditors)
  *
  * The interpreter line sizes V8's heap for a proxy. With V8's defaults a forwarding gateway's live old
  * generation leaves no more room below the allocation limit than one young generation, so nearly every
@@ -51,6 +52,10 @@ function parseArgs(argv: readonly string[]): { config: string } {
 }
 
 async function main(): Promise<number> {
+  if (process.argv[2] === 'receipts-key') {
+    const { receiptsKey } = await import('./receipts/receipts-key-command.js');
+    return receiptsKey(process.argv.slice(3));
+  }
   const args = parseArgs(process.argv);
   let config: GatewayConfig;
   try {

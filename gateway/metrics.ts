@@ -141,6 +141,28 @@ export function createGatewayMetrics(opts: { defaultMetrics?: boolean; prefix?: 
       labelNames: ['outcome'],
       registers,
     }),
+    receiptsWritten: new Counter({
+      name: 'agent_gateway_receipts_written_total',
+      help: 'Receipt records written to disk, every kind (tunnel, gap, checkpoint)',
+      registers,
+    }),
+    receiptWriteFailures: new Counter({
+      name: 'agent_gateway_receipt_write_failures_total',
+      help: 'Failed attempts to recover, create, write, sync or sign receipts (retried every second)',
+      registers,
+    }),
+    receiptsDropped: new Counter({
+      name: 'agent_gateway_receipts_dropped_total',
+      help: 'Receipts discarded because receipts.max_queued were already waiting (a dropped gap names them)',
+      registers,
+    }),
+    receiptsFailing: new Gauge({
+      name: 'agent_gateway_receipts_failing',
+      help:
+        '1 while receipts cannot be written (with receipts.on_failure = "deny" new CONNECTs get 503 ' +
+        'receipts_unavailable); in a cluster, the number of workers failing',
+      registers,
+    }),
     denialCacheHits: new Counter({
       name: 'agent_gateway_denial_cache_hits_total',
       help: 'CONNECT denials served from the short denial cache (no registry lookup)',

@@ -99,6 +99,8 @@ export class ObserveRule {
       destination: request.destination,
       permissionId: '',
       signingKeyId: '',
+      permissionSha256: null,
+      permissionSignature: null,
       scopeId: '',
       // No grant, so no end of its own: the tunnel lasts while re-checks still observe it.
       validUntil: OBSERVED_VALID_UNTIL,

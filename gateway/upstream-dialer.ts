@@ -34,7 +34,13 @@ export type Resolution =
   | { readonly ok: false; readonly reason: ResolveFailureReason; readonly detail: string };
 
 export type Connection =
-  | { readonly ok: true; readonly socket: Socket; readonly address: string }
+  | {
+      readonly ok: true;
+      readonly socket: Socket;
+      readonly address: string;
+      /** `ip:port` of every address tried, in order; the last is the socket's (tunnel receipts). */
+      readonly dialled: readonly string[];
+    }
   | { readonly ok: false; readonly reason: ConnectFailureReason; readonly detail: string };
 
 export type LookupFn = (host: string) => Promise<readonly string[]>;
@@ -123,7 +129,10 @@ export class UpstreamDialer {
       if (remaining <= 0) break;
       const address = addresses[i] as string;
       const attempt = await connectOnce(address, target.port, remaining / (addresses.length - i), signal);
-      if (attempt.ok) return attempt;
+      if (attempt.ok) {
+        const dialled = addresses.slice(0, i + 1).map((a) => formatHostPort(a, target.port));
+        return { ...attempt, dialled };
+      }
       last = { ...attempt, detail: `${formatHostPort(address, target.port)}: ${attempt.detail}` };
       if (attempt.reason === 'cancelled') return last;
     }
@@ -138,19 +147,23 @@ export class UpstreamDialer {
   }
 }
 
+type Attempt =
+  | { readonly ok: true; readonly socket: Socket; readonly address: string }
+  | (Connection & { ok: false });
+
 function connectOnce(
   address: string,
   port: number,
   timeoutMs: number,
   signal?: AbortSignal,
-): Promise<Connection> {
+): Promise<Attempt> {
   return new Promise((resolve) => {
     // allowHalfOpen: CONNECT half-close (docs/contract.md "Tunnel end") needs each direction to end
     // independently. The host is the literal the guard approved, so net does no lookup of its own.
     // writableHighWaterMark: see UPSTREAM_WRITE_HIGH_WATER_MARK.
     const socket = new Socket(SOCKET_OPTIONS);
     let settled = false;
-    const finish = (result: Connection) => {
+    const finish = (result: Attempt) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);

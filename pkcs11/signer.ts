@@ -9,6 +9,7 @@
 import { createHash, type KeyObject } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { p256PublicKey, rawToDer, verifyDerSignature } from '../core/ecdsa.js';
+import { errorText } from '../core/error-text.js';
 import { findPrivateKey, generateKey, publicKeySpki, publicObjectSpki } from './key-objects.js';
 import { acquireModule, type LoadedModule, releaseModule } from './loaded-module.js';
 import { pkcs11Call, SignerError } from './signer-error.js';
@@ -22,8 +23,13 @@ export type Signer = {
   readonly spkiDer: Buffer;
   /** What opening had to create. */
   readonly created: { readonly token: boolean; readonly key: boolean };
-  /** ECDSA P-256 over SHA-256(message), DER encoded. */
+  /** ECDSA P-256 over SHA-256(message), DER encoded. Blocks the thread for the token's time. */
   sign(message: Uint8Array): Buffer;
+  /**
+   * The same signature with C_Sign on libuv's thread pool: a TPM takes milliseconds, which a server's
+   * event loop must not wait out. One at a time per signer (a session runs one operation at a time).
+   */
+  signAsync(message: Uint8Array): Promise<Buffer>;
   /** Log out, close the session, C_Finalize when it was the last signer. Idempotent. */
   close(): void;
 };
@@ -151,6 +157,20 @@ function makeSigner(
 ): Signer {
   const { lib } = mod;
   let open = true;
+  const signing = `sign with key ${JSON.stringify(opts.keyLabel)}`;
+  let signQueue: Promise<void> = Promise.resolve();
+  const checked = (message: Uint8Array, raw: Buffer): Buffer => {
+    const der = rawToDer(raw);
+    // A public object that does not belong to the private key would make every signature useless
+    // to the gateway; catch that here rather than after the row is written.
+    if (!verifyDerSignature(publicKey, message, der)) {
+      throw new SignerError(
+        'sign_failed',
+        `signature by key ${JSON.stringify(opts.keyLabel)} does not verify with its public key`,
+      );
+    }
+    return der;
+  };
   return {
     tokenLabel: opts.tokenLabel,
     keyLabel: opts.keyLabel,
@@ -159,20 +179,31 @@ function makeSigner(
     sign(message: Uint8Array): Buffer {
       if (!open) throw new SignerError('sign_failed', 'signer is closed');
       const digest = createHash('sha256').update(message).digest();
-      const raw = pkcs11Call(`sign with key ${JSON.stringify(opts.keyLabel)}`, () => {
+      const raw = pkcs11Call(signing, () => {
         lib.C_SignInit(session, { mechanism: pkcs11js.CKM_ECDSA }, key);
         return lib.C_Sign(session, digest, Buffer.alloc(132));
       });
-      const der = rawToDer(raw);
-      // A public object that does not belong to the private key would make every signature useless
-      // to the gateway; catch that here rather than after the row is written.
-      if (!verifyDerSignature(publicKey, message, der)) {
-        throw new SignerError(
-          'sign_failed',
-          `signature by key ${JSON.stringify(opts.keyLabel)} does not verify with its public key`,
-        );
-      }
-      return der;
+      return checked(message, raw);
+    },
+    signAsync(message: Uint8Array): Promise<Buffer> {
+      const run = async (): Promise<Buffer> => {
+        if (!open) throw new SignerError('sign_failed', 'signer is closed');
+        const digest = createHash('sha256').update(message).digest();
+        pkcs11Call(signing, () => lib.C_SignInit(session, { mechanism: pkcs11js.CKM_ECDSA }, key));
+        const raw = await new Promise<Buffer>((resolve, reject) => {
+          lib.C_Sign(session, digest, Buffer.alloc(132), (err, data) => {
+            if (err) reject(new SignerError('pkcs11', `${signing}: ${errorText(err)}`, { cause: err }));
+            else resolve(data);
+          });
+        });
+        return checked(message, raw);
+      };
+      const result = signQueue.then(run, run);
+      signQueue = result.then(
+        () => undefined,
+        () => undefined,
+      );
+      return result;
     },
     close(): void {
       if (!open) return;

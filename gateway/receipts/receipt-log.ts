@@ -1,0 +1,430 @@
+/**
+ * One gateway id's receipt chain on disk (docs/contract.md "Receipts"). Callers hand in unchained
+ * records and return at once; one pump assigns seq and prev, encodes, signs checkpoints and writes
+ * whole batches with one write in flight. Every timer belongs to the log, never to a tunnel.
+ *
+ * A failure to recover, create, write, sync or sign puts the log in the failing state: records keep
+ * queueing up to max_queued (then they are dropped and counted, and a `dropped` gap names them), and the
+ * pump retries every second. The chain only advances when a batch is on disk, so a failed batch is
+ * re-chained and re-signed on the retry.
+ */
+import { mkdir } from 'node:fs/promises';
+import { errorText } from '../../core/error-text.js';
+import {
+  type CheckpointReceipt,
+  checkpointSignedBytes,
+  encodeReceipt,
+  type GapReceipt,
+  RECEIPT_FORMAT_VERSION,
+  type Receipt,
+  receiptHash,
+  type TunnelReceipt,
+  type Unchained,
+} from '../../core/receipt-format.js';
+import type { GatewayMetrics } from '../metrics.js';
+import type { AuthorizationLogger } from '../registry-errors.js';
+import { ReceiptFile } from './receipt-file.js';
+import { type ChainPosition, recoverChain } from './receipt-recovery.js';
+import type { ReceiptSigner } from './receipt-signer.js';
+import { receiptTime } from './receipt-time.js';
+
+export type ReceiptLogOptions = {
+  /** `<receipts.path>/<gateway id>`; created when missing. */
+  readonly dir: string;
+  readonly gatewayId: string;
+  readonly signer: ReceiptSigner;
+  readonly checkpointReceipts: number;
+  readonly checkpointIntervalMs: number;
+  readonly fsyncIntervalMs: number;
+  readonly rotateBytes: number;
+  readonly rotateIntervalMs: number;
+  readonly maxQueued: number;
+  readonly metrics: ReceiptMetrics;
+  readonly logger: AuthorizationLogger;
+};
+
+export type ReceiptMetrics = Pick<
+  GatewayMetrics,
+  'receiptsWritten' | 'receiptWriteFailures' | 'receiptsDropped' | 'receiptsFailing'
+>;
+
+type Pending = Unchained<TunnelReceipt> | Unchained<GapReceipt>;
+type Batch = {
+  readonly data: Buffer;
+  readonly records: number;
+  readonly position: { lastSeq: number; prev: string };
+  readonly fromQueue: number;
+  readonly gaps: number;
+  readonly dropped: number;
+  readonly unsigned: number;
+  readonly firstUnsignedAt: number;
+  readonly stop: boolean;
+};
+
+/** Queue length at which a flush starts at once rather than at the next tick of FLUSH_DELAY_MS. */
+const FLUSH_AT = 512;
+const FLUSH_DELAY_MS = 50;
+const RETRY_MS = 1000;
+/** Bounds of one write: records and bytes. */
+const BATCH_RECORDS = 4096;
+const BATCH_BYTES = 4 * 1024 * 1024;
+
+export class ReceiptLog {
+  private queue: Pending[] = [];
+  /** Gaps to write before the queue: the recovery's, in order. */
+  private readonly gaps: Unchained<GapReceipt>[] = [];
+  private dropped = 0;
+  private position: { lastSeq: number; prev: string } | undefined;
+  private file: ReceiptFile | undefined;
+  private unsigned = 0;
+  private firstUnsignedAt = 0;
+  private intervalDue = false;
+  private fsyncDue = false;
+  private failure: string | undefined;
+  private running: Promise<void> | undefined;
+  private again = false;
+  private closing = false;
+  private stopped = false;
+  private readonly timers = new Map<'flush' | 'checkpoint' | 'fsync' | 'retry' | 'rotate', NodeJS.Timeout>();
+
+  private constructor(private readonly o: ReceiptLogOptions) {}
+
+  /** Recovers the chain and creates this run's file; a failure leaves the log failing, not thrown. */
+  static async open(options: ReceiptLogOptions): Promise<ReceiptLog> {
+    const log = new ReceiptLog(options);
+    options.metrics.receiptsFailing.set(0);
+    await log.pump();
+    return log;
+  }
+
+  /** Why records cannot be written now, or undefined while they can. */
+  get failing(): string | undefined {
+    return this.failure;
+  }
+
+  get gatewayId(): string {
+    return this.o.gatewayId;
+  }
+
+  /** Queue a record; never throws, never waits. */
+  append(record: Pending): void {
+    if (this.closing || this.queue.length >= this.o.maxQueued) {
+      this.dropped++;
+      this.o.metrics.receiptsDropped.inc();
+      return;
+    }
+    this.queue.push(record);
+    if (this.failure !== undefined) return;
+    if (this.queue.length >= FLUSH_AT) this.arm('flush', 0);
+    else this.arm('flush', FLUSH_DELAY_MS);
+  }
+
+  /** Clean stop: everything queued, then a stop checkpoint, synced. Tunnels must have closed first. */
+  async close(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    for (const t of this.timers.values()) clearTimeout(t);
+    this.timers.clear();
+    await this.pump();
+    if (this.failure !== undefined) {
+      this.o.logger.error(
+        { gateway: this.o.gatewayId, queued: this.queue.length, err: this.failure },
+        'receipts: stopping without the stop checkpoint; the next start records an unclean stop',
+      );
+    }
+    try {
+      await this.file?.sync();
+    } catch (err) {
+      this.o.logger.error({ gateway: this.o.gatewayId, err: errorText(err) }, 'receipts: final sync failed');
+    }
+    await this.file?.close().catch(() => {});
+    this.file = undefined;
+    this.o.signer.close();
+  }
+
+  private arm(
+    name: 'flush' | 'checkpoint' | 'fsync' | 'retry' | 'rotate',
+    ms: number,
+    then?: () => void,
+  ): void {
+    if (this.closing || this.timers.has(name)) return;
+    const timer = setTimeout(() => {
+      this.timers.delete(name);
+      then?.();
+      void this.pump();
+    }, ms);
+    timer.unref();
+    this.timers.set(name, timer);
+  }
+
+  /** Run the writer until there is nothing left it can do; concurrent calls join the running one. */
+  private pump(): Promise<void> {
+    if (this.running !== undefined) {
+      this.again = true;
+      return this.running;
+    }
+    this.running = (async () => {
+      do {
+        this.again = false;
+        try {
+          await this.work();
+          this.recovered();
+        } catch (err) {
+          this.failed(err);
+          break;
+        }
+      } while (this.again);
+      this.running = undefined;
+    })();
+    return this.running;
+  }
+
+  private async work(): Promise<void> {
+    if (this.stopped) return;
+    if (this.position === undefined) this.position = await this.recover();
+    for (;;) {
+      if (this.file === undefined) await this.createFile();
+      const file = this.file as ReceiptFile;
+      if (this.rotationDue(file)) {
+        await this.writeBatch(await this.checkpointOnly('rotate'));
+        await file.sync();
+        await file.close().catch(() => {});
+        this.file = undefined;
+        continue;
+      }
+      const batch = await this.nextBatch(file);
+      if (batch === undefined) break;
+      await this.writeBatch(batch);
+      if (batch.stop) {
+        await file.sync();
+        this.stopped = true;
+        return;
+      }
+      if (this.o.fsyncIntervalMs === 0) await file.sync();
+      else if (file.unsynced) this.arm('fsync', this.o.fsyncIntervalMs, () => (this.fsyncDue = true));
+    }
+    if (this.fsyncDue) {
+      this.fsyncDue = false;
+      await this.file?.sync();
+    }
+  }
+
+  private async recover(): Promise<{ lastSeq: number; prev: string }> {
+    await mkdir(this.o.dir, { recursive: true, mode: 0o750 });
+    const found: ChainPosition = await recoverChain(this.o.dir);
+    if (found.torn !== undefined) {
+      this.o.logger.error(
+        {
+          gateway: this.o.gatewayId,
+          file: found.torn.file,
+          aside: found.torn.aside,
+          bytes: found.torn.bytes,
+        },
+        'receipts: the last file ended in a torn record; its bytes are kept aside and a gap is recorded',
+      );
+    }
+    if (found.gap !== undefined) {
+      this.gaps.push({
+        v: RECEIPT_FORMAT_VERSION,
+        kind: 'gap',
+        at: receiptTime(),
+        reason: found.gap.reason,
+        lost_receipts: null,
+        lost_bytes: found.gap.lostBytes,
+        detail: found.gap.detail,
+      });
+    }
+    this.o.logger.info(
+      { gateway: this.o.gatewayId, dir: this.o.dir, last_seq: found.lastSeq, gap: found.gap?.reason ?? null },
+      'receipts: chain recovered',
+    );
+    return { lastSeq: found.lastSeq, prev: found.prev };
+  }
+
+  private async createFile(): Promise<void> {
+    const position = this.position as { lastSeq: number };
+    this.file = await ReceiptFile.create(this.o.dir, position.lastSeq + 1);
+    this.arm('rotate', this.o.rotateIntervalMs);
+  }
+
+  private rotationDue(file: ReceiptFile): boolean {
+    if (file.records === 0) return false;
+    return file.bytes >= this.o.rotateBytes || Date.now() - file.openedAt >= this.o.rotateIntervalMs;
+  }
+
+  /**
+   * The next lines to write, chained from the current position: pending gaps, the dropped gap, queued
+   * records, with a checkpoint after every checkpoint_receipts unsigned records, after the interval, and
+   * (closing, once everything else is in) the stop checkpoint. Undefined when there is nothing to write.
+   */
+  private async nextBatch(file: ReceiptFile): Promise<Batch | undefined> {
+    const chain = new ChainBuilder(this.o, this.position as { lastSeq: number; prev: string });
+    let unsigned = this.unsigned;
+    let firstUnsignedAt = this.firstUnsignedAt;
+    const addUnsigned = (r: Pending) => {
+      chain.add(r);
+      if (unsigned++ === 0) firstUnsignedAt = Date.now();
+    };
+    const full = () => chain.records >= BATCH_RECORDS || chain.bytes >= BATCH_BYTES;
+    const fileFull = () => file.bytes + chain.bytes >= this.o.rotateBytes;
+    for (const gap of this.gaps) addUnsigned(gap);
+    const dropped = this.dropped;
+    if (dropped > 0) {
+      addUnsigned({
+        v: RECEIPT_FORMAT_VERSION,
+        kind: 'gap',
+        at: receiptTime(),
+        reason: 'dropped',
+        lost_receipts: dropped,
+        lost_bytes: 0,
+        detail: `${dropped} receipts dropped while the queue was full (receipts.max_queued ${this.o.maxQueued})`,
+      });
+    }
+    let fromQueue = 0;
+    const queue = this.queue;
+    while (fromQueue < queue.length && !full() && !fileFull()) {
+      addUnsigned(queue[fromQueue++] as Pending);
+      if (unsigned >= this.o.checkpointReceipts) {
+        await chain.checkpoint('count');
+        unsigned = 0;
+      }
+    }
+    if (unsigned > 0 && this.intervalDue) {
+      await chain.checkpoint('interval');
+      unsigned = 0;
+    }
+    const stop = this.closing && fromQueue === queue.length && !fileFull();
+    if (stop) {
+      await chain.checkpoint('stop');
+      unsigned = 0;
+    }
+    if (chain.records === 0) return undefined;
+    return {
+      data: chain.data(),
+      records: chain.records,
+      position: chain.position(),
+      fromQueue,
+      gaps: this.gaps.length,
+      dropped,
+      unsigned,
+      firstUnsignedAt,
+      stop,
+    };
+  }
+
+  private async checkpointOnly(cause: 'rotate'): Promise<Batch> {
+    const chain = new ChainBuilder(this.o, this.position as { lastSeq: number; prev: string });
+    await chain.checkpoint(cause);
+    return {
+      data: chain.data(),
+      records: 1,
+      position: chain.position(),
+      fromQueue: 0,
+      gaps: 0,
+      dropped: 0,
+      unsigned: 0,
+      firstUnsignedAt: 0,
+      stop: false,
+    };
+  }
+
+  /** On disk, then (and only then) the chain, queue and counters move on. */
+  private async writeBatch(batch: Batch): Promise<void> {
+    await (this.file as ReceiptFile).write(batch.data, batch.records);
+    this.position = batch.position;
+    this.queue.splice(0, batch.fromQueue);
+    this.gaps.splice(0, batch.gaps);
+    this.dropped -= batch.dropped;
+    this.unsigned = batch.unsigned;
+    this.firstUnsignedAt = batch.firstUnsignedAt;
+    this.o.metrics.receiptsWritten.inc(batch.records);
+    if (this.unsigned === 0) {
+      this.intervalDue = false;
+      const timer = this.timers.get('checkpoint');
+      if (timer !== undefined) clearTimeout(timer);
+      this.timers.delete('checkpoint');
+    } else {
+      const wait = Math.max(0, this.firstUnsignedAt + this.o.checkpointIntervalMs - Date.now());
+      this.arm('checkpoint', wait, () => (this.intervalDue = true));
+    }
+  }
+
+  private failed(err: unknown): void {
+    const text = errorText(err);
+    this.o.metrics.receiptWriteFailures.inc();
+    if (this.failure !== text) {
+      this.o.logger.error(
+        { gateway: this.o.gatewayId, dir: this.o.dir, err: text, queued: this.queue.length },
+        'receipts: cannot write; retrying every second',
+      );
+    }
+    this.failure = text;
+    this.o.metrics.receiptsFailing.set(1);
+    this.arm('retry', RETRY_MS);
+  }
+
+  private recovered(): void {
+    if (this.failure === undefined) return;
+    this.o.logger.info(
+      { gateway: this.o.gatewayId, dir: this.o.dir, dropped: this.dropped },
+      'receipts: writing again',
+    );
+    this.failure = undefined;
+    this.o.metrics.receiptsFailing.set(0);
+  }
+}
+
+/** Lines chained from a position, not yet written: the position moves only when they are. */
+class ChainBuilder {
+  private readonly lines: string[] = [];
+  bytes = 0;
+  private lastSeq: number;
+  private prev: string;
+
+  constructor(
+    private readonly o: Pick<ReceiptLogOptions, 'gatewayId' | 'signer'>,
+    from: { lastSeq: number; prev: string },
+  ) {
+    this.lastSeq = from.lastSeq;
+    this.prev = from.prev;
+  }
+
+  get records(): number {
+    return this.lines.length;
+  }
+
+  add(r: Pending): void {
+    this.push({ ...r, gateway: this.o.gatewayId, seq: this.lastSeq + 1, prev: this.prev } as Receipt);
+  }
+
+  async checkpoint(cause: CheckpointReceipt['cause']): Promise<void> {
+    const body: Omit<CheckpointReceipt, 'sig'> = {
+      v: RECEIPT_FORMAT_VERSION,
+      kind: 'checkpoint',
+      gateway: this.o.gatewayId,
+      seq: this.lastSeq + 1,
+      at: receiptTime(),
+      cause,
+      key_id: this.o.signer.keyId,
+      prev: this.prev,
+    };
+    const sig = await this.o.signer.sign(checkpointSignedBytes(body));
+    this.push({ ...body, sig });
+  }
+
+  private push(r: Receipt): void {
+    const line = encodeReceipt(r);
+    this.lines.push(line);
+    this.bytes += Buffer.byteLength(line) + 1;
+    this.lastSeq = r.seq;
+    this.prev = receiptHash(line);
+  }
+
+  data(): Buffer {
+    return Buffer.from(`${this.lines.join('\n')}\n`, 'utf8');
+  }
+
+  position(): { lastSeq: number; prev: string } {
+    return { lastSeq: this.lastSeq, prev: this.prev };
+  }
+}
