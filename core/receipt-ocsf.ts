@@ -24,7 +24,7 @@ export function receiptToOcsf(r: TunnelReceipt): OcsfEvent {
   const activityName = denied ? 'Open' : 'Close';
   const opened = microsToMs(parseTimestamp(r.opened));
   const closed = microsToMs(parseTimestamp(r.closed));
-  const src = parseHostPort(r.peer_addr);
+  const src = parseHostPort(r.peer_addr, { allowPortZero: true });
   const dst = r.destination === null ? null : parseHostPort(r.destination);
   const lastDialled = r.dialled.at(-1);
   const dialled = lastDialled === undefined ? null : parseHostPort(lastDialled);
