@@ -110,6 +110,7 @@ function walkChain(
   const bySeq = new Map<number, Previous>();
   let maxSeq: number | null = null;
   let lastCheckpoint: Location | null = null;
+  let last: Line | null = null;
   // Records no valid checkpoint has vouched for yet.
   let uncovered: Line[] = [];
   for (const file of files) {
@@ -180,6 +181,7 @@ function walkChain(
       }
       if (r.kind === 'gap') events.push({ type: 'gap', gap: { ...line, seq: r.seq, receipt: r } });
       bySeq.set(r.seq, { raw: line.raw, at: line, bad: false });
+      last = line;
       maxSeq = Math.max(maxSeq ?? r.seq, r.seq);
     }
     if (file.torn) events.push({ type: 'problem', finding: file.torn });
@@ -189,6 +191,17 @@ function walkChain(
       ? 'no valid checkpoint in the chain'
       : `after the last valid checkpoint (${where(lastCheckpoint)})`;
   for (const line of uncovered) problem(line, 'unsigned', `${after}: no signature covers this record`);
+  // Records cut off after a checkpoint leave nothing to detect in the file itself: say how the chain ends
+  // when it is not a clean stop, so a reader knows the tail is the gateway's word only up to here.
+  const end = last?.receipt;
+  if (last !== null && end?.kind === 'checkpoint' && end.cause !== 'stop' && uncovered.length === 0) {
+    events.push({
+      type: 'note',
+      text:
+        `${gateway}: chain ends at seq ${end.seq} (${last.file}:${last.line}) with a checkpoint of cause ${end.cause}, ` +
+        `not stop: ${end.cause === 'rotate' ? 'the next file was not given' : 'the gateway was still writing'}, or records after it were removed`,
+    });
+  }
 }
 
 function missing(from: number, to: number): string {

@@ -192,6 +192,15 @@ describe('receipt chain verification', () => {
     });
   });
 
+  it('a chain that ends in a checkpoint other than stop: a note (records after it may have been cut off)', () => {
+    const r = verify(file('r.jsonl', validLines()));
+    expect(problems(r)).toEqual([]);
+    expect(r.events).toContainEqual({
+      type: 'note',
+      text: 'gw-test: chain ends at seq 10 (r.jsonl:10) with a checkpoint of cause count, not stop: the gateway was still writing, or records after it were removed',
+    });
+  });
+
   it('a missing middle file: seq_break at the next file', () => {
     const lines = validLines();
     const r = verify(file('a.jsonl', lines.slice(0, 3)), file('c.jsonl', lines.slice(6)));
