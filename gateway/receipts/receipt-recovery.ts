@@ -47,6 +47,9 @@ export async function receiptFiles(dir: string): Promise<string[]> {
 export async function recoverChain(dir: string, now: () => number = Date.now): Promise<ChainPosition> {
   const files = await receiptFiles(dir);
   let torn: ChainPosition['torn'];
+  // A run creates its file at start and ends it with a stop checkpoint: an empty newest file is a run
+  // that died before its first write (its receipts, if any, are lost: an unclean stop).
+  let emptyRun: string | undefined;
   while (files.length > 0) {
     const name = files.pop() as string;
     const file = path.join(dir, name);
@@ -66,23 +69,34 @@ export async function recoverChain(dir: string, now: () => number = Date.now): P
       torn ??= { file, aside, bytes: bytes.length - keep };
     }
     if (keep === 0) {
+      if (bytes.length === 0) emptyRun ??= name;
       await rm(file);
       continue;
     }
     const lastLine = bytes.subarray(lastLineStart(bytes, keep), keep - 1).toString('utf8');
     const last = decodeReceipt(lastLine);
-    return { lastSeq: last.seq, prev: receiptHash(lastLine), gap: gapFor(last, torn), torn };
+    return { lastSeq: last.seq, prev: receiptHash(lastLine), gap: gapFor(last, torn, emptyRun), torn };
   }
-  if (torn !== undefined) return { lastSeq: 0, prev: GENESIS_PREV, gap: gapFor(undefined, torn), torn };
-  return { lastSeq: 0, prev: GENESIS_PREV, gap: undefined };
+  return { lastSeq: 0, prev: GENESIS_PREV, gap: gapFor(undefined, torn, emptyRun), torn };
 }
 
-function gapFor(last: Receipt | undefined, torn: ChainPosition['torn']): RecoveryGap | undefined {
+function gapFor(
+  last: Receipt | undefined,
+  torn: ChainPosition['torn'],
+  emptyRun: string | undefined,
+): RecoveryGap | undefined {
   if (torn !== undefined) {
     return {
       reason: 'torn_line',
       lostBytes: torn.bytes,
       detail: `${torn.bytes} bytes after the last complete record of ${path.basename(torn.file)} moved aside to ${path.basename(torn.aside)}`,
+    };
+  }
+  if (emptyRun !== undefined) {
+    return {
+      reason: 'unclean_stop',
+      lostBytes: 0,
+      detail: `the previous run ended before its first write (${emptyRun} was empty); receipts of its tunnels were not written`,
     };
   }
   if (last !== undefined && !(last.kind === 'checkpoint' && last.cause === 'stop')) {
