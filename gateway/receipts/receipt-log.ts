@@ -10,19 +10,10 @@
  */
 import { mkdir } from 'node:fs/promises';
 import { errorText } from '../../core/error-text.js';
-import {
-  type CheckpointReceipt,
-  checkpointSignedBytes,
-  encodeReceipt,
-  type GapReceipt,
-  RECEIPT_FORMAT_VERSION,
-  type Receipt,
-  receiptHash,
-  type TunnelReceipt,
-  type Unchained,
-} from '../../core/receipt-format.js';
+import { type GapReceipt, RECEIPT_FORMAT_VERSION, type Unchained } from '../../core/receipt-format.js';
 import type { GatewayMetrics } from '../metrics.js';
 import type { AuthorizationLogger } from '../registry-errors.js';
+import { type Batch, ChainBuilder, type ChainHead, type Pending } from './chain-builder.js';
 import { ReceiptFile } from './receipt-file.js';
 import { type ChainPosition, recoverChain } from './receipt-recovery.js';
 import type { ReceiptSigner } from './receipt-signer.js';
@@ -48,19 +39,6 @@ export type ReceiptMetrics = Pick<
   'receiptsWritten' | 'receiptWriteFailures' | 'receiptsDropped' | 'receiptsFailing'
 >;
 
-type Pending = Unchained<TunnelReceipt> | Unchained<GapReceipt>;
-type Batch = {
-  readonly data: Buffer;
-  readonly records: number;
-  readonly position: { lastSeq: number; prev: string };
-  readonly fromQueue: number;
-  readonly gaps: number;
-  readonly dropped: number;
-  readonly unsigned: number;
-  readonly firstUnsignedAt: number;
-  readonly stop: boolean;
-};
-
 /** Queue length at which a flush starts at once rather than at the next tick of FLUSH_DELAY_MS. */
 const FLUSH_AT = 512;
 const FLUSH_DELAY_MS = 50;
@@ -74,7 +52,7 @@ export class ReceiptLog {
   /** Gaps to write before the queue: the recovery's, in order. */
   private readonly gaps: Unchained<GapReceipt>[] = [];
   private dropped = 0;
-  private position: { lastSeq: number; prev: string } | undefined;
+  private position: ChainHead | undefined;
   private file: ReceiptFile | undefined;
   private unsigned = 0;
   private firstUnsignedAt = 0;
@@ -209,7 +187,7 @@ export class ReceiptLog {
     }
   }
 
-  private async recover(): Promise<{ lastSeq: number; prev: string }> {
+  private async recover(): Promise<ChainHead> {
     await mkdir(this.o.dir, { recursive: true, mode: 0o750 });
     const found: ChainPosition = await recoverChain(this.o.dir);
     if (found.torn !== undefined) {
@@ -258,7 +236,7 @@ export class ReceiptLog {
    * (closing, once everything else is in) the stop checkpoint. Undefined when there is nothing to write.
    */
   private async nextBatch(file: ReceiptFile): Promise<Batch | undefined> {
-    const chain = new ChainBuilder(this.o, this.position as { lastSeq: number; prev: string });
+    const chain = new ChainBuilder(this.o, this.position as ChainHead);
     let unsigned = this.unsigned;
     let firstUnsignedAt = this.firstUnsignedAt;
     const addUnsigned = (r: Pending) => {
@@ -313,7 +291,7 @@ export class ReceiptLog {
   }
 
   private async checkpointOnly(cause: 'rotate'): Promise<Batch> {
-    const chain = new ChainBuilder(this.o, this.position as { lastSeq: number; prev: string });
+    const chain = new ChainBuilder(this.o, this.position as ChainHead);
     await chain.checkpoint(cause);
     return {
       data: chain.data(),
@@ -371,60 +349,5 @@ export class ReceiptLog {
     );
     this.failure = undefined;
     this.o.metrics.receiptsFailing.set(0);
-  }
-}
-
-/** Lines chained from a position, not yet written: the position moves only when they are. */
-class ChainBuilder {
-  private readonly lines: string[] = [];
-  bytes = 0;
-  private lastSeq: number;
-  private prev: string;
-
-  constructor(
-    private readonly o: Pick<ReceiptLogOptions, 'gatewayId' | 'signer'>,
-    from: { lastSeq: number; prev: string },
-  ) {
-    this.lastSeq = from.lastSeq;
-    this.prev = from.prev;
-  }
-
-  get records(): number {
-    return this.lines.length;
-  }
-
-  add(r: Pending): void {
-    this.push({ ...r, gateway: this.o.gatewayId, seq: this.lastSeq + 1, prev: this.prev } as Receipt);
-  }
-
-  async checkpoint(cause: CheckpointReceipt['cause']): Promise<void> {
-    const body: Omit<CheckpointReceipt, 'sig'> = {
-      v: RECEIPT_FORMAT_VERSION,
-      kind: 'checkpoint',
-      gateway: this.o.gatewayId,
-      seq: this.lastSeq + 1,
-      at: receiptTime(),
-      cause,
-      key_id: this.o.signer.keyId,
-      prev: this.prev,
-    };
-    const sig = await this.o.signer.sign(checkpointSignedBytes(body));
-    this.push({ ...body, sig });
-  }
-
-  private push(r: Receipt): void {
-    const line = encodeReceipt(r);
-    this.lines.push(line);
-    this.bytes += Buffer.byteLength(line) + 1;
-    this.lastSeq = r.seq;
-    this.prev = receiptHash(line);
-  }
-
-  data(): Buffer {
-    return Buffer.from(`${this.lines.join('\n')}\n`, 'utf8');
-  }
-
-  position(): { lastSeq: number; prev: string } {
-    return { lastSeq: this.lastSeq, prev: this.prev };
   }
 }
