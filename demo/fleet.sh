@@ -94,7 +94,11 @@ step_replica() {
   step "Starting a streaming replica of the primary (pg_basebackup -R, hot standby)" "$log"
   port="$(fleet_port REPLICA_PORT AGENT_GATEWAY_FLEET_REPLICA_PORT 5443 "$STATE_DIR/run/postgres-replica.pid")"
   dir="$(state_get REPLICA_DIR)"
-  [ -n "$dir" ] || dir="$STATE_DIR/postgres-replica"
+  if [ -z "$dir" ] || [ ! -d "$dir" ]; then
+    dir="$STATE_DIR/postgres-replica"
+    # A link left to a removed cluster (dev-support links DIR to a dir the postgres user can reach).
+    if [ -L "$dir" ]; then rm -f "$dir"; fi
+  fi
   answer="$(dev_support postgres replica --primary-dir "$(state_get PG_DIR)" --dir "$dir" --port "$port" \
     --max-connections 50 --fallback-prefix /var/tmp/agent-gateway-demo-pg-replica.)" ||
     die "the replica did not start (see $log)"
@@ -353,6 +357,7 @@ cmd_down() {
       *) warn "not removing unexpected replica dir $dir" ;;
     esac
   fi
+  if [ -L "$STATE_DIR/postgres-replica" ]; then rm -f "$STATE_DIR/postgres-replica"; fi
   rm -rf "$FLEET_DIR"
   if [ -f "$DEMO_ENV_FILE" ]; then "$DEMO_ROOT/demo/demo.sh" teardown; fi
 }
