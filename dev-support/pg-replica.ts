@@ -160,7 +160,7 @@ export async function startReplica(primaryDir: string): Promise<ReplicaHandle> {
       await p.connect();
       let target: string;
       try {
-        target = (await p.query<{ l: string }>('SELECT pg_current_wal_lsn()::text AS l')).rows[0]!.l;
+        target = (await p.query<{ l: string }>('SELECT pg_current_wal_insert_lsn()::text AS l')).rows[0]!.l;
       } finally {
         await p.end();
       }

@@ -116,7 +116,7 @@ export class Replica {
 export type LookupRouterOptions = {
   readonly replicas: readonly Replica[];
   readonly primary: (request: AccessRequest, now: Micros) => Promise<Candidate[]>;
-  /** pg_current_wal_lsn()::text on the primary, off the lookup lane. */
+  /** pg_current_wal_insert_lsn()::text on the primary, off the lookup lane. */
   readonly primaryWalLsn: () => Promise<string>;
   readonly metrics?: GatewayMetrics | undefined;
   readonly logger: AuthorizationLogger;

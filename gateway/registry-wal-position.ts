@@ -1,6 +1,7 @@
 /**
- * The read-your-revocations position (docs/contract.md "Replicas"): the primary's pg_current_wal_lsn(),
- * read again after every batch of registry change notifications (and at start). A replica may answer a
+ * The read-your-revocations position (docs/contract.md "Replicas"): the primary's WAL insert position
+ * (pg_current_wal_insert_lsn(), not pg_current_wal_lsn(): with synchronous_commit off a commit, and its
+ * notification, can come before its WAL is written, and the write position would then precede it), read again after every batch of registry change notifications (and at start). A replica may answer a
  * lookup only once it has replayed at least this position, so a change the gateway has heard of is never
  * answered from before it.
  *
@@ -24,7 +25,7 @@ export class PrimaryWalPosition {
   private readEpoch = 0;
   private reading: Promise<void> | undefined;
 
-  /** `fetch` reads pg_current_wal_lsn() on the primary as text; it may throw (primary unreachable). */
+  /** `fetch` reads pg_current_wal_insert_lsn() on the primary as text; it may throw (primary unreachable). */
   constructor(private readonly fetch: () => Promise<string>) {}
 
   /** A registry change was announced: positions read before now no longer cover it. */

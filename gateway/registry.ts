@@ -130,7 +130,7 @@ export class Registry {
         this.lanes.lookup.withClient('active_candidates', (c) => fetchActiveCandidates(c, request, now)),
       primaryWalLsn: () =>
         this.lanes.recheck.withClient('primary_wal_lsn', async (c) => {
-          const r = await c.query<{ l: string }>('SELECT pg_current_wal_lsn()::text AS l');
+          const r = await c.query<{ l: string }>('SELECT pg_current_wal_insert_lsn()::text AS l');
           return r.rows[0]?.l ?? '';
         }),
       metrics: opts.metrics,
