@@ -84,7 +84,7 @@ step_fleet_packages() {
     logged "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
     logged "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends haproxy
   fi
-  require_cmd haproxy pg_basebackup
+  require_cmd haproxy
   info "    $(haproxy -v 2>/dev/null | head -n 1)"
   step_done
 }
@@ -92,6 +92,8 @@ step_fleet_packages() {
 step_replica() {
   local log="$STATE_DIR/logs/replica-setup.log" port answer dir
   step "Starting a streaming replica of the primary (pg_basebackup -R, hot standby)" "$log"
+  # Debian's postgresql, which demo.sh setup installs.
+  require_cmd pg_basebackup
   port="$(fleet_port REPLICA_PORT AGENT_GATEWAY_FLEET_REPLICA_PORT 5443 "$STATE_DIR/run/postgres-replica.pid")"
   dir="$(state_get REPLICA_DIR)"
   if [ -z "$dir" ] || [ ! -d "$dir" ]; then
