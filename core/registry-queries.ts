@@ -78,9 +78,9 @@ const SCOPE_LATERAL = (activeOnly: boolean) => `
     LIMIT 1
   ) s ON true`;
 
-/** Active candidates for one CONNECT: $1 identity, $2 destination, $3 SPKI, $4 now (text). */
-export const ACTIVE_CANDIDATES_SQL = `
-SELECT ${CANDIDATE_COLUMNS}
+/** Active candidates for one CONNECT, with `extra` columns first: $1 identity, $2 destination, $3 SPKI, $4 now. */
+const activeCandidatesSql = (extra: string) => `
+SELECT ${extra}${CANDIDATE_COLUMNS}
 FROM permission_registry p
 JOIN principal_signing_keys k ON k.key_id = p.signing_key_id
 ${SCOPE_LATERAL(true)}
@@ -89,6 +89,14 @@ WHERE p.subject_identity = $1 AND p.destination = $2 AND p.subject_public_key_sp
   AND k.revoked_at IS NULL AND k.not_before <= $4::timestamptz AND k.not_after > $4::timestamptz
 ORDER BY p.not_after DESC, p.permission_id
 LIMIT ${MAX_CANDIDATES}`;
+
+export const ACTIVE_CANDIDATES_SQL = activeCandidatesSql('');
+
+/**
+ * The same on a streaming replica: every row also says how far the replica had replayed the primary's WAL
+ * (docs/contract.md "Replicas"); NULL on a server that is not in recovery.
+ */
+export const REPLICA_CANDIDATES_SQL = activeCandidatesSql('pg_last_wal_replay_lsn()::text AS replay_lsn, ');
 
 /** Every row for the triple, active or not, for `check`: $1 identity, $2 destination, $3 SPKI. */
 export const EXPLAIN_CANDIDATES_SQL = `
@@ -187,6 +195,20 @@ export async function fetchActiveCandidates(
     values: [request.identity, request.destination, request.spkiDer, formatTimestamp(now)],
   });
   return result.rows.map(candidateFromRecord);
+}
+
+/** fetchActiveCandidates on a replica, with its replay position ('X/Y' text) when any row came back. */
+export async function fetchReplicaCandidates(
+  db: Queryable,
+  request: AccessRequest,
+  now: Micros,
+): Promise<{ candidates: Candidate[]; replayLsn: string | null | undefined }> {
+  const result = await db.query<CandidateRecord & { replay_lsn: string | null }>({
+    name: 'agent_gateway_replica_candidates',
+    text: REPLICA_CANDIDATES_SQL,
+    values: [request.identity, request.destination, request.spkiDer, formatTimestamp(now)],
+  });
+  return { candidates: result.rows.map(candidateFromRecord), replayLsn: result.rows[0]?.replay_lsn };
 }
 
 export async function fetchExplainCandidates(db: Queryable, request: AccessRequest): Promise<Candidate[]> {

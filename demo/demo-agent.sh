@@ -115,6 +115,13 @@ registry_env() {
   AGENT_GATEWAY_DATABASE_URL="$(state_get DB_ADMIN_URL)"
 }
 
+# Where sidecars connect: the gateway, or what demo/fleet.sh put in front of its gateways (SIDECAR_GATEWAY).
+sidecar_gateway() {
+  local g
+  g="$(state_get SIDECAR_GATEWAY)"
+  printf '%s' "${g:-127.0.0.1:$(state_get GATEWAY_PORT)}"
+}
+
 sidecar_args() {
   local h="$1" dir
   dir="$(agent_dir "$h")"
@@ -196,7 +203,7 @@ ensure_runtime() {
   (
     tpm_env_exports "$dir/tpm"
     spawn_bg "$dir/sidecar.pid" "$dir/sidecar.log" node "$(node_prog sidecar/main.js)" "${args[@]}" \
-      --listen "127.0.0.1:$sp" --gateway "127.0.0.1:$(state_get GATEWAY_PORT)" --gateway-name localhost \
+      --listen "127.0.0.1:$sp" --gateway "$(sidecar_gateway)" --gateway-name localhost \
       --client-cert "$dir/machine-client.pem" --ca-cert "$(state_get CERTS_DIR)/server-ca.pem" \
       --proxy-token-file "$dir/proxy.token" >/dev/null
   )

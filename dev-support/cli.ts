@@ -11,6 +11,11 @@
  *     Answer: dir= linked=0|1 initialized=0|1 started=0|1 pid= port= (port: where it runs, which is not
  *     PORT when it was running already)
  *   node dist/dev-support/cli.js postgres stop --dir DIR        pg_ctl stop -m fast (done when not running)
+ *   node dist/dev-support/cli.js postgres replica --primary-dir PDIR --dir DIR --port PORT
+ *        [--max-connections N] [--fallback-prefix PREFIX]
+ *     A streaming replica (hot standby) of the running cluster in PDIR (pg-replica.ts): pg_basebackup -R over
+ *     PDIR's unix socket into DIR/data unless a cluster is there, then pg_ctl start on 127.0.0.1:PORT unless
+ *     it runs. Stop it with `postgres stop --dir DIR`. Answer: as `postgres start`.
  *   node dist/dev-support/cli.js tpm start --dir DIR --port PORT
  *     swtpm on 127.0.0.1:PORT and PORT+1, D-Bus and tpm2-abrmd; DIR/env holds the client environment.
  *     Answer: swtpm_pid= dbus_pid= abrmd_pid=
@@ -22,7 +27,7 @@
  * a usage error.
  */
 import { existsSync } from 'node:fs';
-import { symlink } from 'node:fs/promises';
+import { realpath, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { errorText } from '../core/error-text.js';
@@ -35,6 +40,7 @@ import {
   startCluster,
   stopCluster,
 } from './pg-cluster.js';
+import { createReplica } from './pg-replica.js';
 import { isPortFree, quietFreePort } from './ports.js';
 import { startTpmStack } from './tpm-stack.js';
 
@@ -42,6 +48,7 @@ class UsageError extends Error {}
 
 const OPTIONS = {
   dir: { type: 'string' },
+  'primary-dir': { type: 'string' },
   port: { type: 'string' },
   'host-auth': { type: 'string', default: 'trust' },
   'max-connections': { type: 'string', default: '100' },
@@ -51,7 +58,7 @@ const OPTIONS = {
 
 type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
 
-function required(values: Values, name: 'dir' | 'port'): string {
+function required(values: Values, name: 'dir' | 'port' | 'primary-dir'): string {
   const v = values[name];
   if (v === undefined || v === '') throw new UsageError(`--${name} is required`);
   return v;
@@ -69,6 +76,16 @@ function answer(values: Record<string, string | number | boolean>): void {
   }
 }
 
+/** `wanted`, or (as root, when the postgres user cannot reach it) a fresh dir that `wanted` links to. */
+async function clusterDir(wanted: string, fallbackPrefix: string): Promise<{ dir: string; linked: boolean }> {
+  if (existsSync(path.join(clusterPaths(wanted).dataDir, 'PG_VERSION')))
+    return { dir: wanted, linked: false };
+  const dir = await ownedClusterDir(wanted, fallbackPrefix);
+  if (dir === wanted) return { dir, linked: false };
+  await symlink(dir, wanted);
+  return { dir, linked: true };
+}
+
 async function postgresStart(values: Values): Promise<void> {
   const hostAuth = values['host-auth'];
   if (hostAuth !== 'trust' && hostAuth !== 'scram-sha-256')
@@ -80,16 +97,29 @@ async function postgresStart(values: Values): Promise<void> {
   const port = portOf(required(values, 'port'));
   const wanted = path.resolve(required(values, 'dir'));
 
-  let dir = wanted;
-  let linked = false;
-  if (!existsSync(path.join(clusterPaths(wanted).dataDir, 'PG_VERSION'))) {
-    dir = await ownedClusterDir(wanted, values['fallback-prefix']);
-    if (dir !== wanted) {
-      await symlink(dir, wanted);
-      linked = true;
-    }
-  }
+  const { dir, linked } = await clusterDir(wanted, values['fallback-prefix']);
   const initialized = await initCluster(dir, opts);
+  const running = await runningCluster(dir);
+  if (running !== undefined) {
+    answer({ dir, linked, initialized, started: false, pid: running.pid, port: running.port });
+    return;
+  }
+  const pid = await startCluster(dir, port, opts);
+  answer({ dir, linked, initialized, started: true, pid, port });
+}
+
+/** `postgres replica`: the same answer as postgresStart, for a standby of --primary-dir. */
+async function postgresReplica(values: Values): Promise<void> {
+  const maxConnections = Number(values['max-connections']);
+  if (!Number.isInteger(maxConnections) || maxConnections < 1)
+    throw new UsageError(`--max-connections ${values['max-connections']} is not a count`);
+  const opts: ClusterOptions = { hostAuth: 'trust', throwaway: false, maxConnections };
+  const port = portOf(required(values, 'port'));
+  const primaryDir = path.resolve(required(values, 'primary-dir'));
+  const wanted = path.resolve(required(values, 'dir'));
+
+  const { dir, linked } = await clusterDir(wanted, values['fallback-prefix']);
+  const initialized = await createReplica(primaryDir, dir);
   const running = await runningCluster(dir);
   if (running !== undefined) {
     answer({ dir, linked, initialized, started: false, pid: running.pid, port: running.port });
@@ -105,8 +135,13 @@ async function main(argv: string[]): Promise<void> {
   switch (command) {
     case 'postgres start':
       return postgresStart(values);
-    case 'postgres stop':
-      return stopCluster(path.resolve(required(values, 'dir')), 'fast');
+    case 'postgres replica':
+      return postgresReplica(values);
+    case 'postgres stop': {
+      // Through a link (`linked=1`) the postgres user may not pass the link's own directory.
+      const dir = path.resolve(required(values, 'dir'));
+      return stopCluster(await realpath(dir).catch(() => dir), 'fast');
+    }
     case 'tpm start': {
       const stack = await startTpmStack(path.resolve(required(values, 'dir')), {
         port: portOf(required(values, 'port')),
@@ -123,7 +158,9 @@ async function main(argv: string[]): Promise<void> {
         if (!(await isPortFree(portOf(port)))) process.exitCode = 1;
         return;
       }
-      throw new UsageError(`unknown command "${command}" (postgres start|stop, tpm start, port free|quiet)`);
+      throw new UsageError(
+        `unknown command "${command}" (postgres start|stop|replica, tpm start, port free|quiet)`,
+      );
     }
   }
 }

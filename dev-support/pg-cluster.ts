@@ -76,7 +76,7 @@ function postgresIds(): { uid: number; gid: number } {
 }
 
 /** Hand `file` to the cluster owner (only root has to: otherwise we are the owner). */
-async function ownByPostgres(file: string): Promise<void> {
+export async function ownByPostgres(file: string): Promise<void> {
   if (!isRoot()) return;
   const { uid, gid } = postgresIds();
   await chown(file, uid, gid);
@@ -96,7 +96,7 @@ function pgEnv(): NodeJS.ProcessEnv {
   return env;
 }
 
-async function pgCmd(binary: string, args: string[]): Promise<{ code: number; output: string }> {
+export async function pgCmd(binary: string, args: string[]): Promise<{ code: number; output: string }> {
   const [cmd, argv] = asPgUser(binary, args);
   // cwd '/' so the postgres user is never in a directory it cannot read.
   const r = await runCommand(cmd, argv, { env: pgEnv(), cwd: '/', timeoutMs: 120_000 });
@@ -151,7 +151,7 @@ export async function initCluster(dir: string, opts: ClusterOptions): Promise<bo
   if (init.code !== 0) throw new Error(`initdb failed\n${init.output}`);
   await writeFile(
     path.join(dataDir, 'pg_hba.conf'),
-    `local all all trust\nhost all all 127.0.0.1/32 ${opts.hostAuth}\n`,
+    `local all all trust\nlocal replication all trust\nhost all all 127.0.0.1/32 ${opts.hostAuth}\n`,
   );
   return true;
 }

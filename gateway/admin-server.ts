@@ -70,8 +70,12 @@ export async function startAdminServer(opts: AdminServerOptions): Promise<AdminS
     const failing = Object.entries(checks)
       .filter(([, c]) => !c.ok)
       .map(([name]) => name);
-    const body: Record<string, unknown> = { status: failing.length === 0 ? 'ready' : 'not_ready', checks };
+    // Degraded is still ready: the balancer must keep sending agents to a gateway that can authorize them.
+    const degraded = registry.ok ? registry.degraded : undefined;
+    const status = failing.length > 0 ? 'not_ready' : degraded !== undefined ? 'degraded' : 'ready';
+    const body: Record<string, unknown> = { status, checks };
     if (failing.length > 0) body['failing'] = failing;
+    if (degraded !== undefined) body['degraded'] = degraded;
     if (registry.ok) body['schema_version'] = registry.version;
     const revocation = opts.revocationState?.();
     if (revocation !== undefined) {

@@ -51,6 +51,8 @@ export async function runPrimary(config: GatewayConfig, logger: Logger): Promise
   // A small pool of its own: the schema check now, /readyz pings later.
   const registry = new Registry({
     databaseUrl: config.policy.databaseUrl,
+    // Only for /readyz: with the primary gone, a replica that answers makes it "degraded", not unready.
+    replicaDatabaseUrls: config.policy.replicaDatabaseUrls,
     maxConnections: 1,
     connectTimeoutMs: config.policy.connectTimeoutMs,
     poolAcquireTimeoutMs: config.policy.poolAcquireTimeoutMs,

@@ -222,6 +222,28 @@ export class ConfigReader {
     }
     return value;
   }
+
+  /**
+   * policy.replica_database_url and replica_database_url_env: each a string or an array of strings (URLs,
+   * or names of environment variables holding one), both optional, together any number of replicas.
+   */
+  replicaDatabaseUrls(env: NodeJS.ProcessEnv): string[] {
+    const strings = (name: string): string[] => {
+      const v = this.value(name);
+      if (v === undefined) return [];
+      const list = typeof v === 'string' ? [v] : v;
+      if (!Array.isArray(list) || !list.every((x) => typeof x === 'string' && x.trim() !== ''))
+        this.fail(name, 'must be a non-empty string or an array of them');
+      return list as string[];
+    };
+    const fromEnv = strings('replica_database_url_env').map((name) => {
+      const value = env[name];
+      if (value === undefined || value.trim() === '')
+        this.fail('replica_database_url_env', `environment variable ${name} is not set`);
+      return value;
+    });
+    return [...strings('replica_database_url'), ...fromEnv];
+  }
 }
 
 function kindOf(v: object | null): string {

@@ -105,6 +105,11 @@ export type GatewayConfig = {
   readonly policy: {
     readonly clientExtOid: string;
     readonly databaseUrl: string;
+    /**
+     * Streaming replicas for CONNECT lookups (docs/contract.md "Replicas"); empty = the primary answers
+     * everything. Each gets the primary's pool settings.
+     */
+    readonly replicaDatabaseUrls: readonly string[];
     readonly maxConnections: number;
     readonly connectTimeoutMs: number;
     readonly poolAcquireTimeoutMs: number;
@@ -306,6 +311,7 @@ function readConfig(r: ConfigReader, path: string, env: NodeJS.ProcessEnv): Gate
     policy: {
       clientExtOid: p.oid('client_ext_oid', '1.3.6.1.4.1.57264.1.1'),
       databaseUrl: p.databaseUrl(env),
+      replicaDatabaseUrls: p.replicaDatabaseUrls(env),
       maxConnections: p.int('max_connections', 5, 1, 1000),
       connectTimeoutMs: p.int('connect_timeout_ms', 5000, 1, 600_000),
       poolAcquireTimeoutMs: p.int('pool_acquire_timeout_ms', 1000, 1, 600_000),

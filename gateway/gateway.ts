@@ -74,6 +74,7 @@ export async function startGateway(
   const metrics = options.metrics ?? processMetrics;
   const registry = new Registry({
     databaseUrl: config.policy.databaseUrl,
+    replicaDatabaseUrls: config.policy.replicaDatabaseUrls,
     maxConnections: config.policy.maxConnections,
     maxLookupsInFlight: config.policy.maxLookupsInFlight,
     recheckConnections: config.policy.recheckConnections,
@@ -132,8 +133,13 @@ export async function startGateway(
       heartbeatTimeoutMs: config.policy.queryTimeoutMs + 1000,
       metrics,
       logger,
-      onChange: hold === undefined ? undefined : (change) => hold.onRegistryChange(change),
+      onChange: (change) => {
+        // First, in the notification's own turn: no lookup may start on a replica with the old position.
+        registry.registryChanged();
+        hold?.onRegistryChange(change);
+      },
     });
+    registry.setListening(() => revocation.state().listenerUp);
     cleanup.push(() => revocation.close());
     await revocation.start();
 

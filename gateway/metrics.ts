@@ -96,6 +96,20 @@ export function createGatewayMetrics(opts: { defaultMetrics?: boolean; prefix?: 
       labelNames: ['reason'],
       registers,
     }),
+    registryLookups: new Counter<'source'>({
+      name: 'agent_gateway_registry_lookups_total',
+      help:
+        'CONNECT lookups answered, by source: primary (no replica usable, or the listener down), replica ' +
+        '(caught up with the primary, or the primary unreachable), primary_fallback (a replica was asked ' +
+        'but had not replayed the last registry change, or failed)',
+      labelNames: ['source'],
+      registers,
+    }),
+    degraded: new Gauge({
+      name: 'agent_gateway_degraded',
+      help: '1 while the registry primary is unreachable and lookups are answered by a replica (/readyz degraded)',
+      registers,
+    }),
     registryListenerUp: new Gauge({
       name: 'agent_gateway_registry_listener_up',
       help: '1 while the LISTEN connection for registry change notifications is established',

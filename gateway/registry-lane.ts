@@ -13,7 +13,8 @@ import { type AuthorizationLogger, errorText, RegistryUnavailableError } from '.
 export type LaneName = 'lookup' | 'recheck' | 'record';
 
 export type RegistryLaneOptions = {
-  readonly name: LaneName;
+  /** A LaneName, or replica_<n> for the lookup lane of the n-th replica (registry-replicas.ts). */
+  readonly name: string;
   readonly clientConfig: pg.ClientConfig;
   readonly maxConnections: number;
   readonly acquireTimeoutMs: number;

@@ -3,6 +3,7 @@
  * misses (capped in flight, a fast 'busy' beyond the cap), `recheck` for live-tunnel re-checks on its
  * own connections, `record` for access-request writes (one connection; the registry's only writes, and
  * only to access_requests: gateway/access-requests.ts), and the dedicated listen connection (registry-listener.ts) built from clientConfig().
+ * CONNECT lookups may be answered by streaming replicas instead (registry-replicas.ts); nothing else is.
  * Also the schema check at startup and a readiness ping. Every failure surfaces as
  * RegistryUnavailableError so callers have exactly one thing to fail closed on; nothing here retries,
  * because the next CONNECT is the retry and a dead connection is dropped from the pool.
@@ -14,6 +15,7 @@ import type { Micros } from '../core/timestamp.js';
 import type { GatewayMetrics } from './metrics.js';
 import { type AuthorizationLogger, errorText, silentLogger } from './registry-errors.js';
 import { type LaneName, RegistryLane } from './registry-lane.js';
+import { LookupRouter, Replica } from './registry-replicas.js';
 
 export {
   type AuthorizationLogger,
@@ -37,6 +39,8 @@ export class RegistrySchemaError extends Error {
 
 export type RegistryOptions = {
   readonly databaseUrl: string;
+  /** Streaming replicas for CONNECT lookups, each with the lookup lane's settings (docs/contract.md "Replicas"). */
+  readonly replicaDatabaseUrls?: readonly string[] | undefined;
   /** Connections of the lookup lane. */
   readonly maxConnections: number;
   /** Lookups waiting for or holding a connection; beyond it a lookup fails at once ('busy'). */
@@ -62,12 +66,15 @@ export type SchemaStatus = {
 };
 
 export type PingResult =
-  | { readonly ok: true; readonly version: number }
+  /** degraded: the primary is unreachable and a replica answered (served, but /readyz says why). */
+  | { readonly ok: true; readonly version: number; readonly degraded?: string | undefined }
   | { readonly ok: false; readonly error: string };
 
 export class Registry {
   private readonly logger: AuthorizationLogger;
   private readonly lanes: Record<LaneName, RegistryLane>;
+  private readonly router: LookupRouter;
+  private readonly replicas: Replica[];
   private closed = false;
 
   constructor(private readonly opts: RegistryOptions) {
@@ -105,6 +112,43 @@ export class Registry {
         maxInFlightSource: 'one access-request flush at a time',
       }),
     };
+    this.replicas = (opts.replicaDatabaseUrls ?? []).map((url, i) => {
+      const name = `replica_${i + 1}`;
+      const lane = new RegistryLane({
+        ...common,
+        name,
+        clientConfig: { ...this.clientConfig(`${app}_replica`), connectionString: url },
+        maxConnections: opts.maxConnections,
+        maxInFlight: opts.maxLookupsInFlight,
+        maxInFlightSource: 'policy.max_lookups_in_flight',
+      });
+      return new Replica(name, lane, this.logger);
+    });
+    this.router = new LookupRouter({
+      replicas: this.replicas,
+      primary: (request, now) =>
+        this.lanes.lookup.withClient('active_candidates', (c) => fetchActiveCandidates(c, request, now)),
+      primaryWalLsn: () =>
+        this.lanes.recheck.withClient('primary_wal_lsn', async (c) => {
+          const r = await c.query<{ l: string }>('SELECT pg_current_wal_insert_lsn()::text AS l');
+          return r.rows[0]?.l ?? '';
+        }),
+      metrics: opts.metrics,
+      logger: this.logger,
+    });
+  }
+
+  /**
+   * Live revocation's listener state: replica answers are bounded by positions read after notifications,
+   * so they need the listener (registry-replicas.ts).
+   */
+  setListening(listening: () => boolean): void {
+    this.router.setListening(listening);
+  }
+
+  /** Called for every registry change notification, and with everything when the listener comes back. */
+  registryChanged(): void {
+    this.router.changed();
   }
 
   /**
@@ -138,8 +182,12 @@ export class Registry {
     return this.lanes[lane].withClient(queryName, fn);
   }
 
-  /** Active candidates for one request, newest not_after first (a named, prepared statement). */
+  /**
+   * Active candidates for one request, newest not_after first (a named, prepared statement). On the
+   * lookup lane a caught-up replica may answer (registry-replicas.ts); every other lane is the primary's.
+   */
   activeCandidates(request: AccessRequest, now: Micros, lane: LaneName = 'lookup'): Promise<Candidate[]> {
+    if (lane === 'lookup') return this.router.activeCandidates(request, now);
     return this.lanes[lane].withClient('active_candidates', (c) => fetchActiveCandidates(c, request, now));
   }
 
@@ -175,8 +223,24 @@ export class Registry {
    * recheck lane, so a CONNECT flood that fills the lookup lane does not also fail readiness.
    */
   async ping(): Promise<PingResult> {
+    const primary = await this.pingLane(this.lanes.recheck);
+    const degraded = this.router.degraded;
+    if (primary.ok) return degraded === undefined ? primary : { ...primary, degraded };
+    // The primary is gone: still ready (agents keep connecting) as long as a replica answers.
+    for (const replica of this.replicas) {
+      const r = await this.pingLane(replica.lane);
+      if (r.ok)
+        return {
+          ...r,
+          degraded: `registry primary unreachable (${primary.error}); lookups answered by ${replica.name}`,
+        };
+    }
+    return primary;
+  }
+
+  private async pingLane(lane: RegistryLane): Promise<PingResult> {
     try {
-      const version = await this.lanes.recheck.withClient('ping', async (c) => {
+      const version = await lane.withClient('ping', async (c) => {
         await c.query('SELECT 1');
         return fetchSchemaVersion(c);
       });
@@ -189,9 +253,13 @@ export class Registry {
     }
   }
 
-  /** Open the recheck lane's connections now, so the first re-check under load does not wait for one. */
-  warm(): Promise<void> {
-    return this.lanes.recheck.warm();
+  /**
+   * Open the recheck lane's connections now, so the first re-check under load does not wait for one; and
+   * with replicas, read the primary's WAL position so the first lookup need not.
+   */
+  async warm(): Promise<void> {
+    await this.lanes.recheck.warm();
+    await this.router.warm();
   }
 
   /** Lookup-lane occupancy, for diagnostics. */
@@ -203,6 +271,6 @@ export class Registry {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await Promise.all(Object.values(this.lanes).map((lane) => lane.close()));
+    await Promise.all([...Object.values(this.lanes).map((lane) => lane.close()), this.router.close()]);
   }
 }

@@ -1,20 +1,25 @@
 /**
- * The sidecar's one HTTP/2 connection to the gateway. Every handshake costs a TPM signature (several
+ * The sidecar's one HTTP/2 connection to a gateway. Every handshake costs a TPM signature (several
  * milliseconds on swtpm, more on a chip, on the main thread), so all agent CONNECTs share one cached,
- * multiplexed mTLS session; it is replaced when the gateway sends GOAWAY or the connection drops, and a
- * CONNECT that fails before the gateway answered is retried once on a fresh session.
+ * multiplexed mTLS session, to the first of the configured gateways that works. When a gateway cannot be
+ * reached, sends GOAWAY or drops the connection, the next connection goes to the next gateway; a CONNECT
+ * the gateway did not process (refused stream, beyond GOAWAY's last stream id, connection lost before an
+ * answer, or its 503 `draining`) is retried once there. Tunnels already open on a draining gateway run on
+ * over the old connection until they end (docs/contract.md "Sidecar").
  */
 import http2 from 'node:http2';
 import tls from 'node:tls';
+import { DENY_REASON_HEADER } from '../core/access-request-id.js';
 import { errorText } from '../core/error-text.js';
-import { formatHostPort } from '../core/host-port.js';
+import { formatHostPort, type HostPort } from '../core/host-port.js';
+import { type GatewayEndpoint, type Resolve, resolveGateways } from './gateway-endpoints.js';
 import type { Logger } from './telemetry.js';
 import { isTpmSigningFailure } from './tpm-context.js';
 
 export type GatewaySessionOptions = {
-  readonly host: string;
-  readonly port: number;
-  /** Name the gateway certificate must carry (and SNI); undefined = check `host` itself, no SNI for IPs. */
+  /** In the order they are tried; a name with several addresses counts as several (gateway-endpoints.ts). */
+  readonly gateways: readonly HostPort[];
+  /** Name every gateway certificate must carry (and SNI); undefined = each gateway's configured host. */
   readonly servername: string | undefined;
   /** Client key + carrier certificate + gateway CA. */
   readonly secureContext: tls.SecureContext;
@@ -26,6 +31,8 @@ export type GatewaySessionOptions = {
   readonly maxSessionMemoryMb?: number;
   /** Called when a handshake failed because the TPM could not sign; the process cannot recover from that. */
   readonly onTpmFailure?: (err: Error) => void;
+  /** Name resolution (tests); default: the system resolver. */
+  readonly resolve?: Resolve;
 };
 
 /** The gateway could not be reached, or the connection died before it answered (even after a retry). */
@@ -72,11 +79,21 @@ class RetryableError extends Error {
   }
 }
 
+/** The gateway answered that it is shutting down: it did not process the CONNECT, another gateway may. */
+function isDrainingAnswer(status: number, headers: http2.IncomingHttpHeaders): boolean {
+  return status === 503 && headers[DENY_REASON_HEADER] === 'draining';
+}
+
 export class GatewaySession {
   private readonly opts: GatewaySessionOptions & typeof DEFAULTS;
   private current: http2.ClientHttp2Session | undefined;
   private connecting: Promise<http2.ClientHttp2Session> | undefined;
   private readonly retired = new WeakSet<http2.ClientHttp2Session>();
+  /** Which endpoint each established connection went to. */
+  private readonly endpointOf = new WeakMap<http2.ClientHttp2Session, GatewayEndpoint>();
+  private endpoints: GatewayEndpoint[] = [];
+  /** The endpoint the next connection goes to; it moves on only when a gateway fails or drains. */
+  private next = 0;
   private closed = false;
   /** TLS connections made so far (each one a TPM signature). */
   connectionsEstablished = 0;
@@ -102,11 +119,21 @@ export class GatewaySession {
         continue;
       }
       try {
-        return await this.request(session, authority, headers);
+        const response = await this.request(session, authority, headers);
+        if (attempt === 2 || !isDrainingAnswer(response.status, response.headers)) return response;
+        // Drain began before our GOAWAY arrived: the stream was refused, not processed.
+        response.stream.close(http2.constants.NGHTTP2_NO_ERROR);
+        this.retire(session);
+        lastError = new Error('gateway is draining');
+        this.opts.logger.info(
+          { gateway: this.endpointOf.get(session)?.label, dest_authority: authority },
+          'gateway answered draining; retrying the CONNECT on the next gateway',
+        );
       } catch (err) {
         if (!(err instanceof RetryableError)) throw err;
         lastError = err.cause;
-        // A refused stream on a healthy connection is retried on that connection; a dead one is replaced.
+        // A refused stream on a healthy connection is retried on that connection; a dead one is replaced,
+        // by a connection to the next gateway.
         if (!this.usable(session)) this.retire(session);
         this.opts.logger.warn(
           { err: errorText(err.cause), attempt, dest_authority: authority },
@@ -137,8 +164,15 @@ export class GatewaySession {
   }
 
   private retire(session: http2.ClientHttp2Session): void {
+    const first = !this.retired.has(session);
     this.retired.add(session);
     if (this.current === session) this.current = undefined;
+    const endpoint = this.endpointOf.get(session);
+    // Failed or draining: the next connection goes to the next gateway (once per connection, and only if
+    // nothing has moved on already).
+    if (first && endpoint !== undefined && this.endpoints[this.next] === endpoint) {
+      this.next = (this.next + 1) % this.endpoints.length;
+    }
     // Lets the streams it carries finish, then closes, so a replaced connection does not linger idle.
     if (!session.closed && !session.destroyed) session.close();
   }
@@ -153,8 +187,43 @@ export class GatewaySession {
     return this.connecting;
   }
 
-  private dial(): Promise<http2.ClientHttp2Session> {
-    const { host, port, servername, secureContext, logger } = this.opts;
+  /** A connection to the next gateway that works, trying each at most once. */
+  private async dial(): Promise<http2.ClientHttp2Session> {
+    if (this.next === 0 || this.endpoints.length === 0) {
+      this.endpoints = await resolveGateways(
+        this.opts.gateways,
+        this.opts.servername,
+        (gateway, err) =>
+          this.opts.logger.warn({ gateway, err: errorText(err) }, 'gateway name does not resolve'),
+        this.opts.resolve,
+      );
+      this.next = 0;
+    }
+    let lastError: unknown;
+    for (let tried = 0; tried < this.endpoints.length; tried++) {
+      if (this.closed) break;
+      const endpoint = this.endpoints[this.next] as GatewayEndpoint;
+      try {
+        return await this.dialOne(endpoint);
+      } catch (err) {
+        lastError = err;
+        // A TPM that cannot sign fails every gateway alike.
+        if (isTpmSigningFailure(err as Error)) throw err;
+        this.next = (this.next + 1) % this.endpoints.length;
+        if (this.endpoints.length > 1) {
+          this.opts.logger.warn(
+            { gateway: endpoint.label, err: errorText(err), next_gateway: this.endpoints[this.next]?.label },
+            'gateway connection failed; trying the next gateway',
+          );
+        }
+      }
+    }
+    throw lastError ?? new Error('sidecar is shutting down');
+  }
+
+  private dialOne(endpoint: GatewayEndpoint): Promise<http2.ClientHttp2Session> {
+    const { host, port, servername } = endpoint;
+    const { secureContext, logger } = this.opts;
     const started = performance.now();
     return new Promise((resolve, reject) => {
       let settled = false;
@@ -200,12 +269,15 @@ export class GatewaySession {
         clearTimeout(timer);
         if (!settled) fail(new Error('connection closed during the TLS/HTTP2 handshake'));
         this.retire(session);
-        if (established) logger.info('gateway connection closed');
+        if (established) logger.info({ gateway: endpoint.label }, 'gateway connection closed');
       });
       session.on('goaway', (errorCode, lastStreamId) => {
         // Streams the gateway already accepted keep running; new CONNECTs go to a new connection.
         this.retire(session);
-        logger.info({ error_code: errorCode, last_stream_id: lastStreamId }, 'gateway sent GOAWAY');
+        logger.info(
+          { gateway: endpoint.label, error_code: errorCode, last_stream_id: lastStreamId },
+          'gateway sent GOAWAY',
+        );
       });
       session.once('connect', () => {
         if (settled) return;
@@ -216,9 +288,10 @@ export class GatewaySession {
         session.setLocalWindowSize(this.opts.connectionWindowBytes);
         this.connectionsEstablished += 1;
         this.current = session;
+        this.endpointOf.set(session, endpoint);
         logger.info(
           {
-            gateway: `${host}:${port}`,
+            gateway: endpoint.label,
             handshake_ms: Math.round((performance.now() - started) * 10) / 10,
             tls_protocol: socket?.getProtocol(),
             connections_established: this.connectionsEstablished,

@@ -30,8 +30,9 @@ export type RunOptions = {
   readonly listen: ListenAddress;
   /** Every CONNECT must carry it (Proxy-Authorization: Basic); undefined = no proxy credential. */
   readonly proxyToken: string | undefined;
-  readonly gateway: HostPort;
-  /** Name the gateway's certificate must match (and the SNI sent); undefined = the --gateway host. */
+  /** Every --gateway, in order (docs/contract.md "Sidecar": one connection, failover to the next). */
+  readonly gateways: readonly HostPort[];
+  /** Name every gateway's certificate must match (and the SNI sent); undefined = each --gateway host. */
   readonly gatewayName: string | undefined;
   readonly clientCertPath: string;
   readonly caCertPath: string;
@@ -78,7 +79,7 @@ type RawRun = RawTpm & {
   allowNonLoopback?: boolean;
   socketGroup?: string;
   proxyTokenFile?: string;
-  gateway: string;
+  gateway?: string[];
   gatewayName?: string;
   clientCert?: string;
   caCert?: string;
@@ -170,7 +171,13 @@ export function buildCli(actions: CliActions, env: NodeJS.ProcessEnv = process.e
         'file (mode 0600) with a token every CONNECT must carry as Proxy-Authorization: Basic',
       ),
     )
-    .addOption(new Option('--gateway <host:port>', 'agent_gateway address').default(DEFAULT_GATEWAY))
+    .addOption(
+      new Option(
+        '--gateway <host:port>',
+        `agent_gateway address (default ${DEFAULT_GATEWAY}); repeat for several: one connection, to the ` +
+          'first that works, moving to the next when a gateway fails or drains',
+      ).argParser((value: string, previous: string[] | undefined) => [...(previous ?? []), value]),
+    )
     .addOption(
       new Option(
         '--gateway-name <name>',
@@ -214,7 +221,7 @@ export function validateRun(raw: RawRun): RunOptions {
   }
   return {
     ...agentAccess(raw),
-    gateway: flagHostPort('--gateway', raw.gateway),
+    gateways: (raw.gateway ?? [DEFAULT_GATEWAY]).map((g) => flagHostPort('--gateway', g)),
     gatewayName,
     clientCertPath: readableFile('--client-cert', raw.clientCert),
     caCertPath: readableFile('--ca-cert', raw.caCert),

@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { errorText } from '../core/error-text.js';
+import { formatHostPort } from '../core/host-port.js';
 import { certificateDer, readCarrierIdentity } from './carrier-identity.js';
 import { GatewaySession } from './gateway-session.js';
 import { isLoopbackHost, type RunOptions } from './options.js';
@@ -158,8 +159,7 @@ export async function startSidecar(
 
   const tracing = await startTracing(logger);
   const gateway = new GatewaySession({
-    host: opts.gateway.host,
-    port: opts.gateway.port,
+    gateways: opts.gateways,
     servername: opts.gatewayName,
     secureContext,
     logger: logger.child({ component: 'gateway-session' }),
@@ -189,8 +189,8 @@ export async function startSidecar(
     {
       listen: address,
       proxy_credential: opts.proxyToken !== undefined,
-      gateway: `${opts.gateway.host}:${opts.gateway.port}`,
-      gateway_name: opts.gatewayName ?? opts.gateway.host,
+      gateways: opts.gateways.map((g) => formatHostPort(g.host, g.port)),
+      gateway_name: opts.gatewayName,
       identity,
       tpm_key_handle: handle,
       pkcs11_token: opts.tpm.token,

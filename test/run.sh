@@ -26,6 +26,8 @@ trap on_exit EXIT
 # ---- (a) system packages, installed only when missing -------------------------------------------------
 PKGS=(postgresql swtpm swtpm-tools tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtpm2-pkcs11-1
   libtpm2-pkcs11-tools libengine-pkcs11-openssl opensc dbus openssl curl ca-certificates
+  # test/e2e/demo-fleet: the balancer of ./demo/fleet.sh
+  haproxy
   # native build of pkcs11js (node-gyp)
   g++ make python3)
 # Any node + npm can fetch the pinned runtimes below; Debian's own (Node 18) is enough for that.

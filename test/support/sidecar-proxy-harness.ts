@@ -277,8 +277,7 @@ export function proxyHarness() {
 
   async function startProxy(gatewayPort: number, opts: { servername?: string } = {}) {
     const gateway = new GatewaySession({
-      host: '127.0.0.1',
-      port: gatewayPort,
+      gateways: [{ host: '127.0.0.1', port: gatewayPort }],
       servername: opts.servername ?? 'localhost',
       secureContext: secureContext(),
       logger: silent,

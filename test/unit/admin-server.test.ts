@@ -96,6 +96,26 @@ describe('admin server', () => {
     expect(body.revocation).toEqual({ mode: 'listening', open_tunnels: 2 });
   });
 
+  it('/readyz is 200 "degraded" with the reason when a replica answers for the primary; draining still wins', async () => {
+    const degraded = 'registry primary unreachable (ECONNREFUSED); lookups answered by replica_1';
+    const { port } = await start({
+      ping: { ok: true, version: 3, degraded },
+      accepting: true,
+      draining: false,
+    });
+    const r = await get(port, '/readyz');
+    expect(r.status).toBe(200);
+    expect(JSON.parse(r.body)).toMatchObject({
+      status: 'degraded',
+      degraded,
+      checks: { registry: { ok: true } },
+    });
+    const drain = await start({ ping: { ok: true, version: 3, degraded }, accepting: true, draining: true });
+    const d = await get(drain.port, '/readyz');
+    expect(d.status).toBe(503);
+    expect(JSON.parse(d.body)).toMatchObject({ status: 'not_ready', failing: ['draining'] });
+  });
+
   it('/readyz fails when the registry ping hangs, and concurrent probes share one ping', async () => {
     const { port, pings } = await start({
       ping: { ok: true, version: 3 },

@@ -39,10 +39,14 @@ describe('compose.yaml', () => {
         'certs',
         'docstore',
         'gateway',
+        'gateway-2',
+        'gateway-3',
+        'haproxy',
         'messaging',
         'migrations',
         'otel-collector',
         'postgres',
+        'postgres-replica',
         'roles',
       ].sort(),
     );
@@ -51,6 +55,39 @@ describe('compose.yaml', () => {
     for (const name of ['postgres', 'migrations', 'roles', 'certs', 'gateway', 'docstore', 'messaging']) {
       expect(services[name]?.profiles, name).toBeUndefined();
     }
+  });
+
+  it('has the fleet behind the fleet profile: a streaming replica, three gateways, HAProxy on /readyz', () => {
+    for (const name of ['postgres-replica', 'gateway-2', 'gateway-3', 'haproxy']) {
+      expect(services[name]?.profiles, name).toEqual(['fleet']);
+    }
+    const replica = JSON.stringify(services['postgres-replica']?.command);
+    expect(replica).toContain(
+      'pg_basebackup -h postgres -U postgres -D /var/lib/postgresql/data -R -X stream',
+    );
+    expect(services['postgres']?.volumes).toContain(
+      './demo/compose/pg-replication-hba.sh:/docker-entrypoint-initdb.d/pg-replication-hba.sh:ro',
+    );
+    for (const name of ['gateway', 'gateway-2', 'gateway-3']) {
+      expect(services[name]?.environment?.['AGENT_GATEWAY_REPLICA_DATABASE_URL'], name).toMatch(
+        /^postgresql:\/\/agent_gateway_demo_gateway:[^@]+@postgres-replica:5432\/agent_gateway$/,
+      );
+    }
+    expect(services['gateway-2']?.command).toEqual(['--config', '/etc/agent-gateway/gateway-fleet.toml']);
+    expect(services['gateway-3']?.command).toEqual(['--config', '/etc/agent-gateway/gateway-fleet.toml']);
+    const cfg = readFileSync(path.join(repoRoot, 'demo', 'compose', 'haproxy-fleet.cfg'), 'utf8');
+    expect(cfg).toMatch(/^\s*mode tcp$/m);
+    expect(cfg).toMatch(/^\s*option httpchk GET \/readyz$/m);
+    const servers = [...cfg.matchAll(/^\s*server (\S+) (\S+) check port (\d+)$/gm)].map((m) => [
+      m[1],
+      m[2],
+      m[3],
+    ]);
+    expect(servers).toEqual([
+      ['gateway-1', 'gateway:8443', '9090'],
+      ['gateway-2', 'gateway-2:8443', '9090'],
+      ['gateway-3', 'gateway-3:8443', '9090'],
+    ]);
   });
 
   it('builds one image from the Dockerfile for the gateway, migrations and mocks', () => {
@@ -107,6 +144,16 @@ describe('compose.yaml', () => {
     const roles = JSON.stringify(services['roles']?.command);
     expect(roles).toContain('GRANT agent_gateway_runtime TO agent_gateway_demo_gateway');
     expect(roles).toContain('GRANT agent_gateway_admin TO agent_gateway_demo_admin');
+  });
+
+  it('demo/compose/gateway-fleet.toml loads with the replica from the environment', () => {
+    const cfg = loadConfig(path.join(repoRoot, 'demo', 'compose', 'gateway-fleet.toml'), {
+      AGENT_GATEWAY_DATABASE_URL: 'postgresql://u:p@postgres:5432/agent_gateway',
+      AGENT_GATEWAY_REPLICA_DATABASE_URL: 'postgresql://u:p@postgres-replica:5432/agent_gateway',
+    });
+    expect(cfg.policy.databaseUrl).toBe('postgresql://u:p@postgres:5432/agent_gateway');
+    expect(cfg.policy.replicaDatabaseUrls).toEqual(['postgresql://u:p@postgres-replica:5432/agent_gateway']);
+    expect(cfg.admin.listenAddr).toEqual({ host: '0.0.0.0', port: 9090 });
   });
 
   it.each(['gateway.toml', 'gateway-otel.toml'])(

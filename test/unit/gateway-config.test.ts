@@ -88,6 +88,7 @@ describe('gateway config: an original-style file', () => {
     expect(c.policy).toEqual({
       clientExtOid: '1.3.6.1.4.1.57264.1.1',
       databaseUrl: ENV.AGENT_GATEWAY_DATABASE_URL,
+      replicaDatabaseUrls: [],
       maxConnections: 5,
       connectTimeoutMs: 5000,
       poolAcquireTimeoutMs: 1000,

@@ -57,7 +57,7 @@ describe('sidecar flags', () => {
     const { run } = await parse(['--client-cert', cert, '--ca-cert', ca, '--pin-file', pin]);
     expect(run?.listen).toEqual({ kind: 'tcp', host: '127.0.0.1', port: 3128 });
     expect(run?.proxyToken).toBeUndefined();
-    expect(run?.gateway).toEqual({ host: '127.0.0.1', port: 8443 });
+    expect(run?.gateways).toEqual([{ host: '127.0.0.1', port: 8443 }]);
     expect(run?.gatewayName).toBeUndefined();
     expect(run?.identityOid).toBe('1.3.6.1.4.1.57264.1.1');
     expect(run?.tpm).toMatchObject({
@@ -77,6 +77,18 @@ describe('sidecar flags', () => {
     });
     expect(run?.tpm.tcti).toBe('tabrmd:bus_type=session');
     expect(run?.tpm.store).toBe('/var/lib/store');
+  });
+
+  it('keeps every --gateway, in order', async () => {
+    const base = ['--client-cert', cert, '--ca-cert', ca, '--pin-file', pin];
+    const { run } = await parse([...base, '--gateway', 'gw-a:8443', '--gateway', '[::1]:9443']);
+    expect(run?.gateways).toEqual([
+      { host: 'gw-a', port: 8443 },
+      { host: '::1', port: 9443 },
+    ]);
+    await expect(parse([...base, '--gateway', 'gw-a:8443', '--gateway', 'gw-b'])).rejects.toThrow(
+      /--gateway "gw-b" is not host:port/,
+    );
   });
 
   it('derives the key label from --tpm-key-handle unless given', async () => {
