@@ -166,7 +166,13 @@ export class LiveRevocation implements TunnelTracker {
   }
 
   track(tunnel: LiveTunnel): () => void {
-    const entry: TrackedTunnel = { tunnel, grant: tunnel.grant, done: false, unavailableSince: undefined };
+    const entry: TrackedTunnel = {
+      tunnel,
+      grant: tunnel.grant,
+      done: false,
+      unavailableSince: undefined,
+      cause: undefined,
+    };
     if (this.closed) return () => {};
     this.index.add(entry);
     this.expiry.schedule(entry, entry.grant.validUntil);
@@ -214,7 +220,11 @@ export class LiveRevocation implements TunnelTracker {
       this.scheduler.flushSoon();
       return;
     }
-    this.scheduler.markAll(this.index.affected(change));
+    // The change is kept on each tunnel it touches so that a tunnel it ends names it (end_detail,
+    // receipts: docs/contract.md "Receipts").
+    const affected = [...this.index.affected(change)];
+    for (const entry of affected) entry.cause = change;
+    this.scheduler.markAll(affected);
   }
 
   // ---- listener state and timers ------------------------------------------------------------------

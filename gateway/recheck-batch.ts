@@ -39,6 +39,8 @@ export type TrackedTunnel = {
   done: boolean;
   /** When a re-check of this tunnel first failed to reach the registry, since its last answer. */
   unavailableSince: Micros | undefined;
+  /** The last registry change that marked this tunnel for a re-check (named when it ends the tunnel). */
+  cause: RegistryChange | undefined;
 };
 
 /** 'change': a registry change, sweep or retry. 'expiry': the tunnels are at or past validUntil. */
@@ -131,7 +133,7 @@ export class RecheckBatch {
           `grant valid until ${formatTimestamp(entry.grant.validUntil)} ended (${why})`,
         );
       } else if (result.kind === 'deny') {
-        this.revoke(entry, result.reason, result.detail);
+        this.revoke(entry, result.reason, withCause(result.detail, entry.cause));
       } else {
         this.unconfirmed(entry, now, result.detail);
       }
@@ -157,6 +159,7 @@ export class RecheckBatch {
     const { authorizer, scheduler } = this.deps;
     scheduler.answered(entry);
     entry.unavailableSince = undefined;
+    entry.cause = undefined;
     const previous = entry.grant;
     authorizer.adoptGrant(grant, generation);
     entry.tunnel.grant = grant;
@@ -199,4 +202,14 @@ export class RecheckBatch {
       this.deps.logger.error({ tunnel_id: entry.tunnel.id, err: errorText(err) }, 'tunnel revoke() threw');
     }
   }
+}
+
+/** A denial's detail with the registry change that led to it: "revoked with the revoking change". */
+function withCause(detail: string, cause: RegistryChange | undefined): string {
+  if (cause === undefined) return detail;
+  const parts = [cause.table, cause.op];
+  if (cause.permissionId !== undefined) parts.push(`permission_id=${cause.permissionId}`);
+  if (cause.signingKeyId !== undefined) parts.push(`signing_key_id=${cause.signingKeyId}`);
+  if (cause.destination !== undefined) parts.push(`destination=${cause.destination}`);
+  return `${detail} (registry change: ${parts.filter((p) => p !== undefined).join(' ')})`;
 }

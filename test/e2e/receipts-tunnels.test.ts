@@ -339,8 +339,11 @@ describe('tunnel receipts: 100 CONNECTs through the real gateway, then receipts 
         dialled: [`127.0.0.1:${echo.port}`],
         end_reason: 'revoked',
       });
-      // The revoking change: the grant is gone (no_permission) or named revoked (permission_revoked).
-      expect(r.end_detail).toMatch(/no_permission|permission_revoked/);
+      // The revoking change: the re-check's denial and the registry change that caused it.
+      expect(r.end_detail).toMatch(/^(no_permission|permission_revoked): /);
+      expect(r.end_detail).toContain(
+        `(registry change: permission_registry UPDATE permission_id=${perms['revoked.test:443']} signing_key_id=org-alice)`,
+      );
       expect(r.bytes_up).toBeGreaterThan(0);
       expect(r.bytes_down).toBeGreaterThan(0);
       expect(r.bytes_down).toBeLessThanOrEqual(r.bytes_up);
