@@ -113,7 +113,7 @@ type Options = {
   keep: boolean;
 };
 
-const FIGURES = ['single', 'conc', 'latency', 'newconn', 'idle', 'scale', 'receipts'];
+const FIGURES = ['single', 'conc', 'latency', 'newconn', 'idle', 'scale', 'receipts', 'fleet'];
 
 function options(): Options {
   const { values } = parseArgs({
@@ -156,7 +156,7 @@ function options(): Options {
       'usage: npm run bench -- [--quick] [--reps N] [--single-mib N] [--conc-tunnels N] [--conc-mib N]\n' +
         '  [--conc-connections N] [--latency-count N] [--newconn-count N] [--idle-tunnels N] [--idle-cycles N]\n' +
         '  [--idle-per-connection N] [--settle-ms N] [--verify-mib N] [--lines a,b,c,d]\n' +
-        '  [--figures single,conc,latency,newconn,idle,scale,receipts] [--dirs up,down] [--gateway-workers N] [--gateway-log-level L]\n' +
+        '  [--figures single,conc,latency,newconn,idle,scale,receipts,fleet] [--dirs up,down] [--gateway-workers N] [--gateway-log-level L]\n' +
         '  [--scale-workers 1,2,...] [--scale-connections N]\n' +
         '  [--gateway-decision-cache on|off] [--gateway-node-args "..."] [--sidecar-node-args "..."]\n' +
         '  [--op-timeout-s N] [--max-minutes N]\n' +
@@ -1327,6 +1327,18 @@ async function main(): Promise<void> {
     if (o.keep) progress(`kept ${work} (logs, config, certificates)`);
     else rmSync(work, { recursive: true, force: true });
   }
+  if (o.figures.has('fleet')) fleetFigure();
+}
+
+/**
+ * Issue #18's figure (bench/fleet-lookups.ts, also `npm run bench:fleet`): uncached CONNECT→200 through
+ * 1, 2 and 3 gateways on a primary and a streaming replica. It starts its own clusters and gateways, so
+ * it runs after everything above has stopped, in a child whose table is printed in this run's output.
+ */
+function fleetFigure(): void {
+  progress('fleet: uncached CONNECT→200 with 1, 2 and 3 gateways, primary-only vs replica reads');
+  const script = fileURLToPath(new URL('./fleet-lookups.js', import.meta.url));
+  execFileSync(process.execPath, [script], { stdio: 'inherit' });
 }
 
 /** Line (d): swtpm + a TPM key provisioned by the sidecar itself, a grant for it, the sidecar. */
