@@ -12,9 +12,13 @@
  * per connection after a change costs a second statement (SELECT pg_last_wal_replay_lsn()).
  *
  * The primary unreachable: only while the change listener is down (while it is up, the primary is
- * answering) and a primary lookup has just failed to connect. Then no registry write can happen, so a
- * replica answers without a position; the state ends when the listener is back (changed() with
- * everything), which is also what re-reads the position and re-checks every tunnel.
+ * answering) and a primary query has just failed to connect. Then no registry write can happen, so a
+ * replica answers without a position. The state ends at the first primary query that succeeds: a probe of
+ * its WAL position on a backoff, any primary lookup or /readyz ping, or the listener coming back. Without
+ * the listener a replica is never used while the primary answers (no position can bound it).
+ *
+ * A replica must be a standby (pg_is_in_recovery()): checked at start, and again before one that could
+ * not be reached then is first used (Registry.checkSchema()).
  */
 import type { AccessRequest, Candidate } from '../core/policy.js';
 import { fetchReplicaCandidates, type Queryable } from '../core/registry-queries.js';
@@ -30,6 +34,8 @@ export type LookupSource = 'primary' | 'replica' | 'primary_fallback';
 /** One replica: its lookup lane, whether it may be asked, and each connection's confirmed position. */
 export class Replica {
   private unusableReason: string | undefined;
+  /** Not yet seen to be a standby (unreachable at start): the next probation asks that first. */
+  private unverified = false;
   private readonly backoff: BackoffTimeout;
   /** Per pg connection (one server each): the replay position an earlier statement saw. */
   private readonly confirmed = new WeakMap<object, bigint>();
@@ -42,7 +48,8 @@ export class Replica {
     this.backoff = new BackoffTimeout(
       () => {
         // Probation: the next lookup may try it again; a failure there backs off longer.
-        this.unusableReason = undefined;
+        if (this.unverified) void this.verify();
+        else this.unusableReason = undefined;
       },
       { initialDelayMs: 500, maxDelayMs: 30_000 },
     );
@@ -54,6 +61,42 @@ export class Replica {
 
   get problem(): string | undefined {
     return this.unusableReason;
+  }
+
+  /** pg_is_in_recovery() there: false for a primary or a promoted replica. Throws when it cannot be asked. */
+  isStandby(): Promise<boolean> {
+    return this.lane.withClient('replica_in_recovery', async (client) => {
+      const r = await client.query<{ r: boolean }>('SELECT pg_is_in_recovery() AS r');
+      return r.rows[0]?.r === true;
+    });
+  }
+
+  /** Unreachable at start: kept out until it answers, and then used only if it is a standby. */
+  unreachableAtStart(err: unknown): void {
+    this.unverified = true;
+    this.failed(err);
+  }
+
+  private async verify(): Promise<void> {
+    let standby: boolean;
+    try {
+      standby = await this.isStandby();
+    } catch (err) {
+      this.failed(err);
+      return;
+    }
+    this.unverified = false;
+    this.backoff.reset();
+    if (standby) {
+      this.unusableReason = undefined;
+      this.logger.info({ replica: this.name }, 'registry replica reachable: lookups may use it');
+      return;
+    }
+    this.unusableReason = 'not a standby (pg_is_in_recovery() is false)';
+    this.logger.error(
+      { replica: this.name },
+      'registry replica is not a standby (a primary or a promoted replica): it is never used until the gateway restarts',
+    );
   }
 
   /** Candidates when this replica has replayed `required` before the lookup's snapshot, else undefined. */
@@ -113,13 +156,21 @@ export class Replica {
   }
 }
 
+/** What the router needs of a replica (Replica; a stand-in in test/unit/registry-replicas.test.ts). */
+export type ReplicaSource = Pick<
+  Replica,
+  'name' | 'usable' | 'caughtUpCandidates' | 'anyCandidates' | 'succeeded' | 'failed' | 'close'
+>;
+
 export type LookupRouterOptions = {
-  readonly replicas: readonly Replica[];
+  readonly replicas: readonly ReplicaSource[];
   readonly primary: (request: AccessRequest, now: Micros) => Promise<Candidate[]>;
   /** pg_current_wal_insert_lsn()::text on the primary, off the lookup lane. */
   readonly primaryWalLsn: () => Promise<string>;
   readonly metrics?: GatewayMetrics | undefined;
   readonly logger: AuthorizationLogger;
+  /** First delay before the primary is asked again after it was found unreachable (default 500 ms). */
+  readonly probeInitialDelayMs?: number | undefined;
 };
 
 export class LookupRouter {
@@ -130,9 +181,15 @@ export class LookupRouter {
   /** Why the primary is unreachable, while the listener is down and a primary lookup failed to connect. */
   private primaryDown: string | undefined;
   private warnedBehind = false;
+  /** While the primary is down: when to ask it again (its WAL position, off the lookup path). */
+  private readonly probe: BackoffTimeout;
 
   constructor(private readonly opts: LookupRouterOptions) {
     this.position = new PrimaryWalPosition(opts.primaryWalLsn);
+    this.probe = new BackoffTimeout(() => void this.probePrimary(), {
+      initialDelayMs: opts.probeInitialDelayMs ?? 500,
+      maxDelayMs: 5_000,
+    });
     const by = (source: LookupSource) => opts.metrics?.registryLookups.labels({ source });
     this.counts = {
       primary: by('primary'),
@@ -151,6 +208,21 @@ export class LookupRouter {
   changed(): void {
     this.position.changed();
     if (this.primaryDown !== undefined && this.listening()) this.setPrimaryDown(undefined);
+  }
+
+  /** A query to the primary succeeded: it is reachable (ends the degraded state). */
+  primaryAnswered(): void {
+    if (this.primaryDown !== undefined) this.setPrimaryDown(undefined);
+  }
+
+  /**
+   * A query to the primary failed. True when that makes (or keeps) it unreachable: it could not be
+   * reached at all and the listener is down (while the listener is up the primary is answering it).
+   */
+  primaryFailed(err: unknown): boolean {
+    if (!unreachable(err) || this.listening()) return false;
+    if (this.primaryDown === undefined) this.setPrimaryDown(errorText(err));
+    return true;
   }
 
   /** The primary's position now (at start, so the first replica lookup need not wait for it). */
@@ -197,9 +269,7 @@ export class LookupRouter {
       try {
         return await this.fromPrimary('primary', request, now);
       } catch (err) {
-        if (!unreachable(err)) throw err;
-        if (this.listening()) throw err;
-        this.setPrimaryDown(errorText(err));
+        if (!this.primaryFailed(err)) throw err;
       }
     }
     let lastError: unknown;
@@ -224,11 +294,12 @@ export class LookupRouter {
   private async fromPrimary(source: LookupSource, request: AccessRequest, now: Micros): Promise<Candidate[]> {
     const candidates = await this.opts.primary(request, now);
     this.counts[source]?.inc();
+    this.primaryAnswered();
     return candidates;
   }
 
   /** Round robin over the usable replicas. */
-  private pick(): Replica | undefined {
+  private pick(): ReplicaSource | undefined {
     const { replicas } = this.opts;
     for (let i = 0; i < replicas.length; i++) {
       const replica = replicas[(this.next + i) % replicas.length]!;
@@ -244,6 +315,11 @@ export class LookupRouter {
     this.primaryDown = reason;
     this.warnedBehind = false;
     this.opts.metrics?.degraded.set(reason === undefined ? 0 : 1);
+    if (reason === undefined) this.probe.stop();
+    else {
+      this.probe.reset();
+      this.probe.runOnce();
+    }
     if (reason === undefined)
       this.opts.logger.info(
         {},
@@ -256,8 +332,20 @@ export class LookupRouter {
       );
   }
 
+  /** Ask the primary for its WAL position; an answer ends the state, a failure asks again later. */
+  private async probePrimary(): Promise<void> {
+    if (this.primaryDown === undefined) return;
+    try {
+      this.position.changed();
+      await this.position.required();
+      this.primaryAnswered();
+    } catch {
+      if (this.primaryDown !== undefined) this.probe.runOnce();
+    }
+  }
+
   /** A replica answering for a dead primary from before the last change the gateway heard of. */
-  private noteBehind(replica: Replica, replay: bigint): void {
+  private noteBehind(replica: ReplicaSource, replay: bigint): void {
     const last = this.position.last;
     if (this.warnedBehind || last === undefined || replay >= last) return;
     this.warnedBehind = true;
@@ -268,6 +356,7 @@ export class LookupRouter {
   }
 
   close(): Promise<void> {
+    this.probe.stop();
     return Promise.all(this.opts.replicas.map((r) => r.close())).then(() => undefined);
   }
 }

@@ -208,6 +208,7 @@ export class Registry {
         `registry schema version ${version} is not one this gateway knows (1..${latest}); upgrade the gateway before migrating the registry`,
       );
     }
+    await this.checkReplicas();
     const notifications = version >= NOTIFY_SCHEMA_VERSION;
     if (!notifications) {
       this.logger.warn(
@@ -219,37 +220,65 @@ export class Registry {
   }
 
   /**
+   * A replica URL must name a standby (docs/contract.md "Replicas"): one that is not would cost every
+   * lookup a replica and a primary query. One that cannot be reached now is kept out until it answers.
+   */
+  private async checkReplicas(): Promise<void> {
+    for (const [i, replica] of this.replicas.entries()) {
+      let standby: boolean;
+      try {
+        standby = await replica.isStandby();
+      } catch (err) {
+        this.logger.warn(
+          { replica: replica.name, err: errorText(err) },
+          'registry replica unreachable at start: kept out of lookups until it answers and is a standby',
+        );
+        replica.unreachableAtStart(err);
+        continue;
+      }
+      if (!standby)
+        throw new RegistrySchemaError(
+          `policy.replica_database_url[${i}] (${replica.name}; replica_database_url_env entries count after replica_database_url's) is not a standby: pg_is_in_recovery() is false there (a primary, or a promoted replica); point it at a streaming replica or remove it`,
+        );
+    }
+  }
+
+  /**
    * For /readyz: a round trip plus a schema version this build still accepts. Never throws. On the
-   * recheck lane, so a CONNECT flood that fills the lookup lane does not also fail readiness.
+   * recheck lane, so a CONNECT flood that fills the lookup lane does not also fail readiness. Whether it
+   * is degraded is the lookup router's state (agent_gateway_degraded), which this ping feeds too.
    */
   async ping(): Promise<PingResult> {
     const primary = await this.pingLane(this.lanes.recheck);
-    const degraded = this.router.degraded;
-    if (primary.ok) return degraded === undefined ? primary : { ...primary, degraded };
-    // The primary is gone: still ready (agents keep connecting) as long as a replica answers.
-    for (const replica of this.replicas) {
-      const r = await this.pingLane(replica.lane);
-      if (r.ok)
-        return {
-          ...r,
-          degraded: `registry primary unreachable (${primary.error}); lookups answered by ${replica.name}`,
-        };
+    if (primary.ok) {
+      this.router.primaryAnswered();
+      return primary;
     }
-    return primary;
+    if (!this.router.primaryFailed(primary.cause)) return { ok: false, error: primary.error };
+    // The primary is unreachable: still ready (agents keep connecting) as long as a replica answers.
+    for (const replica of this.replicas) {
+      if (!replica.usable) continue;
+      const r = await this.pingLane(replica.lane);
+      if (r.ok) return { ok: true, version: r.version, degraded: this.router.degraded };
+    }
+    return { ok: false, error: primary.error };
   }
 
-  private async pingLane(lane: RegistryLane): Promise<PingResult> {
+  private async pingLane(
+    lane: RegistryLane,
+  ): Promise<{ ok: true; version: number } | { ok: false; error: string; cause: unknown }> {
     try {
       const version = await lane.withClient('ping', async (c) => {
         await c.query('SELECT 1');
         return fetchSchemaVersion(c);
       });
       if (version < 1 || version > this.opts.latestKnownVersion) {
-        return { ok: false, error: `schema version ${version} outside 1..${this.opts.latestKnownVersion}` };
+        const error = `schema version ${version} outside 1..${this.opts.latestKnownVersion}`;
+        return { ok: false, error, cause: new Error(error) };
       }
       return { ok: true, version };
     } catch (err) {
-      return { ok: false, error: errorText(err) };
+      return { ok: false, error: errorText(err), cause: err };
     }
   }
 

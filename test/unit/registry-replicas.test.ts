@@ -1,8 +1,13 @@
-// Replica reads (docs/contract.md "Replicas"): the config keys, pg_lsn parsing, and which primary WAL
-// position a replica answer must have reached (read again after every batch of registry changes).
+// Replica reads (docs/contract.md "Replicas"): the config keys, pg_lsn parsing, which primary WAL
+// position a replica answer must have reached (read again after every batch of registry changes), and
+// the lookup router's primary-unreachable state, which must end when the primary answers again.
 import { parse as parseToml } from 'smol-toml';
 import { describe, expect, it } from 'vitest';
+import type { AccessRequest, Candidate } from '../../core/policy.js';
+import type { Micros } from '../../core/timestamp.js';
 import { ConfigError, parseConfig } from '../../gateway/config.js';
+import { RegistryUnavailableError, silentLogger } from '../../gateway/registry-errors.js';
+import { LookupRouter, type ReplicaSource } from '../../gateway/registry-replicas.js';
 import { PrimaryWalPosition, parseLsn } from '../../gateway/registry-wal-position.js';
 
 const BASE = `
@@ -107,5 +112,91 @@ describe('PrimaryWalPosition', () => {
     await expect(pos.required()).rejects.toThrow(/ECONNREFUSED/);
     fail = false;
     expect(await pos.required()).toBe(0x100000000n);
+  });
+});
+
+describe('LookupRouter without the change listener (schema < 3, or LISTEN not back)', () => {
+  const request: AccessRequest = { identity: 'a', spkiDer: Buffer.alloc(1), destination: 'x.test:443' };
+  const fromPrimary = [{ from: 'primary' }] as unknown as Candidate[];
+  const fromReplica = [{ from: 'replica' }] as unknown as Candidate[];
+
+  function setUp() {
+    const state = { primaryUp: true, primaryCalls: 0, replicaCalls: 0 };
+    const down = () => new RegistryUnavailableError('connect', 'connect ECONNREFUSED 127.0.0.1:5432');
+    const replica: ReplicaSource = {
+      name: 'replica_1',
+      usable: true,
+      caughtUpCandidates: async () => {
+        throw new Error('no position can be required without the listener');
+      },
+      anyCandidates: async () => {
+        state.replicaCalls++;
+        return { candidates: fromReplica, replay: 0n };
+      },
+      succeeded() {},
+      failed() {},
+      close: async () => {},
+    };
+    const router = new LookupRouter({
+      replicas: [replica],
+      primary: async () => {
+        state.primaryCalls++;
+        if (!state.primaryUp) throw down();
+        return fromPrimary;
+      },
+      primaryWalLsn: async () => {
+        if (!state.primaryUp) throw down();
+        return '0/10';
+      },
+      logger: silentLogger,
+      probeInitialDelayMs: 20,
+    });
+    router.setListening(() => false);
+    return { state, router, lookup: () => router.activeCandidates(request, 0n as Micros) };
+  }
+
+  it('asks the primary while it answers; a replica only once it cannot be reached', async () => {
+    const { state, router, lookup } = setUp();
+    expect(await lookup()).toBe(fromPrimary);
+    expect(state.replicaCalls).toBe(0);
+    expect(router.degraded).toBeUndefined();
+    state.primaryUp = false;
+    expect(await lookup()).toBe(fromReplica);
+    expect(router.degraded).toMatch(/registry primary unreachable: .*ECONNREFUSED/);
+    // In the state, lookups do not wait for the primary first.
+    const calls = state.primaryCalls;
+    expect(await lookup()).toBe(fromReplica);
+    expect(state.primaryCalls).toBe(calls);
+    await router.close();
+  });
+
+  it('the state ends when the primary answers a probe, with the listener still down', async () => {
+    const { state, router, lookup } = setUp();
+    state.primaryUp = false;
+    expect(await lookup()).toBe(fromReplica);
+    await new Promise((r) => setTimeout(r, 100));
+    // Still down: probes failed and keep the state.
+    expect(router.degraded).toBeDefined();
+    state.primaryUp = true;
+    await expect.poll(() => router.degraded, { timeout: 2000 }).toBeUndefined();
+    const replicaCalls = state.replicaCalls;
+    expect(await lookup()).toBe(fromPrimary);
+    expect(state.replicaCalls).toBe(replicaCalls);
+    await router.close();
+  });
+
+  it('only a primary that cannot be reached at all starts the state; with the listener up, never', async () => {
+    const { router } = setUp();
+    expect(router.primaryFailed(new RegistryUnavailableError('query', 'syntax error'))).toBe(false);
+    expect(router.primaryFailed(new RegistryUnavailableError('query_timeout', 'slow'))).toBe(false);
+    expect(router.degraded).toBeUndefined();
+    router.setListening(() => true);
+    expect(router.primaryFailed(new RegistryUnavailableError('connect', 'ECONNREFUSED'))).toBe(false);
+    router.setListening(() => false);
+    expect(router.primaryFailed(new RegistryUnavailableError('acquire_timeout', 'no connection'))).toBe(true);
+    expect(router.degraded).toMatch(/no connection/);
+    router.primaryAnswered();
+    expect(router.degraded).toBeUndefined();
+    await router.close();
   });
 });
