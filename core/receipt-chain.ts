@@ -1,8 +1,9 @@
 /**
  * Offline verification of receipt files (docs/contract.md "Receipts"): each line decodes, each chain's
  * seq counts up by one and each `prev` is the hash of the line before it, each checkpoint is signed by
- * the gateway's receipt key, and every record is covered by a later checkpoint. Pure: the caller reads
- * the files and the key. What a receipt says about the registry is checked elsewhere
+ * the gateway's receipt key, every record is covered by a later checkpoint, and each chain is whole: it
+ * starts at GENESIS_PREV and ends in a `stop` checkpoint, unless the auditor allows an open head or tail
+ * (VerifyOptions). Pure: the caller reads the files and the key. What a receipt says about the registry is checked elsewhere
  * (registry-cli/receipt-permissions.ts); this module finds what was deleted, reordered or edited.
  */
 import type { KeyObject } from 'node:crypto';
@@ -27,6 +28,10 @@ export const VERIFY_REASONS = [
   'unknown_key',
   'unsigned',
   'torn_line',
+  'open_head',
+  'open_end',
+  'empty_file',
+  'no_records',
   'permission_missing',
   'permission_mismatch',
   'permission_signature_invalid',
@@ -36,18 +41,35 @@ export type VerifyReason = (typeof VERIFY_REASONS)[number];
 
 export type ReceiptFile = { readonly name: string; readonly bytes: Buffer };
 
-/** Where a line is: file name, 1-based line number, and its seq when one can be read. */
+/**
+ * Where a line is: file name, 1-based line number, and its seq when one can be read. Line 0 is the file
+ * as a whole; file '' the files given as a whole.
+ */
 export type Location = { readonly file: string; readonly line: number; readonly seq: number | null };
 
 export type Located<R extends Receipt = Receipt> = Location & { readonly raw: string; readonly receipt: R };
 
 export type Finding = Location & { readonly reason: VerifyReason; readonly detail: string };
 
+/** The command-line option that accepts a finding instead of failing on it. */
+export type Allowance = '--allow-open-head' | '--allow-open-tail';
+
+/** What an auditor of a slice of the files, or of a running gateway, accepts (docs/contract.md "Verifier"). */
+export type VerifyOptions = {
+  /** A chain may start after GENESIS_PREV: its earlier files were not given. */
+  readonly allowOpenHead?: boolean;
+  /**
+   * Records after the last valid checkpoint of a chain that has one, and a chain that ends at a checkpoint
+   * other than `stop`: the gateway is still writing.
+   */
+  readonly allowOpenTail?: boolean;
+};
+
 /** In the order the walk met them, so a report reads top to bottom like the files. */
 export type ChainEvent =
   | { readonly type: 'problem'; readonly finding: Finding }
-  | { readonly type: 'gap'; readonly gap: Located<GapReceipt> }
-  | { readonly type: 'note'; readonly text: string };
+  | { readonly type: 'accepted'; readonly finding: Finding; readonly by: Allowance }
+  | { readonly type: 'gap'; readonly gap: Located<GapReceipt> };
 
 export type ChainReport = {
   readonly events: readonly ChainEvent[];
@@ -65,7 +87,11 @@ type Line = Location & { readonly raw: string; readonly receipt: Receipt | null;
 
 type ParsedFile = { readonly name: string; readonly lines: readonly Line[]; readonly torn: Finding | null };
 
-export function verifyReceiptChains(files: readonly ReceiptFile[], key: ReceiptKey): ChainReport {
+export function verifyReceiptChains(
+  files: readonly ReceiptFile[],
+  key: ReceiptKey,
+  options: VerifyOptions = {},
+): ChainReport {
   const events: ChainEvent[] = [];
   const records: Located[] = [];
   const parsed = files.map(parseFile);
@@ -85,11 +111,24 @@ export function verifyReceiptChains(files: readonly ReceiptFile[], key: ReceiptK
     const chainFiles = chains
       .get(gateway)!
       .sort((a, b) => firstSeq(a) - firstSeq(b) || a.name.localeCompare(b.name));
-    walkChain(gateway, chainFiles, key, events, records);
+    walkChain(gateway, chainFiles, key, options, events, records);
   }
+  const problem = (finding: Finding) => events.push({ type: 'problem', finding });
   for (const f of orphans) {
-    for (const l of f.lines) if (l.bad) events.push({ type: 'problem', finding: l.bad });
-    if (f.torn) events.push({ type: 'problem', finding: f.torn });
+    for (const l of f.lines) if (l.bad) problem(l.bad);
+    if (f.torn) problem(f.torn);
+    // Truncating a file to nothing must not read as "nothing wrong".
+    if (f.lines.length === 0 && f.torn === null)
+      problem({ file: f.name, line: 0, seq: null, reason: 'empty_file', detail: 'the file holds no record' });
+  }
+  if (records.length === 0) {
+    problem({
+      file: '',
+      line: 0,
+      seq: null,
+      reason: 'no_records',
+      detail: `no receipt record in the ${files.length} file(s) given: nothing was verified`,
+    });
   }
   return { events, records, lines, chains: chains.size };
 }
@@ -100,22 +139,29 @@ function walkChain(
   gateway: string,
   files: readonly ParsedFile[],
   key: ReceiptKey,
+  options: VerifyOptions,
   events: ChainEvent[],
   records: Located[],
 ): void {
-  const problem = (at: Location, reason: VerifyReason, detail: string) =>
-    events.push({ type: 'problem', finding: { ...at, reason, detail } });
+  const problem = (at: Location, reason: VerifyReason, detail: string, acceptedBy?: Allowance) => {
+    const finding = { ...at, reason, detail };
+    events.push(
+      acceptedBy === undefined ? { type: 'problem', finding } : { type: 'accepted', finding, by: acceptedBy },
+    );
+  };
   // Each seq's line as read (the last one, for a duplicate): a record's prev must be the hash of its
   // predecessor's, wherever that line stands, so a swap names the swapped lines and not the ones after.
   const bySeq = new Map<number, Previous>();
   let maxSeq: number | null = null;
-  let lastCheckpoint: Location | null = null;
+  let lastCheckpoint: Line | null = null;
+  // The chain's last line, decoded or not: how the chain ends.
   let last: Line | null = null;
   // Records no valid checkpoint has vouched for yet.
   let uncovered: Line[] = [];
   for (const file of files) {
     for (const line of file.lines) {
       const r = line.receipt;
+      last = line;
       if (r === null) {
         events.push({ type: 'problem', finding: line.bad! });
         // An unreadable seq most likely took the next number: guessing so reports only this line.
@@ -129,10 +175,12 @@ function walkChain(
       records.push({ file: line.file, line: line.line, seq: r.seq, raw: line.raw, receipt: r });
       if (maxSeq === null) {
         if (r.prev !== GENESIS_PREV) {
-          events.push({
-            type: 'note',
-            text: `${gateway}: chain starts at seq ${r.seq} (${line.file}:${line.line}); the records before it were not given`,
-          });
+          problem(
+            line,
+            'open_head',
+            `the chain of ${gateway} starts at seq ${r.seq}, not at GENESIS_PREV: the records before it were not given, or were removed`,
+            options.allowOpenHead === true ? '--allow-open-head' : undefined,
+          );
         } else if (r.seq !== 1) {
           problem(
             line,
@@ -181,26 +229,36 @@ function walkChain(
       }
       if (r.kind === 'gap') events.push({ type: 'gap', gap: { ...line, seq: r.seq, receipt: r } });
       bySeq.set(r.seq, { raw: line.raw, at: line, bad: false });
-      last = line;
       maxSeq = Math.max(maxSeq ?? r.seq, r.seq);
     }
     if (file.torn) events.push({ type: 'problem', finding: file.torn });
   }
+  // Only records after a valid checkpoint can be a tail still being written: a chain no signature
+  // vouches for at all is the gateway's word nowhere, whatever the auditor allows.
+  const openTail = lastCheckpoint !== null && options.allowOpenTail === true;
   const after =
     lastCheckpoint === null
-      ? 'no valid checkpoint in the chain'
+      ? `no valid checkpoint in the chain${options.allowOpenTail === true ? ' (--allow-open-tail accepts only records after one)' : ''}`
       : `after the last valid checkpoint (${where(lastCheckpoint)})`;
-  for (const line of uncovered) problem(line, 'unsigned', `${after}: no signature covers this record`);
-  // Records cut off after a checkpoint leave nothing to detect in the file itself: say how the chain ends
-  // when it is not a clean stop, so a reader knows the tail is the gateway's word only up to here.
+  for (const line of uncovered)
+    problem(
+      line,
+      'unsigned',
+      `${after}: no signature covers this record`,
+      openTail ? '--allow-open-tail' : undefined,
+    );
+  // Records cut off after a checkpoint leave nothing to detect in the file itself: a chain is whole only
+  // when it ends in a clean stop (whole later runs removed after one still cannot be seen: the contract
+  // tells the auditor to compare the last seq with the gateway's own).
   const end = last?.receipt;
-  if (last !== null && end?.kind === 'checkpoint' && end.cause !== 'stop' && uncovered.length === 0) {
-    events.push({
-      type: 'note',
-      text:
-        `${gateway}: chain ends at seq ${end.seq} (${last.file}:${last.line}) with a checkpoint of cause ${end.cause}, ` +
-        `not stop: ${end.cause === 'rotate' ? 'the next file was not given' : 'the gateway was still writing'}, or records after it were removed`,
-    });
+  if (last !== null && last === lastCheckpoint && end?.kind === 'checkpoint' && end.cause !== 'stop') {
+    problem(
+      last,
+      'open_end',
+      `the chain of ${gateway} ends with a checkpoint of cause ${end.cause}, not stop: ` +
+        `${end.cause === 'rotate' ? 'the next file was not given' : 'the gateway was still writing'}, or records after it were removed`,
+      options.allowOpenTail === true ? '--allow-open-tail' : undefined,
+    );
   }
 }
 
@@ -269,8 +327,9 @@ function parseLine(file: string, line: number, bytes: Buffer): Line {
   }
 }
 
-/** `<file>:<line> seq <n>: <reason>: <detail>`, the verifier's line for a finding. */
+/** `<file>:<line> seq <n>: <reason>: <detail>` (`<file>: …` for a whole file), the verifier's line for a finding. */
 export function formatFinding(f: Finding): string {
+  if (f.line === 0) return `${f.file === '' ? '' : `${f.file}: `}${f.reason}: ${f.detail}`;
   return `${f.file}:${f.line} seq ${f.seq ?? '?'}: ${f.reason}: ${f.detail}`;
 }
 

@@ -11,7 +11,8 @@ import { InvalidTimestampError, parseTimestamp } from './timestamp.js';
 export const GATEWAY_ID = /^[A-Za-z0-9._-]{1,64}$/;
 const SHA256_HEX = /^[0-9a-f]{64}$/;
 const TRACE_ID = /^[0-9a-f]{32}$/;
-const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
+/** Padded base64 as Buffer.toString('base64') writes it: whole 4-character groups, `=` only at the end. */
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{2}==)$/;
 
 export const TUNNEL_DECISIONS = ['allow', 'observe', 'deny'] as const;
 export const GAP_REASONS = ['unclean_stop', 'torn_line', 'dropped'] as const;

@@ -28,6 +28,11 @@ export function receiptToOcsf(r: TunnelReceipt): OcsfEvent {
   const dst = r.destination === null ? null : parseHostPort(r.destination);
   const lastDialled = r.dialled.at(-1);
   const dialled = lastDialled === undefined ? null : parseHostPort(lastDialled);
+  const dstEndpoint = compact({
+    hostname: dst?.ok ? dst.value.host : null,
+    port: dst?.ok ? dst.value.port : null,
+    ip: dialled?.ok ? dialled.value.host : null,
+  });
   return compact({
     class_uid: NETWORK_ACTIVITY,
     class_name: 'Network Activity',
@@ -50,11 +55,8 @@ export function receiptToOcsf(r: TunnelReceipt): OcsfEvent {
     status_detail: r.deny_reason,
     actor: r.source_identity === null ? null : { user: { name: r.source_identity } },
     src_endpoint: src.ok ? { ip: src.value.host, port: src.value.port } : null,
-    dst_endpoint: compact({
-      hostname: dst?.ok ? dst.value.host : null,
-      port: dst?.ok ? dst.value.port : null,
-      ip: dialled?.ok ? dialled.value.host : null,
-    }),
+    // A deny whose authority did not normalize has no destination: no endpoint rather than an empty one.
+    dst_endpoint: Object.keys(dstEndpoint).length === 0 ? null : dstEndpoint,
     traffic: { bytes_out: r.bytes_up, bytes_in: r.bytes_down, bytes: r.bytes_up + r.bytes_down },
     connection_info: { protocol_name: 'tcp', direction_id: 2, direction: 'Outbound' },
     metadata: compact({

@@ -1067,7 +1067,7 @@ cmd_receipts() {
   [ "${#files[@]}" -gt 0 ] || die "no receipt files in $dir"
   info ""
   info "2. Verify the chain, its signatures and every grant against the registry (the gateway is running, so"
-  info "   its newest records may not be signed yet: --allow-open-tail):"
+  info "   its newest records may not be signed yet and the chain has no stop checkpoint: --allow-open-tail):"
   info "   \$ agent_gateway_registry receipts verify ${files[*]#"$STATE_DIR/"} --gateway-key receipts.pub.pem --registry … --allow-open-tail"
   node "$cli" receipts verify "${files[@]}" --gateway-key "$pub" --registry "$(state_get DB_ADMIN_URL)" \
     --allow-open-tail 2>&1 | sed 's/^/   /' >&2 || rc=1

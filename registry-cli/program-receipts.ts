@@ -16,8 +16,11 @@ const VERIFY_HELP = `
 Exit status: 0 every receipt holds; 1 a problem was found (each printed as
   <file>:<line> seq <n>: <reason>: <detail>); 2 usage or environment error.
 Reasons: bad_json, not_canonical, seq_break, chain_break, bad_signature, unknown_key, unsigned,
-  torn_line, permission_missing, permission_mismatch, permission_signature_invalid, not_authorized_then
-  (docs/contract.md "Receipts"). Gap records print as "gap:" lines: named, not failures.`;
+  torn_line, open_head, open_end, empty_file, no_records, permission_missing, permission_mismatch,
+  permission_signature_invalid, not_authorized_then (docs/contract.md "Receipts"). Gap records print as
+  "gap:" lines: named, not failures. A chain must start at its first record ever and end in a stop
+  checkpoint; removing whole runs after a stop cannot be seen in the files: compare the last seq with the
+  gateway's agent_gateway_receipts_last_seq.`;
 
 type Filters = { identity?: string; destination?: string; since?: string; until?: string };
 
@@ -59,8 +62,13 @@ export function addReceiptCommands(
       )
       .option('--registry-dump <FILE>', 'check permissions against a `registry dump` file')
       .option(
+        '--allow-open-head',
+        "accept a chain that starts after its first record (open_head, still printed): a slice of a chain's files",
+      )
+      .option(
         '--allow-open-tail',
-        'accept records after the last checkpoint (still printed): a file being written',
+        'accept records after the last valid checkpoint of a chain that has one, and a chain ending at a ' +
+          'checkpoint other than stop (unsigned, open_end, still printed): a gateway still writing',
       ),
     'judge permissions with this root',
   )
@@ -72,6 +80,7 @@ export function addReceiptCommands(
           gatewayKey: string;
           registry?: string | true;
           registryDump?: string;
+          allowOpenHead?: boolean;
           allowOpenTail?: boolean;
         },
       ) =>
@@ -81,6 +90,7 @@ export function addReceiptCommands(
             gatewayKey: o.gatewayKey,
             registry: o.registry,
             registryDump: o.registryDump,
+            allowOpenHead: o.allowOpenHead === true,
             allowOpenTail: o.allowOpenTail === true,
             roots: loadTrustRoots(o),
           }),

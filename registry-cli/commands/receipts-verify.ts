@@ -1,9 +1,10 @@
 /**
- * receipts verify FILES… --gateway-key PEM [--registry [URL] | --registry-dump FILE] [--allow-open-tail]
+ * receipts verify FILES… --gateway-key PEM [--registry [URL] | --registry-dump FILE] [--allow-open-head]
+ * [--allow-open-tail]
  * (docs/contract.md "Receipts", verifier reasons): the chains and checkpoint signatures
  * (core/receipt-chain.ts), then, with a registry or a dump, every allowed receipt's permission
  * (registry-cli/receipt-permissions.ts). Prints each problem as `<file>:<line> seq <n>: <reason>:
- * <detail>`, gaps and notes as they come, and a summary; exit 0 only when everything holds.
+ * <detail>`, gaps and accepted findings as they come, and a summary; exit 0 only when everything holds.
  */
 import { readFileSync } from 'node:fs';
 import { p256PublicKey } from '../../core/ecdsa.js';
@@ -31,6 +32,7 @@ export type VerifyReceiptsOptions = {
   /** true: the database of the environment; a string: that URL. */
   readonly registry?: string | true | undefined;
   readonly registryDump?: string | undefined;
+  readonly allowOpenHead: boolean;
   readonly allowOpenTail: boolean;
   readonly roots: TrustRoots;
 };
@@ -55,13 +57,14 @@ export async function verifyReceipts(ctx: CommandContext, opts: VerifyReceiptsOp
   });
   const dump = await loadRegistry(ctx, opts);
 
-  const report = verifyReceiptChains(files, key);
+  const report = verifyReceiptChains(files, key, {
+    allowOpenHead: opts.allowOpenHead,
+    allowOpenTail: opts.allowOpenTail,
+  });
   let problems = 0;
   for (const e of report.events) {
     if (e.type === 'gap') ctx.io.out(formatGap(e.gap));
-    else if (e.type === 'note') ctx.io.out(`note: ${e.text}`);
-    else if (e.finding.reason === 'unsigned' && opts.allowOpenTail)
-      ctx.io.out(`${formatFinding(e.finding)} (accepted: --allow-open-tail)`);
+    else if (e.type === 'accepted') ctx.io.out(`${formatFinding(e.finding)} (accepted: ${e.by})`);
     else {
       ctx.io.out(formatFinding(e.finding));
       problems += 1;

@@ -1,7 +1,10 @@
 // docs/contract.md "Receipts": decodeReceipt refuses a line whose keys are right but whose values are not
 // what a gateway writes (core/receipt-fields.ts), naming the field.
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { decodeReceipt, encodeReceipt, type Receipt } from '../../core/receipt-format.js';
+import { repoRoot } from '../../dev-support/repo-root.js';
 import { chainLines, testKey, tunnelFields } from './fixtures/receipts.js';
 
 const key = testKey();
@@ -37,6 +40,11 @@ describe('receipt field values', () => {
     expect(() => decodeReceipt(withField(tunnel, name, value))).toThrow(message);
   });
 
+  it('padded base64 of every length decodes', () => {
+    for (const sig of ['MEUCIQ==', 'MEUCIQA=', 'MEUCIQAB', Buffer.from('x'.repeat(71)).toString('base64')])
+      expect(decodeReceipt(withField(checkpoint, 'sig', sig)).kind).toBe('checkpoint');
+  });
+
   it('a deny needs its reason', () => {
     const deny = { ...tunnel, decision: 'deny', deny_reason: null } as unknown as Receipt;
     expect(() => decodeReceipt(encodeReceipt(deny))).toThrow(/a deny without deny_reason/);
@@ -46,6 +54,12 @@ describe('receipt field values', () => {
     ['cause', 'whim', /cause is not one of count, interval, rotate, stop/],
     ['key_id', 'k1', /key_id is not a lowercase hex SHA-256/],
     ['sig', 'not base64!', /sig is not base64/],
+    // Base64 comes in whole 4-character groups, `=` only to pad the last one.
+    ['sig', 'MEUCIQ', /sig is not base64/],
+    ['sig', 'MEUCIQ=', /sig is not base64/],
+    ['sig', 'MEUCIQ===', /sig is not base64/],
+    ['sig', 'ME=UCIQ=', /sig is not base64/],
+    ['sig', '', /sig is not base64/],
     ['at', null, /at is not a timestamp/],
   ])('checkpoint %s = %j is refused', (name, value, message) => {
     expect(() => decodeReceipt(withField(checkpoint, name, value))).toThrow(message);
@@ -67,5 +81,10 @@ describe('receipt field values', () => {
     expect(decodeReceipt(encodeReceipt(gap)).kind).toBe('gap');
     expect(() => decodeReceipt(withField(gap, 'reason', 'oops'))).toThrow(/reason is not one of/);
     expect(() => decodeReceipt(withField(gap, 'lost_receipts', -2))).toThrow(/lost_receipts is not/);
+    // docs/contract.md: lost_receipts is a non-negative integer (a dropped count) or null.
+    expect(decodeReceipt(withField(gap, 'lost_receipts', 5)).kind).toBe('gap');
+    expect(() => decodeReceipt(withField(gap, 'lost_receipts', 1.5))).toThrow(/lost_receipts is not/);
+    const contract = readFileSync(path.join(repoRoot, 'docs', 'contract.md'), 'utf8');
+    expect(contract).toContain('`lost_receipts` a non-negative integer or null');
   });
 });

@@ -1,8 +1,11 @@
 // docs/contract.md "Receipts", OCSF mapping (core/receipt-ocsf.ts): an allowed tunnel and a denied CONNECT
 // as OCSF 1.3.0 Network Activity events, field by field.
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { TunnelReceipt } from '../../core/receipt-format.js';
 import { receiptToOcsf } from '../../core/receipt-ocsf.js';
+import { repoRoot } from '../../dev-support/repo-root.js';
 import { tunnelFields } from './fixtures/receipts.js';
 
 const allow: TunnelReceipt = {
@@ -85,5 +88,54 @@ describe('receipt → OCSF Network Activity', () => {
     expect(e['dst_endpoint']).not.toHaveProperty('ip');
     expect(e['unmapped']).not.toHaveProperty('permission_id');
     expect(e['metadata']).not.toHaveProperty('correlation_uid');
+  });
+
+  it('a deny with no destination and nothing dialled has no dst_endpoint rather than an empty one', () => {
+    const e = receiptToOcsf({
+      ...allow,
+      decision: 'deny',
+      deny_reason: 'bad_authority',
+      authority: 'not a host',
+      destination: null,
+      dialled: [],
+    });
+    expect(e).not.toHaveProperty('dst_endpoint');
+    expect(e['unmapped']).toMatchObject({ authority: 'not a host' });
+  });
+
+  it('every attribute it writes is in the mapping table of docs/contract.md', () => {
+    const contract = readFileSync(path.join(repoRoot, 'docs', 'contract.md'), 'utf8');
+    const section = contract.slice(contract.indexOf('### OCSF export'));
+    const rows = section
+      .slice(0, section.indexOf('\n### '))
+      .split('\n')
+      .filter((l) => l.startsWith('| `'))
+      .map((l) => l.split(' | '));
+    // A leaf is named by its path in the first column (`a.b`, or `.b` after a sibling `a.x`), or by its
+    // name in the second column of the row of one of its parents (`metadata.product` | `name` …).
+    const named = (p: string) => {
+      const parts = p.split('.');
+      const leaf = parts.at(-1)!;
+      const parent = parts.slice(0, -1).join('.');
+      return rows.some(([attr = '', value = '']) => {
+        if (attr.includes(`\`${p}\``)) return true;
+        if (parent !== '' && attr.includes(`\`${parent}.`) && attr.includes(`\`.${leaf}\``)) return true;
+        return parts
+          .slice(0, -1)
+          .some(
+            (_, i) =>
+              attr.includes(`| \`${parts.slice(0, i + 1).join('.')}\``) && value.includes(`\`${leaf}\``),
+          );
+      });
+    };
+    const leaves = (o: Record<string, unknown>, at: string): string[] =>
+      Object.entries(o).flatMap(([k, v]) =>
+        v !== null && typeof v === 'object' && !Array.isArray(v) && k !== 'unmapped'
+          ? leaves(v as Record<string, unknown>, `${at}${k}.`)
+          : [`${at}${k}`],
+      );
+    const all = leaves(receiptToOcsf(allow), '');
+    expect(all).toContain('connection_info.direction');
+    expect(all.filter((p) => !named(p))).toEqual([]);
   });
 });
