@@ -92,8 +92,12 @@ function allowReceipt(row: Row, opened: string): Omit<TunnelReceipt, 'seq' | 'pr
   };
 }
 
-/** Chain, checkpoint and write one receipt file; returns its path. */
-function writeReceipts(name: string, records: Omit<TunnelReceipt, 'seq' | 'prev' | 'gateway'>[]): string {
+/** Chain, checkpoint (cause `end`; none: no checkpoint) and write one receipt file; returns its path. */
+function writeReceipts(
+  name: string,
+  records: Omit<TunnelReceipt, 'seq' | 'prev' | 'gateway'>[],
+  end: 'stop' | 'count' | 'none' = 'stop',
+): string {
   const gateway = 'gw-e2e';
   let prev = GENESIS_PREV;
   const lines: string[] = [];
@@ -102,23 +106,26 @@ function writeReceipts(name: string, records: Omit<TunnelReceipt, 'seq' | 'prev'
     lines.push(line);
     prev = receiptHash(line);
   };
-  for (const [i, r] of records.entries()) push({ ...r, gateway, seq: i + 1, prev });
-  const cp: Omit<CheckpointReceipt, 'sig'> = {
-    v: 1,
-    kind: 'checkpoint',
-    gateway,
-    seq: records.length + 1,
-    at: records.at(-1)!.closed,
-    cause: 'stop',
-    key_id: keyId,
-    prev,
+  const pushCheckpoint = (cause: 'stop' | 'count') => {
+    const cp: Omit<CheckpointReceipt, 'sig'> = {
+      v: 1,
+      kind: 'checkpoint',
+      gateway,
+      seq: records.length + 1,
+      at: records.at(-1)!.closed,
+      cause,
+      key_id: keyId,
+      prev,
+    };
+    const sig = sign('sha256', checkpointSignedBytes(cp), { key: receiptKey.privateKey, dsaEncoding: 'der' });
+    push({ ...cp, sig: sig.toString('base64') });
   };
-  const sig = sign('sha256', checkpointSignedBytes(cp), { key: receiptKey.privateKey, dsaEncoding: 'der' });
-  push({ ...cp, sig: sig.toString('base64') });
+  for (const [i, r] of records.entries()) push({ ...r, gateway, seq: i + 1, prev });
+  if (end !== 'none') pushCheckpoint(end);
   const dir = path.join(work, 'receipts', name, gateway);
   mkdirSync(dir, { recursive: true });
   const file = path.join(dir, 'receipts-000000000001.jsonl');
-  writeFileSync(file, `${lines.join('\n')}\n`);
+  writeFileSync(file, lines.length === 0 ? '' : `${lines.join('\n')}\n`);
   return file;
 }
 
@@ -269,5 +276,69 @@ describe('receipts verify against the registry', () => {
     expect(wrongKey.stdout).toMatch(
       /:3 seq 3: unknown_key: checkpoint signed by key_id [0-9a-f]{64}, not the given key/,
     );
+  });
+
+  it('whole chains only: an emptied file, a forged chain, a slice and an open end fail unless allowed', async () => {
+    const last = (r: { stdout: string }) => r.stdout.trimEnd().split('\n').at(-1);
+    // Every file truncated to 0 bytes: nothing verified is not "ok".
+    const emptied = writeReceipts('emptied', [allowReceipt(alpha, opened)]);
+    writeFileSync(emptied, '');
+    const empty = await expectExit(1, ['receipts', 'verify', emptied, '--gateway-key', keyPem]);
+    expect(empty.stdout).toContain(`${emptied}: empty_file: the file holds no record`);
+    expect(empty.stdout).toMatch(/^no_records: no receipt record in the 1 file\(s\) given/m);
+    expect(last(empty)).toBe('0 receipts in 0 chains: 2 problems');
+
+    // Records no checkpoint covers are no open tail: --allow-open-tail does not accept them.
+    const forged = writeReceipts(
+      'forged',
+      [allowReceipt(alpha, opened), allowReceipt(alpha, opened)],
+      'none',
+    );
+    const f = await expectExit(1, [
+      'receipts',
+      'verify',
+      forged,
+      '--gateway-key',
+      keyPem,
+      '--allow-open-tail',
+    ]);
+    expect(f.stdout).toContain(
+      ':1 seq 1: unsigned: no valid checkpoint in the chain (--allow-open-tail accepts only records after one)',
+    );
+    expect(f.stdout).not.toContain('accepted');
+    expect(last(f)).toBe('2 receipts in 1 chain: 2 problems');
+
+    // The last two lines of a chain alone: open_head, accepted by --allow-open-head naming seq 2.
+    const whole = writeReceipts('sliced', [allowReceipt(alpha, opened), allowReceipt(alpha, opened)]);
+    const slice = path.join(path.dirname(whole), 'receipts-000000000002.jsonl');
+    writeFileSync(slice, `${readFileSync(whole, 'utf8').split('\n').slice(1).join('\n')}`);
+    const head = await expectExit(1, ['receipts', 'verify', slice, '--gateway-key', keyPem]);
+    expect(head.stdout).toContain(`${slice}:1 seq 2: open_head: the chain of gw-e2e starts at seq 2`);
+    const headOk = await expectExit(0, [
+      'receipts',
+      'verify',
+      slice,
+      '--gateway-key',
+      keyPem,
+      '--allow-open-head',
+    ]);
+    expect(headOk.stdout).toMatch(/:1 seq 2: open_head: .*\(accepted: --allow-open-head\)$/m);
+    expect(last(headOk)).toBe('2 receipts in 1 chain: ok');
+
+    // A chain ending at a count checkpoint (a running gateway, or its tail removed): open_end.
+    const open = writeReceipts('open-end', [allowReceipt(alpha, opened)], 'count');
+    const end = await expectExit(1, ['receipts', 'verify', open, '--gateway-key', keyPem]);
+    expect(end.stdout).toContain(
+      `${open}:2 seq 2: open_end: the chain of gw-e2e ends with a checkpoint of cause count, not stop`,
+    );
+    const endOk = await expectExit(0, [
+      'receipts',
+      'verify',
+      open,
+      '--gateway-key',
+      keyPem,
+      '--allow-open-tail',
+    ]);
+    expect(endOk.stdout).toMatch(/:2 seq 2: open_end: .*\(accepted: --allow-open-tail\)$/m);
   });
 });
