@@ -2,10 +2,13 @@
  * The sidecar's one HTTP/2 connection to a gateway. Every handshake costs a TPM signature (several
  * milliseconds on swtpm, more on a chip, on the main thread), so all agent CONNECTs share one cached,
  * multiplexed mTLS session, to the first of the configured gateways that works. When a gateway cannot be
- * reached, sends GOAWAY or drops the connection, the next connection goes to the next gateway; a CONNECT
- * the gateway did not process (refused stream, beyond GOAWAY's last stream id, connection lost before an
- * answer, or its 503 `draining`) is retried once there. Tunnels already open on a draining gateway run on
- * over the old connection until they end (docs/contract.md "Sidecar").
+ * reached, sends GOAWAY or drops the connection, the next connection goes to the next gateway. A CONNECT
+ * is retried once only when the gateway cannot have processed it (RFC 9113 §8.7): a connection that could
+ * not be opened or was already gone when the stream was to be sent, a stream reset with REFUSED_STREAM or
+ * above GOAWAY's last stream id, or its 503 `draining`. A connection lost while a CONNECT awaited its
+ * answer, or any other reset, may have been processed (the gateway may have dialled the destination): the
+ * agent gets the failure. Tunnels already open on a draining gateway run on over the old connection until
+ * they end (docs/contract.md "Sidecar").
  */
 import http2 from 'node:http2';
 import tls from 'node:tls';
@@ -73,8 +76,12 @@ const SESSION_GONE = new Set([
   'ERR_HTTP2_SESSION_ERROR',
 ]);
 
-class RetryableError extends Error {
-  constructor(options: { cause: unknown }) {
+/** A CONNECT stream that ended before an answer; `retryable` when the gateway cannot have processed it. */
+class StreamFailedError extends Error {
+  constructor(
+    readonly retryable: boolean,
+    options: { cause: unknown },
+  ) {
     super(errorText(options.cause), options);
   }
 }
@@ -91,6 +98,8 @@ export class GatewaySession {
   private readonly retired = new WeakSet<http2.ClientHttp2Session>();
   /** Which endpoint each established connection went to. */
   private readonly endpointOf = new WeakMap<http2.ClientHttp2Session, GatewayEndpoint>();
+  /** The last stream id of the GOAWAY each connection received: streams above it were not processed. */
+  private readonly goawayLastStream = new WeakMap<http2.ClientHttp2Session, number>();
   private endpoints: GatewayEndpoint[] = [];
   /** The endpoint the next connection goes to; it moves on only when a gateway fails or drains. */
   private next = 0;
@@ -130,15 +139,23 @@ export class GatewaySession {
           'gateway answered draining; retrying the CONNECT on the next gateway',
         );
       } catch (err) {
-        if (!(err instanceof RetryableError)) throw err;
+        if (!(err instanceof StreamFailedError)) throw err;
         lastError = err.cause;
         // A refused stream on a healthy connection is retried on that connection; a dead one is replaced,
         // by a connection to the next gateway.
         if (!this.usable(session)) this.retire(session);
         this.opts.logger.warn(
-          { err: errorText(err.cause), attempt, dest_authority: authority },
-          'CONNECT failed before the gateway answered',
+          {
+            err: errorText(err.cause),
+            attempt,
+            dest_authority: authority,
+            retried: err.retryable && attempt < 2,
+          },
+          err.retryable
+            ? 'CONNECT refused before the gateway processed it'
+            : 'CONNECT failed before the gateway answered; not retried (the gateway may have processed it)',
         );
+        if (!err.retryable) break;
       }
     }
     throw new GatewayUnreachableError({ cause: lastError });
@@ -272,6 +289,7 @@ export class GatewaySession {
         if (established) logger.info({ gateway: endpoint.label }, 'gateway connection closed');
       });
       session.on('goaway', (errorCode, lastStreamId) => {
+        this.goawayLastStream.set(session, lastStreamId);
         // Streams the gateway already accepted keep running; new CONNECTs go to a new connection.
         this.retire(session);
         logger.info(
@@ -316,8 +334,9 @@ export class GatewaySession {
       );
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? '';
+      // Nothing was sent: the connection was already finished.
       if (SESSION_GONE.has(code) || !this.usable(session))
-        return Promise.reject(new RetryableError({ cause: err }));
+        return Promise.reject(new StreamFailedError(true, { cause: err }));
       return Promise.reject(new InvalidAuthorityError(authority, { cause: err }));
     }
     // Errors after the response belong to the tunnel, which attaches its own listeners; this one only keeps
@@ -328,15 +347,20 @@ export class GatewaySession {
         cleanup();
         resolve({ status: Number(h[':status']), headers: h, stream });
       };
+      // RFC 9113 §8.7: only these guarantee the gateway did not process the stream.
+      const unprocessed = () =>
+        stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM ||
+        (stream.id !== undefined && stream.id > (this.goawayLastStream.get(session) ?? Infinity));
       const onError = (err: Error) => {
         cleanup();
+        const retryable = unprocessed();
         stream.destroy();
-        reject(new RetryableError({ cause: err }));
+        reject(new StreamFailedError(retryable, { cause: err }));
       };
       const onClose = () => {
         cleanup();
         reject(
-          new RetryableError({
+          new StreamFailedError(unprocessed(), {
             cause: new Error(`stream closed before a response (RST code ${stream.rstCode})`),
           }),
         );
