@@ -109,6 +109,9 @@ step_replica() {
   pid_record "$STATE_DIR/run/postgres-replica.pid" "$(answer_get pid "$answer")"
   # Roles and passwords come over with the base backup: the gateway logs in to the replica as on the primary.
   state_set DB_REPLICA_URL "$(state_get DB_GATEWAY_URL | sed -E "s#@127\.0\.0\.1:[0-9]+/#@127.0.0.1:$(state_get REPLICA_PORT)/#")"
+  # A replica URL naming the primary would make every lookup cost two queries (docs/contract.md "Replicas").
+  [ "$(state_get DB_REPLICA_URL)" != "$(state_get DB_GATEWAY_URL)" ] ||
+    die "the replica URL is the gateway's primary URL ($(state_get DB_GATEWAY_URL)): the replica port was not substituted"
   if [ "$(answer_get started "$answer")" = 1 ]; then
     info "    replica on 127.0.0.1:$(state_get REPLICA_PORT) (data: $(state_get REPLICA_DIR)/data)"
   else
@@ -297,10 +300,15 @@ cmd_status() {
   done
 }
 
+revoke_sidecars_stop() {
+  local i
+  for i in "${GATEWAYS[@]}"; do pid_stop "$FLEET_DIR/revoke-sidecar-$i.pid" "revoke-test sidecar $i" 2>/dev/null; done
+}
+
 cmd_revoke_test() {
   [ -f "$DEMO_ENV_FILE" ] || die "no fleet in $STATE_DIR (./demo/fleet.sh up)"
   load_secrets
-  local dir="$AGENTS_DIR/$REVOKE_AGENT" i port pidfile vias=() rc=0 args
+  local dir="$AGENTS_DIR/$REVOKE_AGENT" i port pidfile vias=() ports=() rc=0 args
   [ -f "$dir/agent.env" ] || die "no $REVOKE_AGENT (./demo/fleet.sh up)"
   CURRENT_LOG="$FLEET_LOG"
   mapfile -t args < <(
@@ -311,7 +319,9 @@ cmd_revoke_test() {
       --proxy-token-file "$dir/proxy.token"
   )
   # One sidecar of the agent per gateway, so every gateway carries tunnels (HAProxy would put one sidecar's
-  # single connection on one gateway).
+  # single connection on one gateway). An interrupt stops them too.
+  trap 'revoke_sidecars_stop; exit 130' INT TERM
+  trap revoke_sidecars_stop EXIT
   for i in "${GATEWAYS[@]}"; do
     pidfile="$FLEET_DIR/revoke-sidecar-$i.pid"
     port="$(free_port)"
@@ -321,20 +331,23 @@ cmd_revoke_test() {
         --listen "127.0.0.1:$port" --gateway "127.0.0.1:$(state_get "FLEET_GATEWAY${i}_PORT")" >/dev/null
     )
     vias+=(--via "gateway-$i=127.0.0.1:$port")
+    ports+=("$port")
   done
-  for i in "${GATEWAYS[@]}"; do
-    port="${vias[$((2 * i - 1))]##*:}"
-    wait_port "$port" 60 "$FLEET_DIR/revoke-sidecar-$i.pid" || rc=1
+  local k
+  for k in "${!GATEWAYS[@]}"; do
+    i="${GATEWAYS[$k]}"
+    wait_port "${ports[$k]}" 60 "$FLEET_DIR/revoke-sidecar-$i.pid" || rc=1
   done
   if [ "$rc" = 0 ]; then
     node "$(node_prog demo/fleet-revoke-test.js)" --database-url "$(state_get DB_ADMIN_URL)" \
       --identity "$REVOKE_AGENT" --destination "$REVOKE_DEST:443" --proxy-token-file "$dir/proxy.token" \
       --tunnels 2 "${vias[@]}" || rc=$?
   fi
-  for i in "${GATEWAYS[@]}"; do pid_stop "$FLEET_DIR/revoke-sidecar-$i.pid" "revoke-test sidecar $i" 2>/dev/null; done
-  # Granted again, so the test can be repeated.
+  revoke_sidecars_stop
+  trap - INT TERM EXIT
+  # Granted again, so the test can be repeated; without it the next revoke-test cannot run.
   "$DEMO_ROOT/demo/demo-agent.sh" grant --missing-only "$REVOKE_AGENT" "$REVOKE_DEST" 2>>"$FLEET_LOG" >/dev/null ||
-    warn "granting $REVOKE_AGENT $REVOKE_DEST again failed (see $FLEET_LOG)"
+    die "granting $REVOKE_AGENT $REVOKE_DEST again failed (see $FLEET_LOG): ./demo/demo-agent.sh grant $REVOKE_AGENT $REVOKE_DEST"
   [ "$rc" = 0 ] || die "revoke-test failed"
   info "revoke-test: every gateway ended its tunnels within 1 s of the revoke on the primary"
 }

@@ -90,36 +90,38 @@ async function postgresStart(values: Values): Promise<void> {
   const hostAuth = values['host-auth'];
   if (hostAuth !== 'trust' && hostAuth !== 'scram-sha-256')
     throw new UsageError(`--host-auth must be trust or scram-sha-256, not ${hostAuth}`);
-  const maxConnections = Number(values['max-connections']);
-  if (!Number.isInteger(maxConnections) || maxConnections < 1)
-    throw new UsageError(`--max-connections ${values['max-connections']} is not a count`);
-  const opts: ClusterOptions = { hostAuth, throwaway: false, maxConnections };
-  const port = portOf(required(values, 'port'));
-  const wanted = path.resolve(required(values, 'dir'));
-
-  const { dir, linked } = await clusterDir(wanted, values['fallback-prefix']);
-  const initialized = await initCluster(dir, opts);
-  const running = await runningCluster(dir);
-  if (running !== undefined) {
-    answer({ dir, linked, initialized, started: false, pid: running.pid, port: running.port });
-    return;
-  }
-  const pid = await startCluster(dir, port, opts);
-  answer({ dir, linked, initialized, started: true, pid, port });
+  const opts: ClusterOptions = { hostAuth, throwaway: false, maxConnections: maxConnectionsOf(values) };
+  await startAndAnswer(values, opts, (dir) => initCluster(dir, opts));
 }
 
 /** `postgres replica`: the same answer as postgresStart, for a standby of --primary-dir. */
 async function postgresReplica(values: Values): Promise<void> {
+  const opts: ClusterOptions = {
+    hostAuth: 'trust',
+    throwaway: false,
+    maxConnections: maxConnectionsOf(values),
+  };
+  const primaryDir = path.resolve(required(values, 'primary-dir'));
+  await startAndAnswer(values, opts, (dir) => createReplica(primaryDir, dir));
+}
+
+function maxConnectionsOf(values: Values): number {
   const maxConnections = Number(values['max-connections']);
   if (!Number.isInteger(maxConnections) || maxConnections < 1)
     throw new UsageError(`--max-connections ${values['max-connections']} is not a count`);
-  const opts: ClusterOptions = { hostAuth: 'trust', throwaway: false, maxConnections };
-  const port = portOf(required(values, 'port'));
-  const primaryDir = path.resolve(required(values, 'primary-dir'));
-  const wanted = path.resolve(required(values, 'dir'));
+  return maxConnections;
+}
 
+/** The cluster in --dir, made by `init` when new, started on --port unless it runs already; then the answer. */
+async function startAndAnswer(
+  values: Values,
+  opts: ClusterOptions,
+  init: (dir: string) => Promise<boolean>,
+): Promise<void> {
+  const port = portOf(required(values, 'port'));
+  const wanted = path.resolve(required(values, 'dir'));
   const { dir, linked } = await clusterDir(wanted, values['fallback-prefix']);
-  const initialized = await createReplica(primaryDir, dir);
+  const initialized = await init(dir);
   const running = await runningCluster(dir);
   if (running !== undefined) {
     answer({ dir, linked, initialized, started: false, pid: running.pid, port: running.port });
