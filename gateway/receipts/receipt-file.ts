@@ -2,7 +2,7 @@
  * One open receipt file: created new (never appended to: a file belongs to one run), written at known
  * offsets, so a write that failed half-way is cut back to the last whole batch before the retry.
  */
-import { type FileHandle, open } from 'node:fs/promises';
+import { type FileHandle, open, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { receiptFileName } from './receipt-recovery.js';
 
@@ -14,6 +14,8 @@ export class ReceiptFile {
   readonly openedAt = Date.now();
   /** Bytes written since the last sync. */
   unsynced = false;
+  /** Its rotate checkpoint is written: what is left is to sync and close it. */
+  sealed = false;
   /** A write failed: what follows `bytes` on disk is unknown until cut back. */
   private torn = false;
 
@@ -22,15 +24,19 @@ export class ReceiptFile {
     private readonly handle: FileHandle,
   ) {}
 
-  /** Creates `<dir>/receipts-<firstSeq>.jsonl`; fails if it exists. */
-  static async create(dir: string, firstSeq: number): Promise<ReceiptFile> {
+  /**
+   * Creates `<dir>/receipts-<firstSeq>.jsonl`; fails if it exists. When the directory cannot be synced the
+   * new file is removed again, or every retry would find its name taken. (`syncDir`: tests fail it.)
+   */
+  static async create(dir: string, firstSeq: number, syncDir = syncDirectory): Promise<ReceiptFile> {
     const file = path.join(dir, receiptFileName(firstSeq));
     const handle = await open(file, 'wx', 0o640);
     try {
       // The new name must survive a crash as surely as the lines written into it.
-      await syncDirectory(dir);
+      await syncDir(dir);
     } catch (err) {
-      await handle.close();
+      await handle.close().catch(() => {});
+      await rm(file, { force: true });
       throw err;
     }
     return new ReceiptFile(file, handle);

@@ -6,7 +6,7 @@
  * new run then opens with a gap saying what was lost (torn_line), or, when the previous run did not end
  * with its stop checkpoint, that receipts of tunnels open then are missing (unclean_stop).
  */
-import { open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { type FileHandle, open, readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { decodeReceipt, GENESIS_PREV, type Receipt, receiptHash } from '../../core/receipt-format.js';
 
@@ -40,11 +40,18 @@ export async function receiptFiles(dir: string): Promise<string[]> {
   return names.sort();
 }
 
+/** Writes the bytes of a new file through its handle (tests make it fail half-way). */
+export type WriteAside = (handle: FileHandle, bytes: Buffer) => Promise<void>;
+
 /**
  * Reads (and repairs, as above) the newest receipt file of `dir`. Empty files, which a run that stopped
  * before its first write leaves, are removed: they hold nothing, and their name is the next file's.
  */
-export async function recoverChain(dir: string, now: () => number = Date.now): Promise<ChainPosition> {
+export async function recoverChain(
+  dir: string,
+  now: () => number = Date.now,
+  write: WriteAside = (handle, bytes) => handle.writeFile(bytes),
+): Promise<ChainPosition> {
   const files = await receiptFiles(dir);
   let torn: ChainPosition['torn'];
   // A run creates its file at start and ends it with a stop checkpoint: an empty newest file is a run
@@ -57,7 +64,7 @@ export async function recoverChain(dir: string, now: () => number = Date.now): P
     const keep = completeLength(bytes);
     if (keep < bytes.length) {
       const aside = `${file}.torn-${now()}`;
-      await writeFile(aside, bytes.subarray(keep), { flag: 'wx' });
+      await writeAside(aside, bytes.subarray(keep), write);
       const handle = await open(file, 'r+');
       try {
         await handle.truncate(keep);
@@ -107,6 +114,22 @@ function gapFor(
     };
   }
   return undefined;
+}
+
+/**
+ * Creates `file` holding `bytes`. When the write fails (ENOSPC…) the partial file is removed: the retry a
+ * second later picks a new name, and would otherwise leave one more empty or cut file each time.
+ */
+async function writeAside(file: string, bytes: Buffer, write: WriteAside): Promise<void> {
+  const handle = await open(file, 'wx', 0o640);
+  try {
+    await write(handle, bytes);
+  } catch (err) {
+    await handle.close().catch(() => {});
+    await rm(file, { force: true });
+    throw err;
+  }
+  await handle.close();
 }
 
 /** Length of the prefix made of whole, decodable lines (each ending in a newline). */

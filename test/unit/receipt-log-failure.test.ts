@@ -5,6 +5,7 @@
 import { mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { afterEach, describe, expect, it } from 'vitest';
+import { ReceiptFile } from '../../gateway/receipts/receipt-file.js';
 import {
   chainProblems,
   details,
@@ -81,6 +82,19 @@ describe('receipt log failure state', () => {
     expect(readdirSync(f.dir).filter((n) => n.endsWith('.jsonl')).length).toBeGreaterThan(1);
     expect(details(all)).toEqual(Array.from({ length: 60 }, (_, i) => `record ${i + 1}`));
     expect(chainProblems(all, publicPem(f.keyPath))).toEqual([]);
+  });
+
+  it('a new file whose directory cannot be synced is removed again, so the retry can create it', async () => {
+    const f = make();
+    mkdirSync(f.dir, { recursive: true });
+    const eio = async () => {
+      throw Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO' });
+    };
+    await expect(ReceiptFile.create(f.dir, 1, eio)).rejects.toThrow(/EIO/);
+    expect(readdirSync(f.dir)).toEqual([]);
+    const file = await ReceiptFile.create(f.dir, 1);
+    await file.close();
+    expect(readdirSync(f.dir)).toEqual(['receipts-000000000001.jsonl']);
   });
 
   it('close() while failing gives up after one attempt and says the next start will record an unclean stop', async () => {

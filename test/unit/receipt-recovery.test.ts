@@ -1,8 +1,8 @@
 // What a restart continues from (docs/contract.md "Receipts", Restart), on real files: a torn tail is
 // moved aside and named by a torn_line gap, the chain continues from the last whole record (checked with
-// the real decoder), and an empty newest file counts as an unclean stop.
+// the real decoder), an empty newest file counts as an unclean stop, and a failed aside copy leaves nothing.
 import { appendFileSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { type FileHandle, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { GapReceipt } from '../../core/receipt-format.js';
@@ -86,6 +86,28 @@ describe('receipt recovery', () => {
     expect(found.gap).toMatchObject({ reason: 'torn_line', lostBytes: garbage.length });
     expect(found.lastSeq).toBe(3);
     expect(readFileSync(file)).toEqual(whole);
+  });
+
+  it('a torn tail whose aside copy cannot be written (ENOSPC) leaves no partial copy; the retry succeeds', async () => {
+    const f = make();
+    const file = await cleanRun(f, 2);
+    const partial = Buffer.from('{"v":1,"kind":"gap","gateway":"gw-test","seq":4,');
+    appendFileSync(file, partial);
+    const withTail = readFileSync(file);
+    // The disk fills up half-way through the copy.
+    const full = async (handle: FileHandle, bytes: Buffer) => {
+      await handle.write(bytes, 0, 10, 0);
+      throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+    };
+    await expect(recoverChain(f.dir, () => 1000, full)).rejects.toThrow(/ENOSPC/);
+    expect(torn(f)).toEqual([]);
+    expect(readFileSync(file)).toEqual(withTail);
+    await expect(recoverChain(f.dir, () => 2000, full)).rejects.toThrow(/ENOSPC/);
+    expect(torn(f)).toEqual([]);
+    const found = await recoverChain(f.dir, () => 3000);
+    expect(found.gap).toMatchObject({ reason: 'torn_line', lostBytes: partial.length });
+    expect(torn(f)).toEqual([`${path.basename(file)}.torn-3000`]);
+    expect(readFileSync(path.join(f.dir, torn(f)[0]!))).toEqual(partial);
   });
 
   it('a stop checkpoint cut in half: the chain continues from the record before it', async () => {
