@@ -177,6 +177,14 @@ export function createGatewayMetrics(opts: { defaultMetrics?: boolean; prefix?: 
         'receipts_unavailable); in a cluster, the number of workers failing',
       registers,
     }),
+    receiptsLastSeq: new Gauge<'gateway'>({
+      name: 'agent_gateway_receipts_last_seq',
+      help:
+        "seq of the last receipt record written to disk, per chain (gateway = the chain's gateway id): " +
+        'what an auditor compares with the end of the files',
+      labelNames: ['gateway'],
+      registers,
+    }),
     denialCacheHits: new Counter({
       name: 'agent_gateway_denial_cache_hits_total',
       help: 'CONNECT denials served from the short denial cache (no registry lookup)',

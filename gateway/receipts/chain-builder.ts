@@ -41,7 +41,8 @@ export class ChainBuilder {
   private prev: string;
 
   constructor(
-    private readonly o: { readonly gatewayId: string; readonly signer: ReceiptSigner },
+    private readonly gatewayId: string,
+    private readonly signer: Pick<ReceiptSigner, 'keyId' | 'sign'>,
     from: ChainHead,
   ) {
     this.lastSeq = from.lastSeq;
@@ -53,21 +54,21 @@ export class ChainBuilder {
   }
 
   add(r: Pending): void {
-    this.push({ ...r, gateway: this.o.gatewayId, seq: this.lastSeq + 1, prev: this.prev } as Receipt);
+    this.push({ ...r, gateway: this.gatewayId, seq: this.lastSeq + 1, prev: this.prev } as Receipt);
   }
 
   async checkpoint(cause: CheckpointReceipt['cause']): Promise<void> {
     const body: Omit<CheckpointReceipt, 'sig'> = {
       v: RECEIPT_FORMAT_VERSION,
       kind: 'checkpoint',
-      gateway: this.o.gatewayId,
+      gateway: this.gatewayId,
       seq: this.lastSeq + 1,
       at: receiptTime(),
       cause,
-      key_id: this.o.signer.keyId,
+      key_id: this.signer.keyId,
       prev: this.prev,
     };
-    const sig = await this.o.signer.sign(checkpointSignedBytes(body));
+    const sig = await this.signer.sign(checkpointSignedBytes(body));
     this.push({ ...body, sig });
   }
 
@@ -86,4 +87,22 @@ export class ChainBuilder {
   position(): ChainHead {
     return { lastSeq: this.lastSeq, prev: this.prev };
   }
+}
+
+/** An unchained gap record, stamped now. */
+export function gapRecord(
+  reason: GapReceipt['reason'],
+  lostReceipts: number | null,
+  lostBytes: number,
+  detail: string,
+): Unchained<GapReceipt> {
+  return {
+    v: RECEIPT_FORMAT_VERSION,
+    kind: 'gap',
+    at: receiptTime(),
+    reason,
+    lost_receipts: lostReceipts,
+    lost_bytes: lostBytes,
+    detail,
+  };
 }

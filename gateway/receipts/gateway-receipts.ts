@@ -30,7 +30,11 @@ export class GatewayReceipts {
     return this.log.failing;
   }
 
-  /** Set while failing with on_failure = "deny": new CONNECTs get 503 receipts_unavailable. */
+  /**
+   * Set while failing with on_failure = "deny": new CONNECTs get 503 receipts_unavailable. Failing
+   * includes a write, sync or signature that has not completed within STALLED_AFTER_MS and a queue at
+   * max_queued (writer-health.ts): either way a new tunnel's receipt could be lost.
+   */
   refusing(): string | undefined {
     return this.config.onFailure === 'deny' ? this.log.failing : undefined;
   }
@@ -43,8 +47,9 @@ export class GatewayReceipts {
     if (this.config.includeDenied) this.log.append(deniedReceipt(fields, peer, reason, detail));
   }
 
-  close(): Promise<void> {
-    return this.log.close();
+  /** `openTunnels`: tunnels the drain gave up on, which a `dropped` gap names before the stop. */
+  close(openTunnels = 0): Promise<void> {
+    return this.log.close(openTunnels);
   }
 }
 

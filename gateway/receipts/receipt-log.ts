@@ -6,18 +6,19 @@
  * A failure to recover, create, write, sync or sign puts the log in the failing state: records keep
  * queueing up to max_queued (then they are dropped and counted, and a `dropped` gap names them), and the
  * pump retries every second. The chain only advances when a batch is on disk, so a failed batch is
- * re-chained and re-signed on the retry.
+ * re-chained and re-signed on the retry. An operation that never ends, or a full queue, also counts as
+ * failing (writer-health.ts).
  */
 import { mkdir } from 'node:fs/promises';
 import { errorText } from '../../core/error-text.js';
-import { type GapReceipt, RECEIPT_FORMAT_VERSION, type Unchained } from '../../core/receipt-format.js';
+import type { GapReceipt, Unchained } from '../../core/receipt-format.js';
 import type { GatewayMetrics } from '../metrics.js';
 import type { AuthorizationLogger } from '../registry-errors.js';
-import { type Batch, ChainBuilder, type ChainHead, type Pending } from './chain-builder.js';
+import { type Batch, ChainBuilder, type ChainHead, gapRecord, type Pending } from './chain-builder.js';
 import { ReceiptFile } from './receipt-file.js';
 import { type ChainPosition, recoverChain } from './receipt-recovery.js';
 import type { ReceiptSigner } from './receipt-signer.js';
-import { receiptTime } from './receipt-time.js';
+import { WriterHealth } from './writer-health.js';
 
 export type ReceiptLogOptions = {
   /** `<receipts.path>/<gateway id>`; created when missing. */
@@ -32,11 +33,13 @@ export type ReceiptLogOptions = {
   readonly maxQueued: number;
   readonly metrics: ReceiptMetrics;
   readonly logger: AuthorizationLogger;
+  /** Tests shorten it; default STALLED_AFTER_MS (writer-health.ts). */
+  readonly stalledAfterMs?: number | undefined;
 };
 
 export type ReceiptMetrics = Pick<
   GatewayMetrics,
-  'receiptsWritten' | 'receiptWriteFailures' | 'receiptsDropped' | 'receiptsFailing'
+  'receiptsWritten' | 'receiptWriteFailures' | 'receiptsDropped' | 'receiptsFailing' | 'receiptsLastSeq'
 >;
 
 /** Queue length at which a flush starts at once rather than at the next tick of FLUSH_DELAY_MS. */
@@ -58,26 +61,33 @@ export class ReceiptLog {
   private firstUnsignedAt = 0;
   private intervalDue = false;
   private fsyncDue = false;
-  private failure: string | undefined;
+  private readonly health: WriterHealth;
+  /** The signer as the chain builder sees it: each signature timed like a write. */
+  private readonly chainSigner: Pick<ReceiptSigner, 'keyId' | 'sign'>;
   private running: Promise<void> | undefined;
   private again = false;
   private closing = false;
   private stopped = false;
   private readonly timers = new Map<'flush' | 'checkpoint' | 'fsync' | 'retry' | 'rotate', NodeJS.Timeout>();
 
-  private constructor(private readonly o: ReceiptLogOptions) {}
+  private constructor(private readonly o: ReceiptLogOptions) {
+    this.health = new WriterHealth(o);
+    this.chainSigner = {
+      keyId: o.signer.keyId,
+      sign: (message) => this.health.timed('sign', () => o.signer.sign(message)),
+    };
+  }
 
   /** Recovers the chain and creates this run's file; a failure leaves the log failing, not thrown. */
   static async open(options: ReceiptLogOptions): Promise<ReceiptLog> {
     const log = new ReceiptLog(options);
-    options.metrics.receiptsFailing.set(0);
     await log.pump();
     return log;
   }
 
   /** Why records cannot be written now, or undefined while they can. */
   get failing(): string | undefined {
-    return this.failure;
+    return this.health.reason;
   }
 
   get gatewayId(): string {
@@ -92,26 +102,40 @@ export class ReceiptLog {
       return;
     }
     this.queue.push(record);
-    if (this.failure !== undefined) return;
-    if (this.queue.length >= FLUSH_AT) this.arm('flush', 0);
-    else this.arm('flush', FLUSH_DELAY_MS);
+    this.health.queue(this.queue.length, this.o.maxQueued);
+    if (this.health.erroring) return;
+    if (this.queue.length === FLUSH_AT) {
+      // The tick armed for the first of these would come too late: flush on the next turn instead.
+      this.disarm('flush');
+      this.arm('flush', 0);
+    } else {
+      this.arm('flush', FLUSH_DELAY_MS);
+    }
   }
 
-  /** Clean stop: everything queued, then a stop checkpoint, synced. Tunnels must have closed first. */
-  async close(): Promise<void> {
+  /**
+   * Clean stop: everything queued, then a stop checkpoint, synced. `openTunnels` that have not ended (the
+   * drain gave up on them) will never have a receipt: a `dropped` gap names them before the checkpoint.
+   */
+  async close(openTunnels = 0): Promise<void> {
     if (this.closing) return;
+    if (openTunnels > 0) {
+      const detail = `${openTunnels} tunnels were still open when the gateway stopped; their receipts are not written`;
+      this.queue.push(gapRecord('dropped', openTunnels, 0, detail));
+    }
     this.closing = true;
     for (const t of this.timers.values()) clearTimeout(t);
     this.timers.clear();
     await this.pump();
-    if (this.failure !== undefined) {
+    if (this.health.erroring) {
       this.o.logger.error(
-        { gateway: this.o.gatewayId, queued: this.queue.length, err: this.failure },
+        { gateway: this.o.gatewayId, queued: this.queue.length, err: this.health.reason },
         'receipts: stopping without the stop checkpoint; the next start records an unclean stop',
       );
     }
     try {
-      await this.file?.sync();
+      const file = this.file;
+      if (file !== undefined) await this.health.timed('sync', () => file.sync());
     } catch (err) {
       this.o.logger.error({ gateway: this.o.gatewayId, err: errorText(err) }, 'receipts: final sync failed');
     }
@@ -135,6 +159,12 @@ export class ReceiptLog {
     this.timers.set(name, timer);
   }
 
+  private disarm(name: 'flush' | 'checkpoint'): void {
+    const timer = this.timers.get(name);
+    if (timer !== undefined) clearTimeout(timer);
+    this.timers.delete(name);
+  }
+
   /** Run the writer until there is nothing left it can do; concurrent calls join the running one. */
   private pump(): Promise<void> {
     if (this.running !== undefined) {
@@ -146,9 +176,10 @@ export class ReceiptLog {
         this.again = false;
         try {
           await this.work();
-          this.recovered();
+          this.health.recovered(this.dropped);
         } catch (err) {
-          this.failed(err);
+          this.health.failed(err, this.queue.length);
+          this.arm('retry', RETRY_MS);
           break;
         }
       } while (this.again);
@@ -159,37 +190,56 @@ export class ReceiptLog {
 
   private async work(): Promise<void> {
     if (this.stopped) return;
-    if (this.position === undefined) this.position = await this.recover();
-    for (;;) {
+    if (this.position === undefined) this.position = await this.health.timed('recover', () => this.recover());
+    for (let first = true; ; first = false) {
       if (this.file === undefined) await this.createFile();
       const file = this.file as ReceiptFile;
-      if (this.rotationDue(file)) {
-        await this.writeBatch(await this.checkpointOnly('rotate'));
-        await file.sync();
-        await file.close().catch(() => {});
-        this.file = undefined;
+      if (file.sealed || this.rotationDue(file)) {
+        await this.rotate(file);
         continue;
       }
+      // After the first batch, only a backlog (or the stop) goes on at once: the few records that came
+      // in during a write wait for their flush tick, so batches stay coalesced under steady load.
+      if (!first && !this.closing && this.queue.length < FLUSH_AT) break;
       const batch = await this.nextBatch(file);
       if (batch === undefined) break;
       await this.writeBatch(batch);
       if (batch.stop) {
-        await file.sync();
         this.stopped = true;
+        await this.sync(file);
         return;
       }
-      if (this.o.fsyncIntervalMs === 0) await file.sync();
+      // Checked after every batch: a writer that never runs dry must still sync on time.
+      if (this.o.fsyncIntervalMs === 0 || this.fsyncDue) await this.sync(file);
       else if (file.unsynced) this.arm('fsync', this.o.fsyncIntervalMs, () => (this.fsyncDue = true));
     }
-    if (this.fsyncDue) {
-      this.fsyncDue = false;
-      await this.file?.sync();
+    if (this.fsyncDue && this.file !== undefined) await this.sync(this.file);
+    if (this.queue.length > 0) this.arm('flush', FLUSH_DELAY_MS);
+  }
+
+  private async sync(file: ReceiptFile): Promise<void> {
+    this.fsyncDue = false;
+    await this.health.timed('sync', () => file.sync());
+  }
+
+  /**
+   * Ends `file` with a rotate checkpoint, synced, and closes it. The checkpoint is written once: a retry
+   * after a failed sync only syncs again, so the file still ends in exactly one rotate checkpoint.
+   */
+  private async rotate(file: ReceiptFile): Promise<void> {
+    if (!file.sealed) {
+      await this.writeBatch(await this.checkpointOnly('rotate'));
+      file.sealed = true;
     }
+    await this.sync(file);
+    await file.close().catch(() => {});
+    this.file = undefined;
   }
 
   private async recover(): Promise<ChainHead> {
     await mkdir(this.o.dir, { recursive: true, mode: 0o750 });
     const found: ChainPosition = await recoverChain(this.o.dir);
+    this.o.metrics.receiptsLastSeq.set({ gateway: this.o.gatewayId }, found.lastSeq);
     if (found.torn !== undefined) {
       this.o.logger.error(
         {
@@ -202,15 +252,7 @@ export class ReceiptLog {
       );
     }
     if (found.gap !== undefined) {
-      this.gaps.push({
-        v: RECEIPT_FORMAT_VERSION,
-        kind: 'gap',
-        at: receiptTime(),
-        reason: found.gap.reason,
-        lost_receipts: null,
-        lost_bytes: found.gap.lostBytes,
-        detail: found.gap.detail,
-      });
+      this.gaps.push(gapRecord(found.gap.reason, null, found.gap.lostBytes, found.gap.detail));
     }
     this.o.logger.info(
       { gateway: this.o.gatewayId, dir: this.o.dir, last_seq: found.lastSeq, gap: found.gap?.reason ?? null },
@@ -221,7 +263,7 @@ export class ReceiptLog {
 
   private async createFile(): Promise<void> {
     const position = this.position as { lastSeq: number };
-    this.file = await ReceiptFile.create(this.o.dir, position.lastSeq + 1);
+    this.file = await this.health.timed('create', () => ReceiptFile.create(this.o.dir, position.lastSeq + 1));
     this.arm('rotate', this.o.rotateIntervalMs);
   }
 
@@ -236,7 +278,7 @@ export class ReceiptLog {
    * (closing, once everything else is in) the stop checkpoint. Undefined when there is nothing to write.
    */
   private async nextBatch(file: ReceiptFile): Promise<Batch | undefined> {
-    const chain = new ChainBuilder(this.o, this.position as ChainHead);
+    const chain = new ChainBuilder(this.o.gatewayId, this.chainSigner, this.position as ChainHead);
     let unsigned = this.unsigned;
     let firstUnsignedAt = this.firstUnsignedAt;
     const addUnsigned = (r: Pending) => {
@@ -248,15 +290,8 @@ export class ReceiptLog {
     for (const gap of this.gaps) addUnsigned(gap);
     const dropped = this.dropped;
     if (dropped > 0) {
-      addUnsigned({
-        v: RECEIPT_FORMAT_VERSION,
-        kind: 'gap',
-        at: receiptTime(),
-        reason: 'dropped',
-        lost_receipts: dropped,
-        lost_bytes: 0,
-        detail: `${dropped} receipts dropped while the queue was full (receipts.max_queued ${this.o.maxQueued})`,
-      });
+      const detail = `${dropped} receipts dropped while the queue was full (receipts.max_queued ${this.o.maxQueued})`;
+      addUnsigned(gapRecord('dropped', dropped, 0, detail));
     }
     let fromQueue = 0;
     const queue = this.queue;
@@ -291,7 +326,7 @@ export class ReceiptLog {
   }
 
   private async checkpointOnly(cause: 'rotate'): Promise<Batch> {
-    const chain = new ChainBuilder(this.o, this.position as ChainHead);
+    const chain = new ChainBuilder(this.o.gatewayId, this.chainSigner, this.position as ChainHead);
     await chain.checkpoint(cause);
     return {
       data: chain.data(),
@@ -308,9 +343,12 @@ export class ReceiptLog {
 
   /** On disk, then (and only then) the chain, queue and counters move on. */
   private async writeBatch(batch: Batch): Promise<void> {
-    await (this.file as ReceiptFile).write(batch.data, batch.records);
+    const file = this.file as ReceiptFile;
+    await this.health.timed('write', () => file.write(batch.data, batch.records));
     this.position = batch.position;
+    this.o.metrics.receiptsLastSeq.set({ gateway: this.o.gatewayId }, batch.position.lastSeq);
     this.queue.splice(0, batch.fromQueue);
+    this.health.queue(this.queue.length, this.o.maxQueued);
     this.gaps.splice(0, batch.gaps);
     this.dropped -= batch.dropped;
     this.unsigned = batch.unsigned;
@@ -318,36 +356,10 @@ export class ReceiptLog {
     this.o.metrics.receiptsWritten.inc(batch.records);
     if (this.unsigned === 0) {
       this.intervalDue = false;
-      const timer = this.timers.get('checkpoint');
-      if (timer !== undefined) clearTimeout(timer);
-      this.timers.delete('checkpoint');
+      this.disarm('checkpoint');
     } else {
       const wait = Math.max(0, this.firstUnsignedAt + this.o.checkpointIntervalMs - Date.now());
       this.arm('checkpoint', wait, () => (this.intervalDue = true));
     }
-  }
-
-  private failed(err: unknown): void {
-    const text = errorText(err);
-    this.o.metrics.receiptWriteFailures.inc();
-    if (this.failure !== text) {
-      this.o.logger.error(
-        { gateway: this.o.gatewayId, dir: this.o.dir, err: text, queued: this.queue.length },
-        'receipts: cannot write; retrying every second',
-      );
-    }
-    this.failure = text;
-    this.o.metrics.receiptsFailing.set(1);
-    this.arm('retry', RETRY_MS);
-  }
-
-  private recovered(): void {
-    if (this.failure === undefined) return;
-    this.o.logger.info(
-      { gateway: this.o.gatewayId, dir: this.o.dir, dropped: this.dropped },
-      'receipts: writing again',
-    );
-    this.failure = undefined;
-    this.o.metrics.receiptsFailing.set(0);
   }
 }
