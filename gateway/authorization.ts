@@ -33,7 +33,8 @@ export type Grant = {
   readonly signingKeyId: string;
   /**
    * Lowercase hex SHA-256 of the permission row's canonical signed bytes (core/permission-bytes.ts) and
-   * the row's signature (DER, base64): what a receipt binds the tunnel to. Null for an observed grant.
+   * the row's signature (DER, base64): what a receipt binds the tunnel to. Null for an observed grant,
+   * and when receipts are off (nothing would read them).
    */
   readonly permissionSha256: string | null;
   readonly permissionSignature: string | null;

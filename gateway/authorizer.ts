@@ -65,6 +65,8 @@ export type AuthorizerOptions = {
   readonly trustRoots?: TrustRoots | undefined;
   /** policy.observe_identities (gateway/observe-identities.ts); absent = observe nobody. */
   readonly observe?: ObserveRule | undefined;
+  /** Receipts are on: grants carry the row's digest and signature (off: null, no lookup hashes rows). */
+  readonly receipts?: boolean | undefined;
 };
 
 /** The uncached decision, with "could not ask" kept apart from "asked and denied". */
@@ -88,6 +90,7 @@ export class RegistryAuthorizer implements Authorizer {
   private readonly denialTtlMicros: Micros;
   private readonly verifier: SignatureVerifier;
   private readonly observe: ObserveRule | undefined;
+  private readonly receipts: boolean;
   private readonly allowSeconds: { observe(seconds: number): void } | undefined;
   private readonly denySeconds: { observe(seconds: number): void } | undefined;
   private listenerUp = false;
@@ -118,6 +121,7 @@ export class RegistryAuthorizer implements Authorizer {
     this.verifier = cachingVerifier(opts.keyCacheMaxEntries ?? 1024);
     this.trustRoots = opts.trustRoots ?? new Map();
     this.observe = opts.observe?.enabled === true ? opts.observe : undefined;
+    this.receipts = opts.receipts === true;
     // Bound once: resolving a labelled series hashes the label object on every call.
     this.allowSeconds = opts.metrics?.decisionSeconds.labels({ result: 'allow' });
     this.denySeconds = opts.metrics?.decisionSeconds.labels({ result: 'deny' });
@@ -263,8 +267,8 @@ export class RegistryAuthorizer implements Authorizer {
           permissionId: permission.permissionId,
           signingKeyId: permission.signingKeyId,
           // Once per registry lookup, never on a cache hit: the cached grant carries it.
-          permissionSha256: permissionDigest(permission),
-          permissionSignature: permission.signature.toString('base64'),
+          permissionSha256: this.receipts ? permissionDigest(permission) : null,
+          permissionSignature: this.receipts ? permission.signature.toString('base64') : null,
           scopeId: scope?.id ?? '',
           validUntil: decision.validUntil,
         },

@@ -113,6 +113,7 @@ export async function startGateway(
       logger,
       trustRoots: config.policy.trustRoots,
       observe: new ObserveRule(config.policy.observeIdentities, registry),
+      receipts: config.receipts.enabled,
     });
     const hold = holdFromConfig(
       config,
@@ -144,7 +145,9 @@ export async function startGateway(
     await revocation.start();
 
     const receipts = await receiptsFromConfig(config, metrics, logger);
-    if (receipts !== undefined) cleanup.push(() => receipts.close());
+    // Set by shutdown once the wait for tunnels is over: those still open never get their receipt.
+    let unendedTunnels = 0;
+    if (receipts !== undefined) cleanup.push(() => receipts.close(unendedTunnels));
 
     let server: GatewayServer | undefined;
     const addressLimits = new AddressLimits({ ...config.limits, metrics });
@@ -157,6 +160,7 @@ export async function startGateway(
         guard: new AddressGuard(config.upstream.denyCidrs, config.upstream.allowCidrs),
         overrides: config.upstream.overrides,
         connectTimeoutMs: config.upstream.connectTimeoutMs,
+        recordDialled: config.receipts.enabled,
       }),
       metrics,
       logger,
@@ -243,7 +247,10 @@ export async function startGateway(
           // Held CONNECTs get their denial now rather than waiting out hold_ms (Access requests).
           hold?.drain();
           await drained;
-          if (receipts !== undefined) await tunnelsEnded(handler, TUNNEL_END_WAIT_MS);
+          if (receipts !== undefined) {
+            await tunnelsEnded(handler, TUNNEL_END_WAIT_MS);
+            unendedTunnels = handler.openTunnels;
+          }
           // After the drain, so the stop checkpoint follows every tunnel's receipt (unwind closes it).
           await unwind();
         })();

@@ -38,7 +38,10 @@ export type Connection =
       readonly ok: true;
       readonly socket: Socket;
       readonly address: string;
-      /** `ip:port` of every address tried, in order; the last is the socket's (tunnel receipts). */
+      /**
+       * `ip:port` of every address tried, in order; the last is the socket's (tunnel receipts). Empty
+       * unless DialerOptions.recordDialled.
+       */
       readonly dialled: readonly string[];
     }
   | { readonly ok: false; readonly reason: ConnectFailureReason; readonly detail: string };
@@ -51,7 +54,11 @@ export type DialerOptions = {
   readonly connectTimeoutMs: number;
   /** Tests swap the resolver; the default is the system resolver (getaddrinfo), as curl uses. */
   readonly lookup?: LookupFn;
+  /** Fill Connection.dialled (receipts are on); otherwise it is always empty and costs nothing. */
+  readonly recordDialled?: boolean;
 };
+
+const NOTHING_DIALLED: readonly string[] = Object.freeze([]);
 
 /**
  * How many bytes from the client may wait in an upstream socket's write buffer before the tunnel stops
@@ -130,7 +137,10 @@ export class UpstreamDialer {
       const address = addresses[i] as string;
       const attempt = await connectOnce(address, target.port, remaining / (addresses.length - i), signal);
       if (attempt.ok) {
-        const dialled = addresses.slice(0, i + 1).map((a) => formatHostPort(a, target.port));
+        const dialled =
+          this.options.recordDialled === true
+            ? addresses.slice(0, i + 1).map((a) => formatHostPort(a, target.port))
+            : NOTHING_DIALLED;
         return { ...attempt, dialled };
       }
       last = { ...attempt, detail: `${formatHostPort(address, target.port)}: ${attempt.detail}` };

@@ -3,6 +3,7 @@
 // without metrics, and whose cached answer a peer may get.
 import { describe, expect, it } from 'vitest';
 import { normalizeDestination } from '../../core/destination.js';
+import { permissionDigest } from '../../gateway/receipts/permission-digest.js';
 import { RegistryUnavailableError } from '../../gateway/registry.js';
 import { kind, NOW, recordingLogger, setup } from './fixtures/authorizer-setup.js';
 import { allowedCandidate, newP256 } from './fixtures/signed-rows.js';
@@ -29,6 +30,22 @@ describe('RegistryAuthorizer decisions', () => {
     expect(kind(await s.authorize())).toBe(answer);
     expect(logger.lines).toEqual(logged);
     expect(logger.fields).toEqual(logged.length > 0 ? [{ err: 'boom' }] : []);
+  });
+
+  it('binds grants to the row (digest, signature) only with receipts on: off, no lookup hashes the row', async () => {
+    const on = setup({ receipts: true });
+    const allowed = await on.authorize();
+    const p = on.fx.candidate.permission;
+    expect(allowed.allow && allowed.grant).toMatchObject({
+      permissionSha256: permissionDigest(p),
+      permissionSignature: p.signature.toString('base64'),
+    });
+    expect(allowed.allow && allowed.grant.permissionSha256).toMatch(/^[0-9a-f]{64}$/);
+    const off = setup();
+    const plain = await off.authorize();
+    expect(plain.allow && plain.grant).toMatchObject({ permissionSha256: null, permissionSignature: null });
+    const rechecked = await off.authorizer.recheck(off.fx.request, NOW);
+    expect(rechecked.kind === 'allow' && rechecked.grant.permissionSha256).toBeNull();
   });
 
   it('a signer key that does not parse denies with signature_invalid, every time', async () => {

@@ -13,13 +13,18 @@ import { UpstreamDialer } from '../../gateway/upstream-dialer.js';
 const guard = new AddressGuard(DEFAULT_DENY_CIDRS.map(parseCidr), [parseCidr('127.0.0.0/8')]);
 
 function dialer(
-  opts: { lookup?: (host: string) => Promise<readonly string[]>; overrides?: Record<string, HostPort> } = {},
+  opts: {
+    lookup?: (host: string) => Promise<readonly string[]>;
+    overrides?: Record<string, HostPort>;
+    recordDialled?: boolean;
+  } = {},
 ) {
   const calls: string[] = [];
   const d = new UpstreamDialer({
     guard,
     overrides: new Map(Object.entries(opts.overrides ?? {})),
     connectTimeoutMs: 2000,
+    recordDialled: opts.recordDialled,
     lookup: async (host) => {
       calls.push(host);
       if (opts.lookup === undefined) throw new Error(`unexpected lookup of ${host}`);
@@ -147,22 +152,28 @@ describe('UpstreamDialer.connect', () => {
   });
   afterAll(() => new Promise<void>((r) => server.close(() => r())));
 
-  it('connects to the approved literal and falls through refused addresses', async () => {
-    const { d } = dialer({
-      lookup: async () => ['127.0.0.2', '127.0.0.1'],
-      overrides: { 'svc.test:443': { host: 'svc.local', port } },
-    });
-    const r = await d.resolve(normalizeDestination('svc.test'));
-    if (!r.ok) throw new Error(r.detail);
-    const c = await d.connect(r);
-    expect(c.ok).toBe(true);
-    if (c.ok) {
-      expect(c.address).toBe('127.0.0.1');
-      expect(c.socket.remoteAddress).toBe('127.0.0.1');
-      expect(c.socket.remotePort).toBe(port);
-      c.socket.destroy();
-    }
-  });
+  it.each([true, false])(
+    'connects to the approved literal and falls through refused addresses (dialled list kept: %s)',
+    async (recordDialled) => {
+      const { d } = dialer({
+        lookup: async () => ['127.0.0.2', '127.0.0.1'],
+        overrides: { 'svc.test:443': { host: 'svc.local', port } },
+        recordDialled,
+      });
+      const r = await d.resolve(normalizeDestination('svc.test'));
+      if (!r.ok) throw new Error(r.detail);
+      const c = await d.connect(r);
+      expect(c.ok).toBe(true);
+      if (c.ok) {
+        expect(c.address).toBe('127.0.0.1');
+        expect(c.socket.remoteAddress).toBe('127.0.0.1');
+        expect(c.socket.remotePort).toBe(port);
+        // Only receipts read it: with them off it is never built.
+        expect(c.dialled).toEqual(recordDialled ? [`127.0.0.2:${port}`, `127.0.0.1:${port}`] : []);
+        c.socket.destroy();
+      }
+    },
+  );
 
   it('reports refused when nothing listens', async () => {
     const closedPort = await freePort();
