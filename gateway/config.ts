@@ -203,7 +203,7 @@ export function loadConfigTrustRoots(path: string): TrustRoots {
 export function loadConfigReceipts(path: string): ReceiptsConfig {
   const r = new ConfigReader(path, readRaw(path), '', new Set());
   r.rejectUnknown(CONFIG_KEYS);
-  return readReceiptsConfig(r.section('receipts', false));
+  return readReceiptsConfig(r.section('receipts', false), false);
 }
 
 function readTrustRoots(p: ConfigReader): TrustRoots {

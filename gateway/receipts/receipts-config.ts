@@ -35,9 +35,10 @@ export type ReceiptsConfig = {
 
 /**
  * Reads every key unconditionally (CONFIG_KEYS is what the reads record), then checks the values that
- * only matter when receipts are on.
+ * only matter when receipts are on. `instanceIdUsed` false (receipts-key, which names no chain): the
+ * instance id, often the host name, is not checked.
  */
-export function readReceiptsConfig(r: ConfigReader): ReceiptsConfig {
+export function readReceiptsConfig(r: ConfigReader, instanceIdUsed = true): ReceiptsConfig {
   const config: ReceiptsConfig = {
     enabled: r.bool('enabled', false),
     path: r.optionalString('path') ?? '/var/lib/agent-gateway/receipts',
@@ -56,7 +57,7 @@ export function readReceiptsConfig(r: ConfigReader): ReceiptsConfig {
   if (config.signingKey === undefined) {
     r.fail('signing_key', 'must be set when receipts.enabled is true (a PEM key file or a pkcs11: URI)');
   }
-  if (!GATEWAY_ID.test(config.instanceId)) {
+  if (instanceIdUsed && !GATEWAY_ID.test(config.instanceId)) {
     r.fail(
       'instance_id',
       `${JSON.stringify(config.instanceId)} must be 1..64 of A-Z a-z 0-9 . _ - (set it when the host name is not)`,

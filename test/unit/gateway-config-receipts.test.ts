@@ -120,6 +120,12 @@ max_queued = 10`);
     });
     writeFileSync(file, `${BASE}\n[limits]\nmax_tunels = 1\n`);
     expect(() => loadConfigReceipts(file)).toThrow('limits.max_tunels: unknown key');
+    // receipts-key names no chain: a host name that is no valid instance id does not stop it.
+    writeFileSync(file, `${BASE}\n[receipts]\nenabled = true\nsigning_key = "k.pem"\ninstance_id = "gw/1"\n`);
+    expect(loadConfigReceipts(file)).toMatchObject({ signingKey: 'k.pem', instanceId: 'gw/1' });
+    expect(() => parse('enabled = true\nsigning_key = "k.pem"\ninstance_id = "gw/1"')).toThrow(
+      'receipts.instance_id',
+    );
   });
 });
 
