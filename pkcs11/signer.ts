@@ -30,7 +30,11 @@ export type Signer = {
    * event loop must not wait out. One at a time per signer (a session runs one operation at a time).
    */
   signAsync(message: Uint8Array): Promise<Buffer>;
-  /** Log out, close the session, C_Finalize when it was the last signer. Idempotent. */
+  /**
+   * Log out, close the session, C_Finalize when it was the last signer. Idempotent. Signatures asked for
+   * afterwards, and queued ones not yet started, fail; a C_Sign already on the pool is waited for: the
+   * session is closed when it returns (closing it under a running C_Sign is undefined behaviour).
+   */
   close(): void;
 };
 
@@ -159,6 +163,15 @@ function makeSigner(
   let open = true;
   const signing = `sign with key ${JSON.stringify(opts.keyLabel)}`;
   let signQueue: Promise<void> = Promise.resolve();
+  /** A C_Sign on libuv's pool: close() leaves the session to its completion. */
+  let inFlight = false;
+  const release = () => {
+    try {
+      closeSession(mod, session, loginKey);
+    } finally {
+      releaseModule(mod);
+    }
+  };
   const checked = (message: Uint8Array, raw: Buffer): Buffer => {
     const der = rawToDer(raw);
     // A public object that does not belong to the private key would make every signature useless
@@ -191,10 +204,23 @@ function makeSigner(
         const digest = createHash('sha256').update(message).digest();
         pkcs11Call(signing, () => lib.C_SignInit(session, { mechanism: pkcs11js.CKM_ECDSA }, key));
         const raw = await new Promise<Buffer>((resolve, reject) => {
-          lib.C_Sign(session, digest, Buffer.alloc(132), (err, data) => {
+          const done = (err: Error | null, data?: Buffer) => {
+            inFlight = false;
+            // close() came while C_Sign ran: the session is ours to close now.
+            if (!open) {
+              try {
+                release();
+              } catch {}
+            }
             if (err) reject(new SignerError('pkcs11', `${signing}: ${errorText(err)}`, { cause: err }));
-            else resolve(data);
-          });
+            else resolve(data as Buffer);
+          };
+          inFlight = true;
+          try {
+            lib.C_Sign(session, digest, Buffer.alloc(132), done);
+          } catch (err) {
+            done(err as Error);
+          }
         });
         return checked(message, raw);
       };
@@ -208,11 +234,7 @@ function makeSigner(
     close(): void {
       if (!open) return;
       open = false;
-      try {
-        closeSession(mod, session, loginKey);
-      } finally {
-        releaseModule(mod);
-      }
+      if (!inFlight) release();
     },
   };
 }

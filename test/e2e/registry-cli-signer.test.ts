@@ -171,6 +171,28 @@ describe('pkcs11 signer on a fresh TPM', () => {
     expect(() => signer.sign(Buffer.from('x'))).toThrow(/closed/);
   });
 
+  it('close() during a signAsync waits for its C_Sign: that signature verifies, queued ones fail, the module is released', async () => {
+    const signer = openSigner(base);
+    const message = Buffer.from('receipt checkpoint');
+    const running = signer.signAsync(message);
+    const queued = signer.signAsync(message);
+    // The first sign starts in the next microtask; after it, its C_Sign is on libuv's pool, and closing
+    // the session under it must wait for it.
+    await Promise.resolve();
+    signer.close();
+    const signature = await running;
+    expect(verifyDerSignature(p256PublicKey(signer.spkiDer), message, signature)).toBe(true);
+    await expect(queued).rejects.toThrow(/closed/);
+    await expect(signer.signAsync(message)).rejects.toThrow(/closed/);
+    // The deferred close finalized the module: a new signer starts from scratch and signs.
+    const again = openSigner(base);
+    try {
+      expect(verifyDerSignature(p256PublicKey(again.spkiDer), message, again.sign(message))).toBe(true);
+    } finally {
+      again.close();
+    }
+  });
+
   it('two signers can be open in one process (one module, reference counted)', () => {
     ensureKey({ ...base, keyLabel: 'org-bob' });
     const alice = openSigner(base);
