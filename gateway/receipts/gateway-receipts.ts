@@ -14,11 +14,15 @@ import type { ReceiptsConfig } from './receipts-config.js';
 import { deniedReceipt, type EndedTunnel, tunnelReceipt } from './tunnel-receipts.js';
 
 export const WORKER_INDEX_ENV = 'AGENT_GATEWAY_WORKER_INDEX';
+/** How long a shutdown waits for the writer's last batch, stop checkpoint and sync. */
+const CLOSE_WAIT_MS = 10_000;
 
 export class GatewayReceipts {
   constructor(
     private readonly log: ReceiptLog,
     private readonly config: ReceiptsConfig,
+    private readonly logger: AuthorizationLogger,
+    private readonly closeWaitMs = CLOSE_WAIT_MS,
   ) {}
 
   get gatewayId(): string {
@@ -49,7 +53,19 @@ export class GatewayReceipts {
 
   /** `openTunnels`: tunnels the drain gave up on, which a `dropped` gap names before the stop. */
   close(openTunnels = 0): Promise<void> {
-    return this.log.close(openTunnels);
+    // A write or a signature that never returns must not hold the shutdown forever; the next start
+    // then finds no stop checkpoint and records an unclean stop, so nothing goes unnamed.
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<void>((resolve) => {
+      timer = setTimeout(() => {
+        this.logger.error(
+          { wait_ms: this.closeWaitMs },
+          'receipts: the writer did not finish; stopping without the stop checkpoint',
+        );
+        resolve();
+      }, this.closeWaitMs);
+    });
+    return Promise.race([this.log.close(openTunnels), deadline]).finally(() => clearTimeout(timer));
   }
 }
 
@@ -102,5 +118,5 @@ export async function openReceipts(
     },
     'receipts: writing',
   );
-  return new GatewayReceipts(log, config);
+  return new GatewayReceipts(log, config, logger);
 }

@@ -124,6 +124,8 @@ async function writeAside(file: string, bytes: Buffer, write: WriteAside): Promi
   const handle = await open(file, 'wx', 0o640);
   try {
     await write(handle, bytes);
+    // On disk before the original is truncated: a crash in between must not lose the bytes from both.
+    await handle.sync();
   } catch (err) {
     await handle.close().catch(() => {});
     await rm(file, { force: true });

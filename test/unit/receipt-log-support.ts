@@ -1,5 +1,6 @@
 // Shared by the receipt-log tests: a real PEM key, a real directory, a log opened on them, and the
 // files read back through the real decoder (core/receipt-format.ts).
+
 import { createPublicKey, generateKeyPairSync, verify } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -17,6 +18,7 @@ import {
 import { createGatewayMetrics, type GatewayMetrics } from '../../gateway/metrics.js';
 import { ReceiptLog, type ReceiptLogOptions } from '../../gateway/receipts/receipt-log.js';
 import { openReceiptSigner } from '../../gateway/receipts/receipt-signer.js';
+import type { AuthorizationLogger } from '../../gateway/registry-errors.js';
 
 export type Fixture = {
   readonly root: string;
@@ -24,6 +26,7 @@ export type Fixture = {
   readonly keyPath: string;
   readonly metrics: GatewayMetrics;
   readonly logged: { level: string; msg: string; obj: object }[];
+  readonly logger: AuthorizationLogger;
   open(overrides?: Partial<ReceiptLogOptions>): Promise<ReceiptLog>;
 };
 
@@ -43,6 +46,7 @@ export function fixture(): Fixture {
     keyPath,
     metrics,
     logged,
+    logger,
     async open(overrides = {}) {
       return ReceiptLog.open({
         dir,

@@ -56,7 +56,7 @@ describe('receipt writer', () => {
     const f = make();
     const held = await heldSigner(f);
     const log = await f.open({ signer: held.signer, checkpointReceipts: 1, stalledAfterMs: 150 });
-    const receipts = new GatewayReceipts(log, denying);
+    const receipts = new GatewayReceipts(log, denying, f.logger);
     log.append(record(1));
     expect(receipts.refusing()).toBeUndefined();
     await until(() => receipts.refusing() !== undefined, 3000);
@@ -77,14 +77,16 @@ describe('receipt writer', () => {
     const f = make();
     const held = await heldSigner(f);
     const log = await f.open({ signer: held.signer, checkpointReceipts: 1, maxQueued: 2 });
-    const receipts = new GatewayReceipts(log, denying);
+    const receipts = new GatewayReceipts(log, denying, f.logger);
     log.append(record(1));
     expect(receipts.refusing()).toBeUndefined();
     log.append(record(2));
     expect(receipts.refusing()).toMatch(/max_queued 2/);
     expect(await value(f.metrics.receiptsFailing)).toBe(1);
     // With on_failure = "continue" the same state is reported but nothing is refused.
-    expect(new GatewayReceipts(log, { ...denying, onFailure: 'continue' }).refusing()).toBeUndefined();
+    expect(
+      new GatewayReceipts(log, { ...denying, onFailure: 'continue' }, f.logger).refusing(),
+    ).toBeUndefined();
 
     held.release();
     await until(() => log.failing === undefined, 3000);
@@ -173,5 +175,22 @@ describe('receipt writer', () => {
     }
     expect(details(all)).toEqual(Array.from({ length: 60 }, (_, i) => `record ${i + 1}`));
     expect(chainProblems(all, publicPem(f.keyPath))).toEqual([]);
+  });
+});
+
+describe('receipts at shutdown', () => {
+  it('a writer that never finishes does not hold the shutdown past its bound', async () => {
+    const f = make();
+    const held = await heldSigner(f);
+    const log = await f.open({ signer: held.signer, checkpointReceipts: 1 });
+    const receipts = new GatewayReceipts(log, denying, f.logger, 200);
+    log.append(record(1));
+    const started = Date.now();
+    await receipts.close();
+    expect(Date.now() - started).toBeLessThan(5000);
+    expect(f.logged.map((l) => l.msg)).toContain(
+      'receipts: the writer did not finish; stopping without the stop checkpoint',
+    );
+    held.release();
   });
 });
