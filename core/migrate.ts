@@ -54,6 +54,32 @@ export function latestKnownVersion(dir?: string): number {
   return listMigrations(dir).at(-1)?.version ?? 0;
 }
 
+/**
+ * Roles are cluster-wide and the advisory lock is per database: two registries in one cluster migrated
+ * at the same moment can both find a role missing, and the second CREATE ROLE then fails with
+ * unique_violation on pg_authid. Its transaction rolled back whole, so running it again (now finding
+ * the role) is exactly what a serial run would have done.
+ */
+const ROLE_RACE_RETRIES = 3;
+
+async function applyOne(client: pg.Client, m: Migration, retries: number): Promise<void> {
+  await client.query('BEGIN');
+  try {
+    await client.query(readFileSync(m.path, 'utf8'));
+    const after = await currentVersion(client);
+    if (after !== m.version) throw new Error(`${m.name} did not record schema version ${m.version}`);
+    await client.query('COMMIT');
+  } catch (err) {
+    await client.query('ROLLBACK');
+    const e = err as { code?: string; constraint?: string; message?: string };
+    const roleRace =
+      e.code === '23505' &&
+      (e.constraint === 'pg_authid_rolname_index' || e.message?.includes('pg_authid_rolname_index') === true);
+    if (roleRace && retries > 0) return applyOne(client, m, retries - 1);
+    throw new Error(`migration ${m.name} failed: ${errorText(err)}`);
+  }
+}
+
 /** Apply what is missing; returns the file names applied (empty when up to date). */
 export async function migrate(databaseUrl: string, dir?: string): Promise<string[]> {
   const migrations = listMigrations(dir);
@@ -70,16 +96,7 @@ export async function migrate(databaseUrl: string, dir?: string): Promise<string
       );
     }
     for (const m of migrations.filter((x) => x.version > current)) {
-      await client.query('BEGIN');
-      try {
-        await client.query(readFileSync(m.path, 'utf8'));
-        const after = await currentVersion(client);
-        if (after !== m.version) throw new Error(`${m.name} did not record schema version ${m.version}`);
-        await client.query('COMMIT');
-      } catch (err) {
-        await client.query('ROLLBACK');
-        throw new Error(`migration ${m.name} failed: ${errorText(err)}`);
-      }
+      await applyOne(client, m, ROLE_RACE_RETRIES);
       applied.push(m.name);
     }
   } finally {
