@@ -14,11 +14,9 @@
  * with a short log of recent changes, let live revocation spot a tunnel whose grant was decided before a
  * change that it only got to track after that change was processed.
  */
-import type { KeyObject } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { LRUCache } from 'lru-cache';
 import type { Destination } from '../core/destination.js';
-import { p256PublicKey, verifyDerSignature } from '../core/ecdsa.js';
 import type { PeerIdentity } from '../core/identity-extension.js';
 import {
   type AccessRequest,
@@ -41,6 +39,7 @@ import {
   silentLogger,
 } from './registry-errors.js';
 import type { LaneName } from './registry-lane.js';
+import { cachingVerifier } from './signature-verifier.js';
 
 export type CandidateSource = {
   activeCandidates(request: AccessRequest, now: Micros, lane?: LaneName): Promise<Candidate[]>;
@@ -383,28 +382,4 @@ export class RegistryAuthorizer implements Authorizer {
     if (this.changeLog.length > this.changeLogSize)
       this.changeLog.splice(0, this.changeLog.length - this.changeLogSize);
   }
-}
-
-/**
- * Signature verification with parsed signer keys cached by SPKI bytes (bounded, LRU). A key that does
- * not parse as P-256 is cached as unusable, so a corrupt signer row costs one parse, and every
- * signature under it fails.
- */
-export function cachingVerifier(maxEntries: number): SignatureVerifier {
-  const keys = new LRUCache<string, { key: KeyObject | null }>({ max: Math.max(1, maxEntries) });
-  return (spkiDer, message, signatureDer) => {
-    const id = spkiDer.toString('base64');
-    let slot = keys.get(id);
-    if (slot === undefined) {
-      let key: KeyObject | null;
-      try {
-        key = p256PublicKey(spkiDer);
-      } catch {
-        key = null;
-      }
-      slot = { key };
-      keys.set(id, slot);
-    }
-    return slot.key !== null && verifyDerSignature(slot.key, message, signatureDer);
-  };
 }

@@ -6,8 +6,8 @@ import { latestKnownVersion } from '../../core/migrate.js';
 import { decide } from '../../core/policy.js';
 import { fetchActiveCandidates } from '../../core/registry-queries.js';
 import { parseTimestamp } from '../../core/timestamp.js';
-import { cachingVerifier } from '../../gateway/authorizer.js';
 import { Registry, RegistrySchemaError } from '../../gateway/registry.js';
+import { cachingVerifier } from '../../gateway/signature-verifier.js';
 import { registryDatabases, registryFor } from '../support/registry-databases.js';
 import {
   DAY,

@@ -11,7 +11,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { InvalidPublicKeyError, p256PublicKey, rawToDer, verifyDerSignature } from '../../core/ecdsa.js';
 import { canonicalPermissionBytes } from '../../core/permission-bytes.js';
 import { decide } from '../../core/policy.js';
-import { cachingVerifier } from '../../gateway/authorizer.js';
+import { cachingVerifier } from '../../gateway/signature-verifier.js';
 import { allowedCandidate, newP256, type PermissionSpec, ts } from './fixtures/signed-rows.js';
 
 // Order of the P-256 group.

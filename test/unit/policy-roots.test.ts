@@ -12,7 +12,7 @@ import {
 } from '../../core/policy.js';
 import { canonicalPrincipalKeyBytes, canonicalScopeBytes, rootKeyId } from '../../core/root-signed-bytes.js';
 import { formatTimestamp, parseTimestamp } from '../../core/timestamp.js';
-import { cachingVerifier } from '../../gateway/authorizer.js';
+import { cachingVerifier } from '../../gateway/signature-verifier.js';
 import { allowedCandidate, DAY, newP256, type P256, ts } from './fixtures/signed-rows.js';
 
 const NOW = ts('2026-05-10T12:00:00.000000Z');

@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { type AccessRequest, type Candidate, decide } from '../../core/policy.js';
 import { formatTimestamp, type Micros } from '../../core/timestamp.js';
-import { cachingVerifier } from '../../gateway/authorizer.js';
+import { cachingVerifier } from '../../gateway/signature-verifier.js';
 import { allowedCandidate, DAY, newP256, permissionRow, ts } from './fixtures/signed-rows.js';
 
 const NOW = ts('2026-05-10T12:00:00.000000Z');
