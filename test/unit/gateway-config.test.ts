@@ -10,6 +10,7 @@ import {
   CONFIG_KEYS,
   ConfigError,
   DEFAULT_DENY_CIDRS,
+  defaultWorkers,
   loadConfig,
   parseConfig,
 } from '../../gateway/config.js';
@@ -57,7 +58,8 @@ describe('gateway config: an original-style file', () => {
       unprovenConnectionTimeoutMs: 10_000,
       drainTimeoutMs: 30_000,
     });
-    expect(c.server.workers).toBe(os.availableParallelism());
+    expect(c.server.workers).toBe(os.availableParallelism() <= 2 ? 1 : os.availableParallelism());
+    expect([1, 2, 3, 8].map((cpus) => defaultWorkers(cpus))).toEqual([1, 1, 3, 8]);
     expect(c.http2).toEqual({
       maxConcurrentStreams: 1000,
       maxConcurrentStreamsUnproven: 100,
