@@ -48,6 +48,7 @@ import {
   type SigningCost,
   signingCost,
 } from './receipts.js';
+import { collectGarbage } from './support/inspector-gc.js';
 import { createPki, SINK_NAME } from './support/pki.js';
 import { startBenchPostgres } from './support/postgres.js';
 import {
@@ -98,6 +99,8 @@ type Options = {
   extraProxy: string | undefined;
   extraProxyNodeArgs: string[];
   syscalls: boolean;
+  /** Debug mode: a full GC (inspector) in the gateway before each idle-figure RSS reading after a close. */
+  idleGc: boolean;
   work: string;
   gatewayWorkers: number;
   /** Worker counts of the scaling figure. */
@@ -138,6 +141,7 @@ function options(): Options {
       'extra-proxy': { type: 'string' },
       'extra-proxy-node-args': { type: 'string' },
       syscalls: { type: 'boolean' },
+      'idle-gc': { type: 'boolean' },
       'gateway-workers': { type: 'string' },
       'scale-workers': { type: 'string' },
       'scale-connections': { type: 'string' },
@@ -162,7 +166,7 @@ function options(): Options {
         '  [--gateway-decision-cache on|off] [--gateway-node-args "..."] [--sidecar-node-args "..."]\n' +
         '  [--op-timeout-s N] [--max-minutes N]\n' +
         '  [--extra-proxy FILE (line x: a proxy script taking --port --cert --key)] [--extra-proxy-node-args "..."]\n' +
-        '  [--syscalls]\n' +
+        '  [--syscalls] [--idle-gc (line c: full GC through the inspector before the idle RSS readings)]\n' +
         '  [--out FILE] [--keep]\n' +
         'Every flag also reads BENCH_<NAME> (e.g. BENCH_REPS=7, BENCH_QUICK=1). See bench/README.md.\n',
     );
@@ -211,6 +215,7 @@ function options(): Options {
     figures,
     dirs,
     syscalls: values.syscalls === true || env('syscalls') === '1',
+    idleGc: values['idle-gc'] === true || env('idle-gc') === '1',
     work: '',
     extraProxyNodeArgs: (str('extra-proxy-node-args') ?? '').split(' ').filter(Boolean),
     extraProxy: extraProxy === undefined ? undefined : path.resolve(extraProxy),
@@ -284,6 +289,8 @@ type Line = {
   notMeasured: string | undefined;
   samples: Record<string, number[]>;
   errors: string[];
+  /** The inspector port of line (c)'s gateway with --idle-gc. */
+  inspectPort: number | undefined;
   idle:
     | {
         tunnels: number;
@@ -307,6 +314,7 @@ function newLine(
     notMeasured: undefined,
     samples: {},
     errors: [],
+    inspectPort: undefined,
     idle: undefined,
   };
 }
@@ -751,6 +759,12 @@ async function idleFigure(o: Options, client: LoadClient, line: Line): Promise<v
   await warm();
   await sleep(o.settleMs);
   const pids = () => proxyPids(line);
+  const collect = async () => {
+    if (line.inspectPort === undefined) return;
+    await collectGarbage(line.inspectPort);
+    await sleep(500);
+  };
+  await collect();
   const idle = {
     tunnels: o.idleTunnels,
     processes: pids().length,
@@ -774,6 +788,7 @@ async function idleFigure(o: Options, client: LoadClient, line: Line): Promise<v
     const openFds = fdCount(pids());
     const closed = await client.must({ op: 'idle-close' });
     await sleep(o.settleMs);
+    await collect();
     const c: IdleCycle = {
       openSeconds: opened.seconds ?? Number.NaN,
       closeSeconds: closed.seconds ?? Number.NaN,
@@ -1072,7 +1087,9 @@ function issue19Text(o: Options, lines: Line[], extra: { miss: Line; shipped: Li
     idleTunnels: o.idleTunnels,
     growthMethod:
       `VmRSS of the process tree ${o.settleMs} ms (--settle-ms) after each close of ${o.idleCycles} cycles, ` +
-      'no forced GC, so heap growth to its plateau counts',
+      (o.idleGc
+        ? 'line (c) after a full GC through its inspector (--idle-gc; (b) without), so only what V8 cannot free counts'
+        : 'no forced GC, so heap growth to its plateau counts'),
   });
 }
 
@@ -1209,6 +1226,8 @@ async function main(): Promise<void> {
           gatewayNodeFlags = [...interpreterFlags(gatewayMain), ...o.gatewayNodeArgs];
           spawnGateway = async (workers, name, extraToml = '', decisionCache = o.gatewayDecisionCache) => {
             const port = await freePort();
+            const inspect = o.idleGc && name === 'gateway' ? await freePort() : undefined;
+            if (c !== undefined && inspect !== undefined) c.inspectPort = inspect;
             const config =
               gatewayToml(o, {
                 workers,
@@ -1226,7 +1245,9 @@ async function main(): Promise<void> {
               ['--config', file(`${name}.toml`, config)],
               path.join(work, `${name}.log`),
               process.env,
-              gatewayNodeFlags,
+              inspect === undefined
+                ? gatewayNodeFlags
+                : [...gatewayNodeFlags, `--inspect=127.0.0.1:${inspect}`],
             );
             cleanups.push(() => proc.stop());
             await started(proc, port);
