@@ -154,7 +154,7 @@ export function issue19Report(l: Issue19Lines): string {
     undefined,
   );
   row(
-    `RSS fresh as shipped (default workers: ${l.shippedProcesses ?? '?'} processes), MiB in all`,
+    `RSS fresh as shipped (default workers: ${l.shippedProcesses ?? '?'} process${l.shippedProcesses === 1 ? '' : 'es'}), MiB in all`,
     perProcess(idleS?.baselineRssBytes, 1),
     undefined,
     undefined,
