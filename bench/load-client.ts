@@ -45,7 +45,10 @@ const nowUs = () => Number(process.hrtime.bigint() / 1000n);
 type PoolEntry = { readonly ready: Promise<http2.ClientHttp2Session>; session?: http2.ClientHttp2Session };
 const pools = new Map<string, (PoolEntry | undefined)[]>();
 
-function h2Connect(t: Extract<Target, { kind: 'h2' }>): Promise<http2.ClientHttp2Session> {
+function h2Connect(
+  t: Extract<Target, { kind: 'h2' }>,
+  onSecure?: () => void,
+): Promise<http2.ClientHttp2Session> {
   const c = cfg();
   return new Promise((resolve, reject) => {
     const session = http2.connect(`https://localhost:${t.port}`, {
@@ -61,6 +64,7 @@ function h2Connect(t: Extract<Target, { kind: 'h2' }>): Promise<http2.ClientHttp
           minVersion: 'TLSv1.3',
         });
         socket.setNoDelay(true);
+        if (onSecure !== undefined) socket.once('secureConnect', onSecure);
         return socket;
       },
       settings: { initialWindowSize: c.streamWindowBytes, enablePush: false },
@@ -470,8 +474,13 @@ async function latency(line: string, t: Target, count: number): Promise<LatencyS
 }
 
 /** New connection: TCP + (m)TLS handshake + CONNECT -> 200 (direct: TCP + TLS handshake to the sink). */
-async function newConnection(t: Target, count: number): Promise<LatencySummary> {
+async function newConnection(
+  t: Target,
+  count: number,
+): Promise<{ latency: LatencySummary; handshake: LatencySummary | undefined }> {
   const samples: number[] = [];
+  /** TCP connect + TLS handshake alone (until 'secureConnect'), to compare with (a)'s figure. */
+  const handshakes: number[] = [];
   for (let i = 0; i < count; i++) {
     if (t.kind === 'direct') {
       const t0 = nowUs();
@@ -480,7 +489,7 @@ async function newConnection(t: Target, count: number): Promise<LatencySummary> 
       await closeTunnel({ tls: s, raw: undefined });
     } else if (t.kind === 'h2') {
       const t0 = nowUs();
-      const session = await h2Connect(t);
+      const session = await h2Connect(t, () => handshakes.push(nowUs() - t0));
       const stream = await h2Connect200(session, t.authority);
       samples.push(nowUs() - t0);
       await endAndWait(stream);
@@ -489,7 +498,10 @@ async function newConnection(t: Target, count: number): Promise<LatencySummary> 
       throw new Error('the sidecar owns its gateway connection: no new-connection figure');
     }
   }
-  return summarize(samples);
+  return {
+    latency: summarize(samples),
+    handshake: handshakes.length === 0 ? undefined : summarize(handshakes),
+  };
 }
 
 // ---------- idle tunnels ----------
@@ -541,7 +553,7 @@ async function run(op: Op): Promise<OpResult> {
     case 'latency':
       return { ok: true, latency: await latency(op.line, op.target, op.count) };
     case 'newconn':
-      return { ok: true, latency: await newConnection(op.target, op.count) };
+      return { ok: true, ...(await newConnection(op.target, op.count)) };
     case 'idle-open':
       return { ok: true, seconds: await idleOpen(op.line, op.target, op.tunnels, op.perConnection) };
     case 'idle-close':

@@ -76,6 +76,8 @@ export type OpResult =
       readonly seconds?: number;
       readonly bytes?: number;
       readonly latency?: LatencySummary;
+      /** newconn on an h2 target: TCP + TLS handshake alone. */
+      readonly handshake?: LatencySummary;
       readonly detail?: string;
     }
   | { readonly ok: false; readonly error: string };

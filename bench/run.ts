@@ -36,6 +36,7 @@ import {
   startSwtpm as startBenchTpm,
   TABRMD_TCTI,
 } from '../dev-support/swtpm.js';
+import { type IdleReadings, issue19Report } from './issue19.js';
 import type { Direction, Op, OpResult, Response, Target } from './protocol.js';
 import {
   RECEIPTS_LINES,
@@ -47,6 +48,7 @@ import {
   type SigningCost,
   signingCost,
 } from './receipts.js';
+import { collectGarbage } from './support/inspector-gc.js';
 import { createPki, SINK_NAME } from './support/pki.js';
 import { startBenchPostgres } from './support/postgres.js';
 import {
@@ -97,6 +99,8 @@ type Options = {
   extraProxy: string | undefined;
   extraProxyNodeArgs: string[];
   syscalls: boolean;
+  /** Debug mode: a full GC (inspector) in the gateway before each idle-figure RSS reading after a close. */
+  idleGc: boolean;
   work: string;
   gatewayWorkers: number;
   /** Worker counts of the scaling figure. */
@@ -113,7 +117,7 @@ type Options = {
   keep: boolean;
 };
 
-const FIGURES = ['single', 'conc', 'latency', 'newconn', 'idle', 'scale', 'receipts', 'fleet'];
+const FIGURES = ['single', 'conc', 'latency', 'newconn', 'idle', 'issue19', 'scale', 'receipts', 'fleet'];
 
 function options(): Options {
   const { values } = parseArgs({
@@ -137,6 +141,7 @@ function options(): Options {
       'extra-proxy': { type: 'string' },
       'extra-proxy-node-args': { type: 'string' },
       syscalls: { type: 'boolean' },
+      'idle-gc': { type: 'boolean' },
       'gateway-workers': { type: 'string' },
       'scale-workers': { type: 'string' },
       'scale-connections': { type: 'string' },
@@ -156,12 +161,12 @@ function options(): Options {
       'usage: npm run bench -- [--quick] [--reps N] [--single-mib N] [--conc-tunnels N] [--conc-mib N]\n' +
         '  [--conc-connections N] [--latency-count N] [--newconn-count N] [--idle-tunnels N] [--idle-cycles N]\n' +
         '  [--idle-per-connection N] [--settle-ms N] [--verify-mib N] [--lines a,b,c,d]\n' +
-        '  [--figures single,conc,latency,newconn,idle,scale,receipts,fleet] [--dirs up,down] [--gateway-workers N] [--gateway-log-level L]\n' +
+        '  [--figures single,conc,latency,newconn,idle,issue19,scale,receipts,fleet] [--dirs up,down] [--gateway-workers N] [--gateway-log-level L]\n' +
         '  [--scale-workers 1,2,...] [--scale-connections N]\n' +
         '  [--gateway-decision-cache on|off] [--gateway-node-args "..."] [--sidecar-node-args "..."]\n' +
         '  [--op-timeout-s N] [--max-minutes N]\n' +
         '  [--extra-proxy FILE (line x: a proxy script taking --port --cert --key)] [--extra-proxy-node-args "..."]\n' +
-        '  [--syscalls]\n' +
+        '  [--syscalls] [--idle-gc (line c: full GC through the inspector before the idle RSS readings)]\n' +
         '  [--out FILE] [--keep]\n' +
         'Every flag also reads BENCH_<NAME> (e.g. BENCH_REPS=7, BENCH_QUICK=1). See bench/README.md.\n',
     );
@@ -197,7 +202,8 @@ function options(): Options {
     singleBytes: Math.round(num('single-mib', 256, 32) * MiB),
     concTunnels: num('conc-tunnels', 100, 100),
     concBytes: Math.round(num('conc-mib', 256, 32) * MiB),
-    concConnections: num('conc-connections', 1, 1),
+    // Issue #19's figure: 100 tunnels on 10 connections (1 = the sidecar's shape, `--conc-connections 1`).
+    concConnections: num('conc-connections', 10, 10),
     latencyCount: num('latency-count', 2000, 300),
     newconnCount: num('newconn-count', 200, 30),
     idleTunnels: num('idle-tunnels', 1000, 200),
@@ -209,6 +215,7 @@ function options(): Options {
     figures,
     dirs,
     syscalls: values.syscalls === true || env('syscalls') === '1',
+    idleGc: values['idle-gc'] === true || env('idle-gc') === '1',
     work: '',
     extraProxyNodeArgs: (str('extra-proxy-node-args') ?? '').split(' ').filter(Boolean),
     extraProxy: extraProxy === undefined ? undefined : path.resolve(extraProxy),
@@ -243,6 +250,8 @@ function scaleWorkers(text: string | undefined): number[] {
 // ---------- lines ----------
 
 type LineId = 'a' | 'b' | 'c' | 'd' | 'x';
+/** Issue #19's extra gateways: decision cache off, default workers. */
+type Issue19LineId = 'c-miss' | 'c-shipped';
 /** The scaling figure's gateways: line (c) with `workers = N`. */
 type ScaleLineId = `c${number}w`;
 const LABELS: Record<LineId, string> = {
@@ -254,6 +263,13 @@ const LABELS: Record<LineId, string> = {
 };
 
 type Component = { readonly name: string; pids(): number[] };
+/** Start a gateway on fresh ports against the bench registry (workers 0 = its default); own config and log. */
+type SpawnGateway = (
+  workers: number,
+  name: string,
+  extraToml?: string,
+  decisionCache?: boolean,
+) => Promise<{ proc: Managed; port: number; config: string }>;
 
 type IdleCycle = {
   openSeconds: number;
@@ -266,17 +282,30 @@ type IdleCycle = {
 };
 
 type Line = {
-  readonly id: LineId | ScaleLineId | ReceiptsLineId;
+  readonly id: LineId | ScaleLineId | ReceiptsLineId | Issue19LineId;
   readonly label: string;
   target: Target | undefined;
   components: Component[];
   notMeasured: string | undefined;
   samples: Record<string, number[]>;
   errors: string[];
-  idle: { tunnels: number; baselineRssBytes: number; baselineFds: number; cycles: IdleCycle[] } | undefined;
+  /** The inspector port of line (c)'s gateway with --idle-gc. */
+  inspectPort: number | undefined;
+  idle:
+    | {
+        tunnels: number;
+        processes: number;
+        baselineRssBytes: number;
+        baselineFds: number;
+        cycles: IdleCycle[];
+      }
+    | undefined;
 };
 
-function newLine(id: LineId | ScaleLineId | ReceiptsLineId, label = LABELS[id as LineId]): Line {
+function newLine(
+  id: LineId | ScaleLineId | ReceiptsLineId | Issue19LineId,
+  label = LABELS[id as LineId],
+): Line {
   return {
     id,
     label,
@@ -285,6 +314,7 @@ function newLine(id: LineId | ScaleLineId | ReceiptsLineId, label = LABELS[id as
     notMeasured: undefined,
     samples: {},
     errors: [],
+    inspectPort: undefined,
     idle: undefined,
   };
 }
@@ -382,6 +412,7 @@ async function started(proc: Managed, port: number, timeoutMs = 30_000): Promise
 function gatewayToml(
   o: Options,
   p: {
+    /** 0: the gateway's default (one per CPU). */
     workers: number;
     port: number;
     adminPort: number;
@@ -389,6 +420,7 @@ function gatewayToml(
     keyPath: string;
     databaseUrl: string;
     sinkPort: number;
+    decisionCache: boolean;
   },
 ): string {
   return [
@@ -397,7 +429,7 @@ function gatewayToml(
     `listen_addr = "127.0.0.1:${p.port}"`,
     `tls_cert_path = "${p.certPath}"`,
     `tls_key_path = "${p.keyPath}"`,
-    `workers = ${p.workers}`,
+    ...(p.workers === 0 ? [] : [`workers = ${p.workers}`]),
     'drain_timeout_ms = 1000',
     '',
     '[http2]',
@@ -423,7 +455,7 @@ function gatewayToml(
     '',
     '[policy]',
     `database_url = "${p.databaseUrl}"`,
-    `decision_cache_max_entries = ${o.gatewayDecisionCache ? 10_000 : 0}`,
+    `decision_cache_max_entries = ${p.decisionCache ? 10_000 : 0}`,
     '# the idle figure opens 250 CONNECTs at once per connection; when the decision cache is dropped',
     '# (every registry change, every full re-check) they all become lookups at once: let them queue',
     'max_lookups_in_flight = 5000',
@@ -630,6 +662,60 @@ async function receiptsFigure(
   return { rows, lines };
 }
 
+/**
+ * Issue #19's figures that line (c) does not give (bench/issue19.ts): CONNECT→200 with the decision cache
+ * off (every CONNECT a registry lookup and signature checks), and the gateway as shipped — default
+ * workers — fresh and with the idle tunnels open (one cycle).
+ */
+async function issue19Figure(
+  o: Options,
+  client: LoadClient,
+  spawn: SpawnGateway,
+  carrier: { certPem: string; keyPem: string },
+): Promise<{ miss: Line; shipped: Line }> {
+  const miss = newLine('c-miss', '(c) gateway, decision cache off');
+  const shipped = newLine('c-shipped', '(c) gateway, default workers');
+  const run = async (
+    line: Line,
+    id: Issue19LineId,
+    workers: number,
+    cache: boolean,
+    fn: () => Promise<void>,
+  ) => {
+    progress(`${line.label}: starting`);
+    try {
+      const { proc, port } = await spawn(workers, `gateway-${id}`, '', cache);
+      try {
+        line.target = {
+          kind: 'h2',
+          port,
+          authority: DESTINATION,
+          certPem: carrier.certPem,
+          keyPem: carrier.keyPem,
+        };
+        line.components = [{ name: 'gateway', pids: () => processTree(proc.pid) }];
+        await client.must({ op: 'verify', line: id, target: line.target, bytes: o.verifyBytes });
+        await fn();
+      } finally {
+        await client.call({ op: 'idle-close' });
+        await client.call({ op: 'reset', line: id });
+        await proc.stop();
+      }
+    } catch (err) {
+      line.errors.push(`issue19: ${(err as Error).message.split('\n')[0]}`);
+      progress(`${line.label} FAILED: ${(err as Error).message}`);
+    }
+  };
+  await run(miss, 'c-miss', o.gatewayWorkers, false, async () => {
+    for (let rep = 1; rep <= o.reps; rep++)
+      await latencyFigure({ ...o, latencyCount: Math.min(o.latencyCount, 1000) }, client, miss);
+  });
+  await run(shipped, 'c-shipped', 0, o.gatewayDecisionCache, () =>
+    idleFigure({ ...o, idleCycles: 1 }, client, shipped),
+  );
+  return { miss, shipped };
+}
+
 async function latencyFigure(o: Options, client: LoadClient, line: Line): Promise<void> {
   const p0 = cpuOf(line).reduce((a, b) => a + b, 0);
   const r = await client.must({
@@ -658,6 +744,7 @@ async function newconnFigure(o: Options, client: LoadClient, line: Line): Promis
   if (l === undefined) return;
   record(line, 'newconn.p50Us', l.p50Us);
   record(line, 'newconn.p99Us', l.p99Us);
+  if (r.handshake !== undefined) record(line, 'newconn.tlsP50Us', r.handshake.p50Us);
   progress(`${line.label} new connection: p50 ${(l.p50Us / 1000).toFixed(2)} ms`);
 }
 
@@ -672,8 +759,15 @@ async function idleFigure(o: Options, client: LoadClient, line: Line): Promise<v
   await warm();
   await sleep(o.settleMs);
   const pids = () => proxyPids(line);
+  const collect = async () => {
+    if (line.inspectPort === undefined) return;
+    await collectGarbage(line.inspectPort);
+    await sleep(500);
+  };
+  await collect();
   const idle = {
     tunnels: o.idleTunnels,
+    processes: pids().length,
     baselineRssBytes: rssBytes(pids()),
     baselineFds: fdCount(pids()),
     cycles: [] as IdleCycle[],
@@ -694,6 +788,7 @@ async function idleFigure(o: Options, client: LoadClient, line: Line): Promise<v
     const openFds = fdCount(pids());
     const closed = await client.must({ op: 'idle-close' });
     await sleep(o.settleMs);
+    await collect();
     const c: IdleCycle = {
       openSeconds: opened.seconds ?? Number.NaN,
       closeSeconds: closed.seconds ?? Number.NaN,
@@ -966,6 +1061,38 @@ function report(
   return out.join('\n');
 }
 
+/** The issue #19 table (bench/issue19.ts) from lines (a), (b), (c) and the issue19 figure's gateways. */
+function issue19Text(o: Options, lines: Line[], extra: { miss: Line; shipped: Line } | undefined): string {
+  const byId = (id: string) => lines.find((l) => l.id === id && l.notMeasured === undefined);
+  const pick = { a: byId('a'), b: byId('b'), c: byId('c'), miss: extra?.miss, shipped: extra?.shipped };
+  const readings = (l: Line | undefined): IdleReadings | undefined =>
+    l?.idle === undefined || l.idle.cycles.length === 0
+      ? undefined
+      : {
+          processes: l.idle.processes,
+          baselineRssBytes: l.idle.baselineRssBytes,
+          openRssBytes: l.idle.cycles.map((c) => c.openRssBytes),
+          closedRssBytes: l.idle.cycles.map((c) => c.closedRssBytes),
+          firstPerTunnelBytes: (l.idle.cycles[0] as IdleCycle).perTunnelBytes,
+        };
+  return issue19Report({
+    get: (line, key) => {
+      const l = pick[line];
+      return l === undefined ? undefined : s(l, key);
+    },
+    idle: { b: readings(pick.b), c: readings(pick.c), shipped: readings(pick.shipped) },
+    shippedProcesses: extra?.shipped.idle?.processes,
+    concTunnels: o.concTunnels,
+    concConnections: o.concConnections,
+    idleTunnels: o.idleTunnels,
+    growthMethod:
+      `VmRSS of the process tree ${o.settleMs} ms (--settle-ms) after each close of ${o.idleCycles} cycles, ` +
+      (o.idleGc
+        ? 'line (c) after a full GC through its inspector (--idle-gc; (b) without), so only what V8 cannot free counts'
+        : 'no forced GC, so heap growth to its plateau counts'),
+  });
+}
+
 function gitDescribe(): string {
   try {
     const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], {
@@ -1076,13 +1203,7 @@ async function main(): Promise<void> {
     let gateway: Managed | undefined;
     let gatewayPort = 0;
     /** Start a gateway on fresh ports against the bench registry; each gets its own config and log. */
-    let spawnGateway:
-      | ((
-          workers: number,
-          name: string,
-          extraToml?: string,
-        ) => Promise<{ proc: Managed; port: number; config: string }>)
-      | undefined;
+    let spawnGateway: SpawnGateway | undefined;
     if (c || d) {
       const gatewayMain = path.join(repoRoot, 'dist', 'gateway', 'main.js');
       if (!existsSync(gatewayMain)) {
@@ -1103,8 +1224,10 @@ async function main(): Promise<void> {
             destination: DESTINATION,
           });
           gatewayNodeFlags = [...interpreterFlags(gatewayMain), ...o.gatewayNodeArgs];
-          spawnGateway = async (workers, name, extraToml = '') => {
+          spawnGateway = async (workers, name, extraToml = '', decisionCache = o.gatewayDecisionCache) => {
             const port = await freePort();
+            const inspect = o.idleGc && name === 'gateway' ? await freePort() : undefined;
+            if (c !== undefined && inspect !== undefined) c.inspectPort = inspect;
             const config =
               gatewayToml(o, {
                 workers,
@@ -1114,6 +1237,7 @@ async function main(): Promise<void> {
                 keyPath: serverKey,
                 databaseUrl: pg.databaseUrl,
                 sinkPort,
+                decisionCache,
               }) + extraToml;
             const proc = nodeScript(
               name,
@@ -1121,14 +1245,16 @@ async function main(): Promise<void> {
               ['--config', file(`${name}.toml`, config)],
               path.join(work, `${name}.log`),
               process.env,
-              gatewayNodeFlags,
+              inspect === undefined
+                ? gatewayNodeFlags
+                : [...gatewayNodeFlags, `--inspect=127.0.0.1:${inspect}`],
             );
             cleanups.push(() => proc.stop());
             await started(proc, port);
             // Workers come up one by one behind the primary's listening socket: wait for all of them.
             const until = Date.now() + 30_000;
-            while (workers > 1 && processTree(proc.pid).length < workers + 1 && Date.now() < until)
-              await sleep(100);
+            const n = workers === 0 ? os.availableParallelism() : workers;
+            while (n > 1 && processTree(proc.pid).length < n + 1 && Date.now() < until) await sleep(100);
             return { proc, port, config };
           };
           const first = await spawnGateway(o.gatewayWorkers, 'gateway');
@@ -1251,6 +1377,13 @@ async function main(): Promise<void> {
         }
       }
     }
+    let issue19: { miss: Line; shipped: Line } | undefined;
+    if (o.figures.has('issue19') && spawnGateway !== undefined && byId('c')?.notMeasured === undefined) {
+      if (timeLeft()) {
+        issue19 = await issue19Figure(o, client, spawnGateway, carrier);
+        scaleLines.push(issue19.miss, issue19.shipped);
+      }
+    }
     if (o.figures.has('scale') && spawnGateway !== undefined && byId('c')?.notMeasured === undefined) {
       for (const workers of o.scaleWorkers) {
         if (!timeLeft()) break;
@@ -1277,7 +1410,7 @@ async function main(): Promise<void> {
     if (!timeLeft())
       for (const l of live) l.errors.push(`stopped early: --max-minutes ${o.maxMinutes} reached`);
 
-    const text = report(o, lines, scaleLines, receipts);
+    const text = `${report(o, lines, scaleLines, receipts)}\n\n${issue19Text(o, lines, issue19)}`;
     process.stdout.write(`\n${text}\n\n`);
     mkdirSync(path.dirname(o.out), { recursive: true });
     const summaries = Object.fromEntries(

@@ -180,6 +180,16 @@ export const DEFAULT_DENY_CIDRS = [
   'ff00::/8',
 ];
 
+/**
+ * Default `server.workers`: one process on a machine with up to 2 CPUs, else one worker per CPU. On 2 CPUs
+ * a second worker competes with the kernel's TCP and TLS work for the same cores, so it moved no more
+ * bytes and cost more CPU per byte, while a primary and two workers hold about three times one
+ * process's memory (bench/README.md "Fourth round (issue #19)").
+ */
+export function defaultWorkers(cpus = availableParallelism()): number {
+  return cpus <= 2 ? 1 : cpus;
+}
+
 /** Read and validate; throws ConfigError. `env` supplies database_url_env and AGENT_GATEWAY_LOG_STDOUT. */
 export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): GatewayConfig {
   return parseConfig(readRaw(path), path, env);
@@ -269,7 +279,7 @@ function readConfig(r: ConfigReader, path: string, env: NodeJS.ProcessEnv): Gate
       listenAddr: s.hostPort('listen_addr', '127.0.0.1:8443'),
       tlsCertPath: s.string('tls_cert_path'),
       tlsKeyPath: s.string('tls_key_path'),
-      workers: s.int('workers', availableParallelism(), 1, 256),
+      workers: s.int('workers', defaultWorkers(), 1, 256),
       handshakeTimeoutMs: s.int('handshake_timeout_ms', 10_000, 100, 600_000),
       sessionIdleTimeoutMs: s.int('session_idle_timeout_ms', 300_000, 0, 86_400_000),
       drainTimeoutMs: s.int('drain_timeout_ms', 30_000, 0, 86_400_000),

@@ -69,18 +69,24 @@ export class TokenBuckets {
     return true;
   }
 
-  /** Give back a token taken for work that turned out not to count (capped at the burst). */
+  /**
+   * Give back a token taken for work that turned out not to count (capped at the burst). A bucket it
+   * fills is kept full until its TTL rather than deleted: lru-cache empties itself by clearing arrays
+   * sized `max`, so deleting the last bucket cost ~1 ms per new connection from a lone address
+   * (bench/README.md "Fourth round (issue #19)").
+   */
   refund(key: string): void {
     const now = this.nowMs();
-    const tokens = Math.min(this.burst, this.level(key, now) + 1);
-    if (tokens >= this.burst) this.buckets.delete(key);
-    else this.buckets.set(key, { tokens, at: now });
+    this.buckets.set(key, { tokens: Math.min(this.burst, this.level(key, now) + 1), at: now });
   }
 
   /** Buckets remembered and not yet refilled (stats and tests; O(n)). */
   get size(): number {
     this.buckets.purgeStale();
-    return this.buckets.size;
+    let n = 0;
+    // A bucket a refund filled counts as forgotten: only a take stores fewer tokens than the burst.
+    for (const b of this.buckets.values()) if (b.tokens < this.burst) n++;
+    return n;
   }
 
   private level(key: string, now: number): number {

@@ -5,7 +5,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { repoRoot } from '../../dev-support/repo-root.js';
-import { CONFIG_KEYS, ConfigError, DEFAULT_DENY_CIDRS, loadConfig } from '../../gateway/config.js';
+import {
+  CONFIG_KEYS,
+  ConfigError,
+  DEFAULT_DENY_CIDRS,
+  defaultWorkers,
+  loadConfig,
+} from '../../gateway/config.js';
 import { ENV, ORIGINAL, parse, withLine } from './fixtures/gateway-config-text.js';
 
 describe('gateway config: an original-style file', () => {
@@ -20,7 +26,8 @@ describe('gateway config: an original-style file', () => {
       unprovenConnectionTimeoutMs: 10_000,
       drainTimeoutMs: 30_000,
     });
-    expect(c.server.workers).toBe(os.availableParallelism());
+    expect(c.server.workers).toBe(os.availableParallelism() <= 2 ? 1 : os.availableParallelism());
+    expect([1, 2, 3, 8].map((cpus) => defaultWorkers(cpus))).toEqual([1, 1, 3, 8]);
     expect(c.http2).toEqual({
       maxConcurrentStreams: 1000,
       maxConcurrentStreamsUnproven: 100,
