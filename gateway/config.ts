@@ -284,7 +284,7 @@ function readConfig(r: ConfigReader, path: string, env: NodeJS.ProcessEnv): Gate
       connectionWindowBytes: h.int('connection_window_bytes', 32 * 1024 * 1024, 65_535, 2 ** 31 - 1),
       maxSessionMemoryMb: h.int('max_session_memory_mb', 128, 1, 65_536),
       maxHeaderListBytes: h.int('max_header_list_bytes', 16 * 1024, 1024, 1024 * 1024),
-      maxFrameSize: h.int('max_frame_size', 1_048_576, 16_384, 16_777_215),
+      maxFrameSize: h.int('max_frame_size', 262_144, 16_384, 16_777_215),
       maxResetsPer10s: h.int('max_resets_per_10s', 200, 1, 1_000_000),
     },
     limits: {

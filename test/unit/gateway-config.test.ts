@@ -65,7 +65,7 @@ describe('gateway config: an original-style file', () => {
       connectionWindowBytes: 32 * 1024 * 1024,
       maxSessionMemoryMb: 128,
       maxHeaderListBytes: 16 * 1024,
-      maxFrameSize: 1024 * 1024,
+      maxFrameSize: 256 * 1024,
       maxResetsPer10s: 200,
     });
     expect(c.limits).toEqual({
