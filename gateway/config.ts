@@ -47,6 +47,8 @@ export type GatewayConfig = {
     readonly connectionWindowBytes: number;
     readonly maxSessionMemoryMb: number;
     readonly maxHeaderListBytes: number;
+    /** SETTINGS_MAX_FRAME_SIZE advertised: the largest DATA frame a client may send (RFC 9113 §6.5.2). */
+    readonly maxFrameSize: number;
     /** Streams a client may cancel (RST_STREAM) per 10 s before its connection gets GOAWAY. */
     readonly maxResetsPer10s: number;
   };
@@ -292,6 +294,7 @@ function readConfig(r: ConfigReader, path: string, env: NodeJS.ProcessEnv): Gate
       connectionWindowBytes: h.int('connection_window_bytes', 32 * 1024 * 1024, 65_535, 2 ** 31 - 1),
       maxSessionMemoryMb: h.int('max_session_memory_mb', 128, 1, 65_536),
       maxHeaderListBytes: h.int('max_header_list_bytes', 16 * 1024, 1024, 1024 * 1024),
+      maxFrameSize: h.int('max_frame_size', 262_144, 16_384, 16_777_215),
       maxResetsPer10s: h.int('max_resets_per_10s', 200, 1, 1_000_000),
     },
     limits: {

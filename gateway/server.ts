@@ -85,6 +85,7 @@ export class GatewayServer implements ConnectionOwner {
         maxConcurrentStreams: unprovenStreams(config),
         initialWindowSize: config.http2.streamWindowBytes,
         maxHeaderListSize: config.http2.maxHeaderListBytes,
+        maxFrameSize: config.http2.maxFrameSize,
         enablePush: false,
       },
     };

@@ -35,6 +35,7 @@ describe('gateway config: an original-style file', () => {
       connectionWindowBytes: 32 * 1024 * 1024,
       maxSessionMemoryMb: 128,
       maxHeaderListBytes: 16 * 1024,
+      maxFrameSize: 256 * 1024,
       maxResetsPer10s: 200,
     });
     expect(c.limits).toEqual({
@@ -226,6 +227,16 @@ describe('gateway config: every mistake names its key', () => {
       name: 'out of range',
       text: withLine('server', 'workers = 0'),
       error: /server\.workers: must be between 1 and 256/,
+    },
+    {
+      name: 'max frame size under the RFC 9113 floor',
+      text: withLine('http2', 'max_frame_size = 16383'),
+      error: /http2\.max_frame_size: must be between 16384 and 16777215, got 16383/,
+    },
+    {
+      name: 'max frame size over the RFC 9113 ceiling',
+      text: withLine('http2', 'max_frame_size = 16777216'),
+      error: /http2\.max_frame_size: must be between 16384 and 16777215, got 16777216/,
     },
     {
       name: 'no connection allowed per address',
