@@ -6,6 +6,7 @@
  * CONNECT lives in connect-handler.ts.
  */
 
+import { constants as cryptoConstants } from 'node:crypto';
 import http2, {
   constants,
   type Http2SecureServer,
@@ -197,7 +198,15 @@ export class GatewayServer implements ConnectionOwner {
   }
 
   private secureContextOptions(tls: TlsMaterial): SecureServerOptions {
-    return { cert: tls.cert, key: tls.key, minVersion: 'TLSv1.2' };
+    // No session tickets, and so no resumption (node keeps no server-side session cache): a resumed
+    // session carries the client certificate of the handshake it came from, so a ticket copied out of a
+    // sidecar would be that agent without its TPM key (docs/contract.md "Identity").
+    return {
+      cert: tls.cert,
+      key: tls.key,
+      minVersion: 'TLSv1.2',
+      secureOptions: cryptoConstants.SSL_OP_NO_TICKET,
+    };
   }
 
   // ---- listeners (arrow properties: one closure per server, none per connection) -----------------
