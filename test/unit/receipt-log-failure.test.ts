@@ -3,29 +3,19 @@
 // records beyond max_queued dropped and named by a dropped gap. The directory is made unusable by
 // putting a regular file in its place: chmod 0500 would not stop a root test run (CAP_DAC_OVERRIDE).
 import { mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ReceiptFile } from '../../gateway/receipts/receipt-file.js';
 import {
   chainProblems,
   details,
-  type Fixture,
-  fixture,
+  fixturesRemovedAfterEach,
   publicPem,
   readAll,
   record,
   until,
 } from './receipt-log-support.js';
 
-const fixtures: Fixture[] = [];
-const make = () => {
-  const f = fixture();
-  fixtures.push(f);
-  return f;
-};
-afterEach(async () => {
-  for (const f of fixtures.splice(0)) await rm(f.root, { recursive: true, force: true });
-});
+const make = fixturesRemovedAfterEach();
 
 const value = async (m: { get(): Promise<{ values: { value: number }[] }> }) =>
   (await m.get()).values[0]?.value ?? 0;

@@ -3,8 +3,10 @@
 
 import { createPublicKey, generateKeyPairSync, verify } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { afterEach } from 'vitest';
 import {
   type CheckpointReceipt,
   checkpointSignedBytes,
@@ -63,6 +65,19 @@ export function fixture(): Fixture {
         ...overrides,
       });
     },
+  };
+}
+
+/** A fixture maker for one test file; every fixture it made is removed after each test. */
+export function fixturesRemovedAfterEach(): () => Fixture {
+  const made: Fixture[] = [];
+  afterEach(async () => {
+    for (const f of made.splice(0)) await rm(f.root, { recursive: true, force: true });
+  });
+  return () => {
+    const f = fixture();
+    made.push(f);
+    return f;
   };
 }
 

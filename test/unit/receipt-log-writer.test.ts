@@ -3,7 +3,6 @@
 // fsync keeps its interval under steady load, 512 waiting records flush at once, tunnels still open at
 // the stop are named by a gap, a rotate checkpoint is written once even when its sync fails, and the
 // last seq on disk is a metric. Disk errors are injected only where no real disk produces them on demand.
-import { rm } from 'node:fs/promises';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { CheckpointReceipt } from '../../core/receipt-format.js';
 import { GatewayReceipts } from '../../gateway/receipts/gateway-receipts.js';
@@ -14,23 +13,17 @@ import {
   chainProblems,
   details,
   type Fixture,
-  fixture,
+  fixturesRemovedAfterEach,
   publicPem,
   readAll,
   record,
   until,
 } from './receipt-log-support.js';
 
-const fixtures: Fixture[] = [];
-const make = () => {
-  const f = fixture();
-  fixtures.push(f);
-  return f;
-};
-afterEach(async () => {
+const make = fixturesRemovedAfterEach();
+afterEach(() => {
   vi.restoreAllMocks();
   vi.useRealTimers();
-  for (const f of fixtures.splice(0)) await rm(f.root, { recursive: true, force: true });
 });
 
 const value = async (m: { get(): Promise<{ values: { value: number; labels: object }[] }> }) =>

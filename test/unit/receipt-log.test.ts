@@ -1,29 +1,20 @@
 // The receipt writer on real files (docs/contract.md "Receipts"): chaining across rotation, checkpoint
 // cadence by count and by time, the stop checkpoint, and what a restart continues from.
 import { readdirSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { CheckpointReceipt } from '../../core/receipt-format.js';
 import {
   chainProblems,
   details,
   type Fixture,
-  fixture,
+  fixturesRemovedAfterEach,
   publicPem,
   readAll,
   record,
   until,
 } from './receipt-log-support.js';
 
-const fixtures: Fixture[] = [];
-const make = () => {
-  const f = fixture();
-  fixtures.push(f);
-  return f;
-};
-afterEach(async () => {
-  for (const f of fixtures.splice(0)) await rm(f.root, { recursive: true, force: true });
-});
+const make = fixturesRemovedAfterEach();
 
 const causes = (f: Fixture) =>
   readAll(f.dir)

@@ -2,30 +2,22 @@
 // moved aside and named by a torn_line gap, the chain continues from the last whole record (checked with
 // the real decoder), an empty newest file counts as an unclean stop, and a failed aside copy leaves nothing.
 import { appendFileSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
-import { type FileHandle, rm } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { GapReceipt } from '../../core/receipt-format.js';
 import { recoverChain } from '../../gateway/receipts/receipt-recovery.js';
 import {
   chainProblems,
   details,
   type Fixture,
-  fixture,
+  fixturesRemovedAfterEach,
   publicPem,
   readAll,
   record,
 } from './receipt-log-support.js';
 
-const fixtures: Fixture[] = [];
-const make = () => {
-  const f = fixture();
-  fixtures.push(f);
-  return f;
-};
-afterEach(async () => {
-  for (const f of fixtures.splice(0)) await rm(f.root, { recursive: true, force: true });
-});
+const make = fixturesRemovedAfterEach();
 
 /** A run that wrote `n` records and stopped cleanly; returns the file's path. */
 async function cleanRun(f: Fixture, n: number): Promise<string> {
