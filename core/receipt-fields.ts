@@ -11,8 +11,14 @@ import { InvalidTimestampError, parseTimestamp } from './timestamp.js';
 export const GATEWAY_ID = /^[A-Za-z0-9._-]{1,64}$/;
 const SHA256_HEX = /^[0-9a-f]{64}$/;
 const TRACE_ID = /^[0-9a-f]{32}$/;
-/** Padded base64 as Buffer.toString('base64') writes it: whole 4-character groups, `=` only at the end. */
-const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{2}==)$/;
+/**
+ * Padded base64 exactly as Buffer.toString('base64') writes it: whole 4-character groups, `=` only at the
+ * end, and the bits the padding leaves over are zero. Otherwise two spellings decode to the same bytes,
+ * and the last record of a chain (whose hash nothing after it checks) could be edited in a signature
+ * character without changing the signature (found by the single-byte-change property).
+ */
+const BASE64 =
+  /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=|[A-Za-z0-9+/][AQgw]==)$/;
 
 export const TUNNEL_DECISIONS = ['allow', 'observe', 'deny'] as const;
 export const GAP_REASONS = ['unclean_stop', 'torn_line', 'dropped'] as const;

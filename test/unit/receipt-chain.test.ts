@@ -213,6 +213,25 @@ describe('receipt chain verification', () => {
     expect(r.chains).toBe(2);
   });
 
+  it('a signature spelled with non-zero padding bits (same bytes) in the last record is reported', () => {
+    // A DER signature of 72 bytes has no padding: sign again until the stop checkpoint's has some.
+    let lines = validLines();
+    const sigOf = (line: string) => /"sig":"([^"]+)"/.exec(line)![1]!;
+    for (let tries = 0; tries < 50 && !sigOf(lines.at(-1)!).endsWith('='); tries++) lines = validLines();
+    const last = lines.at(-1)!;
+    const sig = sigOf(last);
+    const bytes = Buffer.from(sig, 'base64');
+    // The same bytes, another spelling: set the padding bits of the last character before '='.
+    const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
+    const pad = sig.endsWith('==') ? 2 : sig.endsWith('=') ? 1 : 0;
+    expect(pad).toBeGreaterThan(0);
+    const i = sig.length - pad - 1;
+    const respelled = `${sig.slice(0, i)}${alphabet[alphabet.indexOf(sig[i]!) + 1]}${sig.slice(i + 1)}`;
+    expect(Buffer.from(respelled, 'base64').equals(bytes)).toBe(true);
+    lines[lines.length - 1] = last.replace(sig, respelled);
+    expect(problems(verify(file('r.jsonl', lines))).length).toBeGreaterThan(0);
+  });
+
   it('any single-byte change to a valid file is reported', () => {
     const bytes = Buffer.from(`${validLines().join('\n')}\n`);
     fc.assert(
