@@ -276,13 +276,14 @@ export class ConnectHandler implements OpenTunnelBytes {
     requestId: string | undefined,
   ): void {
     this.deps.metrics.connectDecisions.inc({ result: 'deny', reason });
+    const bounded = boundedLogValue(detail);
     const peer = origin.identity.ok ? origin.identity.peer : undefined;
-    this.deps.receipts?.denied(fields, peer, reason, boundedLogValue(detail));
+    this.deps.receipts?.denied(fields, peer, reason, bounded);
     const line: Record<string, unknown> = {
       ...fields,
       policy_decision: 'deny',
       deny_reason: reason,
-      deny_detail: boundedLogValue(detail),
+      deny_detail: bounded,
       status,
     };
     const headers: Record<string, string> = { [DENY_REASON_HEADER]: reason };
